@@ -1,0 +1,205 @@
+"""Decoding, mono mix, resampling and clip policies: a file path to fixed-shape float32 audio."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import numpy as np
+import soundfile
+import soxr
+
+from pipeline.errors import MuzarrError
+
+ClipMode = Literal["pad_crop", "split", "full"]
+
+
+class DecodeError(Exception):
+    """A file that could not be decoded by any backend; the message names both attempts."""
+
+
+def decode(path: str) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32 ``[shape=(channels, n)]`` and its sample rate.
+
+    soundfile (libsndfile) first; PyAV (FFmpeg) for what libsndfile cannot open, such as
+    M4A/AAC or Ogg-FLAC. Integer PCM is scaled exactly: ``int16 / 32768``.
+    A file with no samples is an error: a clip of silence would be indistinguishable
+    from a real one downstream.
+    """
+    try:
+        # libsndfile keeps a global error state: one handle per call, never shared.
+        with soundfile.SoundFile(path) as handle:
+            samples = handle.read(dtype="float32", always_2d=True).T
+            rate = handle.samplerate
+    except Exception as sf_error:  # noqa: BLE001 - any libsndfile failure means "try FFmpeg"
+        try:
+            samples, rate = _decode_pyav(path)
+        except Exception as av_error:  # noqa: BLE001
+            raise DecodeError(f"soundfile: {_first_line(sf_error)}; PyAV: {_first_line(av_error)}") from None
+    if samples.shape[-1] == 0:
+        raise DecodeError("file holds no audio samples (0 frames)")
+    if not np.isfinite(samples).all():
+        raise DecodeError("decoded audio contains NaN or infinite samples")
+    return np.ascontiguousarray(samples), int(rate)
+
+
+_PCM_SCALE = {"s16": 32768.0, "s32": 2147483648.0, "u8": 128.0}
+
+
+def _decode_pyav(path: str) -> tuple[np.ndarray, int]:
+    import av  # imported lazily: only files libsndfile refuses need it
+
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise DecodeError("no audio stream")
+        stream = container.streams.audio[0]
+        blocks = []
+        for frame in container.decode(stream):
+            blocks.append(_frame_to_float(frame))
+        if not blocks:
+            raise DecodeError("no audio frames decoded")
+        return np.concatenate(blocks, axis=1), int(stream.codec_context.sample_rate or stream.rate)
+
+
+def _frame_to_float(frame: Any) -> np.ndarray:
+    data = frame.to_ndarray()
+    name = frame.format.name
+    planar = frame.format.is_planar
+    channels = len(frame.layout.channels)
+    data = data if planar else data.reshape(-1, channels).T
+    base = name.rstrip("p")
+    if base in ("flt", "dbl"):
+        return data.astype(np.float32)
+    if base == "u8":
+        return ((data.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if base in _PCM_SCALE:
+        return (data.astype(np.float64) / _PCM_SCALE[base]).astype(np.float32)
+    raise DecodeError(f"unsupported PyAV sample format {name!r}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels of ``[shape=(channels, n)]`` audio (librosa's ``to_mono``)."""
+    return samples[0] if samples.shape[0] == 1 else samples.mean(axis=0, dtype=np.float32)
+
+
+def resample(y: np.ndarray, *, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample mono float32 audio with soxr's HQ filter (librosa's default ``soxr_hq``)."""
+    if orig_sr == target_sr:
+        return y
+    out = soxr.resample(y, orig_sr, target_sr, quality="HQ")
+    # librosa.resample fixes the length to ceil(n * target / orig); soxr agrees to within a sample.
+    n_out = int(math.ceil(len(y) * target_sr / orig_sr))
+    return fix_length(np.asarray(out, dtype=np.float32), size=n_out)
+
+
+def fix_length(y: np.ndarray, *, size: int) -> np.ndarray:
+    """Crop or zero-pad the last axis to ``size`` samples."""
+    n = y.shape[-1]
+    if n >= size:
+        return y[..., :size]
+    pad = [(0, 0)] * (y.ndim - 1) + [(0, size - n)]
+    return np.pad(y, pad)
+
+
+def float_to_int16(y: np.ndarray) -> np.ndarray:
+    """Quantise [-1, 1] float audio to int16 the way PCM is read back (``x / 32768``)."""
+    return np.clip(np.rint(y * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def int16_to_float(y: np.ndarray) -> np.ndarray:
+    """Exact inverse scaling of PCM16: ``int16 / 32768`` in float32."""
+    return y.astype(np.float32) / np.float32(32768.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipPolicy:
+    """How a decoded clip becomes a fixed-length example (or K of them).
+
+    Parameters
+    ----------
+    mode : {"pad_crop", "full", "split"}
+        ``pad_crop``: keep ``seconds`` from the start or centre, zero-padded.
+        ``full``: the dataset's whole clip, padded/cropped to ``seconds`` (e.g. 29.1).
+        ``split``: cut the first ``total_seconds`` into sub-clips of ``seconds`` every
+        ``hop_seconds``; a partial last sub-clip is zero-padded (``partial="pad"``) or
+        dropped (``partial="drop"``).
+    seconds : float
+        Length of the clip, or of one sub-clip when splitting.
+    anchor : {"start", "centre"}
+        Where ``pad_crop`` takes its window.
+    hop_seconds : float, optional
+        Sub-clip hop; defaults to ``seconds`` (no overlap).
+    total_seconds : float, optional
+        ``split`` only: length the clip is padded/cropped to before cutting.
+    partial : {"pad", "drop"}
+    """
+
+    mode: ClipMode = "pad_crop"
+    seconds: float = 3.0
+    anchor: Literal["start", "centre"] = "start"
+    hop_seconds: float | None = None
+    total_seconds: float | None = None
+    partial: Literal["pad", "drop"] = "drop"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("pad_crop", "split", "full"):
+            raise MuzarrError(f"clip mode={self.mode!r} must be one of pad_crop, split, full")
+        if not (isinstance(self.seconds, (int, float)) and self.seconds > 0):
+            raise MuzarrError(f"clip seconds={self.seconds!r} must be a positive number")
+        if self.anchor not in ("start", "centre"):
+            raise MuzarrError(f"clip anchor={self.anchor!r} must be 'start' or 'centre'")
+        if self.partial not in ("pad", "drop"):
+            raise MuzarrError(f"clip partial={self.partial!r} must be 'pad' or 'drop'")
+        if self.mode == "split":
+            if self.total_seconds is None or self.total_seconds < self.seconds:
+                raise MuzarrError(
+                    f"split clips need total_seconds >= seconds (got total_seconds={self.total_seconds}, "
+                    f"seconds={self.seconds}): set clip.total_seconds to the dataset's clip length"
+                )
+            if self.hop_seconds is not None and self.hop_seconds <= 0:
+                raise MuzarrError(f"clip hop_seconds={self.hop_seconds!r} must be positive")
+
+    @property
+    def n_subclips(self) -> int | None:
+        """Sub-clips per clip when splitting, else None (no sub-clip axis in the store)."""
+        if self.mode != "split":
+            return None
+        hop = self.hop_seconds or self.seconds
+        span = self.total_seconds - self.seconds
+        steps = span / hop
+        # A tolerance keeps 29.1 / 2.91 from becoming 9.999999 sub-clips.
+        whole = math.floor(steps + 1e-9)
+        return whole + 1 + (1 if self.partial == "pad" and steps - whole > 1e-9 else 0)
+
+    def n_samples(self, sample_rate: int) -> int:
+        """Samples in one (sub-)clip at ``sample_rate``."""
+        return int(round(self.seconds * sample_rate))
+
+    def apply(self, y: np.ndarray, *, sample_rate: int) -> np.ndarray:
+        """Mono ``[shape=(n,)]`` → ``[shape=(n_samples,)]`` or ``[shape=(K, n_samples)]`` when splitting."""
+        length = self.n_samples(sample_rate)
+        if self.mode == "split":
+            total = fix_length(y, size=int(round(self.total_seconds * sample_rate)))
+            hop = int(round((self.hop_seconds or self.seconds) * sample_rate))
+            starts = [k * hop for k in range(self.n_subclips)]
+            return np.stack([fix_length(total[s : s + length], size=length) for s in starts])
+        if self.mode == "pad_crop" and self.anchor == "centre" and len(y) > length:
+            start = (len(y) - length) // 2
+            return y[start : start + length]
+        return fix_length(y, size=length)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_clip(path: str, *, rates: tuple[int, ...], policy: ClipPolicy) -> dict[int, np.ndarray]:
+    """Decode once, mix to mono, resample to every rate in ``rates`` and apply the clip policy."""
+    samples, rate = decode(path)
+    mono = to_mono(samples)
+    return {sr: policy.apply(resample(mono, orig_sr=rate, target_sr=sr), sample_rate=sr) for sr in rates}

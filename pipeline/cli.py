@@ -1,0 +1,166 @@
+"""``pipe``: build, inspect and list muzarr stores.
+
+Exit codes: 0 success; 1 the store was built but some clips failed (listed in the summary
+and in ``pipe info``); 2 bad input (a one-line message says what and where); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.errors import MuzarrError
+
+
+def friendly_errors(command):
+    """Turn a MuzarrError into one line on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MuzarrError as error:
+            click.secho(f"error: {error}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: run the same command again to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="muzarr")
+def main() -> None:
+    """muzarr: audio datasets to chunked Zarr feature stores, in parallel, reproducibly.
+
+    \b
+    Quick start:
+      pipe build demo                 # synthesise a demo dataset and build demo.zarr
+      pipe info demo.zarr             # what is in it
+      pipe ls                         # datasets the catalog knows
+    """
+
+
+def _specs(values: tuple[str, ...], kind: str) -> list[dict[str, Any]]:
+    from pipeline.config import parse_spec
+
+    return [{"kind": kind, **parse_spec(v, what=f"--{kind}")} for v in values]
+
+
+@main.command()
+@click.argument("name")
+@click.option("--source", type=str, help="Folder holding the dataset's audio (default: the catalog's).")
+@click.option("--out", type=str, help="Store URL or folder (default: ./NAME.zarr).")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the embedded cluster (default: all cores).")
+@click.option("--scheduler", type=str, help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")
+@click.option("--waveform", "waveforms", multiple=True, metavar="K=V,...", help="Add a waveform variant, e.g. sample_rate=22050.")
+@click.option("--logmel", "logmels", multiple=True, metavar="K=V,...", help="Add a log-mel variant, e.g. n_mels=128,sample_rate=16000.")
+@click.option("--tabular", "tabulars", multiple=True, metavar="SET", help="Add a tabular feature set: gtzan57 or summary.")
+@click.option("--only", is_flag=True, help="Store only the features given with --waveform/--logmel/--tabular.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a catalog field: clip.seconds=3, options.tags=100, logmel.n_fft=2048.")
+@click.option("--catalog", type=click.Path(dir_okay=False), help="Catalog file (default: the packaged catalog.yaml).")
+@click.option("--strict", is_flag=True, help="Stop at the first clip that fails.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, only, settings, catalog, strict, overwrite, quiet):
+    """Build the store of dataset NAME (see `pipe ls`).
+
+    \b
+    Examples:
+      pipe build demo
+      pipe build mtat --source ~/data/magnatagatune --out mtat.zarr
+      pipe build gtzan --source ~/data/gtzan --tabular gtzan57 --workers 8
+      pipe build mtat --logmel n_mels=128,sample_rate=16000 --set clip.seconds=10
+      pipe build fma_small --scheduler tcp://10.0.0.5:8786 --out s3://bucket/fma.zarr
+
+    Re-running an interrupted build finishes it without redoing finished batches.
+    Exit status: 0 every clip stored, 1 some clips failed (listed), 2 bad input.
+    """
+    from pipeline.build import build as run_build
+    from pipeline.config import apply_overrides, config_for, load_catalog, parse_spec
+
+    entries = load_catalog(catalog)
+    if name not in entries:
+        raise MuzarrError(f"unknown dataset {name!r}; the catalog has: {', '.join(entries)} (see `pipe ls`)")
+    entry = entries[name]
+    overrides: dict[str, Any] = {}
+    for setting in settings:
+        overrides.update(parse_spec(setting, what="--set"))
+    added = _specs(waveforms, "waveform") + _specs(logmels, "logmel") + [{"kind": t} for t in tabulars]
+    if only and not added:
+        raise MuzarrError("--only needs at least one --waveform, --logmel or --tabular")
+    config = apply_overrides(config_for(name, entry), add_features=added, only=only, settings=overrides)
+    source = os.path.expanduser(source or entry.get("source") or ".")
+    out = out or f"{name}.zarr"
+    click.echo(f"dataset {name}: recipe {config.recipe}, source {source}")
+    for feature in config.features:
+        click.echo(f"  feature {feature.name}")
+    report = run_build(
+        config, source=source, out=out, workers=workers, scheduler=scheduler,
+        strict=strict, overwrite=overwrite, progress=not quiet,
+    )
+    rate = report.n_clips / report.seconds if report.seconds else 0.0
+    click.echo(
+        f"{out}: {report.n_ok} of {report.n_clips} clips stored, {report.n_failed} failed "
+        f"({report.batches_run} batches run, {report.batches_reused} reused, {report.seconds:.1f} s, {rate:.1f} clips/s)"
+    )
+    for failure in report.failures[:20]:
+        click.echo(f"  failed {failure['clip_id']} ({failure['path']}) at {failure['stage']}: {failure['message']}")
+    if len(report.failures) > 20:
+        click.echo(f"  ... and {len(report.failures) - 20} more: see `pipe info {out}`")
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--failures", "show_failures", type=int, default=20, show_default=True, help="How many failed clips to list.")
+@friendly_errors
+def info(store, show_failures):
+    """Describe STORE: dataset, clip counts, arrays, splits and labels.
+
+    \b
+    Example:
+      pipe info demo.zarr
+      pipe info https://lab.example/mtat.zarr
+    """
+    from pipeline.inspect import describe
+
+    click.echo(describe(store, max_failures=show_failures))
+
+
+@main.command(name="ls")
+@click.option("--catalog", type=click.Path(dir_okay=False), help="Catalog file (default: the packaged catalog.yaml).")
+@friendly_errors
+def list_datasets(catalog):
+    """List the datasets of the catalog with their task, splits and features.
+
+    \b
+    Example:
+      pipe ls
+    """
+    from pipeline.config import config_for, load_catalog
+
+    for name, entry in load_catalog(catalog).items():
+        config = config_for(name, entry)
+        click.secho(name, bold=True, nl=False)
+        click.echo(f"  ({config.recipe}, {config.task}) {entry.get('description', '')}")
+        click.echo(f"    source {entry.get('source', '-')}; splits {', '.join(config.splits)}; clip {_clip_text(config.clip)}")
+        for feature in config.features:
+            click.echo(f"    {feature.name}")
+
+
+def _clip_text(clip) -> str:
+    if clip.mode == "split":
+        return f"split {clip.total_seconds:g} s into {clip.n_subclips} x {clip.seconds:g} s"
+    return f"{clip.mode} {clip.seconds:g} s"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

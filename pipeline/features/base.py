@@ -1,0 +1,102 @@
+"""The interface every stored feature shares, and the registry that names them."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.errors import MuzarrError
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """A per-clip feature computed from a mono float32 waveform at ``sample_rate``.
+
+    Subclasses are frozen dataclasses whose fields are the feature's parameters; the
+    parameters, the kind and nothing else decide the bytes written, so two features that
+    compare equal write identical arrays.
+
+    Subclass contract
+    -----------------
+    kind : ClassVar[str]
+        Registry key (``"waveform"``, ``"logmel"``, ``"gtzan57"``, ...).
+    group : ClassVar[str]
+        Store sub-group the array lives in (``""`` for the top level, ``"logmel"``,
+        ``"tabular"``).
+    sample_rate : int
+        Rate the input waveform is resampled to before :meth:`extract`.
+    dtype : str
+        Storage dtype of the array.
+    output_shape(n_samples) -> tuple
+        Shape of one (sub-)clip's output for an input of ``n_samples`` samples.
+    extract(samples, *, sampling_rate) -> np.ndarray
+        ``samples`` is float32 ``[shape=(..., n_samples)]``; returns
+        ``[shape=(..., *output_shape(n_samples))]`` in ``dtype`` or a type that casts to it
+        without surprise. Must be deterministic.
+    """
+
+    kind: ClassVar[str] = ""
+    group: ClassVar[str] = ""
+
+    sample_rate: int = 16000
+
+    @property
+    def name(self) -> str:
+        """Array path inside the store, e.g. ``"logmel/mel96_sr12000_fft512_hop256_pad37"``."""
+        return f"{self.group}/{self.variant}" if self.group else self.kind
+
+    @property
+    def variant(self) -> str:
+        """Short name made of the parameters that matter."""
+        return self.kind
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+    def output_shape(self, n_samples: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def attrs(self) -> dict[str, Any]:
+        """Extra attributes stored on the array (column names, axis names, ...)."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    def check_rate(self, sampling_rate: int) -> None:
+        if sampling_rate != self.sample_rate:
+            raise MuzarrError(f"{self.name} expects audio at {self.sample_rate} Hz, got {sampling_rate} Hz")
+
+
+FEATURES: dict[str, type[Feature]] = {}
+
+
+def register(cls: type[Feature]) -> type[Feature]:
+    """Class decorator: add a feature class to :data:`FEATURES` under its ``kind``."""
+    FEATURES[cls.kind] = cls
+    return cls
+
+
+def feature_from_dict(spec: dict[str, Any], *, where: str = "feature") -> Feature:
+    """Build a feature from ``{"kind": ..., <parameters>}``; unknown kinds or fields are errors."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise MuzarrError(f"{where}: expected a mapping with a 'kind' key, got {spec!r}")
+    kind = spec["kind"]
+    if kind not in FEATURES:
+        raise MuzarrError(f"{where}: unknown feature kind {kind!r}; known kinds: {', '.join(sorted(FEATURES))}")
+    cls = FEATURES[kind]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params = {k: v for k, v in spec.items() if k != "kind"}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise MuzarrError(f"{where}: unknown parameter(s) {unknown} for feature {kind!r}; known: {sorted(fields)}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as err:
+        raise MuzarrError(f"{where}: {err}") from None
