@@ -93,8 +93,9 @@ def resample(y: np.ndarray, *, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return y
     out = soxr.resample(y, orig_sr, target_sr, quality="HQ")
-    # librosa.resample fixes the length to ceil(n * target / orig); soxr agrees to within a sample.
-    n_out = int(math.ceil(len(y) * target_sr / orig_sr))
+    # librosa.resample fixes the length with this exact float arithmetic (it can round up
+    # 6000.000000000001 to 6001); doing the same keeps lengths equal to librosa.load's.
+    n_out = int(np.ceil(len(y) * (float(target_sr) / orig_sr)))
     return fix_length(np.asarray(out, dtype=np.float32), size=n_out)
 
 

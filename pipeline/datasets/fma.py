@@ -1,0 +1,161 @@
+"""Free Music Archive (Defferrard et al., ISMIR 2017): genre recognition on fma_small/medium/large.
+
+Source layout (``pipe download fma_small``)::
+
+    root/fma_metadata/tracks.csv             two-row header: (group, field)
+    root/fma_<subset>/<id[:3]>/<id:06d>.mp3  e.g. fma_small/000/000010.mp3
+
+Labels are ``('track', 'genre_top')``; the ``official`` split scheme is ``('set', 'split')``
+(training/validation/test); the subsets nest: small is in medium is in large (= all tracks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.datasets._common import class_indices, make_splits, require_dir
+from pipeline.errors import MuzarrError
+from pipeline.index import DatasetIndex
+
+SUBSETS = {
+    "small": ("small",),
+    "medium": ("small", "medium"),
+    "large": ("small", "medium", "large"),
+    "full": ("small", "medium", "large"),
+}
+SPLITS = {"training": "train", "validation": "valid", "test": "test"}
+COLUMNS = (("set", "subset"), ("set", "split"), ("track", "genre_top"))
+
+
+def _hint(root: Path, subset: str) -> str:
+    return f"download with `pipe download fma_{subset} --to {root}`"
+
+
+def read_tracks(path: Path) -> pd.DataFrame:
+    """``tracks.csv`` with its two-row header (``header=[0, 1], index_col=0``), checked."""
+    try:
+        tracks = pd.read_csv(path, header=[0, 1], index_col=0, low_memory=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, IndexError, ValueError) as error:
+        raise MuzarrError(f"{path} is not a readable FMA tracks.csv ({error}): expected the two-row header "
+                          "of fma_metadata/tracks.csv") from None
+    missing = [c for c in COLUMNS if c not in tracks.columns]
+    if missing:
+        raise MuzarrError(f"{path} has no column(s) {missing}: expected FMA's tracks.csv with a two-row header "
+                          "such as ('set', 'subset'), ('set', 'split'), ('track', 'genre_top')")
+    try:
+        tracks.index = tracks.index.astype(np.int64)
+    except (TypeError, ValueError):
+        raise MuzarrError(f"{path}: the first column must hold integer track ids "
+                          f"(found {tracks.index[:3].tolist()})") from None
+    return tracks
+
+
+def _present_files(audio_dir: Path) -> set[str]:
+    """``"<id[:3]>/<file>"`` of every file in the audio folder's 3-digit sub-folders (names only)."""
+    present = set()
+    for entry in os.scandir(audio_dir):
+        if entry.is_dir():
+            present.update(f"{entry.name}/{name}" for name in os.listdir(entry.path))
+    return present
+
+
+def index_fma(
+    root: str | os.PathLike,
+    *,
+    subset: str = "small",
+    metadata: str | os.PathLike | None = None,
+) -> DatasetIndex:
+    """Index one FMA subset as a multi-class genre dataset.
+
+    Parameters
+    ----------
+    root : path-like
+        Folder holding ``fma_<subset>/`` (and usually ``fma_metadata/``), or the
+        ``fma_<subset>`` folder itself.
+    subset : {"small", "medium", "large", "full"}
+        Tracks whose ``('set', 'subset')`` is this subset or a smaller one.
+    metadata : path-like, optional
+        Path of ``tracks.csv``; default ``fma_metadata/tracks.csv`` in ``root`` or beside
+        the audio folder.
+
+    Returns
+    -------
+    DatasetIndex
+        ``clip_id`` is the 6-digit track id (``"000010"``), ``path`` is relative to ``root``;
+        metadata columns ``track_id`` and ``genre``. ``classes`` are the genres of the subset
+        in ``tracks.csv``, sorted, so a partial download keeps the same classes. Tracks
+        whose audio file is absent are left out and counted in ``info["missing_audio"]``.
+    """
+    if subset not in SUBSETS:
+        raise MuzarrError(f"subset={subset!r} is not an FMA subset; choose one of {', '.join(SUBSETS)}")
+    folder = f"fma_{subset}"
+    root = require_dir(root, expected=f"{folder}/ and fma_metadata/tracks.csv; {_hint(Path(root), subset)}")
+    if (root / folder).is_dir():
+        audio_dir = root / folder
+    elif root.name == folder:
+        audio_dir = root
+    else:
+        raise MuzarrError(f"no {folder} folder in {root}: expected {folder}/<id[:3]>/<id:06d>.mp3 "
+                          f"(e.g. {folder}/000/000010.mp3) beside fma_metadata/; {_hint(root, subset)}")
+    if metadata is None:
+        candidates = [root / "fma_metadata" / "tracks.csv", audio_dir.parent / "fma_metadata" / "tracks.csv"]
+        tracks_csv = next((c for c in candidates if c.is_file()), None)
+        if tracks_csv is None:
+            raise MuzarrError(f"no fma_metadata/tracks.csv in {root}: unzip fma_metadata.zip beside {folder}/ "
+                              f"or pass metadata=<path of tracks.csv>; {_hint(root, subset)}")
+    else:
+        tracks_csv = Path(metadata).expanduser()
+        if not tracks_csv.is_file():
+            raise MuzarrError(f"metadata={str(metadata)!r} is not a file: expected the path of FMA's tracks.csv")
+    tracks = read_tracks(tracks_csv)
+
+    selected = tracks[tracks[("set", "subset")].isin(SUBSETS[subset])]
+    if selected.empty:
+        found = sorted(tracks[("set", "subset")].dropna().astype(str).unique())
+        raise MuzarrError(f"{tracks_csv} lists no track of subset {subset!r} (subsets found: {found})")
+    split_values = selected[("set", "split")]
+    unknown = sorted(set(split_values.dropna().astype(str)) - set(SPLITS))
+    if unknown:
+        raise MuzarrError(f"{tracks_csv}: ('set', 'split') has values {unknown}; expected training/validation/test")
+    genres = np.array([g if isinstance(g, str) and g else None for g in selected[("track", "genre_top")]], dtype=object)
+    classes = tuple(sorted({g for g in genres if isinstance(g, str)}))
+
+    ids = [f"{track_id:06d}" for track_id in selected.index]
+    relative_dir = audio_dir.relative_to(root)
+    in_folder = [f"{i[:3]}/{i}.mp3" for i in ids]
+    present = _present_files(audio_dir)
+    found = np.array([p in present for p in in_folder], dtype=bool)
+    missing = [i for i, ok in zip(ids, found) if not ok]
+    if not found.any():
+        raise MuzarrError(f"none of the {len(ids)} fma_{subset} tracks listed in {tracks_csv.name} is in {audio_dir}: "
+                          f"expected {folder}/<id[:3]>/<id:06d>.mp3 (e.g. {in_folder[0]}); {_hint(root, subset)}")
+
+    keep = np.flatnonzero(found)
+    clips = pd.DataFrame(
+        {
+            "clip_id": pd.Series([ids[i] for i in keep], dtype=object),
+            "path": pd.Series([(relative_dir / in_folder[i]).as_posix() for i in keep], dtype=object),
+            "track_id": selected.index.to_numpy()[keep],
+            "genre": pd.Series(genres[keep], dtype=object),
+        }
+    )
+    official = [SPLITS.get(v) if isinstance(v, str) else None for v in split_values.to_numpy()[keep]]
+    return DatasetIndex(
+        root=str(root),
+        clips=clips,
+        task="multiclass",
+        classes=classes,
+        labels=class_indices(list(clips["genre"]), classes),
+        splits=make_splits({"official": official}, len(clips)),
+        info={
+            "subset": subset,
+            "tracks_csv": str(tracks_csv),
+            "tracks_in_subset": len(ids),
+            "missing_audio": len(missing),
+            "missing_audio_examples": missing[:5],
+        },
+    )

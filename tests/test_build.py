@@ -1,0 +1,233 @@
+"""End-to-end builds on a real Dask cluster, real MP3/WAV files and real Zarr/Parquet output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import MuzarrError, open_store
+from pipeline.build import build
+from pipeline.config import apply_overrides, config_for, load_catalog
+from pipeline.features.spectral import LogMel
+
+N_CLIPS = 24
+
+
+def demo_config(**settings):
+    catalog = load_catalog()
+    base = config_for("demo", catalog["demo"])
+    return apply_overrides(
+        base,
+        settings={"options.n_clips": N_CLIPS, "options.seconds": 2.0, "clip.seconds": 2.0, "batch_clips": 8, **settings},
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_source(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo_audio")
+
+
+@pytest.fixture(scope="module")
+def built(demo_source, tmp_path_factory):
+    """The demo store built with one and with two workers."""
+    out = tmp_path_factory.mktemp("stores")
+    reports = {}
+    for workers in (1, 2):
+        reports[workers] = build(
+            demo_config(), source=str(demo_source), out=str(out / f"w{workers}.zarr"), workers=workers, progress=False
+        )
+    return reports
+
+
+def test_demo_store_contents(built, demo_source):
+    report = built[1]
+    assert (report.n_clips, report.n_ok, report.n_failed) == (N_CLIPS, N_CLIPS, 0)
+    store = open_store(report.url)
+    assert store.complete and store.task == "multilabel"
+    assert store.classes == ["drums", "bass", "melody", "noise", "fast", "slow"]
+    assert set(store.arrays) == {
+        "waveform",
+        "logmel/mel64_sr16000_fft1024_hop512",
+        "logmel/mel96_sr12000_fft512_hop256_pad37",
+    }
+    wave = store.read("waveform", slice(None))
+    assert wave.shape == (N_CLIPS, 32000) and wave.dtype == np.int16
+    mel = store.read("logmel/mel96_sr12000_fft512_hop256_pad37", [0, 5])
+    assert mel.shape == (2, 96, 1 + 24000 // 256 + 74) and mel.dtype == np.float16
+    # Files on disk: half MP3, half WAV; every clip's waveform is its decoded file at 16 kHz.
+    clips = store.clips
+    assert clips["path"].str.endswith(".mp3").sum() == N_CLIPS // 2
+    import librosa
+
+    for row in (0, 1):
+        reference, _ = librosa.load(demo_source / clips["path"][row], sr=16000)
+        expected = np.clip(np.rint(reference[:32000] * 32768), -32768, 32767)
+        np.testing.assert_array_equal(wave[row][: len(expected)], expected)
+        logmel = LogMel(sample_rate=12000, n_mels=96, n_fft=512, hop_length=256, pad_frames=37, storage="float32")
+        y12, _ = librosa.load(demo_source / clips["path"][row], sr=12000)
+        y12 = np.pad(y12, (0, max(0, 24000 - len(y12))))[:24000]
+        np.testing.assert_allclose(store.read(logmel.name, row), logmel.extract(y12, sampling_rate=12000), atol=0.07)
+
+
+def test_labels_and_splits_are_plain_parquet(built):
+    url = built[1].url
+    labels = pd.read_parquet(f"{url}/tables/labels.parquet")
+    splits = pd.read_parquet(f"{url}/tables/splits.parquet")
+    assert list(labels.columns) == ["clip_id", "drums", "bass", "melody", "noise", "fast", "slow"]
+    assert len(labels) == len(splits) == N_CLIPS
+    assert set(splits["random"]) == {"train", "valid", "test"}
+    assert not (labels.iloc[:, 1:].to_numpy() & labels[["fast"]].to_numpy() & labels[["slow"]].to_numpy()).any()
+    store = open_store(url)
+    counts = store.manifest["split_counts"]["random"]
+    assert sum(counts.values()) == N_CLIPS and counts == {p: len(store.split("random", p)) for p in counts}
+
+
+def test_one_and_two_workers_write_identical_content(built):
+    one, two = (open_store(built[w].url) for w in (1, 2))
+    assert {n: a["checksum"] for n, a in one.arrays.items()} == {n: a["checksum"] for n, a in two.arrays.items()}
+    for name in one.arrays:
+        np.testing.assert_array_equal(one.array(name)[:], two.array(name)[:])
+    for table in ("labels", "splits", "checksums", "clips"):
+        pd.testing.assert_frame_equal(one.table(table), two.table(table))
+
+
+def test_manifest_records_how_the_store_was_made(built):
+    manifest = open_store(built[1].url).manifest
+    assert manifest["config"]["features"][2] == {
+        "kind": "logmel", "sample_rate": 12000, "n_mels": 96, "n_fft": 512, "hop_length": 256, "f_min": 0.0,
+        "f_max": None, "log": "db", "top_db": 80.0, "log_compression": 10000.0, "pad_frames": 37, "storage": "float16",
+    }
+    assert {"librosa", "soxr", "zarr", "numpy", "libsndfile", "dask"} <= set(manifest["versions"])
+    assert manifest["counts"] == {"ok": N_CLIPS, "failed": 0}
+    arrays = manifest["arrays"]
+    assert arrays["waveform"]["shards"][0] == 8 and len(arrays["waveform"]["checksum"]) == 64
+
+
+def test_checksums_table_matches_the_data(built):
+    from pipeline.store import clip_digests, combine_digests
+
+    store = open_store(built[2].url)
+    table = store.table("checksums")
+    for name in store.arrays:
+        digests = table.loc[table["array"] == name, "digest"].tolist()
+        assert digests == clip_digests(store.array(name)[:])
+        assert combine_digests(digests) == store.arrays[name]["checksum"]
+
+
+def test_corrupt_files_are_recorded_and_the_build_goes_on(demo_source, tmp_path):
+    from pipeline.datasets.demo import index_demo
+    from pipeline.index import DatasetIndex
+
+    config = demo_config()
+    index = index_demo(str(demo_source), **config.options)
+    broken = tmp_path / "src"
+    broken.mkdir()
+    paths = []
+    for i, path in enumerate(index.clips["path"]):
+        target = broken / path.replace("/", "_")
+        data = (demo_source / path).read_bytes()
+        if i == 3:
+            data = b""  # zero-byte file, like three clips of the real MTAT release
+        elif i == 10:
+            data = b"this is not audio" * 50
+        target.write_bytes(data)
+        paths.append(target.name)
+    clips = index.clips.assign(path=paths)
+    index = DatasetIndex(str(broken), clips, index.task, index.classes, index.labels, index.splits)
+    report = build(config, source=str(broken), out=str(tmp_path / "s.zarr"), index=index, workers=2, progress=False)
+    assert (report.n_ok, report.n_failed, report.exit_code) == (N_CLIPS - 2, 2, 1)
+    failed = {f["clip_id"]: f for f in report.failures}
+    assert set(failed) == {"demo_00003", "demo_00010"}
+    assert failed["demo_00003"]["stage"] == "decode" and "soundfile" in failed["demo_00003"]["message"]
+    store = open_store(report.url)
+    assert store.status.tolist().count(2) == 2
+    assert store.clips.set_index("clip_id").loc["demo_00010", "status"] == "failed"
+    # A failed clip is never read back as silence, and splits leave it out.
+    with pytest.raises(MuzarrError, match="demo_00003.*failed"):
+        store.read("waveform", 3)
+    with pytest.raises(MuzarrError, match="failed"):
+        store.read("waveform", [1, 2, 3])
+    assert 3 not in store.split("random", "all") and 10 not in store.split("random", "all")
+    # Every good clip is stored exactly as in the clean build.
+    good = np.flatnonzero(store.ok)
+    assert len(good) == N_CLIPS - 2 and np.abs(store.read("waveform", good)).max(axis=1).min() > 0
+
+
+def test_strict_stops_at_the_first_failure(demo_source, tmp_path):
+    from pipeline.datasets.demo import index_demo
+    from pipeline.index import DatasetIndex
+
+    config = demo_config()
+    index = index_demo(str(demo_source), **config.options)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....")
+    clips = index.clips.copy()
+    clips.loc[0, "path"] = str(tmp_path / "bad.wav")
+    index = DatasetIndex(str(demo_source), clips, index.task, index.classes, index.labels, index.splits)
+    with pytest.raises(MuzarrError, match="--strict: clip demo_00000"):
+        build(config, source=str(demo_source), out=str(tmp_path / "s.zarr"), index=index, workers=1, strict=True, progress=False)
+
+
+def run_pipe(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_build_info_and_rerun(demo_source, tmp_path):
+    out = tmp_path / "cli.zarr"
+    common = ["build", "demo", "--source", str(demo_source), "--out", str(out), "--workers", "1", "--quiet",
+              "--set", f"options.n_clips={N_CLIPS}", "--set", "options.seconds=2.0", "--set", "clip.seconds=2.0",
+              "--set", "batch_clips=8", "--tabular", "gtzan57"]
+    first = run_pipe(*common)
+    assert first.returncode == 0, first.stderr
+    assert f"{N_CLIPS} of {N_CLIPS} clips stored, 0 failed" in first.stdout
+    again = run_pipe(*common)
+    assert again.returncode == 0 and "0 batches run, 3 reused" in again.stdout
+    info = run_pipe("info", str(out))
+    assert info.returncode == 0
+    assert f"clips     {N_CLIPS} total, {N_CLIPS} ok, 0 failed" in info.stdout
+    assert "tabular/gtzan57" in info.stdout and f"shape ({N_CLIPS}, 57) float32" in info.stdout
+    assert "random     train" in info.stdout and "drums" in info.stdout
+    changed = run_pipe(*common[:-2], "--set", "logmel.top_db=60")
+    assert changed.returncode == 2
+    assert "different configuration" in changed.stderr and "top_db" in changed.stderr
+    assert "Traceback" not in changed.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", "nosuch"], "unknown dataset 'nosuch'"),
+        (["build", "demo", "--logmel", "n_mels"], "not KEY=VALUE"),
+        (["build", "demo", "--logmel", "n_mels=0"], "n_mels=0 must be a positive integer"),
+        (["build", "demo", "--set", "clip.length=3"], "clip has no parameter 'length'"),
+        (["build", "demo", "--set", "mfcc.n=3"], "no feature named 'mfcc'"),
+        (["build", "demo", "--tabular", "nosuch"], "unknown feature kind 'nosuch'"),
+        (["build", "demo", "--only"], "--only needs"),
+        (["build", "demo", "--workers", "0"], "--workers"),
+        (["info", "/nonexistent/x.zarr"], "no muzarr store"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(args, message):
+    result = run_pipe(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_help_has_examples():
+    for command in ("build", "info", "ls"):
+        result = run_pipe(command, "--help")
+        assert result.returncode == 0 and "Example" in result.stdout
+
+
+def test_pipe_ls_lists_the_catalog():
+    result = run_pipe("ls")
+    assert result.returncode == 0
+    for name in ("demo", "mtat", "gtzan", "fma_small", "folder", "csv"):
+        assert f"{name}  (" in result.stdout
+    assert "logmel/mel96_sr12000_fft512_hop256_pad37" in result.stdout
