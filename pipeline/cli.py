@@ -156,6 +156,39 @@ def list_datasets(catalog):
             click.echo(f"    {feature.name}")
 
 
+@main.command()
+@click.argument("name")
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Folder that receives the dataset.")
+@click.option("--catalog", type=click.Path(dir_okay=False), help="Catalog file (default: the packaged catalog.yaml).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def download(name, to, catalog, quiet):
+    """Download, verify and extract the public archives of dataset NAME.
+
+    Resumable: run it again after an interruption and it continues where it stopped;
+    a file whose checksum does not match the catalog's is refused.
+
+    \b
+    Examples:
+      pipe download mtat --to ~/data/magnatagatune
+      pipe download fma_small --to ~/data/fma
+    """
+    from pipeline.config import load_catalog
+    from pipeline.download import download_dataset
+
+    entries = load_catalog(catalog)
+    if name not in entries:
+        raise MuzarrError(f"unknown dataset {name!r}; the catalog has: {', '.join(entries)} (see `pipe ls`)")
+    sources = entries[name].get("download")
+    if not sources:
+        with_download = [n for n, e in entries.items() if e.get("download")]
+        raise MuzarrError(
+            f"dataset {name!r} has no public archive to download; datasets with one: {', '.join(with_download)}"
+        )
+    folder = download_dataset(name, os.path.expanduser(to), sources=sources, progress=not quiet)
+    click.echo(f"{name}: ready in {folder}; build it with: pipe build {name} --source {folder}")
+
+
 def _clip_text(clip) -> str:
     if clip.mode == "split":
         return f"split {clip.total_seconds:g} s into {clip.n_subclips} x {clip.seconds:g} s"

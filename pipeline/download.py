@@ -39,7 +39,8 @@ def file_digest(path: str | os.PathLike, algorithm: str, *, chunk_size: int = 1 
 
 
 def _expected(sha256: str | None, sha1: str | None, md5: str | None) -> dict[str, str]:
-    expected = {name: value.strip().lower() for name, value in (("sha256", sha256), ("sha1", sha1), ("md5", md5)) if value}
+    given = (("sha256", sha256), ("sha1", sha1), ("md5", md5))
+    expected = {name: value.strip().lower() for name, value in given if value}
     for name, value in expected.items():
         size = hashlib.new(name).digest_size * 2
         if len(value) != size or any(c not in "0123456789abcdef" for c in value):
@@ -83,7 +84,7 @@ def _fetch(url: str, part: Path, *, chunk_size: int, progress: bool, timeout: tu
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=part.name.removesuffix(".part"), disable=not progress, leave=False)
+                   desc=part.name.removesuffix(".part"), disable=not progress)
         written = offset
         with bar, open(part, mode) as handle:
             for chunk in response.iter_content(chunk_size=chunk_size):
@@ -155,9 +156,14 @@ def download(
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
             if attempt == retries:
                 held = part.stat().st_size if part.exists() else 0
+                if not held:
+                    raise MuzarrError(f"download of {url} failed ({error}): check the network and the URL, "
+                                      "then run again") from None
                 raise MuzarrError(f"download of {url} interrupted ({error}); {held} bytes kept in {part}: "
                                   "run the same command again to resume") from None
             time.sleep(min(attempt, 5))  # first retry at once: the link dropped, the server is up
+        except requests.RequestException as error:
+            raise MuzarrError(f"cannot download {url!r}: {error}") from None
     bad = _mismatch(part, expected)
     if bad:
         part.unlink()
@@ -207,9 +213,11 @@ def extract(archive: str | os.PathLike, to: str | os.PathLike) -> Path:
                 if member.issym() or member.islnk():
                     base = to / PurePosixPath(member.name).parent if member.issym() else to
                     _check_member(to, os.path.relpath(os.path.join(base, member.linkname), to), archive)
+            # Python >= 3.10.12 / 3.11.4 also vet members with the "data" filter (PEP 706).
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             try:
-                bundle.extractall(to, members=members, filter="data")
-            except tarfile.FilterError as error:
+                bundle.extractall(to, members=members, **safe)
+            except tarfile.TarError as error:
                 raise MuzarrError(f"{archive}: refusing unsafe member ({error})") from None
     else:
         raise MuzarrError(f"{archive} is neither a zip nor a tar archive; download it again or extract it by hand")
@@ -251,8 +259,9 @@ def download_dataset(name: str, to: str | os.PathLike, *, sources: Sequence[Mapp
         Each ``{url, sha256 | sha1 | md5, extract: bool, concat: str, filename: str}``;
         only ``url`` is required. Sources sharing ``concat: "mp3.zip"`` are the parts of one
         archive: downloaded in order, joined into ``to/mp3.zip`` and, if any part says
-        ``extract: true``, extracted (the joined file is then removed; the parts stay, so a
-        rerun downloads nothing).
+        ``extract: true``, extracted (the joined file is then removed). A rerun downloads
+        nothing already there, and nothing whose archive was extracted before (a marker
+        ``to/.<archive>.extracted`` says so), even if the archive was deleted since.
     progress : bool
 
     Returns
@@ -262,10 +271,6 @@ def download_dataset(name: str, to: str | os.PathLike, *, sources: Sequence[Mapp
     """
     if not sources:
         raise MuzarrError(f"dataset {name!r} has no download sources in the catalog")
-    to = Path(to).expanduser()
-    to.mkdir(parents=True, exist_ok=True)
-    groups: dict[str, list[Path]] = {}
-    group_extract: dict[str, bool] = {}
     for number, source in enumerate(sources, start=1):
         if not isinstance(source, Mapping) or "url" not in source:
             raise MuzarrError(f"download source {number} of {name!r} is {source!r}: expected a mapping with a url")
@@ -273,20 +278,33 @@ def download_dataset(name: str, to: str | os.PathLike, *, sources: Sequence[Mapp
         if unknown:
             raise MuzarrError(f"download source {number} of {name!r} has unknown key(s) {unknown}; "
                               f"allowed: {', '.join(sorted(SOURCE_KEYS))}")
+        joined = source.get("concat")
+        if joined is not None and (not isinstance(joined, str) or "/" in joined or "\\" in joined
+                                   or joined in ("", ".", "..")):
+            raise MuzarrError(f"download source {number} of {name!r}: concat={joined!r} must be a plain file name")
+        _filename(source)
+        _expected(*(source.get(h) for h in HASHES))
+    to = Path(to).expanduser()
+    to.mkdir(parents=True, exist_ok=True)
+    group_extract: dict[str, bool] = {}
+    for source in sources:
+        if source.get("concat"):
+            group_extract[source["concat"]] = group_extract.get(source["concat"], False) or bool(source.get("extract"))
+    groups: dict[str, list[Path]] = {}
+    for source in sources:
+        archive = source.get("concat") or _filename(source)
+        extracted = bool(group_extract.get(archive) if source.get("concat") else source.get("extract"))
+        if extracted and (to / f".{archive}.extracted").exists():
+            continue  # extracted by an earlier run: the archive itself may have been deleted since
         dest = download(source["url"], to / _filename(source), progress=progress,
                         **{h: source[h] for h in HASHES if source.get(h)})
         if source.get("concat"):
             groups.setdefault(source["concat"], []).append(dest)
-            group_extract[source["concat"]] = group_extract.get(source["concat"], False) or bool(source.get("extract"))
         elif source.get("extract"):
             extract(dest, to)
     for joined, parts in groups.items():
-        if "/" in joined or "\\" in joined or joined in (".", ".."):
-            raise MuzarrError(f"concat={joined!r} must be a plain file name")
         if not group_extract[joined]:
             _concatenate(parts, to / joined)
-            continue
-        if (to / f".{joined}.extracted").exists():
             continue
         archive = _concatenate(parts, to / joined)
         extract(archive, to)

@@ -37,8 +37,8 @@ class DatasetIndex:
         ``"train"``, ``"valid"``, ``"test"`` or ``None`` (clip not in that scheme). Same row
         order as ``clips``.
     info : dict
-        Free-form facts about the source worth keeping in the manifest (e.g. the number of
-        tags available before the top-N cut).
+        JSON-serialisable facts about the source worth keeping in the manifest (e.g. the
+        number of tags available before the top-N cut, files listed but missing).
     """
 
     root: str
@@ -84,9 +84,8 @@ class DatasetIndex:
             table = pd.DataFrame(self.labels.astype(np.uint8), columns=list(self.classes))
             table.insert(0, "clip_id", ids)
             return table
-        names = np.array(self.classes, dtype=object)
         index = self.labels.astype(np.int16)
-        label = np.where(index >= 0, names[np.clip(index, 0, None)] if len(names) else None, None)
+        label = pd.Series([self.classes[i] if i >= 0 else None for i in index], dtype=object)
         return pd.DataFrame({"clip_id": ids, "label": label, "label_index": index})
 
     def splits_table(self) -> pd.DataFrame:

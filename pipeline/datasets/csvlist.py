@@ -87,7 +87,8 @@ def index_csv(
     if not path.is_file():
         raise MuzarrError(f"no manifest {manifest} in {root}: expected {_FORMAT}")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise MuzarrError(f"{path} is not a readable CSV ({error}): expected {_FORMAT}") from None
     table.columns = [str(c).strip() for c in table.columns]
@@ -108,17 +109,20 @@ def index_csv(
     table["path"] = pd.Series(paths, dtype=object)
     duplicate = _first_duplicate(table["path"])
     if duplicate:
-        raise MuzarrError(f"{line(duplicate[1])}: path {paths[duplicate[1]]!r} is already listed on {line(duplicate[0])}")
+        first, again = duplicate
+        raise MuzarrError(f"{line(again)}: path {paths[again]!r} is already listed on {line(first)}")
     if "clip_id" in columns:
         ids = [str(v).strip() for v in table["clip_id"]]
         empty = [i for i, v in enumerate(ids) if not v]
         if empty:
-            raise MuzarrError(f"{line(empty[0])}: empty clip_id; fill it or drop the clip_id column to derive ids from paths")
+            raise MuzarrError(f"{line(empty[0])}: empty clip_id; fill it, or drop the clip_id column "
+                              "to derive ids from paths")
     else:
         ids = clip_ids_from_paths(paths)
     duplicate = _first_duplicate(pd.Series(ids, dtype=object))
     if duplicate:
-        raise MuzarrError(f"{line(duplicate[1])}: clip_id {ids[duplicate[1]]!r} is already used on {line(duplicate[0])}")
+        first, again = duplicate
+        raise MuzarrError(f"{line(again)}: clip_id {ids[again]!r} is already used on {line(first)}")
     table["clip_id"] = pd.Series(ids, dtype=object)
 
     if "label" in columns:

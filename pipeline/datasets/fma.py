@@ -11,6 +11,7 @@ Labels are ``('track', 'genre_top')``; the ``official`` split scheme is ``('set'
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -36,22 +37,38 @@ def _hint(root: Path, subset: str) -> str:
 
 
 def read_tracks(path: Path) -> pd.DataFrame:
-    """``tracks.csv`` with its two-row header (``header=[0, 1], index_col=0``), checked."""
+    """The ``COLUMNS`` of ``tracks.csv`` (two-row header), indexed by integer track id.
+
+    Only the three needed columns are parsed: the real file is ~100k rows x 52 columns
+    with multi-line text fields. Equivalent to ``pd.read_csv(path, header=[0, 1],
+    index_col=0)[list(COLUMNS)]``.
+    """
+    expected = "expected FMA's tracks.csv with a two-row header such as ('set', 'subset'), ('track', 'genre_top')"
     try:
-        tracks = pd.read_csv(path, header=[0, 1], index_col=0, low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, IndexError, ValueError) as error:
-        raise MuzarrError(f"{path} is not a readable FMA tracks.csv ({error}): expected the two-row header "
-                          "of fma_metadata/tracks.csv") from None
-    missing = [c for c in COLUMNS if c not in tracks.columns]
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            groups, fields, names = next(reader), next(reader), next(reader, [])
+    except (StopIteration, UnicodeDecodeError, csv.Error):
+        raise MuzarrError(f"{path} is not a readable FMA tracks.csv: {expected}") from None
+    header = list(zip(groups, fields))
+    missing = [c for c in COLUMNS if c not in header]
     if missing:
-        raise MuzarrError(f"{path} has no column(s) {missing}: expected FMA's tracks.csv with a two-row header "
-                          "such as ('set', 'subset'), ('set', 'split'), ('track', 'genre_top')")
+        raise MuzarrError(f"{path} has no column(s) {missing}: {expected}")
+    # pandas writes the index name ("track_id") on a third header line
+    skip = 3 if names and names[0] == "track_id" and not any(names[1:]) else 2
+    positions = [header.index(c) for c in COLUMNS]
     try:
-        tracks.index = tracks.index.astype(np.int64)
+        table = pd.read_csv(path, header=None, skiprows=skip, usecols=[0, *positions], dtype=object,
+                            keep_default_na=False, encoding="utf-8")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
+        raise MuzarrError(f"{path} is not a readable FMA tracks.csv ({error}): {expected}") from None
+    try:
+        index = pd.Index(table[0].astype(np.int64), name="track_id")
     except (TypeError, ValueError):
         raise MuzarrError(f"{path}: the first column must hold integer track ids "
-                          f"(found {tracks.index[:3].tolist()})") from None
-    return tracks
+                          f"(found {table[0].head(3).tolist()})") from None
+    columns = {c: [v if v != "" else None for v in table[p]] for c, p in zip(COLUMNS, positions, strict=True)}
+    return pd.DataFrame(columns, index=index, dtype=object)
 
 
 def _present_files(audio_dir: Path) -> set[str]:

@@ -27,7 +27,7 @@ GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "
 LAYOUTS = ("genres_original", "Data/genres_original", "genres", ".")
 FILTERED_FILES = {"train": "train_filtered.txt", "valid": "valid_filtered.txt", "test": "test_filtered.txt"}
 
-_EXPECTED = ("GTZAN genre folders (blues, classical, ..., rock): genres_original/<genre>/<genre>.000NN.wav "
+_EXPECTED = ("the 10 genre folders (blues, classical, ..., rock) as genres_original/<genre>/<genre>.000NN.wav "
              "(Kaggle) or genres/<genre>/<genre>.000NN.au (original)")
 
 

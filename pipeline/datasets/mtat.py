@@ -150,8 +150,10 @@ def index_mtat(
     if not path.is_file():
         raise MuzarrError(f"no {annotations} in {root}: expected {_EXPECTED}; {_hint(root)}")
     if not any((root / folder).is_dir() for folder in FOLDERS):
+        nested = [p for p in sorted(root.iterdir()) if p.is_dir() and (p / "0").is_dir() and (p / "f").is_dir()]
+        found = f" (they seem to be in {nested[0]}: move them up)" if nested else " (unzip mp3.zip there)"
         raise MuzarrError(f"no audio folders 0..f in {root}: expected the MagnaTagATune MP3 folders "
-                          f"beside {path.name} (unzip mp3.zip there); {_hint(root)}")
+                          f"beside {path.name}{found}; {_hint(root)}")
     meta, tag_names, all_tags = read_annotations(path)
     n = len(meta)
     if n == 0:
