@@ -1,0 +1,335 @@
+"""The model registry: every model muzarr can train, its input and its training defaults.
+
+``MODELS`` maps a name to a :class:`ModelEntry`; :func:`build_model` builds one for a store's
+per-example ``input_shape`` and number of classes. Every model's ``forward`` takes a float32
+batch ``(B, *input_shape)`` and returns logits ``(B, n_classes)`` (the loss, BCE-with-logits
+or cross-entropy, is the training loop's choice), and ``embed`` returns the penultimate
+representation ``(B, D)``.
+
+``ModelEntry.defaults`` holds the paper's or seed report's training settings as plain data:
+
+- ``optimizer`` ("adam", "sgd", "rmsprop"), ``lr``, ``weight_decay``, ``momentum``,
+  ``nesterov``, ``epochs``, ``batch_size`` (examples, i.e. sub-clips/chunks, per step);
+- ``scheduler``: ``None`` or a mapping with a ``name`` ("plateau", "adam_to_sgd") and its
+  settings; ``early_stopping``: ``None`` or ``{"patience": epochs, "monitor": ...}``;
+- evaluation over a clip: ``sub_clips`` (examples per clip, predictions averaged) or
+  ``eval_chunks`` (evenly spaced crops per clip, sigmoid outputs averaged).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from pipeline.errors import MuzarrError
+from training.models.cnn5 import FiveLayerCNN
+from training.models.crnn import ChoiCRNN
+from training.models.dieleman import DielemanCNN
+from training.models.resnet import ResNet18
+from training.models.rnn import ConvRecurrentClassifier
+from training.models.seed000 import MelCNN, MelMeanMLP
+from training.models.short_res import ShortChunkResNet
+from training.models.tabular import TabularMLP
+
+__all__ = [
+    "MODELS",
+    "TABULAR_SIZES",
+    "InputSpec",
+    "ModelEntry",
+    "build_model",
+    "count_parameters",
+    "get_model",
+    "model_options",
+]
+
+#: fields an :class:`InputSpec` of each kind must set
+_REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "logmel": ("sample_rate", "n_mels", "n_fft", "hop_length"),
+    "waveform": ("sample_rate",),
+    "tabular": ("tabular_set",),
+}
+
+#: features per example of each known tabular set (for :meth:`InputSpec.example_shape`)
+TABULAR_SIZES: dict[str, int] = {"gtzan57": 57}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model reads from a store, and how long one training example is.
+
+    Parameters
+    ----------
+    kind : {"logmel", "waveform", "tabular"}
+        Store array kind.
+    sample_rate : int or None
+        Audio rate the feature is computed at (logmel, waveform).
+    n_mels, n_fft, hop_length : int or None
+        Log-mel parameters.
+    pad_frames : int
+        Constant frames added at both ends of the log-mel's time axis.
+    seconds : float or None
+        Length of one training example (crop or sub-clip); ``None`` = the whole stored clip.
+    tabular_set : {"gtzan57", "summary"} or None
+        Which tabular feature set.
+    """
+
+    kind: str
+    sample_rate: int | None = None
+    n_mels: int | None = None
+    n_fft: int | None = None
+    hop_length: int | None = None
+    pad_frames: int = 0
+    seconds: float | None = None
+    tabular_set: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _REQUIRED_FIELDS:
+            raise MuzarrError(f"InputSpec kind={self.kind!r} is not one of {tuple(_REQUIRED_FIELDS)}")
+        missing = [name for name in _REQUIRED_FIELDS[self.kind] if getattr(self, name) is None]
+        if missing:
+            raise MuzarrError(f"InputSpec kind={self.kind!r} needs {missing}")
+
+    def build_hint(self) -> str:
+        """The ``pipe build`` option that adds this input to a store.
+
+        e.g. ``"--logmel n_mels=96,sample_rate=12000,n_fft=512,hop_length=256,pad_frames=37"``,
+        ``"--waveform sample_rate=16000"``, ``"--tabular gtzan57"``.
+        """
+        if self.kind == "logmel":
+            return (
+                f"--logmel n_mels={self.n_mels},sample_rate={self.sample_rate},n_fft={self.n_fft},"
+                f"hop_length={self.hop_length},pad_frames={self.pad_frames}"
+            )
+        if self.kind == "waveform":
+            return f"--waveform sample_rate={self.sample_rate}"
+        return f"--tabular {self.tabular_set}"
+
+    def example_shape(self, seconds: float | None = None) -> tuple[int, ...]:
+        """Per-example shape (no batch axis) for an example of ``seconds`` (default: ``self.seconds``).
+
+        logmel ``(n_mels, 1 + n_samples // hop_length + 2 * pad_frames)`` (centred frames),
+        waveform ``(n_samples,)``, tabular ``(n_features,)``. A whole-clip spec needs
+        ``seconds``, since only the store knows its clips' length.
+        """
+        if self.kind == "tabular":
+            if self.tabular_set not in TABULAR_SIZES:
+                raise MuzarrError(
+                    f"tabular set {self.tabular_set!r} has no known size; read input_shape from the store"
+                )
+            return (TABULAR_SIZES[self.tabular_set],)
+        seconds = self.seconds if seconds is None else seconds
+        if seconds is None:
+            raise MuzarrError(f"{self.build_hint()} examples are whole clips: pass seconds= (or read the store)")
+        n_samples = round(seconds * self.sample_rate)
+        if self.kind == "waveform":
+            return (n_samples,)
+        return (self.n_mels, 1 + n_samples // self.hop_length + 2 * self.pad_frames)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model.
+
+    Parameters
+    ----------
+    build : callable
+        ``build(n_classes=..., input_shape=(...), **model_opts) -> nn.Module``.
+    input : InputSpec
+        The store array it reads and the example length.
+    defaults : dict
+        Training defaults from the paper or seed report (see the module docstring).
+    doc : str
+        One line.
+    """
+
+    build: Callable[..., nn.Module]
+    input: InputSpec
+    defaults: dict = field(default_factory=dict)
+    doc: str = ""
+
+
+def _plateau(factor: float = 0.5, patience: int = 3) -> dict[str, Any]:
+    return {"name": "plateau", "monitor": "valid_loss", "factor": factor, "patience": patience}
+
+
+_MEL64_3S = InputSpec("logmel", sample_rate=16000, n_mels=64, n_fft=1024, hop_length=512, seconds=3.0)
+_MEL128_22K = InputSpec("logmel", sample_rate=22050, n_mels=128, n_fft=2048, hop_length=512)
+
+
+def _seed002_defaults() -> dict[str, Any]:
+    # seed 002's sweep: batch {16..128}, lr {1e-4..1e-3}, hidden {64,128,256}, dropout {0.2..0.5},
+    # layers {1,2}, 30 epochs, plateau factor {0.5,0.7}; it reports no winner, so mid values
+    return {
+        "optimizer": "adam",
+        "lr": 3e-4,
+        "weight_decay": 1e-4,
+        "epochs": 30,
+        "batch_size": 32,
+        "scheduler": _plateau(factor=0.5, patience=3),
+        "early_stopping": {"patience": 7, "monitor": "valid_loss"},
+    }
+
+
+MODELS: dict[str, ModelEntry] = {
+    "mlp": ModelEntry(
+        build=MelMeanMLP,
+        input=_MEL64_3S,
+        defaults={"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "epochs": 10, "batch_size": 32},
+        doc="Seed 000 MLP on the time-averaged 64-band log-mel (14,770 parameters for 50 tags).",
+    ),
+    "cnn": ModelEntry(
+        build=MelCNN,
+        input=_MEL64_3S,
+        defaults={"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "epochs": 10, "batch_size": 32},
+        doc="Seed 000 three-block CNN on a 3 s 64-band log-mel (2,989,810 parameters for 50 tags).",
+    ),
+    "dieleman": ModelEntry(
+        build=DielemanCNN,
+        input=InputSpec("waveform", sample_rate=16000, seconds=2.9),
+        defaults={
+            "optimizer": "sgd",
+            "lr": 0.005,
+            "momentum": 0.99,
+            "weight_decay": 0.0,
+            "epochs": 20,
+            # 10 clips x 10 sub-clips per step; a clip's prediction is the mean of its sub-clips'
+            "batch_size": 100,
+            "sub_clips": 10,
+        },
+        doc="Dieleman & Schrauwen 2014 raw-waveform CNN, strided first layer (seed 001).",
+    ),
+    "crnn": ModelEntry(
+        build=ChoiCRNN,
+        input=InputSpec("logmel", sample_rate=12000, n_mels=96, n_fft=512, hop_length=256, pad_frames=37),
+        defaults={"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 20, "batch_size": 32},
+        doc="Choi et al. 2017 CRNN on the whole clip's 96-band log-mel at 12 kHz (seed 001).",
+    ),
+    "cnn1d_gru": ModelEntry(
+        build=functools.partial(ConvRecurrentClassifier, conv="1d", cell="gru"),
+        input=_MEL128_22K,
+        defaults=_seed002_defaults(),
+        doc="Seed 002 CNN-1D (mel bands as channels) + GRU + global average pooling.",
+    ),
+    "cnn1d_lstm": ModelEntry(
+        build=functools.partial(ConvRecurrentClassifier, conv="1d", cell="lstm"),
+        input=_MEL128_22K,
+        defaults=_seed002_defaults(),
+        doc="Seed 002 CNN-1D (mel bands as channels) + LSTM + global average pooling.",
+    ),
+    "cnn2d_gru": ModelEntry(
+        build=functools.partial(ConvRecurrentClassifier, conv="2d", cell="gru"),
+        input=_MEL128_22K,
+        defaults=_seed002_defaults(),
+        doc="Seed 002 CNN-2D + GRU + global average pooling (its best: 71.4 % on FMA).",
+    ),
+    "cnn2d_lstm": ModelEntry(
+        build=functools.partial(ConvRecurrentClassifier, conv="2d", cell="lstm"),
+        input=_MEL128_22K,
+        defaults=_seed002_defaults(),
+        doc="Seed 002 CNN-2D + LSTM + global average pooling.",
+    ),
+    "resnet18": ModelEntry(
+        build=ResNet18,
+        input=_MEL128_22K,
+        defaults={
+            # seed 003: RMSprop scored best on Kaggle (0.79 vs Adam's 0.76), both at lr 1e-5
+            "optimizer": "rmsprop",
+            "lr": 1e-5,
+            "weight_decay": 1e-6,
+            "epochs": 30,
+            "batch_size": 32,
+        },
+        doc="ResNet-18 (64/128/256/512, basic blocks) on a one-channel log-mel (seed 003).",
+    ),
+    "cnn5": ModelEntry(
+        build=FiveLayerCNN,
+        input=_MEL128_22K,
+        defaults={"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "epochs": 30, "batch_size": 16},
+        doc="Seed 004 five-block CNN (8/16/32/64/128) on the whole clip's log-mel.",
+    ),
+    "mlp_tabular": ModelEntry(
+        build=TabularMLP,
+        input=InputSpec("tabular", tabular_set="gtzan57"),
+        defaults={"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "epochs": 500, "batch_size": 16},
+        doc="Seed 004 MLP 512-128 with BatchNorm and dropout on L2-normalised tabular features.",
+    ),
+    "short_res": ModelEntry(
+        build=ShortChunkResNet,
+        input=InputSpec("waveform", sample_rate=16000, seconds=59049 / 16000),
+        defaults={
+            "optimizer": "adam",
+            "lr": 1e-4,
+            "weight_decay": 1e-4,
+            "epochs": 200,
+            "batch_size": 16,
+            # solver.py of Won et al.: after 80 epochs reload the best model and switch to SGD,
+            # then cut its lr at 20 and 40 epochs more, reloading the best model each time
+            "scheduler": {
+                "name": "adam_to_sgd",
+                "switch_epoch": 80,
+                "reload_best": True,
+                "sgd": {"lr": 1e-3, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+                "lr_drops": [[20, 1e-4], [20, 1e-5]],
+            },
+            "eval_chunks": 16,
+        },
+        doc="Won et al. 2020 short-chunk ResNet, mel front end inside the model (best MTAT tagger).",
+    ),
+}
+
+
+def get_model(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an unknown name raises :class:`MuzarrError` listing the known ones."""
+    try:
+        return MODELS[name]
+    except (KeyError, TypeError):
+        raise MuzarrError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options ``build_model(name, ...)`` accepts, with their defaults."""
+    build = get_model(name).build
+    fixed = set(build.keywords) if isinstance(build, functools.partial) else set()
+    return {
+        param.name: param.default
+        for param in inspect.signature(build).parameters.values()
+        if param.name not in {"n_classes", "input_shape", *fixed}
+        and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+    }
+
+
+def build_model(name: str, *, n_classes: int, input_shape: Sequence[int], **opts: Any) -> nn.Module:
+    """Build model ``name`` for ``n_classes`` outputs and per-example ``input_shape`` (no batch axis).
+
+    ``input_shape`` is ``(n_mels, n_frames)`` for log-mel models, ``(n_samples,)`` for waveform
+    models and ``(n_features,)`` for tabular ones. ``opts`` override the model's hyper-parameters;
+    an unknown option raises :class:`MuzarrError` listing the valid ones.
+    """
+    entry = get_model(name)
+    valid = model_options(name)
+    unknown = sorted(set(opts) - set(valid))
+    if unknown:
+        listing = ", ".join(f"{key}={value!r}" for key, value in valid.items())
+        raise MuzarrError(f"unknown option(s) {unknown} for model {name!r}; valid options: {listing}")
+    try:
+        count = operator.index(n_classes)  # numpy ints pass, 50.0 does not
+    except TypeError:
+        count = 0
+    if count < 1 or isinstance(n_classes, bool):
+        raise MuzarrError(f"n_classes={n_classes!r} must be a positive integer")
+    try:
+        shape = tuple(operator.index(n) for n in input_shape)
+    except TypeError:
+        raise MuzarrError(f"input_shape={input_shape!r} must be a sequence of integers (no batch axis)") from None
+    return entry.build(n_classes=count, input_shape=shape, **opts)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (PyTorch counting: BatchNorm running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,172 @@
+"""Layer blocks the model zoo is built from, and the shape checks every model shares."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pipeline.errors import MuzarrError
+
+__all__ = ["BasicBlock", "ConvBlock1d", "ConvBlock2d", "Res2d", "check_input_shape", "flat_size", "output_shape"]
+
+
+class ConvBlock1d(nn.Module):
+    """Conv1d ("same" padding) → optional BatchNorm → activation → max-pool.
+
+    An even kernel is padded like TensorFlow's "same" (one more sample on the right), which
+    is what ``padding="same"`` does too, minus its per-call copy and warning.
+    Input ``[shape=(B, in_channels, T)]``, output ``[shape=(B, out_channels, T // pool)]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int = 3,
+        pool: int = 2,
+        batch_norm: bool = True,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.pad = nn.ConstantPad1d(((kernel_size - 1) // 2, kernel_size // 2), 0.0)
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size)
+        self.bn = nn.BatchNorm1d(out_channels) if batch_norm else nn.Identity()
+        self.act = activation()
+        self.pool = nn.MaxPool1d(pool) if pool > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.bn(self.conv(self.pad(x)))))
+
+
+class ConvBlock2d(nn.Module):
+    """3×3 "same" Conv2d → BatchNorm → activation → max-pool → optional dropout.
+
+    ``ceil_mode=True`` keeps a partial last pooling window, so an input smaller than the
+    pool still yields one output step instead of failing (short clips through the CRNN).
+    Input ``[shape=(B, in_channels, F, T)]``, output ``[shape=(B, out_channels, F', T')]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int = 3,
+        pool: tuple[int, int] = (2, 2),
+        activation: type[nn.Module] = nn.ReLU,
+        dropout: float = 0.0,
+        ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = activation()
+        self.pool = nn.MaxPool2d(pool, ceil_mode=ceil_mode)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.pool(self.act(self.bn(self.conv(x)))))
+
+
+class Res2d(nn.Module):
+    """Residual block of Won et al. 2020 (sota-music-tagging-models ``modules.Res_2d``).
+
+    Two 3×3 convolutions with BatchNorm, the first strided; the shortcut is a strided 3×3
+    convolution + BatchNorm whenever the shape changes (not the 1×1 of He et al.), ReLU after
+    the sum. Input ``[shape=(B, C_in, F, T)]``, output ``[shape=(B, C_out, ⌈F/s⌉, ⌈T/s⌉)]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3, stride: int = 2) -> None:
+        super().__init__()
+        padding = kernel_size // 2
+        self.conv_1 = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self.bn_1 = nn.BatchNorm2d(out_channels)
+        self.conv_2 = nn.Conv2d(out_channels, out_channels, kernel_size, padding=padding)
+        self.bn_2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn_2(self.conv_2(self.relu(self.bn_1(self.conv_1(x)))))
+        return self.relu(out + self.shortcut(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016): 3×3 conv-BN-ReLU, 3×3 conv-BN, + shortcut, ReLU.
+
+    The shortcut is a strided 1×1 convolution + BatchNorm when the shape changes (torchvision's
+    "option B"); convolutions have no bias because BatchNorm follows each one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def check_input_shape(input_shape: Sequence[int], *, axes: Sequence[str], model: str) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints with one entry per name in ``axes``.
+
+    Raises :class:`MuzarrError` naming the model and the expected axes otherwise.
+    """
+    shape = tuple(input_shape)
+    expected = f"({', '.join(axes)})"
+    if len(shape) != len(axes) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise MuzarrError(
+            f"model {model!r} expects input_shape={expected} of positive ints (no batch axis), got {input_shape!r}"
+        )
+    return shape
+
+
+def output_shape(
+    module: nn.Module, shape: Sequence[int], *, model: str, input_shape: Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """Per-example output shape of ``module`` fed one example of ``shape`` (no batch axis).
+
+    Runs one zero example through it in eval mode (so BatchNorm statistics are untouched)
+    without gradients; an input too small for the layers becomes a :class:`MuzarrError`
+    naming ``input_shape``, the model's own input shape (default: ``shape``).
+    """
+    input_shape = shape if input_shape is None else input_shape
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *shape))
+    except RuntimeError as err:
+        raise MuzarrError(
+            f"model {model!r}: input_shape={tuple(input_shape)} is too small for its layers ({err})"
+        ) from None
+    finally:
+        module.train(was_training)
+    if out.numel() == 0:
+        raise MuzarrError(f"model {model!r}: input_shape={tuple(input_shape)} leaves no features after its layers")
+    return tuple(out.shape[1:])
+
+
+def flat_size(shape: Sequence[int]) -> int:
+    """Number of features once ``shape`` is flattened."""
+    return math.prod(shape)
