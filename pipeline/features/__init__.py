@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 from pipeline.features.base import FEATURES, Feature, feature_from_dict, register
 
@@ -13,8 +12,7 @@ _MODULES = ("pipeline.features.spectral", "pipeline.features.tabular")
 def load_all() -> dict[str, type[Feature]]:
     """Import the feature modules (registration is explicit, not a star-import side effect)."""
     for module in _MODULES:
-        if importlib.util.find_spec(module) is not None:  # TEMPORARY until tabular lands
-            importlib.import_module(module)
+        importlib.import_module(module)
     return FEATURES
 
 

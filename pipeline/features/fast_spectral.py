@@ -6,19 +6,22 @@ with librosa to float rounding. Spectrograms are laid out ``[shape=(n_frames, n_
 (time first, the transpose of librosa's), because that is the order ``rfft`` produces and
 the order the time-axis median filter wants in memory.
 
-The only compiled code is :func:`_slide_median` (numba, ``nogil``). It is deliberately
-not ``cache=True``: numba's on-disk cache races when several Dask workers compile at once
-(librosa #1998, numba #10128), so each process compiles it once (about a second) instead.
-For the same reason nothing here calls librosa's own cached numba kernels (``piptrack``'s
-parabolic interpolation, ``zero_crossings``, ``istft``'s overlap-add).
+The compiled kernels (numba, ``nogil``: the exact running median, the soft mask, the
+overlap-add, the spectral shape) are deliberately not ``cache=True``: numba's on-disk
+cache races when several Dask workers compile at once (librosa #1998, numba #10128), so
+each process compiles them once (one to a few seconds) instead. For the same reason
+nothing here calls librosa's own disk-cached numba kernels (``piptrack``'s parabolic
+interpolation, ``zero_crossings``, ``istft``'s overlap-add, ``util.abs2``).
 """
 
 from __future__ import annotations
 
+import functools
+
+import librosa
 import numba
 import numpy as np
 import scipy.fft
-import scipy.ndimage
 import scipy.signal
 
 from pipeline.errors import MuzarrError
@@ -58,8 +61,13 @@ def n_frames(n_samples: int, *, hop_length: int = HOP_LENGTH) -> int:
     return 1 + n_samples // hop_length
 
 
-def stft(y: np.ndarray) -> np.ndarray:
-    """``librosa.stft(y).T``: centred, zero-padded, Hann, n_fft 2048, hop 512.
+def _check_pad_mode(pad_mode: str) -> None:
+    if pad_mode not in ("constant", "reflect"):
+        raise MuzarrError(f"pad_mode={pad_mode!r} must be 'constant' (librosa >= 0.10) or 'reflect' (librosa <= 0.9)")
+
+
+def stft(y: np.ndarray, *, pad_mode: str = "constant") -> np.ndarray:
+    """``librosa.stft(y, pad_mode=pad_mode).T``: centred, Hann, n_fft 2048, hop 512.
 
     Like librosa, frames are windowed in float64 and transformed with ``scipy.fft``, and
     the result is stored as complex64 (the complex type matching float32 input).
@@ -67,12 +75,16 @@ def stft(y: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     y : np.ndarray [shape=(n,), dtype=float32]
+    pad_mode : {"constant", "reflect"}
+        How the signal is extended by n_fft/2 at both ends: zeros (librosa's default
+        since 0.10) or mirrored (its default before, which Kaggle's GTZAN tables used).
 
     Returns
     -------
     np.ndarray [shape=(1 + n // 512, 1025), dtype=complex64]
     """
-    padded = np.pad(y, N_FFT // 2)
+    _check_pad_mode(pad_mode)
+    padded = np.pad(y, N_FFT // 2, mode=pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
     out = np.empty((frames.shape[0], N_FFT // 2 + 1), dtype=np.complex64)
     for start in range(0, frames.shape[0], _BLOCK_FRAMES):
@@ -81,19 +93,35 @@ def stft(y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _overlap_add(frames: np.ndarray, out: np.ndarray, *, weights: np.ndarray) -> None:
-    """Add ``frames * weights`` (hop 512 = n_fft / 4) into ``out`` in increasing frame order.
+@numba.njit(nogil=True)
+def _overlap_add(frames: np.ndarray, window: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[t * 512 + j] += frames[t, j] * window[j]``, frame by frame, like librosa.
 
-    ``frames`` has shape (..., count, 2048) (count may be 1 and broadcast); ``out`` has
-    shape (..., count + 3, 512): block ``b`` receives quarter ``k`` of frame ``b - k``.
-    Adding quarters k = 3, 2, 1, 0 adds frames in increasing order, the order in which
-    librosa's sequential overlap-add rounds (float64 products into a float32 sum).
+    The product is float64 (float32 frame, float64 window) and each sum is rounded to
+    float32, which is what librosa's ``y[...] += ifft_window * irfft(...)`` does.
     """
-    count = out.shape[-2] - 3
+    count, width = frames.shape
+    for t in range(count):
+        base = t * HOP_LENGTH
+        for j in range(width):
+            out[base + j] = out[base + j] + frames[t, j] * window[j]
+
+
+@functools.lru_cache(maxsize=8)
+def _window_envelope(count: int) -> np.ndarray:
+    """``librosa.filters.window_sumsquare`` for ``count`` Hann frames: float32, read-only.
+
+    Block ``b`` of 512 samples receives quarter ``k`` of frame ``b - k``; adding k = 3..0
+    adds frames in increasing order, float64 terms rounded into float32 as librosa does.
+    """
+    squared = _HANN**2
+    blocks = np.zeros((count + 3, HOP_LENGTH), dtype=np.float32)
     for k in (3, 2, 1, 0):
-        quarter = slice(k * HOP_LENGTH, (k + 1) * HOP_LENGTH)
-        target = out[..., k : k + count, :]
-        np.add(target, frames[..., quarter] * weights[quarter], out=target, casting="unsafe")
+        target = blocks[k : k + count]
+        np.add(target, squared[k * HOP_LENGTH : (k + 1) * HOP_LENGTH], out=target, casting="unsafe")
+    envelope = blocks.reshape(-1)
+    envelope.flags.writeable = False
+    return envelope
 
 
 def istft(spectrogram: np.ndarray, *, length: int) -> np.ndarray:
@@ -101,29 +129,23 @@ def istft(spectrogram: np.ndarray, *, length: int) -> np.ndarray:
 
     Parameters
     ----------
-    spectrogram : np.ndarray [shape=(..., n_frames, 1025), dtype=complex64]
+    spectrogram : np.ndarray [shape=(n_frames, 1025), dtype=complex64]
+        Frames of a centred STFT of a signal of ``length`` samples.
     length : int
-        Samples of the original signal.
 
     Returns
     -------
-    np.ndarray [shape=(..., length), dtype=float32]
+    np.ndarray [shape=(length,), dtype=float32]
     """
-    count = spectrogram.shape[-2]
-    lead = spectrogram.shape[:-2]
-    blocks = np.zeros((*lead, count + 3, HOP_LENGTH), dtype=np.float32)
+    count = spectrogram.shape[0]
+    padded = np.zeros(N_FFT + HOP_LENGTH * (count - 1), dtype=np.float32)
     for start in range(0, count, _BLOCK_FRAMES):
-        stop = min(start + _BLOCK_FRAMES, count)
-        frames = scipy.fft.irfft(spectrogram[..., start:stop, :], n=N_FFT, axis=-1)
-        _overlap_add(frames, blocks[..., start : stop + 3, :], weights=_HANN)
-    # librosa.filters.window_sumsquare, accumulated the same way.
-    envelope = np.zeros((count + 3, HOP_LENGTH), dtype=np.float32)
-    _overlap_add(np.ones((1, N_FFT)), envelope, weights=_HANN**2)
-    y = blocks.reshape(*lead, -1)[..., N_FFT // 2 : N_FFT // 2 + length]
-    envelope = envelope.reshape(-1)[N_FFT // 2 : N_FFT // 2 + length]
-    nonzero = envelope > _TINY32
-    y[..., nonzero] /= envelope[nonzero]
-    return np.ascontiguousarray(y)
+        frames = scipy.fft.irfft(spectrogram[start : start + _BLOCK_FRAMES], n=N_FFT, axis=-1)  # float32
+        _overlap_add(frames, _HANN, padded[start * HOP_LENGTH :])
+    y = padded[N_FFT // 2 : N_FFT // 2 + length]
+    envelope = _window_envelope(count)[N_FFT // 2 : N_FFT // 2 + length]
+    np.divide(y, envelope, out=y, where=envelope > _TINY32)
+    return y
 
 
 @numba.njit(nogil=True)
@@ -156,21 +178,21 @@ def _slide_median(padded: np.ndarray, width: int, out: np.ndarray) -> None:  # p
             w0 = window[0, lane]
             r = w0 if w0 < old[lane] else window[1, lane]
             n = new[lane]
-            window[0, lane] = r if r < n else n
+            window[0, lane] = min(r, n)
             carry[lane] = r
         for j in range(1, width - 1):
             for lane in range(lanes):
                 wj = window[j, lane]
                 r = wj if wj < old[lane] else window[j + 1, lane]
                 n = new[lane]
-                m = r if r < n else n
+                m = min(r, n)
                 c = carry[lane]
-                window[j, lane] = c if c > m else m
+                window[j, lane] = max(c, m)
                 carry[lane] = r
         for lane in range(lanes):
             c = carry[lane]
             n = new[lane]
-            window[width - 1, lane] = c if c > n else n
+            window[width - 1, lane] = max(c, n)
         for lane in range(lanes):
             out[t, lane] = window[half, lane]
 
@@ -181,16 +203,22 @@ def _reflect_index(n: int, half: int) -> np.ndarray:
     return np.where(extended < n, extended, 2 * n - 1 - extended)
 
 
-def median_filter_rows(x: np.ndarray, *, width: int = 31, lanes_per_block: int = 128) -> np.ndarray:
-    """``scipy.ndimage.median_filter(x, size=(width, 1), mode="reflect")``, exactly, fast.
+def median_filter(x: np.ndarray, *, width: int = 31, axis: int, lanes_per_block: int = 128) -> np.ndarray:
+    """Exactly ``scipy.ndimage.median_filter(x, size=..., mode="reflect")`` along one axis, fast.
+
+    Lines shorter than the window are extended by repeated reflection (period ``2 n``),
+    the documented ``reflect`` rule. scipy 1.17 departs from it for lines of 2 or 3
+    values, where its extension reads a stray value (sometimes NaN): a clip under 1536
+    samples (3 STFT frames) is where muzarr's HPSS and librosa's can disagree.
 
     Parameters
     ----------
     x : np.ndarray [shape=(n, m), dtype=float32]
-        Filtered along axis 0 (n), independently for each of the m columns. Must be
-        finite (NaN has no place in a sorted window).
+        Finite values (NaN has no place in a sorted window).
     width : int
         Odd window length.
+    axis : {0, 1}
+        Axis the window slides along; every line along it is filtered independently.
 
     Returns
     -------
@@ -198,73 +226,114 @@ def median_filter_rows(x: np.ndarray, *, width: int = 31, lanes_per_block: int =
     """
     if width % 2 != 1 or width < 1:
         raise MuzarrError(f"median width={width} must be a positive odd integer")
-    n = x.shape[0]
-    if n < width:
-        # Windows wider than the data reflect more than once; scipy is cheap at this size
-        # and defines the edge behaviour we must match.
-        return scipy.ndimage.median_filter(x, size=(width, 1), mode="reflect")
-    rows = _reflect_index(n, width // 2)
+    if axis not in (0, 1):
+        raise MuzarrError(f"median axis={axis} must be 0 or 1 for a 2-D array")
+    length = x.shape[axis]
+    taps = _reflect_index(length, width // 2)
     out = np.empty_like(x)
-    block_out = np.empty((n, lanes_per_block), dtype=x.dtype)
-    for start in range(0, x.shape[1], lanes_per_block):
-        stop = min(start + lanes_per_block, x.shape[1])
-        padded = np.ascontiguousarray(x[rows, start:stop])
-        target = block_out[:, : stop - start]
-        _slide_median(padded, width, target)
-        out[:, start:stop] = target
+    # Lanes (the lines being filtered) must be the contiguous axis of the kernel's
+    # input for it to vectorise; blocks of lanes keep each sorted window in L1 cache.
+    n_lanes = x.shape[1 - axis]
+    for start in range(0, n_lanes, lanes_per_block):
+        stop = min(start + lanes_per_block, n_lanes)
+        target = np.empty((length, stop - start), dtype=x.dtype)  # contiguous: one compiled variant
+        if axis == 0:
+            _slide_median(np.ascontiguousarray(x[taps, start:stop]), width, target)
+            out[:, start:stop] = target
+        else:
+            _slide_median(np.ascontiguousarray(x[start:stop, taps].T), width, target)
+            out[start:stop, :] = target.T
     return out
 
 
-def hpss_masks(magnitude: np.ndarray, *, kernel_size: int = 31) -> tuple[np.ndarray, np.ndarray]:
-    """The soft masks of ``librosa.decompose.hpss`` (margin 1, power 2).
+@numba.njit(nogil=True)
+def _apply_soft_mask(  # pragma: no cover - compiled
+    spectrogram: np.ndarray, keep: np.ndarray, other: np.ndarray, out: np.ndarray
+) -> None:
+    """``out = spectrogram * softmask(keep, other)``, complex64 arrays viewed as float32.
+
+    The mask is ``librosa.util.softmask(keep, other, power=2, split_zeros=True)`` in the
+    same float32 steps: ``z = max(k, o)``, ``(k/z)^2 / ((k/z)^2 + (o/z)^2)``, and 0.5 where
+    ``z`` is below float32's smallest normal number. ``spectrogram`` and ``out`` are
+    [shape=(frames, 2 * bins)] (real and imaginary parts interleaved).
+    """
+    frames, bins = keep.shape
+    tiny = np.float32(_TINY32)
+    for t in range(frames):
+        for f in range(bins):
+            k = keep[t, f]
+            o = other[t, f]
+            z = max(k, o)
+            if z < tiny:
+                mask = np.float32(0.5)
+            else:
+                a = k / z
+                b = o / z
+                a = a * a
+                mask = a / (a + b * b)
+            out[t, 2 * f] = spectrogram[t, 2 * f] * mask
+            out[t, 2 * f + 1] = spectrogram[t, 2 * f + 1] * mask
+
+
+def hpss_spectrograms(
+    spectrogram: np.ndarray, magnitude: np.ndarray, *, kernel_size: int = 31, percussive: bool = True
+) -> np.ndarray:
+    """``librosa.decompose.hpss(D)`` (margin 1, power 2), in frames-first layout.
 
     Parameters
     ----------
+    spectrogram : np.ndarray [shape=(n_frames, n_bins), dtype=complex64]
     magnitude : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
-        ``|STFT|``.
+        ``np.abs(spectrogram)``.
+    kernel_size : int
+        Median filter length, in frames (harmonic) and in bins (percussive).
+    percussive : bool
+        Also return the percussive part (else only the harmonic one).
 
     Returns
     -------
-    mask_harmonic, mask_percussive : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
-        Sum to 1; both 0.5 where both median-filtered spectra vanish (librosa's
-        ``split_zeros``).
+    np.ndarray [shape=(2 or 1, n_frames, n_bins), dtype=complex64]
+        Harmonic (and percussive) spectrogram; the two sum to ``spectrogram``.
     """
-    harmonic = median_filter_rows(magnitude, width=kernel_size)  # along time
-    percussive = median_filter_rows(np.ascontiguousarray(magnitude.T), width=kernel_size).T  # along frequency
-    # util.softmask, in the same float32 steps.
-    scale = np.maximum(harmonic, percussive)
-    silent = scale < _TINY32
-    scale[silent] = 1
-    mask_harmonic = (harmonic / scale) ** 2
-    mask_percussive = (percussive / scale) ** 2
-    total = mask_harmonic + mask_percussive
-    total[silent] = 1
-    mask_harmonic /= total
-    mask_percussive /= total
-    mask_harmonic[silent] = 0.5
-    mask_percussive[silent] = 0.5
-    return mask_harmonic, mask_percussive
+    along_time = median_filter(magnitude, width=kernel_size, axis=0)
+    along_frequency = median_filter(magnitude, width=kernel_size, axis=1)
+    parts = np.empty((2 if percussive else 1, *spectrogram.shape), dtype=np.complex64)
+    pairs = np.ascontiguousarray(spectrogram).view(np.float32)
+    _apply_soft_mask(pairs, along_time, along_frequency, parts[0].view(np.float32))
+    if percussive:
+        _apply_soft_mask(pairs, along_frequency, along_time, parts[1].view(np.float32))
+    return parts
 
 
-def hpss_waveforms(spectrogram: np.ndarray, magnitude: np.ndarray, *, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """``librosa.effects.hpss(y)`` from ``y``'s STFT: harmonic and percussive waveforms.
+def hpss_waveforms(y: np.ndarray, spectrogram: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Harmonic and percussive waveforms of ``y`` as librosa <= 0.9's ``effects.hpss`` made them.
+
+    That version inverted each part with ``istft`` *without* ``length`` (which returns
+    ``512 * (n_frames - 1)`` samples) and zero-padded the result to ``y.size``, so the last
+    ``y.size % 512`` samples of both parts are zero; Kaggle's GTZAN tables include them.
+
+    Only the harmonic part is inverted: the two soft masks sum to one and the centred
+    Hann STFT at hop n_fft/4 reconstructs ``y`` exactly, so the percussive waveform
+    ``istft(D * mask_p)`` equals ``y - istft(D * mask_h)`` up to float32 rounding.
 
     Parameters
     ----------
-    spectrogram : np.ndarray [shape=(n_frames, 1025), dtype=complex64]
-    magnitude : np.ndarray [shape=(n_frames, 1025), dtype=float32]
+    y : np.ndarray [shape=(n,), dtype=float32]
+    spectrogram : np.ndarray [shape=(1 + n // 512, 1025), dtype=complex64]
+        ``stft(y)``.
+    magnitude : np.ndarray [shape=(1 + n // 512, 1025), dtype=float32]
         ``np.abs(spectrogram)``.
-    length : int
 
     Returns
     -------
-    harmonic, percussive : np.ndarray [shape=(length,), dtype=float32]
+    harmonic, percussive : np.ndarray [shape=(n,), dtype=float32]
     """
-    mask_harmonic, mask_percussive = hpss_masks(magnitude)
-    parts = np.empty((2, *spectrogram.shape), dtype=np.complex64)
-    np.multiply(spectrogram, mask_harmonic, out=parts[0])
-    np.multiply(spectrogram, mask_percussive, out=parts[1])
-    harmonic, percussive = istft(parts, length=length)
+    kept = HOP_LENGTH * (spectrogram.shape[0] - 1)
+    harmonic = np.zeros(y.size, dtype=np.float32)
+    percussive = np.zeros(y.size, dtype=np.float32)
+    if kept > 0:
+        harmonic[:kept] = istft(hpss_spectrograms(spectrogram, magnitude, percussive=False)[0], length=kept)
+        np.subtract(y[:kept], harmonic[:kept], out=percussive[:kept])
     return harmonic, percussive
 
 
@@ -277,8 +346,8 @@ def _frame_block_sums(values: np.ndarray, count: int) -> np.ndarray:
     return sums[0:count] + sums[1 : count + 1] + sums[2 : count + 2] + sums[3 : count + 3]
 
 
-def rms(y: np.ndarray) -> np.ndarray:
-    """``librosa.feature.rms(y=y)[0]``: centred (zero-padded) frames of 2048 at hop 512.
+def rms(y: np.ndarray, *, pad_mode: str = "constant") -> np.ndarray:
+    """``librosa.feature.rms(y=y, pad_mode=pad_mode)[0]``: centred frames of 2048 at hop 512.
 
     Sums are accumulated in float64, a little more precisely than librosa's float32 mean.
 
@@ -286,8 +355,9 @@ def rms(y: np.ndarray) -> np.ndarray:
     -------
     np.ndarray [shape=(1 + n // 512,), dtype=float64]
     """
+    _check_pad_mode(pad_mode)
     count = n_frames(y.size)
-    squares = np.pad(y.astype(np.float64) ** 2, N_FFT // 2)
+    squares = np.pad(y, N_FFT // 2, mode=pad_mode).astype(np.float64) ** 2
     return np.sqrt(_frame_block_sums(squares, count) / N_FFT)
 
 
@@ -311,33 +381,63 @@ def zero_crossing_rate(y: np.ndarray, *, threshold: float = 1e-10) -> np.ndarray
     return (_frame_block_sums(crossing, count) - last_pair) / N_FFT
 
 
+@numba.njit(nogil=True)
+def _spectral_shape_rows(  # pragma: no cover - compiled
+    magnitude: np.ndarray, freq: np.ndarray, out: np.ndarray
+) -> None:
+    """Per frame: centroid, bandwidth (p=2) and 85 % rolloff frequency into ``out[t, :3]``."""
+    frames, bins = magnitude.shape
+    tiny = _TINY32
+    for t in range(frames):
+        m0 = 0.0
+        m1 = 0.0
+        m2 = 0.0
+        running = np.float32(0.0)
+        for f in range(bins):
+            v = magnitude[t, f]
+            weighted = v * freq[f]
+            m0 += v
+            m1 += weighted
+            m2 += weighted * freq[f]
+            running += v
+        if m0 < tiny:  # librosa.util.normalize leaves such frames unscaled: all ~0
+            m0 = 1.0
+        centroid = m1 / m0
+        spread = m2 / m0 - centroid * centroid
+        out[t, 0] = centroid
+        out[t, 1] = np.sqrt(spread) if spread > 0.0 else 0.0
+        # librosa: the first bin whose float32 running sum reaches 0.85 of the float32 total.
+        threshold = np.float32(0.85) * running
+        running = np.float32(0.0)
+        index = bins - 1
+        for f in range(bins):
+            running += magnitude[t, f]
+            if running >= threshold:
+                index = f
+                break
+        out[t, 2] = freq[index]
+
+
 def spectral_shape(magnitude: np.ndarray, *, sr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spectral centroid, bandwidth (p=2) and 85 % rolloff of ``|STFT|``, per frame.
 
     Same as ``librosa.feature.spectral_centroid / spectral_bandwidth / spectral_rolloff``
     with default arguments. Centroid and bandwidth come from the first three moments in
-    one float64 matrix product: ``sum(S (f - c)^2) / sum(S) = m2 / m0 - c^2``.
+    float64: ``sum(S (f - c)^2) / sum(S) = m2 / m0 - c^2``, one pass instead of three.
 
     Parameters
     ----------
     magnitude : np.ndarray [shape=(n_frames, 1025), dtype=float32]
+    sr : float
 
     Returns
     -------
     centroid, bandwidth, rolloff : np.ndarray [shape=(n_frames,), dtype=float64]
     """
     freq = np.fft.rfftfreq(N_FFT, d=1.0 / sr)  # librosa.fft_frequencies
-    moments = magnitude.astype(np.float64) @ np.stack([np.ones_like(freq), freq, freq**2], axis=1)
-    total = moments[:, 0]
-    silent = total < _TINY32  # librosa.util.normalize leaves these frames unscaled (all ~0)
-    total = np.where(silent, 1.0, total)
-    centroid = moments[:, 1] / total
-    bandwidth = np.sqrt(np.maximum(moments[:, 2] / total - centroid**2, 0.0))
-    # librosa: first bin whose float32 running sum reaches 0.85 of the frame's total.
-    running = np.cumsum(magnitude, axis=1)
-    threshold = np.float32(0.85) * running[:, -1:]
-    rolloff = freq[np.argmax(running >= threshold, axis=1)]
-    return centroid, bandwidth, rolloff
+    out = np.empty((magnitude.shape[0], 3), dtype=np.float64)
+    _spectral_shape_rows(np.ascontiguousarray(magnitude), freq, out)
+    return out[:, 0], out[:, 1], out[:, 2]
 
 
 def estimate_tuning(power: np.ndarray, *, sr: float, bins_per_octave: int = 12) -> float:
@@ -356,14 +456,15 @@ def estimate_tuning(power: np.ndarray, *, sr: float, bins_per_octave: int = 12) 
     float
         Tuning deviation in fractions of a bin, in [-0.5, 0.5).
     """
-    import librosa  # noqa: PLC0415 - heavy; only needed here and at call time
-
     freq = np.fft.rfftfreq(N_FFT, d=1.0 / sr)
     band = np.flatnonzero((150.0 <= freq) & (freq < min(4000.0, sr / 2)))
+    if band.size == 0:  # sr below 300 Hz: no pitch range, librosa warns and returns 0
+        return 0.0
     lo, hi = band[0], band[-1] + 1  # fmin > 0 and fmax < sr/2 keep both neighbours in range
-    thresholded = power * (power > 0.1 * power.max(axis=1, keepdims=True))
-    centre = thresholded[:, lo:hi]
-    peaks = (centre > thresholded[:, lo - 1 : hi - 1]) & (centre >= thresholded[:, lo + 1 : hi + 1])
+    near = power[:, lo - 1 : hi + 1]  # the band and one neighbour either side
+    thresholded = near * (near > 0.1 * power.max(axis=1, keepdims=True))
+    centre = thresholded[:, 1:-1]
+    peaks = (centre > thresholded[:, :-2]) & (centre >= thresholded[:, 2:])
     frame_idx, bin_offset = np.nonzero(peaks)
     bins = bin_offset + lo
     below, at, above = power[frame_idx, bins - 1], power[frame_idx, bins], power[frame_idx, bins + 1]
@@ -377,4 +478,43 @@ def estimate_tuning(power: np.ndarray, *, sr: float, bins_per_octave: int = 12) 
     mag = at + np.float32(0.5) * gradient * shift
     voiced = pitch > 0
     threshold = np.median(mag[voiced]) if voiced.any() else 0.0
-    return float(librosa.pitch_tuning(pitch[(mag >= threshold) & voiced], bins_per_octave=bins_per_octave))
+    selected = pitch[(mag >= threshold) & voiced]
+    if selected.size == 0:  # silence: librosa warns and returns 0
+        return 0.0
+    return float(librosa.pitch_tuning(selected, bins_per_octave=bins_per_octave))
+
+
+def tempo(onset_envelope: np.ndarray, *, sr: float, start_bpm: float = 120.0) -> float:
+    """``librosa.feature.tempo(onset_envelope=onset_envelope, sr=sr)``, the tempo ``beat_track`` reports.
+
+    The same autocorrelation tempogram (8 s Hann windows centred on every frame, FFT
+    length ``next_fast_len(2 * win - 1)``, each frame scaled to max 1, averaged over
+    frames) and log-normal prior around ``start_bpm`` (1 octave std, nothing above
+    320 BPM), laid out frames-first so the FFTs run along contiguous memory.
+
+    Parameters
+    ----------
+    onset_envelope : np.ndarray [shape=(n_frames,)]
+        ``librosa.onset.onset_strength(..., aggregate=np.median)``.
+
+    Returns
+    -------
+    float
+        Beats per minute.
+    """
+    win_length = int(librosa.time_to_frames(8.0, sr=sr, hop_length=HOP_LENGTH))
+    count = onset_envelope.shape[-1]
+    padded = np.pad(onset_envelope, win_length // 2, mode="linear_ramp", end_values=(0, 0))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, win_length)[:count]
+    windowed = frames * scipy.signal.get_window("hann", win_length, fftbins=True)
+    n_pad = scipy.fft.next_fast_len(2 * win_length - 1, real=True)
+    spectrum = scipy.fft.rfft(windowed, n=n_pad, axis=-1)
+    autocorr = scipy.fft.irfft(spectrum.real**2 + spectrum.imag**2, n=n_pad, axis=-1)[:, :win_length]
+    peak = np.abs(autocorr).max(axis=-1, keepdims=True)
+    peak[peak < np.finfo(peak.dtype).tiny] = 1.0  # librosa.util.normalize leaves such frames as they are
+    tempogram = (autocorr / peak).mean(axis=0)
+    bpms = librosa.tempo_frequencies(win_length, hop_length=HOP_LENGTH, sr=sr)
+    with np.errstate(divide="ignore"):  # bpms[0] is inf: lag 0
+        logprior = -0.5 * ((np.log2(bpms) - np.log2(start_bpm)) / 1.0) ** 2
+    logprior[: int(np.argmax(bpms < 320.0))] = -np.inf
+    return float(bpms[np.argmax(np.log1p(1e6 * tempogram) + logprior)])
