@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import stat
 from typing import Any, Literal
 
 import numpy as np
@@ -24,19 +26,35 @@ def decode(path: str) -> tuple[np.ndarray, int]:
 
     soundfile (libsndfile) first; PyAV (FFmpeg) for what libsndfile cannot open, such as
     M4A/AAC or Ogg-FLAC. Integer PCM is scaled exactly: ``int16 / 32768``.
+
     A file with no samples is an error: a clip of silence would be indistinguishable
-    from a real one downstream.
+    from a real one downstream. So is a file libsndfile would only read as header-less
+    raw audio guessed from its extension (random bytes named ``.au`` read as 8 kHz
+    mu-law): such a file goes to PyAV, which refuses data it cannot identify.
+
+    Raises
+    ------
+    DecodeError
+        The message is one line a person can act on: ``file not found``, ``empty file
+        (0 bytes): ...``, or both backends' reasons, ``soundfile: ...; PyAV: ...``.
     """
     try:
-        # libsndfile keeps a global error state: one handle per call, never shared.
-        with soundfile.SoundFile(path) as handle:
-            samples = handle.read(dtype="float32", always_2d=True).T
-            rate = handle.samplerate
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except OSError as error:
+        raise DecodeError(f"cannot read the file: {error.strerror or type(error).__name__}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DecodeError("not a regular file (a folder, device or pipe)")
+    size = info.st_size
+    try:
+        samples, rate = _decode_soundfile(path)
     except Exception as sf_error:  # noqa: BLE001 - any libsndfile failure means "try FFmpeg"
         try:
             samples, rate = _decode_pyav(path)
         except Exception as av_error:  # noqa: BLE001
-            raise DecodeError(f"soundfile: {_first_line(sf_error)}; PyAV: {_first_line(av_error)}") from None
+            reasons = f"soundfile: {_reason(sf_error, path)}; PyAV: {_reason(av_error, path)}"
+            raise DecodeError(f"empty file (0 bytes): {reasons}" if size == 0 else reasons) from None
     if samples.shape[-1] == 0:
         raise DecodeError("file holds no audio samples (0 frames)")
     if not np.isfinite(samples).all():
@@ -44,7 +62,21 @@ def decode(path: str) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(samples), int(rate)
 
 
-_PCM_SCALE = {"s16": 32768.0, "s32": 2147483648.0, "u8": 128.0}
+def _decode_soundfile(path: str) -> tuple[np.ndarray, int]:
+    # libsndfile keeps a global error state: one handle per call, never shared.
+    with soundfile.SoundFile(path) as handle:
+        if handle.format == "RAW":
+            # No header was found; libsndfile guessed the encoding from the extension
+            # (.au/.snd -> mu-law, .vox -> ADPCM, .gsm -> GSM 6.10): any bytes "decode".
+            raise DecodeError(
+                f"no audio header (libsndfile would guess header-less {handle.subtype} at "
+                f"{handle.samplerate} Hz from the file name)"
+            )
+        samples = handle.read(dtype="float32", always_2d=True).T
+        return samples, handle.samplerate
+
+
+_PCM_SCALE = {"s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
 
 
 def _decode_pyav(path: str) -> tuple[np.ndarray, int]:
@@ -55,11 +87,20 @@ def _decode_pyav(path: str) -> tuple[np.ndarray, int]:
             raise DecodeError("no audio stream")
         stream = container.streams.audio[0]
         blocks = []
+        shape = None
         for frame in container.decode(stream):
-            blocks.append(_frame_to_float(frame))
+            block = _frame_to_float(frame)
+            if shape is None:
+                shape = (block.shape[0], frame.sample_rate)
+            elif (block.shape[0], frame.sample_rate) != shape:
+                raise DecodeError(
+                    f"the audio stream changes from {shape[0]} channels at {shape[1]} Hz to "
+                    f"{block.shape[0]} channels at {frame.sample_rate} Hz"
+                )
+            blocks.append(block)
         if not blocks:
             raise DecodeError("no audio frames decoded")
-        return np.concatenate(blocks, axis=1), int(stream.codec_context.sample_rate or stream.rate)
+        return np.concatenate(blocks, axis=1), int(shape[1])
 
 
 def _frame_to_float(frame: Any) -> np.ndarray:
@@ -76,6 +117,20 @@ def _frame_to_float(frame: Any) -> np.ndarray:
     if base in _PCM_SCALE:
         return (data.astype(np.float64) / _PCM_SCALE[base]).astype(np.float32)
     raise DecodeError(f"unsupported PyAV sample format {name!r}")
+
+
+def _reason(error: BaseException, path: str) -> str:
+    """One backend's failure in a few words, without the path the caller already reports."""
+    if isinstance(error, soundfile.LibsndfileError):
+        text = error.error_string.strip().rstrip(".")
+        # libsndfile 1.2 says this of existing files it cannot identify (e.g. a broken .mp3)
+        if "does not exist" in text and os.path.isfile(path):
+            text = "Format not recognised"
+        return text
+    strerror = getattr(error, "strerror", None)  # FFmpeg and OS errors: the text without errno/path
+    if isinstance(strerror, str) and strerror:
+        return strerror
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import fsspec
+import numpy as np
 
 from pipeline.store import Store, open_store
 
@@ -49,25 +52,69 @@ def describe(url: str, *, max_failures: int = 20) -> str:
     lines.append("splits")
     for scheme, parts in m.get("split_counts", {}).items():
         lines.append(f"  {scheme:<10} " + "  ".join(f"{part} {n}" for part, n in parts.items()))
+    notes = source_notes(m.get("index_info") or {})
+    if notes:
+        lines.append("notes")
+        lines.extend(f"  {note}" for note in notes)
     lines.append("labels (ok clips)")
-    ok = store.ok
-    matrix = store.label_matrix
-    if store.task == "multilabel":
-        counts_per = matrix[ok].sum(axis=0).astype(int)
-        order = counts_per.argsort()[::-1]
-        shown = [f"{store.classes[i]} {counts_per[i]}" for i in order[:50]]
-    else:
-        values = matrix[ok]
-        shown = [f"{c} {(values == i).sum()}" for i, c in enumerate(store.classes)]
-        if (values < 0).any():
-            shown.append(f"(unlabelled) {(values < 0).sum()}")
-    for start in range(0, len(shown), 6):
-        lines.append("  " + ", ".join(shown[start : start + 6]))
+    lines.extend(f"  {line}" for line in _label_lines(store))
     failures = m.get("failures", [])
     if failures:
-        lines.append(f"failed clips ({len(failures)})")
+        stages = Counter(f["stage"] for f in failures)
+        by_stage = ", ".join(f"{n} at {stage}" for stage, n in stages.items())
+        lines.append(f"failed clips ({by_stage if len(stages) == 1 else f'{len(failures)}: {by_stage}'})")
         for failure in failures[:max_failures]:
-            lines.append(f"  {failure['clip_id']}  {failure['path']}  [{failure['stage']}] {failure['message']}")
+            lines.append(f"  {failure['clip_id']}  {failure['path']}")
+            lines.append(f"      [{failure['stage']}] {failure['message']}")
         if len(failures) > max_failures:
             lines.append(f"  ... {len(failures) - max_failures} more (pipe info --failures N)")
     return "\n".join(lines)
+
+
+def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[str]:
+    """Clips per class (multiclass) or per tag (multilabel, most frequent first) among ok clips."""
+    ok = store.ok
+    matrix = store.label_matrix
+    if store.task == "multilabel":
+        counts = matrix[ok].sum(axis=0).astype(int)
+        order = np.argsort(-counts, kind="stable")  # ties keep the store's class order
+        used = [i for i in order if counts[i] > 0]
+        items = [f"{store.classes[i]} {counts[i]}" for i in used[:shown]]
+        if len(used) > shown:
+            items.append(f"... {len(used) - shown} more tags")
+        untagged = int((matrix[ok].sum(axis=1) == 0).sum())
+        if untagged:
+            items.append(f"(no tag) {untagged}")
+    else:
+        values = matrix[ok]
+        items = [f"{c} {(values == i).sum()}" for i, c in enumerate(store.classes)]
+        if (values < 0).any():
+            items.append(f"(unlabelled) {(values < 0).sum()}")
+    lines = [", ".join(items[start : start + per_line]) for start in range(0, len(items), per_line)]
+    if store.task == "multilabel":
+        unused = [store.classes[i] for i in np.flatnonzero(counts == 0)]
+        if unused:
+            listed = ", ".join(unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
+            lines.append(f"no ok clip has: {listed}")
+    return lines
+
+
+def source_notes(info: dict) -> list[str]:
+    """What the recipe noticed about the source folder (the manifest's ``index_info``) that a person should know."""
+    notes = []
+    missing = info.get("missing_audio") or 0
+    if missing:
+        examples = ", ".join(str(e) for e in info.get("missing_audio_examples", [])[:5])
+        example = f" (e.g. {examples})" if examples else ""
+        notes.append(f"{missing} clip(s) listed in the metadata have no audio file{example}")
+    if info.get("skipped_hidden"):
+        notes.append(f"{info['skipped_hidden']} hidden file(s) skipped (names starting with '.')")
+    if info.get("unlabelled"):
+        notes.append(f"{info['unlabelled']} file(s) directly in the root folder are unlabelled")
+    if info.get("ignored_folders"):
+        notes.append(f"folders ignored (not GTZAN genres): {', '.join(info['ignored_folders'])}")
+    if info.get("filtered_listed_not_found"):
+        notes.append(f"{info['filtered_listed_not_found']} clip(s) of the filtered split lists are not in the source")
+    if info.get("random_split_scaled"):
+        notes.append(str(info["random_split_scaled"]))
+    return notes
