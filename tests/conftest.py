@@ -20,3 +20,31 @@ def fixtures_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return FIXTURES
+
+
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory) -> str:
+    """A 40-clip demo store (2 s clips) holding every input some model reads.
+
+    waveform 16 kHz, log-mel 64 @ 16 kHz, log-mel 96 @ 12 kHz pad 37 (the catalog's demo
+    features), log-mel 128 @ 22.05 kHz and the gtzan57 table.
+    """
+    from pipeline.build import build
+    from pipeline.config import apply_overrides, config_for, load_catalog
+
+    catalog = load_catalog()
+    config = apply_overrides(
+        config_for("demo", catalog["demo"]),
+        add_features=[
+            {"kind": "logmel", "n_mels": 128, "sample_rate": 22050, "n_fft": 2048, "hop_length": 512},
+            {"kind": "gtzan57"},
+        ],
+        settings={"options.n_clips": 40, "options.seconds": 2.0, "clip.seconds": 2.0, "batch_clips": 8},
+    )
+    root = tmp_path_factory.mktemp("small_store")
+    out = root / "small.zarr"
+    report = build(config, source=str(root / "audio"), out=str(out), workers=2, progress=False)
+    assert report.n_failed == 0
+    return str(out)

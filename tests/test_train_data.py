@@ -1,0 +1,119 @@
+"""The store → batches layer: input resolution, crops, chunk-aware shuffling, evaluation crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import MuzarrError, open_store
+from training.data import SplitReader, TrainStream, crop, eval_batches, eval_offsets, plan_examples, resolve_array
+from training.models import InputSpec, get_model
+
+
+@pytest.fixture(scope="module")
+def store(small_store):
+    return open_store(small_store)
+
+
+def test_models_resolve_to_the_arrays_they_need(store):
+    assert resolve_array(store, get_model("crnn").input) == "logmel/mel96_sr12000_fft512_hop256_pad37"
+    assert resolve_array(store, get_model("cnn").input) == "logmel/mel64_sr16000_fft1024_hop512"
+    assert resolve_array(store, get_model("short_res").input) == "waveform"
+    assert resolve_array(store, get_model("cnn5").input) == "logmel/mel128_sr22050_fft2048_hop512"
+    assert resolve_array(store, get_model("mlp_tabular").input) == "tabular/gtzan57"
+
+
+def test_a_missing_input_names_the_build_option(store):
+    spec = InputSpec("logmel", sample_rate=16000, n_mels=128, n_fft=512, hop_length=256)
+    with pytest.raises(MuzarrError, match=r"pipe build demo --out .* --logmel n_mels=128,sample_rate=16000"):
+        resolve_array(store, spec)
+
+
+def test_example_plans(store):
+    cnn = plan_examples(store, get_model("cnn").input)  # 3 s crops of 2 s clips: whole clip, zero-padded
+    assert cnn.example_shape == (64, 94) and cnn.eval_crops == 1
+    dieleman = plan_examples(store, InputSpec("waveform", sample_rate=16000, seconds=0.5))
+    assert dieleman.example_shape == (8000,) and dieleman.eval_crops == 4
+    assert plan_examples(store, InputSpec("waveform", sample_rate=16000, seconds=0.5), eval_crops=10).eval_crops == 10
+    crnn = plan_examples(store, get_model("crnn").input)
+    assert crnn.length is None and crnn.example_shape == (96, 1 + 24000 // 256 + 74)
+
+
+def test_crop_and_eval_offsets():
+    items = np.arange(2 * 3 * 10).reshape(2, 3, 10)
+    out = crop(items, np.array([0, 4]), 5)
+    np.testing.assert_array_equal(out[0], items[0, :, 0:5])
+    np.testing.assert_array_equal(out[1], items[1, :, 4:9])
+    padded = crop(items, np.array([0, 0]), 12)
+    assert padded.shape == (2, 3, 12) and not padded[..., 10:].any()
+    np.testing.assert_array_equal(eval_offsets(100, 10, 4), [0, 30, 60, 90])
+    np.testing.assert_array_equal(eval_offsets(8, 10, 3), [0, 0, 0])
+
+
+def _reader(store, spec, *, cache, part="train"):
+    rows = store.split("random", part)
+    return SplitReader(store, plan_examples(store, spec), rows, store.label_matrix[rows], cache=cache)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_shuffled_epoch_sees_every_clip_once(store, cache):
+    spec = InputSpec("waveform", sample_rate=16000, seconds=0.25)
+    reader = _reader(store, spec, cache=cache)
+    stream = TrainStream(reader, batch_size=5, seed=3, buffer_clips=8)
+    seen = [p for _, _, positions in stream for p in positions.tolist()]
+    assert sorted(seen) == list(range(len(reader)))
+    assert seen != sorted(seen)  # shuffled
+    wave = store.read("waveform", reader.rows) / 32768
+    for x, y, positions in stream:
+        assert x.shape[1:] == (4000,) and x.dtype == torch.float32
+        np.testing.assert_array_equal(y.numpy(), reader.targets[positions.numpy()])
+        # each example is a crop of its own clip
+        for example, position in zip(x.numpy(), positions.numpy()):
+            clip = wave[position]
+            starts = [s for s in range(len(clip) - 4000 + 1) if np.array_equal(clip[s : s + 4000], example)]
+            assert starts, "example is not a crop of its clip"
+
+
+def test_epochs_are_reproducible_and_differ(store):
+    reader = _reader(store, InputSpec("waveform", sample_rate=16000, seconds=0.25), cache=False)
+    stream = TrainStream(reader, batch_size=4, seed=1, buffer_clips=8)
+
+    def epoch(e):
+        stream.set_epoch(e)
+        return [(x.numpy().copy(), p.numpy().copy()) for x, _, p in stream]
+
+    first, again, second = epoch(0), epoch(0), epoch(1)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(first, second))
+
+
+def test_streaming_reads_chunks_in_shuffled_order(store):
+    """Chunk-aware shuffling: consecutive examples come from a buffer of whole chunks, not all over the store."""
+    reader = _reader(store, InputSpec("waveform", sample_rate=16000, seconds=0.25), cache=False, part="all")
+    assert reader.memory is None and reader.chunk_clips == 8
+    stream = TrainStream(reader, batch_size=8, seed=0, buffer_clips=8)
+    first_batch = next(iter(stream))[2].numpy()
+    chunks = set((reader.rows[first_batch] // reader.chunk_clips).tolist())
+    assert len(chunks) <= 2  # one buffer = about one chunk
+
+
+def test_dataloader_workers_split_the_chunks(store):
+    reader = _reader(store, InputSpec("waveform", sample_rate=16000, seconds=0.25), cache=False, part="all")
+    stream = TrainStream(reader, batch_size=4, seed=0, buffer_clips=8)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    seen = sorted(p for _, _, positions in loader for p in positions.tolist())
+    assert seen == list(range(len(reader)))
+
+
+def test_eval_batches_hold_every_crop_of_every_clip(store):
+    spec = InputSpec("waveform", sample_rate=16000, seconds=0.5)
+    reader = _reader(store, spec, cache=True, part="valid")
+    batches = list(eval_batches(reader, batch_clips=3))
+    positions = np.concatenate([p for _, p in batches])
+    assert positions.tolist() == list(range(len(reader)))
+    x, first = batches[0]
+    assert x.shape == (len(first) * 4, 8000)
+    clip = store.read("waveform", reader.rows[first[0]]) / 32768
+    for k, start in enumerate(eval_offsets(32000, 8000, 4)):
+        np.testing.assert_allclose(x[k].numpy(), clip[start : start + 8000])

@@ -1,0 +1,169 @@
+"""``train``: stream a muzarr store into a model and write a run directory.
+
+``train --store URL --model NAME [options]`` trains; ``train models`` lists the models.
+Exit codes: 0 success; 2 bad input (one line says what and where); 130 interrupted
+(``train --resume DIR`` continues from the last finished epoch).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli import friendly_errors
+from pipeline.config import parse_spec
+from pipeline.errors import MuzarrError
+
+
+class DefaultToRun(click.Group):
+    """A group whose default subcommand is ``run``: ``train --store X --model Y`` just trains."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultToRun, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="muzarr")
+def main() -> None:
+    """Train models on muzarr stores: metrics, curves, per-tag scores and CO2 for every run.
+
+    \b
+    Examples:
+      train --store demo.zarr --model crnn
+      train --store mtat.zarr --model short_res --device cuda --amp
+      train --store mtat.zarr --model dieleman --model-opt filter_length=512 --model-opt stride=256 --repeats 5
+      train --resume runs/mtat-crnn-20261120-101500
+      train models                    # every model, its input and its defaults
+    """
+
+
+def _options(values: tuple[str, ...], what: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for value in values:
+        merged.update(parse_spec(value, what=what))
+    return merged
+
+
+@main.command(name="run")
+@click.option("--store", help="Store URL or folder (pipe build ...).")
+@click.option("--model", help="Model name (see `train models`).")
+@click.option("--split-scheme", help="Split scheme of the store (default: the store's first).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the model's).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step (default: the model's).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: the model's).")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd", "rmsprop"]), help="Optimizer (default: the model's).")
+@click.option("--momentum", type=click.FloatRange(min=0, max=1), help="Momentum for sgd/rmsprop.")
+@click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum for sgd.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="L2 weight decay.")
+@click.option("--scheduler", type=click.Choice(["none", "plateau", "step", "cosine"]), help="Learning-rate schedule.")
+@click.option("--scheduler-opt", "scheduler_opts", multiple=True, metavar="K=V", help="factor, patience (plateau); step_size, gamma (step); t_max (cosine).")
+@click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE", help="Stop after PATIENCE epochs without a better validation metric.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1), help="Runs with seeds seed..seed+N-1, plus a mean ± std summary.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: runs/DATASET-MODEL-TIME).")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last finished epoch.")
+@click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option, e.g. filter_length=512 (see `train models`).")
+@click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]), help="Hold the split in RAM/GPU or stream chunks.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers when streaming.")
+@click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's).")
+@click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
+@click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum, nesterov, weight_decay, scheduler,
+        scheduler_opts, early_stopping, device, amp, seed, repeats, out, resume, model_opts, cache, workers, eval_crops,
+        no_emissions, country, quiet):  # fmt: skip
+    """Train MODEL on STORE and write a run directory.
+
+    \b
+    Examples:
+      train --store demo.zarr --model crnn
+      train --store demo.zarr --model cnn --epochs 5 --lr 1e-3 --out runs/cnn
+      train --resume runs/cnn
+    """
+    from training.loop import Run, TrainConfig
+
+    if resume:
+        result = Run.resume(Path(resume), progress=not quiet).fit()
+        _print_result(result, Path(resume))
+        return
+    if not store or not model:
+        raise MuzarrError("train needs --store URL and --model NAME (or --resume DIR); see `train --help`")
+    config = TrainConfig(
+        store=store, model=model, split_scheme=split_scheme, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, scheduler=scheduler,
+        scheduler_opts=_options(scheduler_opts, "--scheduler-opt"), early_stopping=early_stopping, device=device,
+        amp=amp, seed=seed, model_opts=_options(model_opts, "--model-opt"), cache=cache, workers=workers,
+        eval_crops=eval_crops, emissions=not no_emissions, country=country,
+    )  # fmt: skip
+    base = Path(out) if out else _default_out(store, model)
+    if repeats == 1:
+        _print_result(Run(config, base, progress=not quiet).fit(), base)
+        return
+    from training.summary import summarise_repeats
+
+    results = []
+    for i in range(repeats):
+        click.secho(f"repeat {i + 1}/{repeats} (seed {seed + i})", bold=True)
+        run_dir = base / f"repeat-{i}"
+        results.append(Run(TrainConfig(**{**config.to_dict(), "seed": seed + i}), run_dir, progress=not quiet).fit())
+        _print_result(results[-1], run_dir)
+    summary = summarise_repeats(results, base)
+    click.echo(summary)
+
+
+def _default_out(store: str, model: str) -> Path:
+    name = Path(store.rstrip("/")).name.removesuffix(".zarr") or "store"
+    return Path("runs") / f"{name}-{model}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _print_result(metrics: dict[str, Any], out: Path) -> None:
+    primary = metrics["primary_metric"]
+    test, valid = metrics["test"], metrics["valid"]
+    line = f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
+    line += f"valid {primary} {valid[primary]:.4f}, test {primary} {test.get(primary, float('nan')):.4f}"
+    if "pr_auc" in test:
+        line += f", test pr_auc {test['pr_auc']:.4f}"
+    if "f1_macro" in test:
+        line += f", test f1_macro {test['f1_macro']:.4f}"
+    click.echo(line)
+    co2 = metrics.get("co2_kg")
+    click.echo(
+        f"  {metrics['parameters']:,} parameters, {metrics['train_seconds']:.0f} s training on {metrics['device']}"
+        + (f", {metrics['energy_kwh'] * 1000:.2f} Wh, {co2 * 1000:.3f} g CO2eq" if co2 is not None else "")
+    )
+    click.echo(f"  run directory: {out} (metrics.json, history.csv, *.png, best.pt)")
+
+
+@main.command(name="models")
+@friendly_errors
+def list_models():
+    """List the models: input they read, parameters and training defaults.
+
+    \b
+    Example:
+      train models
+    """
+    from training.models import MODELS, model_options
+
+    for name, entry in MODELS.items():
+        click.secho(name, bold=True, nl=False)
+        click.echo(f"  {entry.doc}")
+        seconds = f", {entry.input.seconds:g} s examples" if entry.input.seconds else ", whole clips"
+        click.echo(f"    input: {entry.input.build_hint()}{seconds if entry.input.kind != 'tabular' else ''}")
+        defaults = {k: v for k, v in entry.defaults.items() if not isinstance(v, dict)}
+        click.echo(f"    defaults: {json.dumps(defaults)}")
+        click.echo(f"    options: {', '.join(f'{k}={v!r}' for k, v in model_options(name).items()) or '-'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""From a store split to batches: input resolution, examples, chunk-aware shuffling, caching.
+
+A *clip* is a row of the store; an *example* is what the model sees: the whole clip, one
+stored sub-clip, or a crop of ``n`` frames/samples. Training draws one random crop per clip
+(or every sub-clip) per epoch; evaluation takes ``eval_crops`` evenly spaced crops per clip and
+the loop averages their predictions per clip, as the seed reports and Won et al. do.
+
+Shuffling reads whole chunks: the chunk order is permuted per epoch, a buffer of chunks is
+read, and the examples inside the buffer are shuffled. Each read touches only its own chunk,
+so a shuffled epoch costs what a sequential one does. Every random choice comes from
+``numpy.random.default_rng([seed, epoch, worker])``: an epoch is reproducible on its own, which
+is what makes ``--resume`` end with the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipeline import MuzarrError, Store, open_store
+from training.models import InputSpec
+
+LOGMEL_MATCH = ("sample_rate", "n_mels", "n_fft", "hop_length", "pad_frames")
+
+
+def resolve_array(store: Store, spec: InputSpec) -> str:
+    """The store array that serves ``spec``; a missing one names the ``pipe build`` option that adds it."""
+    arrays = store.arrays
+    if spec.kind == "tabular":
+        name = f"tabular/{spec.tabular_set}"
+        candidates = [name] if name in arrays else []
+    else:
+        candidates = []
+        for name, info in arrays.items():
+            feature = info["feature"]
+            if feature["kind"] != spec.kind or feature["sample_rate"] != spec.sample_rate:
+                continue
+            if spec.kind == "logmel" and any(feature[k] != getattr(spec, k) for k in LOGMEL_MATCH):
+                continue
+            candidates.append(name)
+        # Prefer the plain recipe (dB, top_db 80, full band) when several variants match.
+        candidates.sort(key=lambda n: (arrays[n]["feature"].get("f_max") is not None, arrays[n]["feature"].get("log") != "db"))
+    if not candidates:
+        dataset = store.manifest["config"]["dataset"]
+        raise MuzarrError(
+            f"store {store.url} has no {spec.kind} input for this model (arrays: {', '.join(arrays)}); "
+            f"add it with: pipe build {dataset} --out {store.url} {spec.build_hint()}"
+        )
+    return candidates[0]
+
+
+@dataclass(frozen=True)
+class ExamplePlan:
+    """How clips of one array become examples.
+
+    Attributes
+    ----------
+    array : str
+        Store array name.
+    clip_shape : tuple
+        Stored per-clip shape (with the sub-clip axis when the store has one).
+    length : int or None
+        Crop length along the last axis (frames or samples); ``None`` = whole (sub-)clip.
+    eval_crops : int
+        Evenly spaced crops per (sub-)clip at evaluation.
+    """
+
+    array: str
+    clip_shape: tuple[int, ...]
+    length: int | None
+    eval_crops: int
+
+    @property
+    def n_subclips(self) -> int:
+        return self.clip_shape[0] if self._has_subclips else 1
+
+    @property
+    def _has_subclips(self) -> bool:
+        return len(self.clip_shape) == (3 if self.is_2d else 2)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.array.startswith("logmel/")
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one stored (sub-)clip."""
+        return self.clip_shape[1:] if self._has_subclips else self.clip_shape
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        if self.length is None:
+            return self.item_shape
+        return (*self.item_shape[:-1], self.length)
+
+    @property
+    def examples_per_clip_eval(self) -> int:
+        return self.n_subclips * self.eval_crops
+
+
+def plan_examples(store: Store, spec: InputSpec, *, eval_crops: int | None = None) -> ExamplePlan:
+    """Work out the example length and the evaluation crops of ``spec`` on ``store``."""
+    array = resolve_array(store, spec)
+    clip_shape = tuple(store.arrays[array]["shape"][1:])
+    plan = ExamplePlan(array, clip_shape, None, 1)
+    if spec.kind == "tabular" or spec.seconds is None:
+        return plan
+    length = spec.example_shape()[-1]
+    stored = plan.item_shape[-1]
+    if length >= stored:
+        # The store's clips are no longer than one example: use them whole (zero-padded if short).
+        return ExamplePlan(array, clip_shape, length if length > stored else None, 1)
+    crops = eval_crops or max(1, math.ceil(stored / length))
+    return ExamplePlan(array, clip_shape, length, crops)
+
+
+def to_float(block: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values as float32 (int16 waveforms scaled by 1/32768)."""
+    if dtype == "int16":
+        return block.astype(np.float32) / np.float32(32768.0)
+    return block.astype(np.float32, copy=False)
+
+
+def crop(items: np.ndarray, offsets: np.ndarray, length: int | None) -> np.ndarray:
+    """Crop ``items [B, ..., T]`` to ``length`` along the last axis from ``offsets [B]``; pads if T < length."""
+    if length is None:
+        return items
+    total = items.shape[-1]
+    if total < length:
+        pad = [(0, 0)] * (items.ndim - 1) + [(0, length - total)]
+        return np.pad(items, pad)
+    index = offsets[:, None] + np.arange(length)[None, :]
+    index = index.reshape(len(items), *([1] * (items.ndim - 2)), length)
+    return np.take_along_axis(items, np.broadcast_to(index, (*items.shape[:-1], length)), axis=-1)
+
+
+def eval_offsets(total: int, length: int | None, crops: int) -> np.ndarray:
+    """``crops`` evenly spaced start offsets covering ``total`` (Won et al.'s evaluation)."""
+    if length is None or total <= length:
+        return np.zeros(crops, dtype=np.int64)
+    return np.linspace(0, total - length, crops).round().astype(np.int64)
+
+
+class SplitReader:
+    """The clips of one split of one array, read from the store or held in memory.
+
+    Parameters
+    ----------
+    store : Store
+    plan : ExamplePlan
+    rows : numpy.ndarray
+        Store rows of the split (``ok`` clips only).
+    targets : numpy.ndarray
+        Labels of those rows (float32 multi-hot, or int64 class indices).
+    cache : bool
+        Hold the split in RAM (in its stored dtype) instead of reading chunks each epoch.
+    """
+
+    def __init__(self, store: Store, plan: ExamplePlan, rows: np.ndarray, targets: np.ndarray, *, cache: bool) -> None:
+        self.url = store.url
+        self.storage_options = store.storage_options
+        self.plan = plan
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.targets = targets
+        self.clip_ids = store.clips["clip_id"].to_numpy()[self.rows]
+        self.dtype = store.arrays[plan.array]["dtype"]
+        self.chunk_clips = int(store.arrays[plan.array]["chunks"][0])
+        self.memory = store.read(plan.array, self.rows) if cache and len(self.rows) else None
+        self._array = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.plan.clip_shape)) * np.dtype(self.dtype).itemsize * len(self.rows)
+
+    def _zarr(self):
+        if self._array is None:  # opened lazily: each DataLoader worker opens its own handle
+            self._array = open_store(self.url, storage_options=self.storage_options).array(self.plan.array)
+        return self._array
+
+    def blocks(self, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(positions, data)``: split positions and their stored data, one chunk at a time.
+
+        ``order`` permutes the chunks (shuffled epochs); positions index ``self.rows``.
+        """
+        if self.memory is not None:
+            step = max(self.chunk_clips, 64)
+            starts = np.arange(0, len(self.rows), step)
+            for start in starts if order is None else starts[order]:
+                positions = np.arange(start, min(start + step, len(self.rows)))
+                yield positions, self.memory[positions]
+            return
+        chunk_of = self.rows // self.chunk_clips
+        chunks, first = np.unique(chunk_of, return_index=True)
+        bounds = np.append(first, len(self.rows))
+        sequence = range(len(chunks)) if order is None else order
+        array = self._zarr()
+        for c in sequence:
+            positions = np.arange(bounds[c], bounds[c + 1])
+            start = chunks[c] * self.chunk_clips
+            block = array[start : start + self.chunk_clips]
+            yield positions, block[self.rows[positions] - start]
+
+    def n_blocks(self) -> int:
+        if self.memory is not None:
+            return math.ceil(len(self.rows) / max(self.chunk_clips, 64))
+        return len(np.unique(self.rows // self.chunk_clips))
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Shuffled training batches ``(x, y, positions)`` read chunk by chunk.
+
+    Each epoch: permute the chunks, fill a buffer of about ``buffer_clips`` clips, draw one
+    random crop per (sub-)clip, shuffle the buffer's examples and cut them into batches.
+    DataLoader workers split the chunks between them; their generators are seeded by
+    ``(seed, epoch, worker)``.
+    """
+
+    def __init__(self, reader: SplitReader, *, batch_size: int, seed: int, buffer_clips: int = 512) -> None:
+        self.reader = reader
+        self.batch_size = batch_size
+        self.seed = seed
+        self.buffer_clips = buffer_clips
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        order = np.random.default_rng([self.seed, self.epoch, 0]).permutation(self.reader.n_blocks())
+        rng = np.random.default_rng([self.seed, self.epoch, worker + 1])
+        plan = self.reader.plan
+        pending_x: list[np.ndarray] = []
+        pending_p: list[np.ndarray] = []
+        for positions, data in self.reader.blocks(order[worker::n_workers]):
+            # One example per (clip, sub-clip): the stored sub-clip axis is flattened away.
+            pending_x.append(data.reshape(-1, *plan.item_shape))
+            pending_p.append(np.repeat(positions, plan.n_subclips))
+            if sum(len(p) for p in pending_p) >= self.buffer_clips * plan.n_subclips:
+                yield from self._emit(rng, pending_x, pending_p, final=False)
+        yield from self._emit(rng, pending_x, pending_p, final=True)
+
+    def _emit(self, rng, pending_x: list, pending_p: list, *, final: bool):
+        """Shuffle the buffered examples and yield full batches; keep the remainder buffered."""
+        if not pending_p:
+            return
+        plan = self.reader.plan
+        data = np.concatenate(pending_x)
+        positions = np.concatenate(pending_p)
+        pending_x.clear()
+        pending_p.clear()
+        shuffle = rng.permutation(len(positions))
+        usable = len(shuffle) if final else len(shuffle) - len(shuffle) % self.batch_size
+        total = plan.item_shape[-1]
+        for start in range(0, usable, self.batch_size):
+            take = shuffle[start : start + self.batch_size]
+            offsets = rng.integers(0, max(1, total - (plan.length or total) + 1), size=len(take))
+            x = to_float(crop(data[take], offsets, plan.length), self.reader.dtype)
+            yield torch.from_numpy(x), torch.from_numpy(self.reader.targets[positions[take]]), torch.from_numpy(positions[take])
+        if usable < len(shuffle):
+            pending_x.append(data[shuffle[usable:]])
+            pending_p.append(positions[shuffle[usable:]])
+
+
+def eval_batches(reader: SplitReader, *, batch_clips: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Sequential evaluation batches ``(x, positions)``: every crop of every sub-clip of each clip.
+
+    ``x`` holds ``len(positions) * plan.examples_per_clip_eval`` examples, clip-major.
+    """
+    plan = reader.plan
+    offsets = eval_offsets(plan.item_shape[-1], plan.length, plan.eval_crops)
+    pending_x, pending_p = [], []
+    count = 0
+
+    def flush():
+        data = np.concatenate(pending_x)
+        positions = np.concatenate(pending_p)
+        pending_x.clear()
+        pending_p.clear()
+        items = data.reshape(-1, *plan.item_shape)  # (clips * subclips, ...)
+        items = np.repeat(items, plan.eval_crops, axis=0)
+        starts = np.tile(offsets, len(items) // plan.eval_crops)
+        return torch.from_numpy(to_float(crop(items, starts, plan.length), reader.dtype)), positions
+
+    for positions, data in reader.blocks():
+        pending_x.append(data)
+        pending_p.append(positions)
+        count += len(positions)
+        if count >= batch_clips:
+            yield flush()
+            count = 0
+    if pending_p:
+        yield flush()

@@ -1,0 +1,65 @@
+"""The PNG figures of a run: curves, per-tag AUC beside tag frequency, confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(fig, path: Path, title: str) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Title": title, "Software": "muzarr"})
+    plt.close(fig)
+    return path
+
+
+def plot_curves(history: pd.DataFrame, metric: str, path: Path, *, title: str) -> Path:
+    """Train/valid loss and the validation metric per epoch."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(history["epoch"], history["train_loss"], marker="o", label="train")
+    left.plot(history["epoch"], history["valid_loss"], marker="o", label="valid")
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    left.legend()
+    right.plot(history["epoch"], history[f"valid_{metric}"], marker="o", color="tab:green")
+    right.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path, title)
+
+
+def plot_per_tag(per_tag: dict[str, float | None], frequency: dict[str, int], path: Path, *, title: str) -> Path:
+    """Per-tag ROC-AUC bars, tags sorted by training frequency, frequency on a second axis (seed 001)."""
+    tags = sorted(frequency, key=lambda t: -frequency[t])
+    auc = [per_tag.get(t) if per_tag.get(t) is not None else np.nan for t in tags]
+    fig, axis = plt.subplots(figsize=(max(6, 0.28 * len(tags) + 2), 4.5))
+    positions = np.arange(len(tags))
+    axis.bar(positions, auc, color="tab:blue", label="test ROC-AUC")
+    axis.set(ylim=(0.0, 1.0), ylabel="ROC-AUC", title=title)
+    axis.set_xticks(positions, tags, rotation=90)
+    twin = axis.twinx()
+    twin.plot(positions, [frequency[t] for t in tags], color="tab:orange", marker=".", label="training clips")
+    twin.set_ylabel("training clips with the tag")
+    axis.legend(loc="lower left")
+    twin.legend(loc="lower right")
+    return _save(fig, path, title)
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, *, title: str) -> Path:
+    """Confusion matrix with counts (rows: true class, columns: predicted)."""
+    values = np.asarray(matrix)
+    fig, axis = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.55 * len(classes)))
+    image = axis.imshow(values, cmap="Blues")
+    axis.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    for (i, j), count in np.ndenumerate(values):
+        axis.text(j, i, str(count), ha="center", va="center", color="white" if count > values.max() / 2 else "black")
+    fig.colorbar(image, ax=axis, fraction=0.046)
+    return _save(fig, path, title)
