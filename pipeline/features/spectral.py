@@ -202,7 +202,8 @@ def mel_power(
     power = _frame_power(y, n_fft=n_fft, hop_length=hop_length)
     # (frames, bins) @ (bins, mels) keeps the big operand contiguous; one transpose at the end.
     mel = np.matmul(power, mel_basis(sr, n_fft, n_mels, f_min, f_max).T)
-    return np.swapaxes(mel, -1, -2).reshape(*y.shape[:-1], n_mels, power.shape[1])
+    # One contiguous copy here keeps the log, the padding and the cast below cache-friendly.
+    return np.ascontiguousarray(np.swapaxes(mel, -1, -2)).reshape(*y.shape[:-1], n_mels, power.shape[1])
 
 
 def power_to_db(power: np.ndarray, *, top_db: float | None = 80.0, amin: float = 1e-10) -> np.ndarray:

@@ -235,9 +235,40 @@ def _extract_rows(compute: Any, samples: np.ndarray, *, sr: float, width: int) -
     return out.reshape(*samples.shape[:-1], width)
 
 
+@dataclasses.dataclass(frozen=True)
+class _TabularSet(Feature):
+    """A fixed list of named columns per clip or sub-clip, stored at ``tabular/<kind>``."""
+
+    group: ClassVar[str] = "tabular"
+    columns: ClassVar[tuple[str, ...]] = ()
+    min_samples: ClassVar[int] = 1
+
+    sample_rate: int = 22050
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
+            raise MuzarrError(f"{self.kind}: sample_rate={self.sample_rate!r} must be a positive integer")
+
+    def output_shape(self, n_samples: int) -> tuple[int, ...]:
+        if n_samples < self.min_samples:
+            raise MuzarrError(f"{self.name}: needs at least {self.min_samples} samples per (sub-)clip, got {n_samples}")
+        return (len(self.columns),)
+
+    def attrs(self) -> dict[str, Any]:
+        return {"columns": list(self.columns)}
+
+    def compute(self, y: np.ndarray, *, sr: float) -> np.ndarray:
+        raise NotImplementedError
+
+    def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
+        """[shape=(..., n_samples)] float32 -> [shape=(..., n_columns)] float32."""
+        self.check_rate(sampling_rate)
+        return _extract_rows(self.compute, samples, sr=self.sample_rate, width=len(self.columns))
+
+
 @register
 @dataclasses.dataclass(frozen=True)
-class Gtzan57(Feature):
+class Gtzan57(_TabularSet):
     """GTZAN's 57 Kaggle features (``features_30_sec.csv`` columns) per clip or sub-clip.
 
     Stored at ``tabular/gtzan57`` as float32 ``[..., 57]``. Sub-clips cut as Kaggle cut
@@ -245,54 +276,23 @@ class Gtzan57(Feature):
     """
 
     kind: ClassVar[str] = "gtzan57"
-    group: ClassVar[str] = "tabular"
+    columns: ClassVar[tuple[str, ...]] = GTZAN57_COLUMNS
 
-    sample_rate: int = 22050
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
-            raise MuzarrError(f"{self.kind}: sample_rate={self.sample_rate!r} must be a positive integer")
-
-    def output_shape(self, n_samples: int) -> tuple[int, ...]:
-        return (len(GTZAN57_COLUMNS),)
-
-    def attrs(self) -> dict[str, Any]:
-        return {"columns": list(GTZAN57_COLUMNS)}
-
-    def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
-        """[shape=(..., n_samples)] float32 -> [shape=(..., 57)] float32."""
-        self.check_rate(sampling_rate)
-        return _extract_rows(gtzan57, samples, sr=self.sample_rate, width=len(GTZAN57_COLUMNS))
+    def compute(self, y: np.ndarray, *, sr: float) -> np.ndarray:
+        return gtzan57(y, sr=sr)
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class Summary(Feature):
+class Summary(_TabularSet):
     """Seed 003's summary statistics (:func:`summary`) per clip or sub-clip.
 
     Stored at ``tabular/summary`` as float32 ``[..., 190]``.
     """
 
     kind: ClassVar[str] = "summary"
-    group: ClassVar[str] = "tabular"
+    columns: ClassVar[tuple[str, ...]] = SUMMARY_COLUMNS
+    min_samples: ClassVar[int] = SUMMARY_MIN_SAMPLES
 
-    sample_rate: int = 22050
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
-            raise MuzarrError(f"{self.kind}: sample_rate={self.sample_rate!r} must be a positive integer")
-
-    def output_shape(self, n_samples: int) -> tuple[int, ...]:
-        if n_samples < SUMMARY_MIN_SAMPLES:
-            raise MuzarrError(
-                f"{self.name}: needs at least {SUMMARY_MIN_SAMPLES} samples per (sub-)clip, got {n_samples}"
-            )
-        return (len(SUMMARY_COLUMNS),)
-
-    def attrs(self) -> dict[str, Any]:
-        return {"columns": list(SUMMARY_COLUMNS)}
-
-    def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
-        """[shape=(..., n_samples)] float32 -> [shape=(..., 190)] float32."""
-        self.check_rate(sampling_rate)
-        return _extract_rows(summary, samples, sr=self.sample_rate, width=len(SUMMARY_COLUMNS))
+    def compute(self, y: np.ndarray, *, sr: float) -> np.ndarray:
+        return summary(y, sr=sr)
