@@ -125,7 +125,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     hand = results[next(k for k in results if k.startswith("hand"))]
-    print(f"\n| method | seconds | clips/s | vs hand loop |\n|---|---|---|---|")
+    print("\n| method | seconds | clips/s | vs hand loop |\n|---|---|---|---|")
     for name, seconds in results.items():
         print(f"| {name} | {seconds:.1f} | {len(paths) / seconds:.1f} | {hand / seconds:.2f}x |")
 

@@ -143,7 +143,7 @@ class TestClipPolicy:
 
 def test_pyav_fallback_decodes_what_libsndfile_cannot(fixtures_dir):
     path = fixtures_dir / "edge_cases" / "pydub" / "wrong_extension.aac"
-    with pytest.raises(Exception):
+    with pytest.raises(soundfile.LibsndfileError):
         soundfile.info(str(path))
     samples, rate = decode(str(path))
     assert rate > 0 and samples.shape[1] > rate  # more than a second of audio

@@ -110,7 +110,6 @@ def _draw_recipe(rng: np.random.Generator) -> dict:
 def synthesise(recipe: dict, *, seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
     """One clip of float32 audio in [-1, 1] for a recipe drawn by :func:`_draw_recipe`."""
     n = int(seconds * sr)
-    t = np.arange(n) / sr
     beat = 60.0 / recipe["bpm"]
     onsets = np.arange(rng.uniform(0, beat / 2), seconds, beat)
     mix = np.zeros(n)
