@@ -1,6 +1,7 @@
 """``train``: stream a muzarr store into a model and write a run directory.
 
-``train --store URL --model NAME [options]`` trains; ``train models`` lists the models.
+``train --store URL --model NAME [options]`` trains; ``train models`` lists the models;
+``train sweep``, ``compare``, ``predict`` and ``embed`` search, compare and use trained runs.
 Exit codes: 0 success; 2 bad input (one line says what and where); 130 interrupted
 (``train --resume DIR`` continues from the last finished epoch).
 """
@@ -41,6 +42,10 @@ def main() -> None:
       train --store mtat.zarr --model dieleman --model-opt filter_length=512 --model-opt stride=256 --repeats 5
       train --resume runs/mtat-crnn-20261120-101500
       train models                    # every model, its input and its defaults
+      train sweep --store demo.zarr --model mlp --config sweep.yaml --trials 20 --method bayes
+      train compare runs/demo-mlp runs/demo-cnn
+      train predict --checkpoint runs/demo-cnn --store demo.zarr --out predictions.csv
+      train embed --checkpoint runs/demo-cnn --store demo.zarr --out emb.parquet
     """
 
 
@@ -163,6 +168,146 @@ def list_models():
         defaults = {k: v for k, v in entry.defaults.items() if not isinstance(v, dict)}
         click.echo(f"    defaults: {json.dumps(defaults)}")
         click.echo(f"    options: {', '.join(f'{k}={v!r}' for k, v in model_options(name).items()) or '-'}")
+
+
+# -- experiments: sweeps, comparisons, predictions, embeddings -----------------------------
+@main.command(name="sweep")
+@click.option("--store", required=True, help="Store URL or folder.")
+@click.option("--model", required=True, help="Model name (see `train models`).")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Sweep file (W&B format, seed 002's sweep.yaml).")
+@click.option("--trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to finish (grid: at most every combination).")
+@click.option("--method", type=click.Choice(["grid", "random", "bayes"]), help="Search (default: the file's method, else random); bayes = Optuna TPE.")
+@click.option("--out", type=click.Path(file_okay=False), help="Sweep folder (default: runs/STORE-sweep-MODEL-TIME); rerun with it to resume.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs of every trial (overrides the sweep file).")
+@click.option("--split-scheme", help="Split scheme of the store (default: the store's first).")
+@click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Fixed model option for every trial.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every trial and of the sampler.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
+@click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's).")
+@click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]))
+@click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
+@click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
+@friendly_errors
+def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, model_opts, seed, device, eval_crops,
+          cache, no_emissions, country):  # fmt: skip
+    """Search hyper-parameters: one run directory per trial, a leaderboard, resumable.
+
+    \b
+    Examples:
+      train sweep --store demo.zarr --model mlp --config sweep.yaml --trials 20 --method bayes --out runs/sweep
+      train sweep --store fma.zarr --model cnn2d_gru --config sweep.yaml --trials 30 --out runs/fma-sweep
+    \b
+    sweep.yaml (seed 002's format):
+      method: bayes
+      parameters:
+        learning_rate: {values: [1.0e-4, 3.0e-4, 1.0e-3]}
+        batch_size: {values: [16, 32]}
+        weight_decay: {min: 1.0e-6, max: 1.0e-3, distribution: log_uniform_values}
+    Run the same command again to resume: finished trials are kept, an interrupted one continues.
+    """
+    import dataclasses
+
+    from training.loop import TrainConfig
+    from training.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(config_path, model=model)
+    if method:
+        spec = dataclasses.replace(spec, method=method)
+    base = TrainConfig(
+        store=store, model=model, split_scheme=split_scheme, epochs=epochs, seed=seed, device=device,
+        model_opts=_options(model_opts, "--model-opt"), eval_crops=eval_crops, cache=cache,
+        emissions=not no_emissions, country=country,
+    )  # fmt: skip
+    folder = Path(out) if out else _default_out(store, f"sweep-{model}")
+    click.echo(f"{spec.method} sweep of {model} on {store}: {trials} trials in {folder} (rerun with --out {folder} to resume)")
+    table = run_sweep(spec, base, folder, trials=trials, echo=click.echo)
+    click.echo((folder / "leaderboard.md").read_text().rstrip())
+    click.echo(f"leaderboard: {folder / 'leaderboard.csv'} ({len(table)} trials)")
+
+
+@main.command(name="compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False), help="Folder for compare.md, compare.csv, compare.png.")
+@click.option("--metric", "extra", multiple=True, help="Another test metric column, e.g. pr_auc or f1_macro.")
+@friendly_errors
+def compare(run_dirs, out, extra):
+    """Compare runs in one table (seed 000's layout) and overlay their curves.
+
+    Runs of one configuration with different seeds (a --repeats folder, or several run
+    directories) are one row, as mean ± std.
+
+    \b
+    Examples:
+      train compare runs/demo-mlp runs/demo-cnn --out runs/compare
+      train compare runs/mtat-crnn-5seeds runs/mtat-dieleman-5seeds --metric pr_auc
+    """
+    from training.compare import compare as run_compare
+
+    click.echo(run_compare(list(run_dirs), out, extra=tuple(extra)))
+    click.echo(f"written: {Path(out) / 'compare.md'}, compare.csv, compare.png")
+
+
+@main.command(name="predict")
+@click.option("--checkpoint", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (config.json + best.pt).")
+@click.option("--store", required=True, help="Store to predict, labelled or not.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test", "all"]), help="Clips to predict; all = every stored clip.")
+@click.option("--split-scheme", help="Split scheme (default: the run's, else the store's first).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option("--scores", is_flag=True, help="multiclass: add one probability column per class.")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="multilabel: add pred_<tag> 0/1 columns (score >= threshold).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
+@friendly_errors
+def predict(run_dir, store, split, split_scheme, out, scores, threshold, device):
+    """Per-clip predictions of a trained run as a CSV (seed 003's Kaggle submission).
+
+    multiclass: id,label (+ a probability per class with --scores); multilabel: id and a
+    score per tag (+ pred_<tag> columns with --threshold). Scores average the crops the run
+    evaluated, so they reproduce its metrics.json.
+
+    \b
+    Examples:
+      train predict --checkpoint runs/gtzan-cnn5 --store kaggle-test.zarr --split all --out submission.csv
+      train predict --checkpoint runs/demo-mlp --store demo.zarr --split test --threshold 0.5 --out pred.csv
+    """
+    from training.loop import load_run
+    from training.predict import predict as run_predict
+
+    table = run_predict(load_run(run_dir, device=device), store, split=split, split_scheme=split_scheme,
+                        with_scores=scores, threshold=threshold)  # fmt: skip
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    click.echo(f"{out}: {len(table)} clips")
+
+
+@main.command(name="embed")
+@click.option("--checkpoint", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (config.json + best.pt).")
+@click.option("--store", required=True, help="Store to embed, labelled or not.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test", "all"]), help="Clips to embed; all = every stored clip.")
+@click.option("--split-scheme", help="Split scheme (default: the run's, else the store's first).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file: clip_id, label(s), e0..eD.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="t-SNE figure (default: tsne.png beside --out).")
+@click.option("--no-plot", is_flag=True, help="Write the embeddings only.")
+@click.option("--seed", default=0, show_default=True, type=int, help="t-SNE seed.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
+@friendly_errors
+def embed(run_dir, store, split, split_scheme, out, plot, no_plot, seed, device):
+    """Penultimate-layer embeddings per clip to Parquet, and their t-SNE map (seed 002).
+
+    \b
+    Examples:
+      train embed --checkpoint runs/fma-cnn2d_gru --store fma.zarr --split test --out emb.parquet
+      train embed --checkpoint runs/demo-cnn --store demo.zarr --split all --out emb.parquet --plot tsne-all.png
+    """
+    from training.loop import load_run
+    from training.predict import embeddings, write_embeddings
+
+    run = load_run(run_dir, device=device)
+    table = embeddings(run, store, split=split, split_scheme=split_scheme)
+    figure = None if no_plot else Path(plot) if plot else Path(out).parent / "tsne.png"
+    title = f"t-SNE of {run.config.model} embeddings ({split}, {len(table)} clips)"
+    written = write_embeddings(table, Path(out), plot=figure, title=title, seed=seed)
+    n_dims = sum(c.startswith("e") and c[1:].isdigit() for c in table.columns)
+    click.echo(f"{out}: {len(table)} clips x {n_dims} dimensions" + (f"; t-SNE: {written}" if written else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

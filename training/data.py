@@ -262,6 +262,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         total = plan.item_shape[-1]
         for start in range(0, usable, self.batch_size):
             take = shuffle[start : start + self.batch_size]
+            if len(take) < 2:
+                break  # a last batch of one example would break BatchNorm's training statistics
             offsets = rng.integers(0, max(1, total - (plan.length or total) + 1), size=len(take))
             x = to_float(crop(data[take], offsets, plan.length), self.reader.dtype)
             yield torch.from_numpy(x), torch.from_numpy(self.reader.targets[positions[take]]), torch.from_numpy(positions[take])

@@ -221,6 +221,8 @@ class Run:
     """A training run in ``out``: set up from a config, or reopened with :meth:`resume`."""
 
     def __init__(self, config: TrainConfig, out: Path, *, progress: bool = True) -> None:
+        if "://" not in config.store:  # a local path: absolute, so --resume and predict work from anywhere
+            config = dataclasses.replace(config, store=str(Path(config.store).expanduser().resolve()))
         self.store = open_store(config.store)
         self.dataset_defaults = dataset_train_defaults(self.store.dataset)
         self.config = config.resolved(self.dataset_defaults)
@@ -530,3 +532,62 @@ def _stop_tracker(tracker) -> dict[str, Any]:
 def train(config: TrainConfig, *, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run one training run into ``out`` and return its metrics."""
     return Run(config, out, progress=progress).fit()
+
+
+# -- inference from a run directory ------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    """A run directory rebuilt for inference by :func:`load_run`: its resolved ``config``, the
+    model's ``task`` and output ``classes``, ``model`` (``Normalized``, eval mode, on ``device``),
+    the per-example shape it was trained on and ``metrics.json`` (``None`` while unfinished)."""
+
+    out: Path
+    config: TrainConfig
+    task: str
+    classes: list[str]
+    model: Normalized
+    device: torch.device
+    example_shape: tuple[int, ...]
+    metrics: dict[str, Any] | None
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "best.pt") -> LoadedRun:
+    """Rebuild ``Normalized(model)`` of a run directory from ``config.json`` and ``checkpoint``.
+
+    Unlike :class:`Run` it needs no training or validation split, so it serves any store,
+    labelled or not (``train predict``, ``train embed``). The checkpoint is read with
+    ``torch.load(weights_only=True)``.
+    """
+    out = Path(run_dir)
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        config = TrainConfig.from_dict(saved["train"])
+        example_shape = tuple(int(n) for n in saved["input"]["example_shape"])
+    except FileNotFoundError:
+        # a --repeats or sweep folder holds runs one level down: name a few
+        children = sorted(str(p.parent) for p in out.glob("*/config.json"))[:3]
+        hint = f" such as {', '.join(children)}" if children else ""
+        raise MuzarrError(f"{out}: no config.json; pass a run directory (one with config.json and best.pt){hint}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise MuzarrError(f"{out}/config.json is not a muzarr run configuration ({type(err).__name__}: {err})") from None
+    weights = out / checkpoint
+    if not weights.exists():
+        raise MuzarrError(f"{out}: no {checkpoint} yet; train the run (or resume it with `train --resume {out}`) first")
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else None
+    if metrics is not None:
+        task, classes = metrics["task"], list(metrics["classes"])
+    else:  # unfinished run: its training store knows the outputs
+        store = open_store(config.store)
+        task, classes = store.task, store.classes
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "mean" not in state or "std" not in state:
+        raise MuzarrError(f"{weights} is not a muzarr model checkpoint (a state dict with 'mean', 'std', 'model.*')")
+    model = build_model(config.model, n_classes=len(classes), input_shape=example_shape, **config.model_opts)
+    wrapped = Normalized(model, torch.zeros_like(state["mean"]), torch.ones_like(state["std"]))
+    try:
+        wrapped.load_state_dict(state)
+    except RuntimeError as err:
+        raise MuzarrError(f"{weights} does not fit model {config.model!r} of {out}/config.json: {str(err).splitlines()[0]}") from None
+    torch_device = pick_device(device)
+    wrapped.to(torch_device).eval()
+    return LoadedRun(out, config, task, classes, wrapped, torch_device, example_shape, metrics)

@@ -1,4 +1,5 @@
-"""The PNG figures of a run: curves, per-tag AUC beside tag frequency, confusion matrix."""
+"""The PNG figures of a run: curves, per-tag AUC beside tag frequency, confusion matrix; run comparisons and
+embedding maps."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def _save(fig, path: Path, title: str) -> Path:
+def _save(fig, path: Path, title: str, description: str | None = None) -> Path:
+    # Title and axes go into the PNG's text chunks too: tests (and users) read them back with PIL.
+    metadata = {"Title": title, "Software": "muzarr"}
+    if description:
+        metadata["Description"] = description
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Title": title, "Software": "muzarr"})
+    fig.savefig(path, dpi=110, metadata=metadata)
     plt.close(fig)
     return path
 
@@ -63,3 +69,47 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, *, t
         axis.text(j, i, str(count), ha="center", va="center", color="white" if count > values.max() / 2 else "black")
     fig.colorbar(image, ax=axis, fraction=0.046)
     return _save(fig, path, title)
+
+
+def plot_compare(curves: list[tuple[str, pd.DataFrame]], metric: str, path: Path, *, title: str) -> Path:
+    """Overlay of several runs' loss and validation-metric curves (``train compare``).
+
+    ``curves`` holds ``(label, history)`` pairs; a history with several rows per epoch (repeats)
+    is drawn as its mean with a ±1 std band. Valid loss solid, train loss dashed.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for index, (label, history) in enumerate(curves):
+        color = f"C{index % 10}"
+        stats = history.groupby("epoch").agg(["mean", "std"])
+        epochs = stats.index.to_numpy()
+        for axis, column, style, name in (
+            (left, "valid_loss", "-", f"{label} valid"), (left, "train_loss", "--", f"{label} train"),
+            (right, f"valid_{metric}", "-", label),
+        ):  # fmt: skip
+            mean, std = stats[(column, "mean")].to_numpy(), stats[(column, "std")].fillna(0).to_numpy()
+            axis.plot(epochs, mean, style, color=color, marker="o", markersize=3, label=name)
+            if (std > 0).any():
+                axis.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    right.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    description = f"left: x epoch, y loss (valid solid, train dashed); right: x epoch, y validation {metric}"
+    return _save(fig, path, title, description)
+
+
+def plot_embedding(points: np.ndarray, groups: list[str], path: Path, *, title: str, legend: str = "class") -> Path:
+    """2-D map of clip embeddings (t-SNE, seed 002), one colour per group; the largest groups first in the legend."""
+    fig, axis = plt.subplots(figsize=(7.5, 6))
+    order = pd.Series(groups).value_counts().index.tolist()
+    labels = np.asarray(groups, dtype=object)
+    cmap = plt.get_cmap("tab20" if len(order) > 10 else "tab10")
+    for index, group in enumerate(order):
+        chosen = labels == group
+        axis.scatter(points[chosen, 0], points[chosen, 1], s=18, color=cmap(index % cmap.N), label=group)
+    axis.set(xlabel="t-SNE 1", ylabel="t-SNE 2", title=title)
+    axis.legend(title=legend, fontsize="small", loc="best", markerscale=1.2)
+    return _save(fig, path, title, f"x: t-SNE 1; y: t-SNE 2; colour: {legend}; groups: {', '.join(order)}")

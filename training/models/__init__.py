@@ -31,6 +31,7 @@ from pipeline.errors import MuzarrError
 from training.models.cnn5 import FiveLayerCNN
 from training.models.crnn import ChoiCRNN
 from training.models.dieleman import DielemanCNN
+from training.models.pretrained import ResNet50, Wav2Vec2Classifier
 from training.models.resnet import ResNet18
 from training.models.rnn import ConvRecurrentClassifier
 from training.models.seed000 import MelCNN, MelMeanMLP
@@ -280,6 +281,28 @@ MODELS: dict[str, ModelEntry] = {
             "eval_chunks": 16,
         },
         doc="Won et al. 2020 short-chunk ResNet, mel front end inside the model (best MTAT tagger).",
+    ),
+    "resnet50": ModelEntry(
+        build=ResNet50,
+        input=_MEL128_22K,
+        defaults={
+            # seed 003 names SGD for its ResNet-50 transfer learning and nothing else: the rest
+            # is the usual fine-tuning recipe (lr 1e-3, momentum 0.9) and its ResNet-18's epochs
+            "optimizer": "sgd",
+            "lr": 1e-3,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "epochs": 30,
+            "batch_size": 32,
+        },
+        doc="Seed 003 ResNet-50 transfer learning from local torchvision weights (--model-opt weights=FILE).",
+    ),
+    "wav2vec2": ModelEntry(
+        build=Wav2Vec2Classifier,
+        input=InputSpec("waveform", sample_rate=16000),
+        # seed 004: Adam lr 5e-5, weight decay 1e-5, batch 8; it gives no epoch count (20 here)
+        defaults={"optimizer": "adam", "lr": 5e-5, "weight_decay": 1e-5, "epochs": 20, "batch_size": 8},
+        doc="Seed 004 wav2vec2-base fine-tuned on 16 kHz waveforms, mean-pooled, 768-unit head (--model-opt weights=DIR).",
     ),
 }
 
