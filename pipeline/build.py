@@ -5,6 +5,21 @@ every array, so tasks never write the same shard. A task decodes, resamples and 
 every feature of its clips, writes its shards and the status of its clips, and then
 writes a completion marker. The driver only collects markers and writes the tables and
 the manifest, so a killed build restarts where it stopped and ends with the same bytes.
+
+Resuming and growing are the same thing: the driver brings the store's arrays to the
+requested layout (:func:`pipeline.store.ensure_arrays`) and asks each batch's marker what
+is already done. A marker counts only for its own rows and clips (a digest of the clip
+ids) and only for the arrays it lists, so
+
+* a killed build reruns exactly the batches without a valid marker;
+* added feature variants are computed for every batch, and only those arrays are written;
+* added clips (a larger index whose first rows are the store's clips) run the new batches
+  and the one batch whose shard was partial (its rows changed, so its marker no longer
+  counts), nothing else.
+
+Until the last step the manifest is left as it was: readers of a complete store keep
+seeing its old arrays and clip count while it grows. Any other change of configuration is
+refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -21,27 +37,46 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import zarr
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from pipeline.audio import DecodeError, load_clip
-from pipeline.config import BuildConfig
+from pipeline.config import TASK_AUTO, BuildConfig
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError
 from pipeline.index import DatasetIndex
 from pipeline.store import (
+    KEYS,
     SCHEMA_VERSION,
     STATUS_FAILED,
     STATUS_NAMES,
     STATUS_OK,
+    TARGET,
+    _fs,
+    check_marker,
+    is_local,
     clip_digests,
+    clips_digest,
     combine_digests,
-    create_arrays,
+    ensure_arrays,
+    list_keys,
+    marker_key,
+    open_group,
     plan_layout,
-    read_batch_markers,
+    read_json,
+    read_manifest,
+    read_markers,
+    read_table,
+    remove_key,
+    remove_temporaries,
     write_json,
+    write_manifest,
     write_table,
 )
 
 VERSIONED = ("muzarr", "numpy", "scipy", "soundfile", "soxr", "librosa", "zarr", "numcodecs", "av", "dask")
+# Recipe options that only choose how many clips the index holds: changing one grows the
+# store (when the new index starts with the store's clips) instead of being refused.
+GROWABLE_OPTIONS = frozenset({"n_clips"})
 
 
 @dataclass
@@ -85,23 +120,38 @@ def run_batch(
     clip_ids: list[str],
     paths: list[str],
     storage_options: dict | None = None,
+    arrays: list[str] | None = None,
+    base: dict | None = None,
 ) -> dict[str, Any]:
     """Process one batch (a Dask task): compute, write its shards, status and marker.
 
-    Returns the marker: batch number, per-clip status, failures and per-array clip digests.
+    ``arrays`` limits the work to those arrays (a grow); ``base`` is then the batch's
+    existing valid marker, whose status, failures and digests stand for the other arrays.
+    Returns the marker: batch number, rows, clip-id digest, per-clip status, failures and
+    per-array clip digests.
     """
     config = BuildConfig.from_dict(config_dict)
-    group = zarr.open_group(store=url, mode="r+", storage_options=storage_options or None)
+    group = open_group(url, mode="r+", storage_options=storage_options)
     layouts = {layout.name: layout for layout in plan_layout(config, n_clips=group["status"].shape[0])}
+    todo = [name for name in layouts if arrays is None or name in arrays]
+    kept = {} if base is None else {n: d for n, d in base["digests"].items() if n in layouts and n not in todo}
+    features = [f for f in config.features if f.name in todo]
+    rates = tuple(sorted({f.sample_rate for f in features}))
     n = len(rows)
-    buffers = {name: np.zeros((n, *layout.shape[1:]), dtype=layout.dtype) for name, layout in layouts.items()}
-    status = np.full(n, STATUS_OK, dtype=np.int8)
-    failures = []
+    start, stop = rows[0], rows[-1] + 1
+    buffers = {name: np.zeros((n, *layouts[name].shape[1:]), dtype=layouts[name].dtype) for name in todo}
+    before = np.asarray(base["status"] if base else [STATUS_OK] * n, dtype=np.int8)
+    status = before.copy()
+    earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
+    failures: dict[int, dict] = {}
     for i, path in enumerate(paths):
+        if status[i] == STATUS_FAILED:  # failed in an earlier pass: it would fail here the same way
+            failures[i] = earlier[clip_ids[i]]
+            continue
         stage = "decode"
         try:
-            audio = load_clip(path, rates=config.rates, policy=config.clip)
-            for feature in config.features:
+            audio = load_clip(path, rates=rates, policy=config.clip)
+            for feature in features:
                 stage = feature.name
                 values = feature.extract(audio[feature.sample_rate], sampling_rate=feature.sample_rate)
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
@@ -114,22 +164,89 @@ def run_batch(
             message = str(error).strip() or type(error).__name__
             if not isinstance(error, (DecodeError, MuzarrError)):
                 message = f"{type(error).__name__}: {message}"
-            failures.append({"clip_id": clip_ids[i], "path": path, "stage": stage, "message": message.splitlines()[0]})
-    start, stop = rows[0], rows[-1] + 1
+            failures[i] = {"clip_id": clip_ids[i], "path": path, "stage": stage, "message": message.splitlines()[0]}
+    digests = {}
     for name, buffer in buffers.items():
-        group[name][start:stop] = buffer
-    group["status"][start:stop] = status
+        _write_shard(url, group[name], batch, start, stop, buffer, storage_options)
+        digests[name] = clip_digests(buffer)
+    newly_failed = np.flatnonzero((status == STATUS_FAILED) & (before == STATUS_OK))
+    for name, old in kept.items():
+        if len(newly_failed):
+            # A clip that fails a new feature is a failed clip: no array may keep data for it.
+            data = group[name][start:stop]
+            data[newly_failed] = 0
+            _write_shard(url, group[name], batch, start, stop, data, storage_options)
+            old = clip_digests(data)
+        digests[name] = old
+    if base is None or len(newly_failed):
+        _write_shard(url, group["status"], batch, start, stop, status, storage_options)
     marker = {
         "batch": batch,
         "start": start,
         "stop": stop,
+        "clips": clips_digest(clip_ids),
         "status": status.tolist(),
-        "failures": failures,
-        "digests": {name: clip_digests(buffer) for name, buffer in buffers.items()},
+        "failures": [failures[i] for i in sorted(failures)],
+        "digests": {name: digests[name] for name in layouts},
     }
-    # The marker is written last: its presence means every shard of the batch is on disk.
-    write_json(url, f"_muzarr/batches/{batch:06d}.json", marker, storage_options=storage_options)
+    # The marker is written last, in one atomic write: its presence means every shard it
+    # lists is on disk.
+    write_json(url, marker_key(batch), marker, storage_options=storage_options)
     return marker
+
+
+def _write_shard(url: str, array, batch: int, start: int, stop: int, data, storage_options) -> None:
+    """Write the batch's whole shard (one atomic file or object, replacing the old one).
+
+    The old shard stays readable until it is replaced: readers of the store as it was (a
+    grow rewrites the last, partial shard) never see it missing. Only a shard that cannot
+    be decoded (zarr merges into a partial edge shard) is deleted first, then written anew.
+    """
+    try:
+        array[start:stop] = data
+    except Exception:  # noqa: BLE001 - a damaged old shard: replace it whole
+        key = array.metadata.encode_chunk_key((batch,) + (0,) * (array.ndim - 1))
+        remove_key(url, f"{array.path}/{key}", storage_options=storage_options)
+        array[start:stop] = data
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the build must end with: a configuration, an index and the arrays they imply."""
+
+    config: BuildConfig
+    index: DatasetIndex
+    layouts: list
+
+    @property
+    def n(self) -> int:
+        return len(self.index)
+
+    @property
+    def names(self) -> list[str]:
+        return [layout.name for layout in self.layouts]
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.n // self.config.batch_clips)
+
+    def rows(self, batch: int) -> range:
+        size = self.config.batch_clips
+        return range(batch * size, min(self.n, (batch + 1) * size))
+
+    @cached_property
+    def clip_ids(self) -> list[str]:
+        return self.index.clips["clip_id"].astype(str).tolist()
+
+    def check(self, batch: int, raw) -> dict | None:
+        """The marker of ``batch`` if it can be trusted for this target (see :func:`check_marker`)."""
+        rows = self.rows(batch)
+        ids = self.clip_ids[rows.start : rows.stop]
+        marker = check_marker(raw, batch=batch, start=rows.start, stop=rows.stop, clips=clips_digest(ids), names=self.names)
+        if marker is None:
+            return None
+        failed = [ids[i] for i, s in enumerate(marker["status"]) if s == STATUS_FAILED]
+        return marker if [f["clip_id"] for f in marker["failures"]] == failed else None
 
 
 def _manifest(config: BuildConfig, index: DatasetIndex, layouts, *, state: str, extra: dict | None = None) -> dict:
@@ -148,31 +265,121 @@ def _manifest(config: BuildConfig, index: DatasetIndex, layouts, *, state: str, 
     }
 
 
-def _prepare_store(url, config, index, layouts, *, overwrite: bool, storage_options) -> set[int]:
-    """Create the store, or reopen a matching unfinished one; returns the batches already done."""
-    try:
-        existing = zarr.open_group(store=url, mode="r", storage_options=storage_options or None)
-        manifest = existing.attrs.get("muzarr")
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, ValueError):
-        manifest = None
+def _prepare_store(url, target: _Target, *, overwrite: bool, storage_options) -> dict[int, dict]:
+    """Create the store, or bring an existing one to ``target``; returns the valid markers.
+
+    Order matters for a kill at any point: ``_muzarr/target.json`` first (it marks the
+    folder as ours), then the arrays, then (new stores only) the manifest in state
+    ``building``. A folder with the first but no manifest is a creation that was killed:
+    no batch ran in it, so it is simply made again. Clearing a folder keeps that file to
+    the last, so a kill while clearing leaves a folder still known to be ours.
+    """
+    config = target.config
+    mark = {"config": config.to_dict(), "n_clips": target.n}
+    manifest = read_manifest(url, storage_options=storage_options)
     if manifest is not None and not overwrite:
-        if manifest.get("config") != config.to_dict() or manifest.get("n_clips") != len(index):
-            raise MuzarrError(
-                f"{url} already holds a store built with a different configuration:\n"
-                f"{_config_diff(manifest.get('config', {}), config.to_dict())}\n"
-                "choose another --out, or pass --overwrite to rebuild it"
-            )
-        done = read_batch_markers(url, storage_options=storage_options)
-        return set(done)
-    if manifest is not None or _exists_nonempty(url, storage_options):
-        if not overwrite and manifest is None:
+        _check_schema(url, manifest)
+        _check_growable(url, manifest, target, storage_options)
+    elif _exists_nonempty(url, storage_options):
+        if not overwrite and not _is_ours(url, storage_options):
             raise MuzarrError(f"{url} exists and is not a muzarr store: choose another --out or pass --overwrite")
-        _remove(url, storage_options)
-    group = create_arrays(url, layouts, len(index), config.batch_clips, storage_options=storage_options)
-    write_table(url, "labels", index.labels_table(), storage_options=storage_options)
-    write_table(url, "splits", index.splits_table(), storage_options=storage_options)
-    group.attrs["muzarr"] = _manifest(config, index, layouts, state="building")
-    return set()
+        write_json(url, TARGET, mark, storage_options=storage_options)
+        _remove(url, storage_options, keep=TARGET)
+        manifest = None
+    write_json(url, TARGET, mark, storage_options=storage_options)
+    created = ensure_arrays(url, target.layouts, target.n, config.batch_clips, storage_options=storage_options)
+    if manifest is None:
+        write_manifest(
+            url, _manifest(config, target.index, target.layouts, state="building"), storage_options=storage_options
+        )
+    if "status" in created:
+        return {}  # no status to stand on: every batch runs again
+    markers = {}
+    for batch, raw in read_markers(url, range(target.n_batches), storage_options=storage_options).items():
+        marker = target.check(batch, raw)
+        if marker is not None:
+            marker["digests"] = {n: d for n, d in marker["digests"].items() if n not in created}
+            if marker["digests"]:
+                markers[batch] = marker
+    return markers
+
+
+def _check_schema(url: str, manifest: dict) -> None:
+    version = manifest.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise MuzarrError(
+            f"{url} was written with store schema version {version!r}; this muzarr writes {SCHEMA_VERSION}: "
+            "upgrade muzarr, or pass --overwrite to rebuild it"
+        )
+
+
+def _check_growable(url: str, manifest: dict, target: _Target, storage_options) -> None:
+    """Refuse (with the difference) unless ``target`` equals the store or only adds features or clips."""
+    old = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    new = target.config.to_dict()
+    lines = []
+    for key in sorted((set(old) | set(new)) - {"features", "options"}):
+        if old.get(key) != new.get(key):
+            lines.append(_config_diff({key: old.get(key)}, {key: new.get(key)}))
+    lines.extend(_feature_diff(old.get("features"), new["features"]))
+    old_options, new_options = old.get("options") or {}, new["options"]
+    changed = {k for k in set(old_options) | set(new_options) if old_options.get(k) != new_options.get(k)}
+    if changed - GROWABLE_OPTIONS:
+        lines.append(
+            _config_diff({"options": {k: old_options.get(k) for k in changed}}, {"options": {k: new_options.get(k) for k in changed}})
+        )
+    if lines:
+        raise MuzarrError(
+            f"{url} already holds a store built with a different configuration:\n" + "\n".join(lines) + "\n"
+            "choose another --out, or pass --overwrite to rebuild it (only added features and added clips "
+            "are built into an existing store)"
+        )
+    n_old = manifest.get("n_clips")
+    if not isinstance(n_old, int) or target.n < n_old:
+        raise MuzarrError(
+            f"{url} holds {n_old} clips but the source now gives {target.n}: a store only grows; "
+            "pass --overwrite to rebuild it"
+        )
+    if manifest.get("state") == "complete" and (target.n > n_old or changed):
+        try:
+            stored = read_table(url, "clips", storage_options=storage_options)[["clip_id", "path"]]
+        except (FileNotFoundError, KeyError, OSError, ValueError):
+            raise MuzarrError(f"{url}: tables/clips.parquet is missing or unreadable: run `pipe verify`") from None
+        fresh = target.index.clips[["clip_id", "path"]].head(len(stored)).astype(str).reset_index(drop=True)
+        stored = stored.astype(str).reset_index(drop=True)
+        differ = np.flatnonzero((stored.to_numpy() != fresh.to_numpy()).any(axis=1)) if len(stored) == len(fresh) else [0]
+        if len(stored) != n_old or len(differ):
+            row = int(differ[0]) if len(differ) else 0
+            raise MuzarrError(
+                f"{url}: the source's clips do not start with the store's (row {row}: store has "
+                f"{tuple(stored.iloc[row]) if row < len(stored) else None}, source has "
+                f"{tuple(fresh.iloc[row]) if row < len(fresh) else None}): new clips can only be added after the "
+                "existing ones; pass --overwrite to rebuild"
+            )
+
+
+def _feature_diff(old: Any, new: list[dict]) -> list[str]:
+    """Lines for every stored feature this build would drop or change (added ones are fine)."""
+    from pipeline.features.base import feature_from_dict
+
+    lines = []
+    old = old if isinstance(old, list) else []
+    for spec in old:
+        if spec in new:
+            continue
+        try:
+            name = feature_from_dict(spec).name
+        except MuzarrError:
+            name = repr(spec)
+        # The closest feature of the same kind this build asks for shows what was changed.
+        candidates = [s for s in new if s not in old and isinstance(spec, dict) and s.get("kind") == spec.get("kind")]
+        closest = min(candidates, key=lambda s: sum(s.get(k) != spec.get(k) for k in set(s) | set(spec)), default=None)
+        if closest is None:
+            lines.append(f"  feature {name}: in the store, not asked for by this build")
+        else:
+            lines.append(f"  feature {name}: in the store, changed by this build to {feature_from_dict(closest).name}:")
+            lines.append(_config_diff(spec, closest, prefix="    "))
+    return lines
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
@@ -188,23 +395,53 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
 
 
 def _exists_nonempty(url: str, storage_options) -> bool:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs.exists(path) and bool(fs.ls(path))
+    fs, path = _fs(url, storage_options)
+    return fs.exists(path) and (not fs.isdir(path) or bool(fs.ls(path)))
 
 
-def _remove(url: str, storage_options) -> None:
-    import fsspec
+def _is_ours(url: str, storage_options) -> bool:
+    """A folder muzarr started and did not finish making: it has our mark, or nothing but ``_muzarr/``."""
+    if read_json(url, TARGET, storage_options=storage_options) is not None:
+        return True
+    fs, path = _fs(url, storage_options)
+    if not fs.isdir(path):
+        return False
+    return all(p[len(path) + 1 :].startswith("_muzarr/") for p in fs.find(path))
 
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    if fs.exists(path):
+
+def _remove(url: str, storage_options, *, keep: str | None = None) -> None:
+    """Delete the store at ``url``; ``keep`` (a key) goes last, so a kill here leaves it behind."""
+    fs, path = _fs(url, storage_options)
+    if not fs.exists(path):
+        return
+    if not fs.isdir(path):
+        fs.rm_file(path)
+        return
+    kept = f"{path}/{keep}" if keep else None
+    others = [p for p in fs.find(path) if p != kept]
+    if others:
+        fs.rm(others)
+    if kept is None:
         fs.rm(path, recursive=True)
+    elif is_local(fs):
+        for folder, _, _ in sorted(os.walk(path), reverse=True):  # deepest first: empty folders left behind
+            if folder != path and not os.listdir(folder):
+                os.rmdir(folder)
 
 
-def _finalize(url, config, index, layouts, markers: dict[int, dict], *, storage_options) -> dict[str, Any]:
-    """Write the clips and checksums tables and the final manifest from every batch marker."""
-    ordered = [markers[b] for b in sorted(markers)]
+def _finalize(url, target: _Target, markers: dict[int, dict], *, storage_options) -> dict[str, Any]:
+    """Write the tables, the key list and then the final manifest, from a valid marker per batch.
+
+    Refuses to finish from anything less: a batch without a marker vouching for every array
+    means the build is not done, whatever the chunks on disk say.
+    """
+    config, index, layouts = target.config, target.index, target.layouts
+    missing = [b for b in range(target.n_batches) if b not in markers or set(target.names) - set(markers[b]["digests"])]
+    if missing:
+        raise MuzarrError(
+            f"{url}: batch(es) {missing[:10]} have no valid completion marker; run the same command again to finish"
+        )
+    ordered = [markers[b] for b in range(target.n_batches)]
     status = np.concatenate([np.asarray(m["status"], dtype=np.int8) for m in ordered])
     failures = [f for m in ordered for f in m["failures"]]
     by_id = {f["clip_id"]: f for f in failures}
@@ -213,7 +450,6 @@ def _finalize(url, config, index, layouts, markers: dict[int, dict], *, storage_
     clips.insert(2, "status", [STATUS_NAMES[int(s)] for s in status])
     clips.insert(3, "stage", [by_id.get(c, {}).get("stage") for c in clips["clip_id"]])
     clips.insert(4, "error", [by_id.get(c, {}).get("message") for c in clips["clip_id"]])
-    write_table(url, "clips", clips, storage_options=storage_options)
 
     checksum_rows = []
     arrays = {}
@@ -221,9 +457,16 @@ def _finalize(url, config, index, layouts, markers: dict[int, dict], *, storage_
         digests = [d for m in ordered for d in m["digests"][layout.name]]
         arrays[layout.name] = {**layout.to_dict(), "checksum": combine_digests(digests), "feature": layout.attrs["feature"]}
         checksum_rows.append(pd.DataFrame({"array": layout.name, "row": np.arange(len(digests)), "digest": digests}))
-    write_table(url, "checksums", pd.concat(checksum_rows, ignore_index=True), storage_options=storage_options)
 
     splits = index.splits_table()
+    for name, table in (
+        ("labels", index.labels_table()),
+        ("splits", splits),
+        ("clips", clips),
+        ("checksums", pd.concat(checksum_rows, ignore_index=True)),
+    ):
+        write_table(url, name, table, storage_options=storage_options)
+
     ok = status == STATUS_OK
     split_counts = {
         scheme: {part: int(((splits[scheme] == part).to_numpy() & ok).sum()) for part in ("train", "valid", "test")}
@@ -239,9 +482,39 @@ def _finalize(url, config, index, layouts, markers: dict[int, dict], *, storage_
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    group = zarr.open_group(store=url, mode="r+", storage_options=storage_options or None)
-    group.attrs["muzarr"] = manifest
+    _write_key_list(url, storage_options)
+    # The manifest is the commit point: readers see the new arrays and clips from here on.
+    write_manifest(url, manifest, storage_options=storage_options)
+    remove_key(url, TARGET, storage_options=storage_options)
     return manifest
+
+
+def _write_key_list(url: str, storage_options) -> None:
+    """Record every key of the store, so that it can be copied from where listing is impossible (HTTP)."""
+    remove_temporaries(url, storage_options=storage_options)
+    keys = list_keys(url, storage_options=storage_options)
+    keys = {k: (None if k == "zarr.json" else size) for k, size in keys.items() if k not in (KEYS, TARGET)}
+    keys["zarr.json"] = None  # rewritten with the final manifest right after this list
+    write_json(url, KEYS, {"keys": dict(sorted(keys.items()))}, storage_options=storage_options)
+
+
+class PrivateNumbaCache(WorkerPlugin):
+    """Worker plugin: each worker process caches numba code in a folder of its own.
+
+    librosa compiles with ``cache=True``; worker processes that compile the same function at
+    once corrupt a shared cache and later processes crash on it (librosa #1998, numba #10128).
+    """
+
+    name = "muzarr-private-numba-cache"
+
+    def setup(self, worker) -> None:
+        import tempfile
+
+        folder = os.path.join(tempfile.gettempdir(), f"muzarr-numba-{os.getpid()}")
+        os.environ["NUMBA_CACHE_DIR"] = folder
+        numba = sys.modules.get("numba")
+        if numba is not None:  # already imported: its config was read, so set it there too
+            numba.config.CACHE_DIR = folder
 
 
 def make_client(*, workers: int | None = None, scheduler: str | None = None):
@@ -250,26 +523,39 @@ def make_client(*, workers: int | None = None, scheduler: str | None = None):
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as err:
             raise MuzarrError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
-    n_workers = workers or os.cpu_count() or 1
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-        # Single-threaded numerics per worker process: the workers are the parallelism.
-        env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
-    )
-    return Client(cluster)
+    else:
+        cluster = LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # a free port: builds side by side must not fight over 8787
+            silence_logs=logging.ERROR,
+            # Single-threaded numerics per worker process: the workers are the parallelism.
+            env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
+        )
+        client = Client(cluster)
+    client.register_plugin(PrivateNumbaCache())
+    return client
 
 
 def build_index(config: BuildConfig, source: str) -> DatasetIndex:
     """Run the dataset's recipe and check the configured split schemes are there."""
-    index = get_recipe(config.recipe)(source, **config.options)
-    if index.task != config.task:
+    import inspect
+
+    recipe = get_recipe(config.recipe)
+    accepted = inspect.signature(recipe).parameters
+    unknown = sorted(str(k) for k in config.options if k not in accepted or accepted[k].kind != inspect.Parameter.KEYWORD_ONLY)
+    if unknown:
+        known = sorted(k for k, p in accepted.items() if p.kind == inspect.Parameter.KEYWORD_ONLY)
+        raise MuzarrError(f"recipe {config.recipe!r} has no option(s) {unknown}; its options: {known}")
+    try:
+        index = recipe(source, **config.options)
+    except (TypeError, ValueError) as error:
+        raise MuzarrError(f"recipe {config.recipe!r} with options {config.options}: {type(error).__name__}: {error}") from None
+    if config.task != TASK_AUTO and index.task != config.task:
         raise MuzarrError(f"recipe {config.recipe!r} gives a {index.task} index but the catalog says {config.task}")
     missing = [s for s in config.splits if s not in index.splits.columns]
     if missing:
@@ -305,34 +591,57 @@ def build(
     import time
 
     started = time.perf_counter()
+    if not overwrite:
+        # A store this muzarr cannot write is refused before the (possibly long) indexing.
+        try:
+            existing = read_manifest(out, storage_options=storage_options)
+        except OSError as err:
+            raise MuzarrError(f"cannot read {out}: {type(err).__name__}: {err}") from None
+        if existing is not None:
+            _check_schema(out, existing)
     index = index if index is not None else build_index(config, source)
-    layouts = plan_layout(config, len(index))
-    done = _prepare_store(out, config, index, layouts, overwrite=overwrite, storage_options=storage_options)
+    target = _Target(config, index, plan_layout(config, len(index)))
+    markers = _prepare_store(out, target, overwrite=overwrite, storage_options=storage_options)
     root = Path(index.root)
     abs_paths = [str(root / p) for p in index.clips["path"]]
-    ids = index.clips["clip_id"].astype(str).tolist()
-    n, size = len(index), config.batch_clips
-    batches = [b for b in range((n + size - 1) // size) if b not in done]
+    ids = target.clip_ids
+    work = []  # (batch, arrays to compute or None for all, marker to build on or None)
+    for b in range(target.n_batches):
+        marker = markers.get(b)
+        todo = [name for name in target.names if marker is None or name not in marker["digests"]]
+        if todo:
+            work.append((b, None if marker is None else todo, marker))
+    reused = target.n_batches - len(work)
     config_dict = config.to_dict()
 
-    own_client = client is None and batches
+    own_client = client is None and bool(work)
     client = make_client(workers=workers, scheduler=scheduler) if own_client else client
-    bar = _progress_bar(total=n, initial=min(n, len(done) * size), enabled=progress, label=config.dataset)
+    done_clips = sum(len(target.rows(b)) for b in range(target.n_batches)) - sum(len(target.rows(b)) for b, _, _ in work)
+    bar = _progress_bar(total=target.n, initial=done_clips, enabled=progress, label=config.dataset)
     try:
-        futures = []
-        for b in batches:
-            rows = list(range(b * size, min(n, (b + 1) * size)))
-            futures.append(
-                client.submit(
-                    run_batch, out, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
-                    storage_options, key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
-                )
+        futures = {}
+        for b, arrays, base in work:
+            rows = list(target.rows(b))
+            future = client.submit(
+                run_batch, out, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
+                storage_options, arrays, base, key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
             )
+            futures[future] = b
         if futures:
             from dask.distributed import as_completed
 
-            for future in as_completed(futures):
-                marker = future.result()
+            for future in as_completed(list(futures)):
+                try:
+                    marker = future.result()
+                except MuzarrError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - a task that died (worker lost, disk full)
+                    raise MuzarrError(
+                        f"batch {futures[future]} of {out} failed: {type(error).__name__}: {error}; "
+                        "run the same command again to resume"
+                    ) from None
+                # What the task returned is what it wrote: trust it over a re-read of the marker.
+                markers[futures[future]] = marker
                 bar.update(len(marker["status"]))
                 if on_batch:
                     on_batch(marker)
@@ -351,16 +660,15 @@ def build(
             client.close()
             if cluster is not None:
                 cluster.close()
-    markers = read_batch_markers(out, storage_options=storage_options)
-    manifest = _finalize(out, config, index, layouts, markers, storage_options=storage_options)
+    manifest = _finalize(out, target, markers, storage_options=storage_options)
     return BuildReport(
         url=out,
-        n_clips=n,
+        n_clips=target.n,
         n_ok=manifest["counts"]["ok"],
         n_failed=manifest["counts"]["failed"],
         failures=manifest["failures"],
-        batches_run=len(batches),
-        batches_reused=len(done),
+        batches_run=len(work),
+        batches_reused=reused,
         seconds=time.perf_counter() - started,
         arrays=manifest["arrays"],
     )

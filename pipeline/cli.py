@@ -189,11 +189,100 @@ def download(name, to, catalog, quiet):
     click.echo(f"{name}: ready in {folder}; build it with: pipe build {name} --source {folder}")
 
 
+@main.command()
+@click.argument("store")
+@click.option("--features", required=True, metavar="SET", help="Tabular set to export, e.g. gtzan57 or summary.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), help="Output format (default: from --out's suffix).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file.")
+@friendly_errors
+def export(store, features, fmt, out):
+    """Export a tabular feature set of STORE as a table: filename, length, <features>, label.
+
+    The GTZAN 57 export has the columns of Kaggle's features_30_sec.csv (one row per
+    sub-clip, like features_3_sec.csv, when the store splits its clips).
+
+    \b
+    Examples:
+      pipe export gtzan.zarr --features gtzan57 --out features_30_sec.csv
+      pipe export gtzan.zarr --features summary --format parquet --out summary.parquet
+    """
+    from pipeline.export import export_table
+    from pipeline.store import open_store
+
+    table = export_table(open_store(store), features, out=out, fmt=fmt)
+    click.echo(f"{out}: {len(table)} rows x {table.shape[1]} columns ({features})")
+
+
 def _clip_text(clip) -> str:
     if clip.mode == "split":
         return f"split {clip.total_seconds:g} s into {clip.n_subclips} x {clip.seconds:g} s"
     return f"{clip.mode} {clip.seconds:g} s"
 
+
+@main.command()
+@click.argument("store")
+@friendly_errors
+def verify(store):
+    """Check every clip of STORE against its checksums, and its tables against each other.
+
+    \b
+    Examples:
+      pipe verify demo.zarr
+      pipe verify s3://bucket/mtat.zarr
+    Exit status: 0 clean, 1 damage found (each damaged clip, chunk, shard or table is listed), 2 not a store.
+    """
+    from pipeline.verify import verify_store
+
+    report = verify_store(store)
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at DST.")
+@friendly_errors
+def copy(src, dst, overwrite):
+    """Copy the finished store SRC to DST (local, s3://, http(s):// sources) and verify the copy.
+
+    \b
+    Examples:
+      pipe copy demo.zarr s3://bucket/demo.zarr
+      pipe copy https://lab.example/mtat.zarr mtat.zarr
+    Exit status: 0 copied and verified, 1 the copy does not verify (damage listed), 2 bad input.
+    """
+    from pipeline.remote import copy_store
+
+    report = copy_store(src, dst, overwrite=overwrite)
+    click.echo(f"copied {report.n_keys} objects ({report.n_bytes / 2**20:.1f} MiB) from {src} to {dst}")
+    for line in report.verify.lines():
+        click.echo(line)
+    sys.exit(report.verify.exit_code)
+
+
+
+@main.command()
+@click.argument("store")
+@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False), help="Folder for examples.png and labels.png.")
+@click.option("--per-class", default=1, show_default=True, type=click.IntRange(min=1, max=20), help="Example clips per class (or tag).")
+@click.option("--array", help="Log-mel array to show (default: the store's first; see `pipe info`).")
+@friendly_errors
+def plot(store, out, per_class, array):
+    """Draw example log-mel spectrograms per class and the label distribution of STORE.
+
+    Needs matplotlib (pip install 'muzarr[train]').
+
+    \b
+    Examples:
+      pipe plot demo.zarr --out figures
+      pipe plot fma.zarr --per-class 3 --array logmel/mel128_sr22050_fft2048_hop512
+    """
+    from pipeline.plot import plot_store
+
+    for path in plot_store(store, out, per_class=per_class, array=array):
+        click.echo(f"wrote {path}")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -16,6 +16,9 @@ from pipeline.features.base import Feature, feature_from_dict
 from pipeline.index import TASKS
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog.yaml"
+# A catalog task of "auto" takes the recipe's: the csv recipe is multilabel with a 'tags'
+# column and multiclass with a 'label' column.
+TASK_AUTO = "auto"
 ENTRY_FIELDS = {
     "recipe": (str, True),
     "description": (str, False),
@@ -27,6 +30,7 @@ ENTRY_FIELDS = {
     "features": (list, True),
     "batch_clips": (int, False),
     "download": (list, False),
+    "train": (dict, False),
 }
 
 
@@ -44,8 +48,10 @@ class BuildConfig:
     batch_clips: int = 32
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise MuzarrError(f"task={self.task!r} must be one of {TASKS}")
+        if self.task not in (*TASKS, TASK_AUTO):
+            raise MuzarrError(
+                f"task={self.task!r} must be one of {', '.join(TASKS)} or {TASK_AUTO} (the recipe decides)"
+            )
         if isinstance(self.batch_clips, bool) or not isinstance(self.batch_clips, int) or self.batch_clips < 1:
             raise MuzarrError(f"batch_clips={self.batch_clips!r} must be a positive integer")
         if not self.features:
@@ -74,35 +80,159 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> "BuildConfig":
+        """Validate and build; ``data`` may come from a catalog, the command line or a store's manifest."""
         _load_features()
+        _check_mapping(data, where)
+        for key in ("dataset", "recipe", "task", "splits", "clip", "features"):
+            if key not in data:
+                raise MuzarrError(f"{where}: missing required field {key!r}")
+        for key in ("dataset", "recipe", "task"):
+            if not isinstance(data[key], str):
+                raise MuzarrError(f"{where}: {key} must be a string, got {data[key]!r}")
+        splits = data["splits"]
+        if not isinstance(splits, (list, tuple)) or not all(isinstance(s, str) and s for s in splits):
+            raise MuzarrError(f"{where}: splits must be a list of split scheme names, got {splits!r}")
+        _check_mapping(data["clip"], f"{where}: clip")
         try:
             clip = ClipPolicy(**data["clip"])
-        except TypeError as err:
+        except (TypeError, ValueError, ArithmeticError) as err:
             raise MuzarrError(f"{where}: clip: {err}") from None
-        features = tuple(
-            feature_from_dict(spec, where=f"{where}: features[{i}]") for i, spec in enumerate(data["features"])
-        )
-        return cls(
+        _check_clip_numbers(clip, f"{where}: clip")
+        specs = data["features"]
+        if not isinstance(specs, (list, tuple)):
+            raise MuzarrError(f"{where}: features must be a list of mappings, got {type(specs).__name__}")
+        features = []
+        for i, spec in enumerate(specs):
+            features.append(make_feature(spec, where=f"{where}: features[{i}]"))
+        options = data.get("options") or {}
+        _check_mapping(options, f"{where}: options")
+        batch_clips = data.get("batch_clips", 32)
+        if isinstance(batch_clips, bool) or not isinstance(batch_clips, int):
+            raise MuzarrError(f"{where}: batch_clips={batch_clips!r} must be a positive integer")
+        config = cls(
             dataset=data["dataset"],
             recipe=data["recipe"],
             task=data["task"],
-            splits=tuple(data["splits"]),
+            splits=tuple(splits),
             clip=clip,
-            features=features,
-            options=dict(data.get("options") or {}),
-            batch_clips=int(data.get("batch_clips", 32)),
+            features=tuple(features),
+            options=dict(options),
+            batch_clips=batch_clips,
         )
+        _check_sizes(config, where)
+        return config
+
+
+# Bounds that keep a typo from asking for absurd arrays (a day-long clip, a million sub-clips).
+MAX_CLIP_SECONDS = 24 * 3600
+MAX_SUBCLIPS = 100_000
+MAX_CLIP_BYTES = 1 << 31
+
+
+def _check_mapping(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise MuzarrError(f"{where}: expected a mapping, got {type(value).__name__} {value!r:.60}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise MuzarrError(f"{where}: keys must be names (strings), got {bad[0]!r}")
+
+
+def make_feature(spec: Any, *, where: str) -> Feature:
+    """A validated feature from ``{"kind": ..., <parameters>}``: any bad value is a MuzarrError."""
+    _check_mapping(spec, where)
+    if not isinstance(spec.get("kind"), str):
+        raise MuzarrError(f"{where}: 'kind' must be a feature name, got {spec.get('kind')!r}")
+    try:
+        feature = feature_from_dict(spec, where=where)
+        _check_feature_params(feature, where)
+        feature.name  # noqa: B018 - the name is made from the parameters: it must be computable
+    except (TypeError, ValueError, ArithmeticError) as err:
+        raise MuzarrError(f"{where}: {err}") from None
+    return feature
+
+
+def _check_feature_params(feature: Feature, where: str) -> None:
+    """Each parameter has the type of its default (an int where an int is expected, ...)."""
+    for field in dataclasses.fields(feature):
+        value, default = getattr(feature, field.name), field.default
+        if default is dataclasses.MISSING:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float) or default is None:
+            ok = (value is None and default is None) or (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+            )
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, (tuple, list)):
+            ok = isinstance(value, (tuple, list))
+        else:
+            ok = True
+        if not ok:
+            expected = "a number or null" if default is None else type(default).__name__
+            raise MuzarrError(f"{where}: {feature.kind} {field.name}={value!r} must be {expected}")
+
+
+def _check_clip_numbers(clip: ClipPolicy, where: str) -> None:
+    import math
+
+    for name in ("seconds", "hop_seconds", "total_seconds"):
+        value = getattr(clip, name)
+        if value is None and name != "seconds":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise MuzarrError(f"{where}: {name}={value!r} must be a positive number")
+        if value > MAX_CLIP_SECONDS:
+            raise MuzarrError(f"{where}: {name}={value!r} is more than a day of audio")
+    try:
+        n_subclips = clip.n_subclips
+    except (TypeError, ValueError, ArithmeticError) as err:
+        raise MuzarrError(f"{where}: {err}") from None
+    if n_subclips is not None and not 1 <= n_subclips <= MAX_SUBCLIPS:
+        raise MuzarrError(f"{where}: the policy gives {n_subclips} sub-clips per clip (at most {MAX_SUBCLIPS})")
+
+
+def _check_sizes(config: "BuildConfig", where: str) -> None:
+    """Every feature's per-clip output must be computable and of a sane size."""
+    import math
+
+    import numpy as np
+
+    sub = config.clip.n_subclips or 1
+    for feature in config.features:
+        try:
+            shape = feature.output_shape(config.clip.n_samples(feature.sample_rate))
+            size = sub * math.prod(shape) * np.dtype(feature.dtype).itemsize
+        except (TypeError, ValueError, ArithmeticError, OverflowError) as err:
+            raise MuzarrError(f"{where}: feature {feature.name}: {type(err).__name__}: {err}") from None
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise MuzarrError(f"{where}: feature {feature.name} gives an empty output {shape} for one clip")
+        if size > MAX_CLIP_BYTES:
+            raise MuzarrError(f"{where}: feature {feature.name} would take {size / 2**30:.1f} GiB per clip")
 
 
 def load_catalog(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """Read and validate ``catalog.yaml``: every error names the file, the entry and the field."""
     path = Path(path or os.environ.get("MUZARR_CATALOG") or DEFAULT_CATALOG)
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise MuzarrError(f"catalog not found: {path}") from None
+    except OSError as err:
+        raise MuzarrError(f"cannot read catalog {path}: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MuzarrError(f"{path}: not UTF-8 text (bad byte at offset {err.start}): save the catalog as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise MuzarrError(f"{path}: not valid YAML: {_one_line(err)}") from None
+    except RecursionError:
+        raise MuzarrError(f"{path}: YAML nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
         raise MuzarrError(f"{path}: expected a top-level 'datasets:' mapping of entries")
     catalog = {}
@@ -110,6 +240,7 @@ def load_catalog(path: str | os.PathLike | None = None) -> dict[str, dict[str, A
         where = f"{path}: dataset {name!r}"
         if not isinstance(entry, dict):
             raise MuzarrError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        _check_mapping(entry, where)
         unknown = sorted(set(entry) - set(ENTRY_FIELDS))
         if unknown:
             raise MuzarrError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(ENTRY_FIELDS)}")
@@ -123,7 +254,7 @@ def load_catalog(path: str | os.PathLike | None = None) -> dict[str, dict[str, A
                     f"{where}: field {field!r} must be a {kind.__name__}, got {type(entry[field]).__name__}"
                 )
         # Build once so that a bad feature or clip is reported at load time, with its place.
-        config_for(name, entry, where=where)
+        config_for(str(name), entry, where=where)
         catalog[str(name)] = entry
     return catalog
 
@@ -181,7 +312,7 @@ def apply_overrides(
     data = config.to_dict()
     added = [dict(spec) for spec in add_features]
     data["features"] = added if only else data["features"] + added
-    names = [feature_from_dict(f, where="--feature").name for f in data["features"]]
+    names = [make_feature(f, where="--feature").name for f in data["features"]]
     for key, value in (settings or {}).items():
         head, _, param = key.rpartition(".")
         if key == "batch_clips":
@@ -199,7 +330,7 @@ def apply_overrides(
                 data["features"][i] = {**data["features"][i], param: value}
     deduplicated, seen = [], set()
     for spec in data["features"]:
-        name = feature_from_dict(spec, where="--feature").name
+        name = make_feature(spec, where="--feature").name
         if name not in seen:
             seen.add(name)
             deduplicated.append(spec)

@@ -1,0 +1,264 @@
+"""``pipe verify``: check every byte of a store against its own checksums and tables.
+
+Every clip of every array is read chunk by chunk and its digest compared with
+``tables/checksums.parquet``; the per-array checksums, shapes, dtypes and chunking are
+compared with the manifest; the tables are checked against each other and against the
+status array. Damage is reported where it is: which clip (id and row), chunk, shard file
+or table. A chunk that cannot be decoded is damage, never a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import numpy as np
+import pandas as pd
+
+from pipeline.store import (
+    STATUS_NAMES,
+    STATUS_OK,
+    STATUS_PENDING,
+    TABLES,
+    Store,
+    _fs,
+    array_problems,
+    clip_digests,
+    combine_digests,
+    open_store,
+    read_table,
+)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One problem found: ``kind`` is clip, chunk, shard, array, table or store."""
+
+    kind: str
+    where: str
+    message: str
+    array: str | None = None
+    rows: tuple[int, int] | None = None  # [start, stop) of the clips concerned
+
+    def line(self) -> str:
+        return f"damaged {self.kind:<6} {self.where}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    """The damage found in a store, and how much was checked."""
+
+    url: str
+    damage: list[Damage] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def summary(self) -> str:
+        c = self.checked
+        scope = (
+            f"{c.get('arrays', 0)} arrays x {c.get('clips', 0)} clips ({c.get('chunks', 0)} chunks, "
+            f"{c.get('shards', 0)} shard files), status, {c.get('tables', 0)} tables checked"
+        )
+        if self.ok:
+            return f"{self.url}: clean: {scope}"
+        kinds: dict[str, int] = {}
+        for d in self.damage:
+            kinds[d.kind] = kinds.get(d.kind, 0) + 1
+        detail = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in kinds.items())
+        return f"{self.url}: DAMAGED: {len(self.damage)} problems ({detail}); {scope}"
+
+    def lines(self) -> list[str]:
+        return [d.line() for d in self.damage] + [self.summary()]
+
+
+def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyReport:
+    """Check the store at ``url``; a store that cannot be opened at all raises :class:`MuzarrError`."""
+    store = open_store(url, storage_options=storage_options)
+    report = VerifyReport(url=url)
+    found = report.damage.append
+    if not store.complete:
+        found(Damage("store", "manifest", f"state is {store.manifest.get('state')!r}, not complete: finish it with `pipe build`"))
+    n = store.n_clips
+    tables = _check_tables(store, found)
+    report.checked["tables"] = len(TABLES)
+    ids = _clip_ids(tables, n)
+    status = _check_status(store, tables, ids, found)
+    expected = _expected_digests(store, tables.get("checksums"), found)
+    report.checked.update(arrays=len(store.arrays), clips=n, chunks=0, shards=0)
+    for name in store.arrays:
+        _check_array(store, name, expected.get(name), ids, report)
+    if status is not None:
+        counts = store.manifest.get("counts")
+        actual = {"ok": int((status == STATUS_OK).sum()), "failed": int((status == 2).sum())}
+        if isinstance(counts, dict) and counts != actual:
+            found(Damage("store", "manifest", f"counts {counts} disagree with the status array {actual}"))
+    return report
+
+
+def _clip_ids(tables: dict[str, pd.DataFrame], n: int) -> list[str]:
+    for name in ("clips", "labels", "splits"):
+        table = tables.get(name)
+        if table is not None and "clip_id" in table.columns and len(table) == n:
+            return table["clip_id"].astype(str).tolist()
+    return [f"row{r}" for r in range(n)]
+
+
+def _check_tables(store: Store, found) -> dict[str, pd.DataFrame]:
+    """Read every table; check row counts and that they list the same clips in the same order."""
+    tables = {}
+    for name in TABLES:
+        try:
+            tables[name] = read_table(store.url, name, storage_options=store.storage_options)
+        except FileNotFoundError:
+            found(Damage("table", name, f"tables/{name}.parquet is missing"))
+        except Exception as err:  # noqa: BLE001 - a damaged Parquet file is damage to report
+            found(Damage("table", name, f"tables/{name}.parquet cannot be read ({_why(err)})"))
+    n = store.n_clips
+    reference = None
+    for name in ("clips", "labels", "splits"):
+        table = tables.get(name)
+        if table is None:
+            continue
+        if "clip_id" not in table.columns:
+            found(Damage("table", name, "has no clip_id column"))
+            tables.pop(name)
+            continue
+        if len(table) != n:
+            found(Damage("table", name, f"has {len(table)} rows, the store has {n} clips"))
+            continue
+        ids = table["clip_id"].astype(str).tolist()
+        if reference is None:
+            reference = (name, ids)
+        elif ids != reference[1]:
+            row = next(i for i, (a, b) in enumerate(zip(ids, reference[1])) if a != b)
+            found(Damage("table", name, f"row {row} is clip {ids[row]!r} but {reference[0]} has {reference[1][row]!r}"))
+    labels = tables.get("labels")
+    if labels is not None and store.task == "multilabel":
+        missing = [c for c in store.classes if c not in labels.columns]
+        if missing:
+            found(Damage("table", "labels", f"has no column for class(es) {missing[:5]}"))
+    elif labels is not None and "label_index" not in labels.columns:
+        found(Damage("table", "labels", "has no label_index column"))
+    splits = tables.get("splits")
+    if splits is not None:
+        schemes = store.manifest["config"].get("splits") or []
+        missing = [s for s in schemes if s not in splits.columns]
+        if missing:
+            found(Damage("table", "splits", f"has no column for split scheme(s) {missing}"))
+    return tables
+
+
+def _check_status(store: Store, tables, ids: list[str], found) -> np.ndarray | None:
+    """The status array decodes, has no pending clip in a complete store, and agrees with clips.parquet."""
+    try:
+        status = store._open_array("status")[:]  # refuses a non-numeric dtype or a codec not allowed
+    except Exception as err:  # noqa: BLE001 - any decoding failure is damage to report
+        found(Damage("array", "status", f"cannot be read ({_why(err)})", "status"))
+        return None
+    if status.shape != (store.n_clips,):
+        found(Damage("array", "status", f"shape {status.shape}, the manifest has {store.n_clips} clips"))
+        return None
+    if store.complete:
+        for row in np.flatnonzero(status == STATUS_PENDING)[:50]:
+            found(Damage("clip", f"{ids[row]} (row {row})", "status is pending in a complete store", "status", (row, row + 1)))
+    clips = tables.get("clips")
+    if clips is not None and "status" in clips.columns and len(clips) == len(status):
+        names = np.array([STATUS_NAMES.get(int(s), str(s)) for s in status], dtype=object)
+        for row in np.flatnonzero(clips["status"].astype(str).to_numpy() != names)[:50]:
+            found(Damage(
+                "clip", f"{ids[row]} (row {row})",
+                f"clips.parquet says {clips['status'].iloc[row]!r}, the status array says {names[row]!r}", "status", (row, row + 1),
+            ))
+    return status
+
+
+def _expected_digests(store: Store, checksums: pd.DataFrame | None, found) -> dict[str, list[str]]:
+    """Per array, the clip digests of the checksums table (where it agrees with the manifest)."""
+    expected = {}
+    if checksums is None:
+        return expected
+    if not {"array", "row", "digest"} <= set(checksums.columns):
+        found(Damage("table", "checksums", "lacks the array, row and digest columns"))
+        return expected
+    n = store.n_clips
+    for name, info in store.arrays.items():
+        rows = checksums[checksums["array"] == name].sort_values("row")
+        if rows["row"].tolist() != list(range(n)):
+            found(Damage("table", "checksums", f"does not hold one digest per clip for {name} ({len(rows)} rows for {n} clips)"))
+            continue
+        digests = rows["digest"].astype(str).tolist()
+        if combine_digests(digests) != info.get("checksum"):
+            found(Damage("table", "checksums", f"digests of {name} do not combine to the manifest's checksum"))
+            continue
+        expected[name] = digests
+    return expected
+
+
+def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[str], report: VerifyReport) -> None:
+    found = report.damage.append
+    info = store.arrays[name]
+    try:
+        array = store.group[name]
+    except Exception as err:  # noqa: BLE001
+        found(Damage("array", name, f"cannot be opened ({_why(err)})", name))
+        return
+    problems = array_problems(array)
+    n = store.n_clips
+    for key, actual in (("shape", array.shape), ("dtype", str(array.dtype)), ("chunks", array.chunks), ("shards", array.shards)):
+        wanted = info.get(key)
+        wanted = tuple(wanted) if isinstance(wanted, list) else wanted
+        if actual != wanted:
+            problems.append(f"{key} {actual} differs from the manifest's {wanted}")
+    if problems:
+        found(Damage("array", name, "; ".join(problems), name))
+        return
+    fs, root = _fs(store.url, store.storage_options)
+    per_shard, per_chunk = array.shards[0], array.chunks[0]
+    actual_digests: list[str | None] = [None] * n
+    for shard in range(-(-n // per_shard)):
+        start, stop = shard * per_shard, min(n, (shard + 1) * per_shard)
+        key = f"{name}/{array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))}"
+        report.checked["shards"] += 1
+        try:
+            exists = fs.exists(f"{root}/{key}")
+        except Exception as err:  # noqa: BLE001
+            exists, why = False, _why(err)
+        else:
+            why = "the file is missing"
+        if not exists:
+            found(Damage("shard", f"{name} shard {shard}", f"{why} ({key}; {_rows(ids, start, stop)})", name, (start, stop)))
+            continue
+        for chunk_start in range(start, stop, per_chunk):
+            chunk_stop = min(stop, chunk_start + per_chunk)
+            report.checked["chunks"] += 1
+            try:
+                data = array[chunk_start:chunk_stop]
+            except Exception as err:  # noqa: BLE001 - a damaged chunk or shard index fails to decode
+                found(Damage(
+                    "chunk", f"{name} chunk {chunk_start // per_chunk}",
+                    f"cannot be decoded ({_why(err)}; {_rows(ids, chunk_start, chunk_stop)})", name, (chunk_start, chunk_stop),
+                ))
+                continue
+            actual_digests[chunk_start:chunk_stop] = clip_digests(data)
+    if expected is not None:
+        for row, (have, want) in enumerate(zip(actual_digests, expected)):
+            if have is not None and have != want:
+                found(Damage("clip", f"{ids[row]} (row {row}) in {name}", "content differs from its digest in tables/checksums.parquet", name, (row, row + 1)))
+    elif None not in actual_digests and combine_digests(actual_digests) != info.get("checksum"):
+        found(Damage("array", name, "content differs from the manifest's checksum (no per-clip digests to say where)", name))
+
+
+def _rows(ids: list[str], start: int, stop: int) -> str:
+    if stop - start == 1:
+        return f"clip {ids[start]}, row {start}"
+    return f"clips {ids[start]}..{ids[stop - 1]}, rows {start}-{stop - 1}"
+
+
+def _why(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
