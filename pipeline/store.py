@@ -27,36 +27,54 @@ allow-list of codecs only.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import math
-import os
-import re
-import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterable
 
-import fsspec
 import numpy as np
 import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
 from pipeline.errors import MuzarrError
+from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O helpers
+    STATUS_FAILED,
+    STATUS_NAMES,
+    STATUS_OK,
+    STATUS_PENDING,
+    KEYS,
+    MARKERS,
+    TARGET,
+    _fs,
+    check_key,
+    check_marker,
+    clips_digest,
+    is_http,
+    is_local,
+    list_keys,
+    marker_key,
+    open_group,
+    put_bytes,
+    read_batch_markers,
+    read_json,
+    read_manifest,
+    read_markers,
+    read_table,
+    remove_key,
+    remove_temporaries,
+    store_keys,
+    write_json,
+    write_manifest,
+    write_table,
+    zarr_store,
+)
 
 SCHEMA_VERSION = 1
-STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
-STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "failed"}
 TABLES = ("clips", "labels", "splits", "checksums")
 CHUNK_TARGET_BYTES = 1 << 20
-MARKERS = "_muzarr/batches"
-KEYS = "_muzarr/keys.json"
-TARGET = "_muzarr/target.json"
 # Codecs a store may use: decoding any of these runs no code from the store (no pickle, no object dtype).
 ALLOWED_CODECS = frozenset({"bytes", "blosc", "zstd", "gzip", "crc32c", "transpose", "sharding_indexed"})
-_KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 def compressor() -> BloscCodec:
@@ -87,289 +105,6 @@ def combine_digests(digests: Iterable[str]) -> str:
     for digest in digests:
         h.update(bytes.fromhex(digest))
     return h.hexdigest()
-
-
-def storage_options_for(url: str, storage_options: dict | None) -> dict:
-    return dict(storage_options or {})
-
-
-def is_http(url: str) -> bool:
-    return str(url).split("://", 1)[0].lower() in ("http", "https") if "://" in str(url) else False
-
-
-def _fs(url: str, storage_options: dict | None):
-    """The fsspec filesystem and root path of ``url`` (HTTP gets a range-checking filesystem)."""
-    if is_http(url):
-        from pipeline.remote import http_filesystem
-
-        return http_filesystem(storage_options), str(url).rstrip("/")
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, path.rstrip("/")
-
-
-def zarr_store(url: str, storage_options: dict | None = None, *, read_only: bool = True):
-    """What ``zarr.open_group(store=...)`` needs for ``url``: the URL itself, or a store object for HTTP."""
-    if is_http(url):
-        from zarr.storage import FsspecStore
-
-        from pipeline.remote import http_filesystem
-
-        return FsspecStore(http_filesystem(storage_options, asynchronous=True), path=str(url).rstrip("/"), read_only=True)
-    return url
-
-
-def open_group(url: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
-    store = zarr_store(url, storage_options, read_only=mode == "r")
-    options = None if not isinstance(store, str) else (storage_options or None)
-    # Zarr v3 only: a v2 group could hold arrays with a pickle filter, whose decoding runs code.
-    return zarr.open_group(store=store, mode=mode, storage_options=options, zarr_format=3)
-
-
-def check_key(key: Any, *, where: str) -> str:
-    """A store-relative key that stays inside the store: no ``..``, no absolute path, no scheme."""
-    if not isinstance(key, str) or not key or len(key) > 1024:
-        raise MuzarrError(f"{where}: key {key!r} is not a non-empty string")
-    parts = key.split("/")
-    if any(not _KEY_PART.match(part) or part in (".", "..") for part in parts):
-        raise MuzarrError(
-            f"{where}: key {key!r} is not a plain relative path inside the store (letters, digits, _ . - and /; "
-            "no '..', no absolute path): refusing it"
-        )
-    return key
-
-
-def is_local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
-
-
-def put_bytes(fs, path: str, data: bytes) -> None:
-    """Write one file so that a reader (or a killed writer) never leaves half of it.
-
-    Local disk: a temporary name in the same folder, then ``os.replace`` (atomic on POSIX).
-    Object stores: a single PUT, which is atomic by itself.
-    """
-    if is_local(fs):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        temporary = f"{path}.{uuid.uuid4().hex}.partial"
-        try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-    else:
-        fs.pipe_file(path, data)
-
-
-def remove_temporaries(url: str, *, storage_options: dict | None = None) -> int:
-    """Delete the ``*.<hex>.partial`` files a killed writer can leave on a local disk."""
-    fs, root = _fs(url, storage_options)
-    if not is_local(fs) or not fs.exists(root):
-        return 0
-    stale = [p for p in fs.find(root) if _TEMPORARY.search(p)]
-    for path in stale:
-        fs.rm_file(path)
-    return len(stale)
-
-
-def write_table(url: str, name: str, table: pd.DataFrame, *, storage_options: dict | None = None) -> None:
-    """Write ``tables/<name>.parquet`` atomically: a reader sees the old or the new file, whole."""
-    fs, root = _fs(url, storage_options)
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    put_bytes(fs, f"{root}/tables/{name}.parquet", buffer.getvalue())
-
-
-def read_table(url: str, name: str, *, storage_options: dict | None = None) -> pd.DataFrame:
-    """``tables/<name>.parquet`` as a DataFrame; FileNotFoundError if it is not there."""
-    fs, root = _fs(url, storage_options)
-    data = fs.cat_file(f"{root}/tables/{name}.parquet")
-    return pd.read_parquet(io.BytesIO(data))
-
-
-def write_json(url: str, key: str, data: dict, *, storage_options: dict | None = None) -> None:
-    """Write ``key`` (store-relative) as JSON, atomically."""
-    fs, root = _fs(url, storage_options)
-    put_bytes(fs, f"{root}/{key}", json.dumps(data, sort_keys=True, default=_plain).encode())
-
-
-def read_json(url: str, key: str, *, storage_options: dict | None = None) -> Any:
-    """``key`` parsed as JSON, or None when it is missing or not valid JSON (a torn or foreign file)."""
-    fs, root = _fs(url, storage_options)
-    try:
-        return json.loads(fs.cat_file(f"{root}/{key}"))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def remove_key(url: str, key: str, *, storage_options: dict | None = None) -> None:
-    fs, root = _fs(url, storage_options)
-    try:
-        fs.rm_file(f"{root}/{key}")
-    except FileNotFoundError:
-        pass
-
-
-def read_manifest(url: str, *, storage_options: dict | None = None) -> dict | None:
-    """The manifest in the group's ``zarr.json``, or None when there is no readable muzarr group."""
-    meta = read_json(url, "zarr.json", storage_options=storage_options)
-    if not isinstance(meta, dict) or not isinstance(meta.get("attributes"), dict):
-        return None
-    manifest = meta["attributes"].get("muzarr")
-    return manifest if isinstance(manifest, dict) else None
-
-
-def write_manifest(url: str, manifest: dict, *, storage_options: dict | None = None) -> None:
-    """Replace the manifest attribute of the group in one atomic write of its ``zarr.json``.
-
-    Written here rather than through Zarr's attribute update so that it is one atomic write
-    on any fsspec filesystem (a torn ``zarr.json`` would leave a store nobody can open). The
-    document is Zarr v3 group metadata, laid out as Zarr writes it.
-    """
-    fs, root = _fs(url, storage_options)
-    try:
-        meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
-    except (FileNotFoundError, ValueError):
-        meta = {"zarr_format": 3, "node_type": "group"}
-    attributes = dict(meta.get("attributes") or {})
-    attributes["muzarr"] = manifest
-    meta = {"attributes": attributes, "zarr_format": 3, "node_type": "group",
-            **{k: v for k, v in meta.items() if k not in ("attributes", "zarr_format", "node_type")}}
-    put_bytes(fs, f"{root}/zarr.json", json.dumps(meta, indent=2, default=_plain).encode())
-
-
-def _plain(value: Any) -> Any:
-    """JSON for the numpy scalars and arrays a recipe's ``info`` may hold (as Zarr's encoder does)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if hasattr(value, "__fspath__"):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def marker_key(batch: int) -> str:
-    return f"{MARKERS}/{batch:06d}.json"
-
-
-def clips_digest(clip_ids: Iterable[str]) -> str:
-    """Digest of a batch's clip ids, in order: a marker only counts for the clips it was written for."""
-    return hashlib.blake2b("\n".join(map(str, clip_ids)).encode(), digest_size=16).hexdigest()
-
-
-def read_markers(url: str, batches: Iterable[int], *, storage_options: dict | None = None) -> dict[int, Any]:
-    """The raw (parsed JSON) completion markers of ``batches`` that exist; unreadable ones are left out.
-
-    Reads each marker by name: no listing, so it works on any filesystem.
-    """
-    fs, root = _fs(url, storage_options)
-    paths = {f"{root}/{marker_key(b)}": b for b in batches}
-    if not paths:
-        return {}
-    found = fs.cat(list(paths), on_error="return")
-    markers = {}
-    for path, data in found.items():
-        if isinstance(data, BaseException):
-            continue
-        try:
-            markers[paths[path]] = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            continue  # torn or foreign: that batch is not done
-    return markers
-
-
-def read_batch_markers(url: str, *, storage_options: dict | None = None) -> dict[int, dict]:
-    """Every parseable completion marker, keyed by batch number (kept for older callers)."""
-    fs, root = _fs(url, storage_options)
-    try:
-        paths = fs.glob(f"{root}/{MARKERS}/*.json")
-    except (FileNotFoundError, NotImplementedError):
-        return {}
-    numbers = []
-    for path in paths:
-        stem = path.rsplit("/", 1)[-1][: -len(".json")]
-        if stem.isdigit():
-            numbers.append(int(stem))
-    return read_markers(url, numbers, storage_options=storage_options)
-
-
-def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, names: Iterable[str]) -> dict | None:
-    """The marker normalised to the arrays in ``names`` it vouches for, or None if it cannot be trusted.
-
-    A marker counts only if it is for this batch, these rows and these clips, and every
-    field has the shape a finished batch writes; anything else (a torn write, a marker of
-    an older layout, a hand-edited file) means "not done".
-    """
-    n = stop - start
-    if not isinstance(marker, dict):
-        return None
-    # Markers written before the clip-id digest existed have no "clips": their rows must do.
-    if (marker.get("batch"), marker.get("start"), marker.get("stop"), marker.get("clips", clips)) != (batch, start, stop, clips):
-        return None
-    status, failures, digests = marker.get("status"), marker.get("failures"), marker.get("digests")
-    if not (isinstance(status, list) and len(status) == n and all(s in (STATUS_OK, STATUS_FAILED) for s in status)):
-        return None
-    if not (isinstance(failures, list) and isinstance(digests, dict)):
-        return None
-    keys = ("clip_id", "path", "stage", "message")
-    if len(failures) != status.count(STATUS_FAILED) or not all(
-        isinstance(f, dict) and all(isinstance(f.get(k), str) for k in keys) for f in failures
-    ):
-        return None
-    kept = {}
-    for name in names:
-        values = digests.get(name)
-        if isinstance(values, list) and len(values) == n and all(_is_digest(v) for v in values):
-            kept[name] = values
-    return {**marker, "digests": kept}
-
-
-def _is_digest(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
-
-
-def list_keys(url: str, *, storage_options: dict | None = None) -> dict[str, int]:
-    """Every key under ``url`` with its size (needs a filesystem that can list)."""
-    fs, root = _fs(url, storage_options)
-    fs.invalidate_cache(root)  # object stores cache listings: this one must see every key written
-    found = fs.find(root, detail=True)
-    keys = {}
-    for path, info in found.items():
-        key = path[len(root) + 1 :] if path.startswith(root + "/") else path
-        if not _TEMPORARY.search(key):
-            keys[key] = int(info.get("size") or 0)
-    return keys
-
-
-def store_keys(url: str, *, storage_options: dict | None = None) -> dict[str, int | None]:
-    """The keys of a finished store: ``_muzarr/keys.json`` where it exists, else a listing.
-
-    Every key is checked to stay inside the store (a store from elsewhere is untrusted).
-    """
-    recorded = read_json(url, KEYS, storage_options=storage_options)
-    if recorded is not None:
-        keys = recorded.get("keys") if isinstance(recorded, dict) else None
-        if not isinstance(keys, dict):
-            raise MuzarrError(f"{url}/{KEYS} is malformed: expected {{'keys': {{key: size}}}}")
-    elif is_http(url):
-        raise MuzarrError(
-            f"{url} has no {KEYS} and HTTP cannot list files: finish the store with `pipe build` at its origin"
-        )
-    else:
-        keys = list_keys(url, storage_options=storage_options)
-    checked = {}
-    for key, size in keys.items():
-        check_key(key, where=f"{url} key list")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise MuzarrError(f"{url} key list: size {size!r} of {key!r} is not a byte count")
-        checked[key] = size
-    return checked
 
 
 @dataclass(frozen=True)

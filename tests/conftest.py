@@ -48,3 +48,22 @@ def small_store(tmp_path_factory) -> str:
     report = build(config, source=str(root / "audio"), out=str(out), workers=2, progress=False)
     assert report.n_failed == 0
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def gtzan_cli_build(fixtures_dir, tmp_path_factory):
+    """`pipe build gtzan --source ../shared/fixtures/gtzan` run once, as a user runs it from the repo root.
+
+    Returns ``(completed_process, store_path)``; the catalog's GTZAN recipe stores the waveform,
+    a 128-band log-mel and the gtzan57 table.
+    """
+    import subprocess
+    import sys
+
+    source = os.path.relpath(fixtures_dir / "gtzan", ROOT)
+    out = tmp_path_factory.mktemp("gtzan_cli") / "g.zarr"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "build", "gtzan", "--source", source, "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    return result, out

@@ -17,10 +17,8 @@ def run_pipe(*args):
 
 
 @pytest.fixture(scope="module")
-def gtzan_store(fixtures_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gtzan") / "g.zarr"
-    result = run_pipe("build", "gtzan", "--source", str(fixtures_dir / "gtzan"), "--out", str(out), "--quiet",
-                      "--only", "--tabular", "gtzan57")  # fmt: skip
+def gtzan_store(gtzan_cli_build):
+    result, out = gtzan_cli_build
     assert result.returncode == 1, result.stderr  # jazz.00054.wav is broken in the Kaggle copy
     return str(out)
 

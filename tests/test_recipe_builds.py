@@ -99,10 +99,8 @@ def client():
 # --------------------------------------------------------------------------- GTZAN
 
 
-def test_gtzan_cli_build_stores_the_readable_clips_and_reports_the_broken_one(fixtures_dir, tmp_path):
-    source = os.path.relpath(fixtures_dir / "gtzan", ROOT)  # ../shared/fixtures/gtzan in a normal checkout
-    out = tmp_path / "g.zarr"
-    result = run_pipe("build", "gtzan", "--source", source, "--out", str(out))
+def test_gtzan_cli_build_stores_the_readable_clips_and_reports_the_broken_one(fixtures_dir, gtzan_cli_build):
+    result, out = gtzan_cli_build  # `pipe build gtzan --source ../shared/fixtures/gtzan` from the repo root
     assert_no_crash(result)
     assert result.returncode == 1  # documented: the store is complete, some clips failed
     assert "5 of 6 clips stored, 1 failed" in result.stdout

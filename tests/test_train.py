@@ -175,8 +175,20 @@ def test_repeats_write_a_mean_and_std_summary(small_store, tmp_path):
     ],
 )
 def test_bad_arguments_are_one_clear_line(small_store, args, message):
+    from click.testing import CliRunner
+
+    from training.cli import main
+
     args = [small_store if a == "STORE" else a for a in args]
-    proc = _train_cli(*args, "--no-emissions", "--quiet")
+    result = CliRunner().invoke(main, [*args, "--no-emissions", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert sum(line.startswith(("error:", "Error:")) for line in result.stderr.splitlines()) == 1
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_a_bad_argument_exits_2_from_a_real_process():
+    proc = _train_cli("--store", "/nonexistent.zarr", "--model", "cnn", "--no-emissions", "--quiet")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
-    assert message in err and "Traceback" not in err
+    assert err.startswith("error: no muzarr store at /nonexistent.zarr") and "Traceback" not in err

@@ -1,0 +1,54 @@
+"""The Dask client a build runs on: an embedded ``LocalCluster`` or an existing scheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from pipeline.errors import MuzarrError
+
+
+class PrivateNumbaCache(WorkerPlugin):
+    """Worker plugin: each worker process caches numba code in a folder of its own.
+
+    librosa compiles with ``cache=True``; worker processes that compile the same function at
+    once corrupt a shared cache and later processes crash on it (librosa #1998, numba #10128).
+    """
+
+    name = "muzarr-private-numba-cache"
+
+    def setup(self, worker) -> None:
+        import tempfile
+
+        folder = os.path.join(tempfile.gettempdir(), f"muzarr-numba-{os.getpid()}")
+        os.environ["NUMBA_CACHE_DIR"] = folder
+        numba = sys.modules.get("numba")
+        if numba is not None:  # already imported: its config was read, so set it there too
+            numba.config.CACHE_DIR = folder
+
+
+def make_client(*, workers: int | None = None, scheduler: str | None = None):
+    """A Dask client: attached to ``scheduler`` if given, else an embedded ``LocalCluster``."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as err:
+            raise MuzarrError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+    else:
+        cluster = LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # a free port: builds side by side must not fight over 8787
+            silence_logs=logging.ERROR,
+            # Single-threaded numerics per worker process: the workers are the parallelism.
+            env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
+        )
+        client = Client(cluster)
+    client.register_plugin(PrivateNumbaCache())
+    return client
