@@ -12,7 +12,8 @@ from pipeline.errors import MuzarrError
 
 
 class PrivateNumbaCache(WorkerPlugin):
-    """Worker plugin: each worker process caches numba code in a folder of its own.
+    """Worker plugin: each worker process caches numba code in a folder of its own, and runs
+    its codecs on one thread.
 
     librosa compiles with ``cache=True``; worker processes that compile the same function at
     once corrupt a shared cache and later processes crash on it (librosa #1998, numba #10128).
@@ -28,6 +29,19 @@ class PrivateNumbaCache(WorkerPlugin):
         numba = sys.modules.get("numba")
         if numba is not None:  # already imported: its config was read, so set it there too
             numba.config.CACHE_DIR = folder
+        # One core per worker process: codec threads inside a worker would only fight the
+        # other workers for the same cores.
+        import numcodecs.blosc
+        import zarr
+
+        numcodecs.blosc.set_nthreads(1)
+        zarr.config.set({"threading.max_workers": 1})
+        # Import the feature code now, while the cluster starts, not inside the first batch.
+        import librosa  # noqa: F401 - the mel filter banks come from it
+
+        from pipeline.features import load_all
+
+        load_all()
 
 
 def make_client(*, workers: int | None = None, scheduler: str | None = None):

@@ -78,7 +78,7 @@ ALLOWED_CODECS = frozenset({"bytes", "blosc", "zstd", "gzip", "crc32c", "transpo
 
 
 def compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 
 
 def chunk_clips(clip_bytes: int, *, batch_clips: int) -> int:
