@@ -251,3 +251,16 @@ def test_a_copy_that_does_not_verify_exits_non_zero(http_root, local, tmp_path):
     result = pipe_here("copy", f"{base}/damaged.zarr", str(tmp_path / "copy.zarr"))
     assert result.exit_code == 1, result.output
     assert "damaged" in result.output and "waveform" in result.output and "DAMAGED" in result.output
+
+
+def test_train_reads_a_store_over_http(http_root, local, tmp_path):
+    """`train --store http://...` streams the store over HTTP and learns exactly what it learns from disk."""
+    from training.loop import TrainConfig, train
+
+    _, base = http_root
+    common = {"model": "mlp", "epochs": 2, "lr": 1e-2, "emissions": False, "cache": "none"}
+    remote = train(TrainConfig(store=f"{base}/demo.zarr", **common), out=tmp_path / "http", progress=False)
+    on_disk = train(TrainConfig(store=str(local), **common), out=tmp_path / "disk", progress=False)
+    assert remote["store"].startswith("http://127.0.0.1:")
+    assert remote["test"]["roc_auc"] == pytest.approx(on_disk["test"]["roc_auc"], abs=1e-9)
+    assert remote["valid"]["loss"] == pytest.approx(on_disk["valid"]["loss"], rel=1e-9)
