@@ -170,3 +170,13 @@ def output_shape(
 def flat_size(shape: Sequence[int]) -> int:
     """Number of features once ``shape`` is flattened."""
     return math.prod(shape)
+
+
+def init_like_torchvision(model: nn.Module) -> None:
+    """torchvision's ResNet initialisation: He-normal convolutions, unit-scale zero-shift BatchNorm."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

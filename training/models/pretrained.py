@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import check_input_shape
+from training.models.blocks import check_input_shape, init_like_torchvision
 
 __all__ = ["Bottleneck", "ResNet50", "Wav2Vec2Classifier", "load_torchvision_state"]
 
@@ -134,18 +134,9 @@ class ResNet50(nn.Module):
             self.add_module(f"layer{index + 1}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, n_classes)
-        self._init_weights()
+        init_like_torchvision(self)
         if weights != "random":
             load_torchvision_state(self, weights)
-
-    def _init_weights(self) -> None:
-        # torchvision's initialisation: He-normal convolutions, unit BatchNorm
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         image = x.unsqueeze(1)

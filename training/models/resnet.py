@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import BasicBlock, check_input_shape
+from training.models.blocks import BasicBlock, check_input_shape, init_like_torchvision
 
 __all__ = ["ResNet18"]
 
@@ -69,16 +69,7 @@ class ResNet18(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(widths[-1], n_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # torchvision's initialisation: He-normal convolutions, unit BatchNorm
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_like_torchvision(self)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.stages(self.stem(x.unsqueeze(1)))  # (B, 512, F/32, T/32)
