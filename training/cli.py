@@ -247,15 +247,30 @@ def compare(run_dirs, out, extra):
     click.echo(f"written: {Path(out) / 'compare.md'}, compare.csv, compare.png")
 
 
+def _run_inputs(verb: str):
+    """The options ``predict`` and ``embed`` share: which run, which store, which clips, which device."""
+
+    def decorate(command):
+        for option in reversed((
+            click.option("--checkpoint", "run_dir", required=True, type=click.Path(file_okay=False),
+                         help="Run directory (config.json + best.pt)."),
+            click.option("--store", required=True, help=f"Store to {verb}, labelled or not."),
+            click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test", "all"]),
+                         help=f"Clips to {verb}; all = every stored clip."),
+            click.option("--split-scheme", help="Split scheme (default: the run's, else the store's first)."),
+            click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"])),
+        )):  # fmt: skip
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command(name="predict")
-@click.option("--checkpoint", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (config.json + best.pt).")
-@click.option("--store", required=True, help="Store to predict, labelled or not.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test", "all"]), help="Clips to predict; all = every stored clip.")
-@click.option("--split-scheme", help="Split scheme (default: the run's, else the store's first).")
+@_run_inputs("predict")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
 @click.option("--scores", is_flag=True, help="multiclass: add one probability column per class.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="multilabel: add pred_<tag> 0/1 columns (score >= threshold).")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
 @friendly_errors
 def predict(run_dir, store, split, split_scheme, out, scores, threshold, device):
     """Per-clip predictions of a trained run as a CSV (seed 003's Kaggle submission).
@@ -280,15 +295,11 @@ def predict(run_dir, store, split, split_scheme, out, scores, threshold, device)
 
 
 @main.command(name="embed")
-@click.option("--checkpoint", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (config.json + best.pt).")
-@click.option("--store", required=True, help="Store to embed, labelled or not.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test", "all"]), help="Clips to embed; all = every stored clip.")
-@click.option("--split-scheme", help="Split scheme (default: the run's, else the store's first).")
+@_run_inputs("embed")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file: clip_id, label(s), e0..eD.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="t-SNE figure (default: tsne.png beside --out).")
 @click.option("--no-plot", is_flag=True, help="Write the embeddings only.")
 @click.option("--seed", default=0, show_default=True, type=int, help="t-SNE seed.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
 @friendly_errors
 def embed(run_dir, store, split, split_scheme, out, plot, no_plot, seed, device):
     """Penultimate-layer embeddings per clip to Parquet, and their t-SNE map (seed 002).

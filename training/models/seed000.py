@@ -73,6 +73,8 @@ class MelCNN(nn.Module):
     ``embed(x) -> [shape=(B, hidden)]``.
     """
 
+    registry_name = "cnn"  # the name shape errors speak of
+
     def __init__(
         self,
         n_classes: int = 50,
@@ -83,16 +85,17 @@ class MelCNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        n_mels, n_frames = check_input_shape(input_shape, axes=("n_mels", "n_frames"), model="cnn")
+        n_mels, n_frames = check_input_shape(input_shape, axes=("n_mels", "n_frames"), model=self.registry_name)
         widths = (1, *channels)
         self.features = nn.Sequential(*(ConvBlock2d(c_in, c_out) for c_in, c_out in itertools.pairwise(widths)))
-        n_flat = flat_size(output_shape(self.features, (1, n_mels, n_frames), model="cnn", input_shape=input_shape))
+        shape = output_shape(self.features, (1, n_mels, n_frames), model=self.registry_name, input_shape=input_shape)
+        n_flat = flat_size(shape)
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(n_flat, hidden), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden, n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.features(x.unsqueeze(1))  # (B, 128, F/8, T/8)
+        maps = self.features(x.unsqueeze(1))  # (B, channels[-1], F / 2**len(channels), T / 2**len(channels))
         return self.hidden(maps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
