@@ -54,15 +54,22 @@ def make_client(*, workers: int | None = None, scheduler: str | None = None):
         except (OSError, TimeoutError) as err:
             raise MuzarrError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
     else:
-        cluster = LocalCluster(
-            n_workers=workers or os.cpu_count() or 1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # a free port: builds side by side must not fight over 8787
-            silence_logs=logging.ERROR,
-            # Single-threaded numerics per worker process: the workers are the parallelism.
-            env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
-        )
+        import dask
+
+        # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
+        # glibc's adaptive mmap threshold: every large numpy temporary is then mmapped,
+        # page-faulted and unmapped again, and a batch runs 1.75x slower (docs/benchmarks.md).
+        # A batch allocates and frees the same sizes over and over: glibc's defaults reuse them.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(
+                n_workers=workers or os.cpu_count() or 1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",  # a free port: builds side by side must not fight over 8787
+                silence_logs=logging.ERROR,
+                # Single-threaded numerics per worker process: the workers are the parallelism.
+                env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
+            )
         client = Client(cluster)
     client.register_plugin(PrivateNumbaCache())
     return client
