@@ -165,7 +165,10 @@ def fix_length(y: np.ndarray, *, size: int) -> np.ndarray:
 
 def float_to_int16(y: np.ndarray) -> np.ndarray:
     """Quantise [-1, 1] float audio to int16 the way PCM is read back (``x / 32768``)."""
-    return np.clip(np.rint(y * 32768.0), -32768, 32767).astype(np.int16)
+    scaled = y * 32768.0
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, -32768, 32767, out=scaled)
+    return scaled.astype(np.int16)
 
 
 def int16_to_float(y: np.ndarray) -> np.ndarray:

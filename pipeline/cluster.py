@@ -37,8 +37,10 @@ class PrivateNumbaCache(WorkerPlugin):
         numcodecs.blosc.set_nthreads(1)
         zarr.config.set({"threading.max_workers": 1})
         # Import the feature code now, while the cluster starts, not inside the first batch.
-        import librosa  # noqa: F401 - the mel filter banks come from it
+        import librosa.filters  # noqa: F401 - the mel filter banks (librosa imports lazily)
+        import scipy.fft  # noqa: F401
 
+        import pipeline.build  # noqa: F401 - run_batch and everything it imports
         from pipeline.features import load_all
 
         load_all()

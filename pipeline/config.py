@@ -79,7 +79,7 @@ class BuildConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> "BuildConfig":
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> BuildConfig:
         """Validate and build; ``data`` may come from a catalog, the command line or a store's manifest."""
         _load_features()
         _check_mapping(data, where)
@@ -195,7 +195,7 @@ def _check_clip_numbers(clip: ClipPolicy, where: str) -> None:
         raise MuzarrError(f"{where}: the policy gives {n_subclips} sub-clips per clip (at most {MAX_SUBCLIPS})")
 
 
-def _check_sizes(config: "BuildConfig", where: str) -> None:
+def _check_sizes(config: BuildConfig, where: str) -> None:
     """Every feature's per-clip output must be computable and of a sane size."""
     import math
 

@@ -14,8 +14,8 @@ import atexit
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pipeline.errors import MuzarrError
 from pipeline.store import KEYS, TARGET, _fs, is_local, open_store, put_bytes, read_json, store_keys

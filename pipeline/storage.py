@@ -12,7 +12,8 @@ import json
 import os
 import re
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import fsspec
 import numpy as np

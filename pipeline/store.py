@@ -28,23 +28,25 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import xxhash
 import zarr
 from zarr.codecs import BloscCodec
 
 from pipeline.errors import MuzarrError
 from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O helpers
+    KEYS,
+    MARKERS,
     STATUS_FAILED,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_PENDING,
-    KEYS,
-    MARKERS,
     TARGET,
     _fs,
     check_key,
@@ -95,10 +97,26 @@ def chunk_clips(clip_bytes: int, *, batch_clips: int) -> int:
     return per_chunk
 
 
-def clip_digests(data: np.ndarray) -> list[str]:
-    """One content digest per clip (first axis): blake2b-128 of the little-endian bytes."""
+#: the per-clip content digest of new stores (the manifest's "digest"); older stores used blake2b-128
+DIGEST = "xxh3_128"
+CLIP_DIGESTS = {
+    "xxh3_128": lambda raw: xxhash.xxh3_128_hexdigest(raw),
+    "blake2b_128": lambda raw: hashlib.blake2b(raw, digest_size=16).hexdigest(),
+}
+
+
+def clip_digests(data: np.ndarray, *, algorithm: str = DIGEST) -> list[str]:
+    """One content digest per clip (first axis) of its little-endian bytes.
+
+    xxh3-128 hashes at memory speed (0.1 ms for a 29 s waveform, blake2b 1.6 ms): a build
+    digests every byte it writes. It detects damage, not tampering: stores are shared with
+    their checksums from the same source.
+    """
+    if algorithm not in CLIP_DIGESTS:
+        raise MuzarrError(f"unknown clip digest {algorithm!r}; known: {', '.join(CLIP_DIGESTS)}")
+    digest = CLIP_DIGESTS[algorithm]
     little = data.astype(data.dtype.newbyteorder("<"), copy=False)
-    return [hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).hexdigest() for row in little]
+    return [digest(np.ascontiguousarray(row)) for row in little]
 
 
 def combine_digests(digests: Iterable[str]) -> str:

@@ -10,10 +10,12 @@ or table. A chunk that cannot be decoded is damage, never a traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
 from pipeline.store import (
+    CLIP_DIGESTS,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_PENDING,
@@ -208,6 +210,10 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
         found(Damage("array", name, f"cannot be opened ({_why(err)})", name))
         return
     problems = array_problems(array)
+    # Stores built before the manifest named its digest used blake2b-128.
+    algorithm = store.manifest.get("digest", "blake2b_128")
+    if algorithm not in CLIP_DIGESTS:
+        problems.append(f"the manifest's clip digest {algorithm!r} is unknown (known: {', '.join(CLIP_DIGESTS)})")
     n = store.n_clips
     for key, actual in (("shape", array.shape), ("dtype", str(array.dtype)), ("chunks", array.chunks), ("shards", array.shards)):
         wanted = info.get(key)
@@ -244,7 +250,7 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
                     f"cannot be decoded ({_why(err)}; {_rows(ids, chunk_start, chunk_stop)})", name, (chunk_start, chunk_stop),
                 ))
                 continue
-            actual_digests[chunk_start:chunk_stop] = clip_digests(data)
+            actual_digests[chunk_start:chunk_stop] = clip_digests(data, algorithm=algorithm)
     if expected is not None:
         for row, (have, want) in enumerate(zip(actual_digests, expected)):
             if have is not None and have != want:

@@ -8,7 +8,7 @@ module; it reads metadata only, never audio. ``DATASETS`` maps the recipe name u
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.errors import MuzarrError
 from pipeline.index import DatasetIndex

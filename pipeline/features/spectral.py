@@ -1,15 +1,17 @@
 """Waveform and log-mel features.
 
 The log-mel is librosa's computation (centred, zero-padded frames, periodic Hann window,
-power 2, Slaney mel filters, ``power_to_db``) done with one batched float32 FFT over all
-frames of all sub-clips, which is several times faster than calling
-``librosa.feature.melspectrogram`` per clip and agrees with it to ~1e-4 dB.
+power 2, Slaney mel filters, ``power_to_db``) in float32, a block of frames at a time so that
+the frames, their spectra and their mel projection stay in the CPU cache, with the log, the
+padding and the cast done in place. It agrees with ``librosa.feature.melspectrogram`` to ~1e-4
+dB and takes about half of its time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -134,13 +136,13 @@ class LogMel(Feature):
             f_max=self.f_max,
         )
         if self.log == "db":
-            logged = power_to_db(power, top_db=self.top_db)
+            logged = power_to_db(power, top_db=self.top_db, out=power)
         else:
-            logged = np.log1p(self.log_compression * power)
-        if self.pad_frames:
-            pad = [(0, 0)] * (logged.ndim - 1) + [(self.pad_frames, self.pad_frames)]
-            logged = np.pad(logged, pad)
-        return logged.astype(self.storage)
+            logged = np.log1p(np.multiply(power, np.float32(self.log_compression), out=power), out=power)
+        pad = self.pad_frames
+        out = np.zeros((*logged.shape[:-1], logged.shape[-1] + 2 * pad), dtype=self.storage)
+        out[..., pad : pad + logged.shape[-1]] = logged
+        return out
 
     def attrs(self) -> dict[str, Any]:
         return {"axes": ["clip", "subclip", "mel", "frame"], **self.to_dict()}
@@ -198,24 +200,78 @@ def mel_power(
     f_min: float = 0.0,
     f_max: float | None = None,
 ) -> np.ndarray:
-    """``librosa.feature.melspectrogram`` (power 2) for ``[shape=(..., n)]`` → ``(..., n_mels, frames)``."""
-    power = _frame_power(y, n_fft=n_fft, hop_length=hop_length)
-    # (frames, bins) @ (bins, mels) keeps the big operand contiguous; one transpose at the end.
-    mel = np.matmul(power, mel_basis(sr, n_fft, n_mels, f_min, f_max).T)
-    # One contiguous copy here keeps the log, the padding and the cast below cache-friendly.
-    return np.ascontiguousarray(np.swapaxes(mel, -1, -2)).reshape(*y.shape[:-1], n_mels, power.shape[1])
+    """``librosa.feature.melspectrogram`` (power 2) for ``[shape=(..., n)]`` → float32 ``(..., n_mels, frames)``.
+
+    A block of frames at a time (~512 KiB of them): window into one reused buffer, real FFT,
+    square the interleaved real and imaginary parts in place, and project them onto the mel
+    filters in one product (each filter row is repeated for the real and imaginary part, so
+    ``re² · w + im² · w`` is the filter applied to ``|X|²``). Working on whole clips instead
+    streams every intermediate through main memory and runs ~1.4x slower.
+    """
+    flat = y.reshape(-1, y.shape[-1])
+    half = n_fft // 2
+    padded = _workspace("padded", (flat.shape[0], flat.shape[1] + 2 * half))
+    padded[:, :half] = 0
+    padded[:, half : half + flat.shape[1]] = flat
+    padded[:, half + flat.shape[1] :] = 0
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop_length]
+    n_rows, n_frames = frames.shape[:2]
+    window = _hann(n_fft)
+    basis = _interleaved_basis(sr, n_fft, n_mels, f_min, f_max)
+    out = np.empty((n_rows, n_frames, n_mels), dtype=np.float32)
+    block = max(1, _BLOCK_BYTES // (4 * n_fft))
+    work = _workspace("frames", (min(block, n_frames), n_fft))
+    for row in range(n_rows):
+        for start in range(0, n_frames, block):
+            stop = min(n_frames, start + block)
+            windowed = work[: stop - start]
+            np.multiply(frames[row, start:stop], window, out=windowed)
+            parts = scipy.fft.rfft(windowed, axis=-1, workers=1).view(np.float32)
+            np.square(parts, out=parts)
+            np.matmul(parts, basis, out=out[row, start:stop])
+    mel = np.ascontiguousarray(np.swapaxes(out, -1, -2))
+    return mel.reshape(*y.shape[:-1], n_mels, n_frames)
 
 
-def power_to_db(power: np.ndarray, *, top_db: float | None = 80.0, amin: float = 1e-10) -> np.ndarray:
-    """``librosa.power_to_db(power, ref=1.0, amin=amin, top_db=top_db)`` per (sub-)clip.
+_BLOCK_BYTES = 1 << 19
+_WORKSPACE = threading.local()
+
+
+def _workspace(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 scratch buffer of this thread for ``(name, shape)``, reused from call to call.
+
+    Fresh multi-megabyte arrays cost page faults on every clip; a build computes the same
+    few shapes clip after clip.
+    """
+    buffers = getattr(_WORKSPACE, "buffers", None)
+    if buffers is None or len(buffers) > 8:
+        buffers = _WORKSPACE.buffers = {}
+    key = (name, shape)
+    if key not in buffers:
+        buffers[key] = np.empty(shape, dtype=np.float32)
+    return buffers[key]
+
+
+@functools.lru_cache(maxsize=16)
+def _interleaved_basis(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float | None) -> np.ndarray:
+    """The mel filter bank as ``[shape=(2 * bins, n_mels)]``: each bin's weights twice (re, im)."""
+    return np.ascontiguousarray(np.repeat(mel_basis(sr, n_fft, n_mels, f_min, f_max), 2, axis=1).T)
+
+
+def power_to_db(
+    power: np.ndarray, *, top_db: float | None = 80.0, amin: float = 1e-10, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``librosa.power_to_db(power, ref=1.0, amin=amin, top_db=top_db)`` per (sub-)clip, in float32.
 
     ``top_db`` is applied against each (sub-)clip's own maximum, exactly as calling librosa
-    on that (sub-)clip would.
+    on that (sub-)clip would. ``out=power`` computes in place.
     """
-    db = 10.0 * np.log10(np.maximum(power, np.float32(amin)))
+    if top_db is not None and top_db < 0:
+        raise MuzarrError(f"top_db={top_db} must be non-negative")
+    db = np.maximum(power, np.float32(amin), out=out, dtype=np.float32)
+    np.log10(db, out=db)
+    db *= np.float32(10.0)
     if top_db is not None:
-        if top_db < 0:
-            raise MuzarrError(f"top_db={top_db} must be non-negative")
         peak = db.max(axis=(-2, -1), keepdims=True)
-        db = np.maximum(db, peak - np.float32(top_db))
-    return db.astype(np.float32)
+        np.maximum(db, peak - np.float32(top_db), out=db)
+    return db
