@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _synth import make_mtat_like  # noqa: E402
+from _synth import make_mtat_like
 
 
 def _decode(path: str) -> int:

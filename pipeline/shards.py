@@ -15,6 +15,7 @@ Any other layout (a store written by another tool, a future codec) is not handle
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import google_crc32c
@@ -131,9 +132,32 @@ class ShardFormat:
         parts.append(np.uint32(google_crc32c.value(index_raw)).astype("<u4").tobytes())
         return b"".join(parts)
 
-    def decode(self, blob: bytes | bytearray | memoryview, *, where: str = "shard") -> np.ndarray:
+    def decode(self, blob: bytes | bytearray | memoryview | np.ndarray, *, where: str = "shard") -> np.ndarray:
         """The shard's data ``[shape=shard_shape]`` from its bytes; a damaged shard is a MuzarrError."""
-        view = memoryview(blob)
+        out = np.empty(self.shard_shape, dtype=self.dtype)
+        step = self.chunk_shape[0]
+        for i, encoded in self._encoded_chunks(blob, where):
+            self._decode_chunk(encoded, out[i * step : (i + 1) * step], i, where)
+        return out
+
+    def iter_chunks(
+        self, blob: bytes | bytearray | memoryview | np.ndarray, *, where: str = "shard"
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode the chunks one at a time into one reused buffer: yields ``(first row, data)``.
+
+        ``data`` is only valid until the next chunk is yielded. Readers that keep a small part
+        of each clip (a training crop) touch a chunk-sized, cache-resident buffer instead of
+        a whole decoded shard.
+        """
+        buffer = np.empty(self.chunk_shape, dtype=self.dtype)
+        step = self.chunk_shape[0]
+        for i, encoded in self._encoded_chunks(blob, where):
+            self._decode_chunk(encoded, buffer, i, where)
+            yield i * step, buffer
+
+    def _encoded_chunks(self, blob, where: str) -> Iterator[tuple[int, memoryview | None]]:
+        """``(chunk number, its encoded bytes or None when empty)``, after checking the index."""
+        view = memoryview(blob).cast("B")
         if len(view) < self.index_bytes:
             raise MuzarrError(f"{where}: {len(view)} bytes is shorter than its own index ({self.index_bytes} bytes)")
         index_raw = bytes(view[-self.index_bytes : -4])
@@ -141,29 +165,29 @@ class ShardFormat:
         if google_crc32c.value(index_raw) != stored_crc:
             raise MuzarrError(f"{where}: the shard index fails its crc32c check (a damaged or truncated file)")
         index = np.frombuffer(index_raw, dtype="<u8").reshape(self.n_chunks, 2)
-        out = np.empty(self.shard_shape, dtype=self.dtype)
-        step = self.chunk_shape[0]
-        chunk_bytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
         limit = len(view) - self.index_bytes
         for i, (offset, length) in enumerate(index):
-            target = out[i * step : (i + 1) * step]
             if offset == EMPTY:
-                target[...] = self.fill_value
+                yield i, None
                 continue
             if offset + length > limit:
                 raise MuzarrError(f"{where}: chunk {i} lies outside the shard's data (a damaged or truncated file)")
-            encoded = view[int(offset) : int(offset + length)]
-            flat = target.reshape(-1).view(np.uint8)
-            if self.blosc is None:
-                if length != chunk_bytes:
-                    raise MuzarrError(f"{where}: chunk {i} holds {length} bytes, expected {chunk_bytes}")
-                flat[...] = np.frombuffer(encoded, dtype=np.uint8)
-            else:
-                try:
-                    self.blosc.decode(encoded, out=flat)
-                except Exception as error:  # noqa: BLE001 - blosc raises plain RuntimeError/ValueError
-                    raise MuzarrError(f"{where}: chunk {i} does not decompress ({error})") from None
-        return out
+            yield i, view[int(offset) : int(offset + length)]
+
+    def _decode_chunk(self, encoded: memoryview | None, target: np.ndarray, i: int, where: str) -> None:
+        if encoded is None:
+            target[...] = self.fill_value
+            return
+        flat = target.reshape(-1).view(np.uint8)
+        if self.blosc is None:
+            if len(encoded) != flat.size:
+                raise MuzarrError(f"{where}: chunk {i} holds {len(encoded)} bytes, expected {flat.size}")
+            flat[...] = np.frombuffer(encoded, dtype=np.uint8)
+            return
+        try:
+            self.blosc.decode(encoded, out=flat)
+        except Exception as error:  # noqa: BLE001 - blosc raises plain RuntimeError/ValueError
+            raise MuzarrError(f"{where}: chunk {i} does not decompress ({error})") from None
 
 
 def _little(codec) -> bool:
@@ -177,13 +201,18 @@ def shard_path(array: zarr.Array, shard: int) -> str:
     return f"{array.path}/{key}" if array.path else key
 
 
-def read_local(path: str) -> bytearray | None:
-    """A local file's bytes in one read (``None`` if it does not exist)."""
+def read_local(path: str, *, buffer: np.ndarray | None = None) -> np.ndarray | None:
+    """A local file's bytes in one read, as uint8 (``None`` if it does not exist).
+
+    Read into ``buffer`` when it is large enough (a reader that decodes one shard at a time
+    reuses it: no page faults on fresh memory), else into a new uninitialised array (a
+    ``bytearray`` would zero-fill the whole shard first).
+    """
     try:
         with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
-            blob = bytearray(size)
-            handle.readinto(blob)
-            return blob
+            blob = buffer[:size] if buffer is not None and len(buffer) >= size else np.empty(size, dtype=np.uint8)
+            got = handle.readinto(blob)
+            return blob[:got]
     except FileNotFoundError:
         return None

@@ -70,14 +70,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise MuzarrError(f"run configuration has unknown field(s) {unknown}")
         return cls(**data)
 
-    def resolved(self, dataset_defaults: dict[str, Any] | None = None) -> "TrainConfig":
+    def resolved(self, dataset_defaults: dict[str, Any] | None = None) -> TrainConfig:
         """A copy with every ``None`` filled from the dataset's, the model's, then the global defaults."""
         entry = get_model(self.model)
         defaults = {**GLOBAL_DEFAULTS, **entry.defaults, **(dataset_defaults or {})}
@@ -294,7 +294,7 @@ class Run:
         pd.DataFrame(self.history).to_csv(self.out / "history.csv", index=False)
 
     @classmethod
-    def resume(cls, out: Path, *, progress: bool = True) -> "Run":
+    def resume(cls, out: Path, *, progress: bool = True) -> Run:
         """Reopen the run in ``out`` after its last finished epoch."""
         out = Path(out)
         try:
