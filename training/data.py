@@ -128,16 +128,20 @@ def to_float(block: np.ndarray, dtype: str) -> np.ndarray:
     return block.astype(np.float32, copy=False)
 
 
-def crop(items: np.ndarray, offsets: np.ndarray, length: int | None) -> np.ndarray:
-    """Crop ``items [B, ..., T]`` to ``length`` along the last axis from ``offsets [B]``; pads if T < length."""
+def crop(items: np.ndarray, offsets: np.ndarray, length: int | None, *, dtype=None) -> np.ndarray:
+    """Crop ``items [B, ..., T]`` to ``length`` along the last axis from ``offsets [B]``; pads if T < length.
+
+    ``dtype`` casts while copying (one pass instead of a copy and a conversion).
+    """
     if length is None:
-        return items
+        return items if dtype is None else items.astype(dtype)
     total = items.shape[-1]
     if total < length:
         pad = [(0, 0)] * (items.ndim - 1) + [(0, length - total)]
-        return np.pad(items, pad)
+        padded = np.pad(items, pad)
+        return padded if dtype is None else padded.astype(dtype)
     # One slice copy per item: a gather with an index array (take_along_axis) is ~10x slower.
-    out = np.empty((*items.shape[:-1], length), dtype=items.dtype)
+    out = np.empty((*items.shape[:-1], length), dtype=dtype or items.dtype)
     for i, offset in enumerate(offsets):
         out[i] = items[i, ..., offset : offset + length]
     return out
@@ -310,8 +314,11 @@ class TrainStream(torch.utils.data.IterableDataset):
             if length is None:
                 return items.copy()  # ``data`` may be a view of the reader's reused buffer
             offsets = rng.integers(0, max(1, total - length + 1), size=len(items))
-            # To float32 while the crops are still in the CPU cache.
-            return to_float(crop(items, offsets, length), self.reader.dtype)
+            # Cast to float32 while copying the crop out of the decoded chunk.
+            cropped = crop(items, offsets, length, dtype=np.float32)
+            if self.reader.dtype == "int16":
+                cropped *= np.float32(1 / 32768)  # exact: to_float's scaling
+            return cropped
 
         pending_x: list[np.ndarray] = []
         pending_p: list[np.ndarray] = []
