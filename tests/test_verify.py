@@ -154,3 +154,30 @@ def test_a_store_that_is_not_finished_is_reported(store):
     (store / "zarr.json").write_text(json.dumps(meta))
     report = verify_store(str(store))
     assert [d.kind for d in report.damage] == ["store"] and "not complete" in report.damage[0].message
+
+
+def test_a_store_from_before_the_digest_field_verifies_with_blake2b(store):
+    """Stores built before the manifest named its clip digest used blake2b-128: they stay verifiable."""
+    import json
+
+    import pandas as pd
+
+    from pipeline.store import clip_digests, combine_digests
+
+    meta = json.loads((store / "zarr.json").read_text())
+    manifest = meta["attributes"]["muzarr"]
+    assert manifest.pop("digest") == "xxh3_128"
+    group = zarr.open_group(str(store), mode="r")
+    rows = []
+    for name in manifest["arrays"]:
+        digests = clip_digests(group[name][:N_CLIPS], algorithm="blake2b_128")
+        manifest["arrays"][name]["checksum"] = combine_digests(digests)
+        rows += [{"array": name, "row": i, "digest": d} for i, d in enumerate(digests)]
+    pd.DataFrame(rows).to_parquet(store / "tables" / "checksums.parquet")
+    (store / "zarr.json").write_text(json.dumps(meta))
+    assert verify_store(str(store)).damage == []
+
+    manifest["digest"] = "md5"
+    (store / "zarr.json").write_text(json.dumps(meta))
+    damage = verify_store(str(store)).damage
+    assert damage and all("clip digest 'md5' is unknown" in d.message for d in damage)

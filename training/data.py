@@ -6,9 +6,9 @@ stored sub-clip, or a crop of ``n`` frames/samples. Training draws one random cr
 the loop averages their predictions per clip, as the seed reports and Won et al. do.
 
 Shuffling reads whole shards (the blocks of clips a build task wrote): their order is
-permuted per epoch, a buffer of them is read, and the examples inside the buffer are
-shuffled. Each read touches only its own shard, so a shuffled epoch costs what a sequential
-one does. Every random choice comes from
+permuted per epoch, each is fetched in one read and decoded chunk by chunk, keeping only each
+clip's random crop, and the crops of a buffer of shards are shuffled. Each read touches only
+its own shard, so a shuffled epoch costs what a sequential one does. Every random choice comes from
 ``numpy.random.default_rng([seed, epoch, worker])``: an epoch is reproducible on its own, which
 is what makes ``--resume`` end with the same numbers as an uninterrupted run.
 """
