@@ -14,6 +14,7 @@ Any other layout (a store written by another tool, a future codec) is not handle
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -201,18 +202,18 @@ def shard_path(array: zarr.Array, shard: int) -> str:
     return f"{array.path}/{key}" if array.path else key
 
 
-def read_local(path: str, *, buffer: np.ndarray | None = None) -> np.ndarray | None:
-    """A local file's bytes in one read, as uint8 (``None`` if it does not exist).
+def map_local(path: str) -> memoryview | None:
+    """A local file's bytes, memory-mapped read-only and pre-faulted (``None`` if it does not exist).
 
-    Read into ``buffer`` when it is large enough (a reader that decodes one shard at a time
-    reuses it: no page faults on fresh memory), else into a new uninitialised array (a
-    ``bytearray`` would zero-fill the whole shard first).
+    Decoding straight from the page cache skips copying the compressed shard into process
+    memory. The mapping lives as long as the returned view (and views of it). muzarr replaces
+    shards by renaming a new file over the old one, which leaves a mapped file intact.
     """
     try:
         with open(path, "rb", buffering=0) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            blob = buffer[:size] if buffer is not None and len(buffer) >= size else np.empty(size, dtype=np.uint8)
-            got = handle.readinto(blob)
-            return blob[:got]
+            if os.fstat(handle.fileno()).st_size == 0:
+                return memoryview(b"")
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            return memoryview(mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ))
     except FileNotFoundError:
         return None

@@ -8,7 +8,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from pipeline.errors import MuzarrError
-from pipeline.shards import ShardFormat, read_local, shard_path
+from pipeline.shards import ShardFormat, map_local, shard_path
 from pipeline.store import compressor
 
 
@@ -38,7 +38,7 @@ def test_encode_is_byte_identical_to_zarr_and_decode_inverts_it(tmp_path, dtype,
     fmt = ShardFormat.of(array)
     assert fmt is not None and fmt.n_chunks == 4
     for shard, (start, stop) in enumerate([(0, 8), (8, 16), (16, 21)]):
-        on_disk = bytes(read_local(str(tmp_path / "a.zarr" / shard_path(array, shard))))
+        on_disk = bytes(map_local(str(tmp_path / "a.zarr" / shard_path(array, shard))))
         assert fmt.encode(data[start:stop]) == on_disk
         decoded = fmt.decode(on_disk)
         np.testing.assert_array_equal(decoded[: stop - start], data[start:stop])
@@ -59,7 +59,7 @@ def test_damaged_shards_are_errors_that_say_why(tmp_path):
     array = _array(tmp_path, dtype="int16", clip_shape=(1000,))
     array[:] = _data(array.shape, "int16")
     fmt = ShardFormat.of(array)
-    blob = bytearray(read_local(str(tmp_path / "a.zarr" / shard_path(array, 0))))
+    blob = bytearray(map_local(str(tmp_path / "a.zarr" / shard_path(array, 0))))
     with pytest.raises(MuzarrError, match="shorter than its own index"):
         fmt.decode(blob[:10], where="a/c/0/0")
     flipped = bytearray(blob)
@@ -81,3 +81,11 @@ def test_layouts_it_does_not_handle_go_to_zarr(tmp_path):
     assert ShardFormat.of(plain) is None
     assert ShardFormat.of(zstd) is None
     assert ShardFormat.of(_array(tmp_path / "e", dtype="float32", clip_shape=(10,), compressors=BloscCodec(cname="zstd"))) is not None
+
+
+def test_map_local_maps_the_file_and_says_none_when_it_is_missing(tmp_path):
+    (tmp_path / "shard").write_bytes(b"abc")
+    assert bytes(map_local(str(tmp_path / "shard"))) == b"abc"
+    (tmp_path / "empty").write_bytes(b"")
+    assert bytes(map_local(str(tmp_path / "empty"))) == b""
+    assert map_local(str(tmp_path / "missing")) is None

@@ -117,3 +117,20 @@ def test_eval_batches_hold_every_crop_of_every_clip(store):
     clip = store.read("waveform", reader.rows[first[0]]) / 32768
     for k, start in enumerate(eval_offsets(32000, 8000, 4)):
         np.testing.assert_allclose(x[k].numpy(), clip[start : start + 8000])
+
+
+def test_a_missing_or_damaged_shard_is_an_error_naming_it(small_store, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(small_store, copy)
+    shards = sorted(p for p in (Path(copy) / "waveform" / "c").rglob("*") if p.is_file())
+    shards[0].unlink()
+    shards[1].write_bytes(shards[1].read_bytes()[:-7])  # truncated: its index no longer checks out
+    store = open_store(str(copy))
+    spec = InputSpec("waveform", sample_rate=16000, seconds=0.25)
+    for shuffle in (False, True):
+        stream = TrainStream(_reader(store, spec, cache=False, part="all"), batch_size=4, seed=0, shuffle=shuffle)
+        with pytest.raises(MuzarrError, match=r"waveform/c/[01]/0|pipe verify"):
+            list(stream)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline import MuzarrError, Store, open_store
-from pipeline.shards import ShardFormat, read_local, shard_path
+from pipeline.shards import ShardFormat, map_local, shard_path
 from pipeline.storage import _fs, is_local
 from training.models import InputSpec
 
@@ -184,7 +184,6 @@ class SplitReader:
         self.memory = store.read(plan.array, self.rows) if cache and len(self.rows) else None
         self._array = None
         self._format: ShardFormat | None = None
-        self._read_buffer: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -208,13 +207,7 @@ class SplitReader:
         key = shard_path(array, start // self.chunk_clips)
         fs, root = _fs(self.url, self.storage_options)
         path = f"{root}/{key}"
-        if not is_local(fs):
-            blob = _read_remote(fs, path)
-        else:
-            # One read buffer per reader: a shard's bytes are decoded before the next is read.
-            blob = read_local(path, buffer=self._read_buffer)
-            if blob is not None and (self._read_buffer is None or len(blob) > len(self._read_buffer)):
-                self._read_buffer = blob
+        blob = map_local(path) if is_local(fs) else _read_remote(fs, path)
         if blob is None:
             raise MuzarrError(f"store {self.url}: shard {key} is missing: run `pipe verify {self.url}`")
         return blob
