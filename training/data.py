@@ -128,20 +128,24 @@ def to_float(block: np.ndarray, dtype: str) -> np.ndarray:
     return block.astype(np.float32, copy=False)
 
 
-def crop(items: np.ndarray, offsets: np.ndarray, length: int | None, *, dtype=None) -> np.ndarray:
-    """Crop ``items [B, ..., T]`` to ``length`` along the last axis from ``offsets [B]``; pads if T < length.
+def to_tensor(block: np.ndarray, dtype: str) -> torch.Tensor:
+    """:func:`to_float` as a tensor; torch converts float16 5x faster than numpy's scalar loop."""
+    values = torch.from_numpy(block).to(torch.float32)
+    if dtype == "int16":
+        values.mul_(1 / 32768)  # a power of two: exactly to_float's division
+    return values
 
-    ``dtype`` casts while copying (one pass instead of a copy and a conversion).
-    """
+
+def crop(items: np.ndarray, offsets: np.ndarray, length: int | None) -> np.ndarray:
+    """Crop ``items [B, ..., T]`` to ``length`` along the last axis from ``offsets [B]``; pads if T < length."""
     if length is None:
-        return items if dtype is None else items.astype(dtype)
+        return items
     total = items.shape[-1]
     if total < length:
         pad = [(0, 0)] * (items.ndim - 1) + [(0, length - total)]
-        padded = np.pad(items, pad)
-        return padded if dtype is None else padded.astype(dtype)
+        return np.pad(items, pad)
     # One slice copy per item: a gather with an index array (take_along_axis) is ~10x slower.
-    out = np.empty((*items.shape[:-1], length), dtype=dtype or items.dtype)
+    out = np.empty((*items.shape[:-1], length), dtype=items.dtype)
     for i, offset in enumerate(offsets):
         out[i] = items[i, ..., offset : offset + length]
     return out
@@ -307,11 +311,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             if length is None:
                 return items.copy()  # ``data`` may be a view of the reader's reused buffer
             offsets = rng.integers(0, max(1, total - length + 1), size=len(items))
-            # Cast to float32 while copying the crop out of the decoded chunk.
-            cropped = crop(items, offsets, length, dtype=np.float32)
-            if self.reader.dtype == "int16":
-                cropped *= np.float32(1 / 32768)  # exact: to_float's scaling
-            return cropped
+            return crop(items, offsets, length)
 
         pending_x: list[np.ndarray] = []
         pending_p: list[np.ndarray] = []
@@ -334,9 +334,8 @@ class TrainStream(torch.utils.data.IterableDataset):
             take = order[start : start + self.batch_size]
             if len(take) < 2:
                 break  # a last batch of one example would break BatchNorm's training statistics
-            x = examples[take]
             yield (
-                torch.from_numpy(x if x.dtype == np.float32 else to_float(x, self.reader.dtype)),
+                to_tensor(examples[take], self.reader.dtype),
                 torch.from_numpy(self.reader.targets[positions[take]]),
                 torch.from_numpy(positions[take]),
             )
@@ -373,7 +372,7 @@ def eval_batches(reader: SplitReader, *, batch_clips: int) -> Iterator[tuple[tor
         items = data.reshape(-1, *plan.item_shape)  # (clips * subclips, ...)
         items = np.repeat(items, plan.eval_crops, axis=0)
         starts = np.tile(offsets, len(items) // plan.eval_crops)
-        return torch.from_numpy(to_float(crop(items, starts, plan.length), reader.dtype)), positions
+        return to_tensor(crop(items, starts, plan.length), reader.dtype), positions
 
     for positions, data in reader.blocks():
         pending_x.append(data)
