@@ -214,7 +214,9 @@ def _write_shard(url: str, array, batch: int, start: int, stop: int, data, stora
     be decoded (zarr merges into a partial edge shard) is deleted first, then written anew.
     """
     shard_format = ShardFormat.of(array)
-    if shard_format is not None and start == batch * shard_format.shard_shape[0]:
+    rows = shard_format.shard_shape[0] if shard_format is not None else 0
+    # Only a write of every row the shard holds may replace it whole.
+    if shard_format is not None and start == batch * rows and stop == min(array.shape[0], start + rows):
         fs, root = _fs(url, storage_options)
         put_bytes(fs, f"{root}/{shard_path(array, batch)}", shard_format.encode(data))
         return

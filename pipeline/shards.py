@@ -54,7 +54,18 @@ class ShardFormat:
 
     @classmethod
     def of(cls, array: zarr.Array) -> ShardFormat | None:
-        """The format of ``array``'s shards, or ``None`` when it is not one this module handles."""
+        """The format of ``array``'s shards, or ``None`` when it is not one this module handles.
+
+        It reads zarr-python's codec objects; a zarr release that changed them gives ``None``
+        (zarr-python then reads and writes, slower but right), never an error.
+        """
+        try:
+            return cls._of(array)
+        except (AttributeError, TypeError, ValueError, KeyError):
+            return None
+
+    @classmethod
+    def _of(cls, array: zarr.Array) -> ShardFormat | None:
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
         from zarr.codecs.sharding import ShardingCodecIndexLocation
 
