@@ -172,24 +172,6 @@ def _hann(n_fft: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)).astype(np.float32)
 
 
-def _frame_power(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
-    """Power spectrum per frame, frames first: float32 ``[shape=(m, n_frames, 1 + n_fft // 2)]``."""
-    flat = np.asarray(y, dtype=np.float32).reshape(-1, y.shape[-1])
-    padded = np.pad(flat, [(0, 0), (n_fft // 2, n_fft // 2)])
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop_length]
-    spectrum = scipy.fft.rfft(frames * _hann(n_fft), axis=-1, workers=1)
-    return spectrum.real**2 + spectrum.imag**2
-
-
-def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
-    """``|librosa.stft(y, center=True, pad_mode="constant")|**2`` for float32 ``[shape=(..., n)]``.
-
-    Returns float32 ``[shape=(..., 1 + n_fft // 2, n_frames)]``.
-    """
-    power = _frame_power(y, n_fft=n_fft, hop_length=hop_length)
-    return np.swapaxes(power, -1, -2).reshape(*y.shape[:-1], *power.shape[:0:-1])
-
-
 def mel_power(
     y: np.ndarray,
     *,
