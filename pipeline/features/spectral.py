@@ -191,8 +191,8 @@ def mel_power(
     streams every intermediate through main memory and runs ~1.4x slower.
 
     The projection is one small product per group of 8 consecutive mel bands over only the
-    bins their filters cover (:func:`_mel_groups`): the filter bank is ~97 % zeros, and the
-    dense product was the largest single cost of a log-mel.
+    bins their filters cover (:func:`_mel_groups`): the filter bank is ~97 % zeros, and a dense
+    product spends most of its multiply-adds on them.
     """
     flat = y.reshape(-1, y.shape[-1])
     half = n_fft // 2
