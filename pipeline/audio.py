@@ -171,6 +171,19 @@ def float_to_int16(y: np.ndarray) -> np.ndarray:
     return scaled.astype(np.int16)
 
 
+# x · 32768 rounds (half to even) into int16 for -32768.5 <= x · 32768 < 32767.5; both bounds are
+# exact float32 values, so the test on x needs no scaled copy.
+_INT16_HIGH = np.float32(32767.5 / 32768)
+_INT16_LOW = np.float32(-32768.5 / 32768)
+
+
+def int16_overflow(y: np.ndarray) -> int:
+    """How many samples :func:`float_to_int16` clips (those beyond ±1 by more than half a step)."""
+    if y.size == 0 or (y.max() < _INT16_HIGH and y.min() >= _INT16_LOW):  # the common case: two reductions
+        return 0
+    return int(np.count_nonzero(y >= _INT16_HIGH) + np.count_nonzero(y < _INT16_LOW))
+
+
 def int16_to_float(y: np.ndarray) -> np.ndarray:
     """Exact inverse scaling of PCM16: ``int16 / 32768`` in float32."""
     return y.astype(np.float32) / np.float32(32768.0)

@@ -94,6 +94,7 @@ class BuildReport:
     batches_reused: int
     seconds: float
     arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: dict[str, dict] = field(default_factory=dict)  # per array: clips whose storage lost something
 
     @property
     def exit_code(self) -> int:
@@ -129,8 +130,9 @@ def run_batch(
 
     ``arrays`` limits the work to those arrays (a grow); ``base`` is then the batch's
     existing valid marker, whose status, failures and digests stand for the other arrays.
-    Returns the marker: batch number, rows, clip-id digest, per-clip status, failures and
-    per-array clip digests.
+    Returns the marker: batch number, rows, clip-id digest, per-clip status, failures,
+    per-array clip digests and notes (what storage lost of a clip that was stored, e.g. int16
+    clipping: ``{"clip_id", "array", "message"}``).
     """
     config = BuildConfig.from_dict(config_dict)
     group = open_group(url, mode="r+", storage_options=storage_options)
@@ -146,6 +148,7 @@ def run_batch(
     status = before.copy()
     earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
     failures: dict[int, dict] = {}
+    notes: dict[int, list[dict]] = {}
     for i, path in enumerate(paths):
         if status[i] == STATUS_FAILED:  # failed in an earlier pass: it would fail here the same way
             failures[i] = earlier[clip_ids[i]]
@@ -159,8 +162,12 @@ def run_batch(
                 if not _all_finite(values):
                     raise ValueError("computed values are not finite (NaN or infinity)")
                 buffers[feature.name][i] = values
+                note = feature.storage_note(audio[feature.sample_rate])
+                if note:
+                    notes.setdefault(i, []).append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
         except Exception as error:  # noqa: BLE001 - one bad clip must not stop the build
             status[i] = STATUS_FAILED
+            notes.pop(i, None)
             for buffer in buffers.values():
                 buffer[i] = 0
             message = str(error).strip() or type(error).__name__
@@ -190,11 +197,18 @@ def run_batch(
         "status": status.tolist(),
         "failures": [failures[i] for i in sorted(failures)],
         "digests": {name: digests[name] for name in layouts},
+        "notes": _kept_notes(base, kept, clip_ids, status) + [note for i in sorted(notes) for note in notes[i]],
     }
     # The marker is written last, in one atomic write: its presence means every shard it
     # lists is on disk.
     write_json(url, marker_key(batch), marker, storage_options=storage_options)
     return marker
+
+
+def _kept_notes(base: dict | None, kept: dict, clip_ids: list[str], status: np.ndarray) -> list[dict]:
+    """The earlier pass's notes on the arrays this pass keeps, for clips still stored."""
+    stored = {clip_id for clip_id, s in zip(clip_ids, status) if s == STATUS_OK}
+    return [n for n in (base or {}).get("notes", []) if n["array"] in kept and n["clip_id"] in stored]
 
 
 def _all_finite(values: np.ndarray) -> bool:
@@ -469,6 +483,11 @@ def _finalize(url, target: _Target, markers: dict[int, dict], *, storage_options
     clips.insert(2, "status", [STATUS_NAMES[int(s)] for s in status])
     clips.insert(3, "stage", [by_id.get(c, {}).get("stage") for c in clips["clip_id"]])
     clips.insert(4, "error", [by_id.get(c, {}).get("message") for c in clips["clip_id"]])
+    notes = [x for m in ordered for x in m.get("notes", [])]
+    noted: dict[str, list[str]] = {}
+    for x in notes:
+        noted.setdefault(x["clip_id"], []).append(f"{x['array']}: {x['message']}")
+    clips.insert(5, "note", ["; ".join(noted[c]) if c in noted else None for c in clips["clip_id"]])
 
     checksum_rows = []
     arrays = {}
@@ -497,6 +516,7 @@ def _finalize(url, target: _Target, markers: dict[int, dict], *, storage_options
             "arrays": arrays,
             "counts": {"ok": int(ok.sum()), "failed": int((status == STATUS_FAILED).sum())},
             "failures": failures,
+            "notes": _note_summary(notes),
             "split_counts": split_counts,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
@@ -506,6 +526,17 @@ def _finalize(url, target: _Target, markers: dict[int, dict], *, storage_options
     write_manifest(url, manifest, storage_options=storage_options)
     remove_key(url, TARGET, storage_options=storage_options)
     return manifest
+
+
+def _note_summary(notes: list[dict], *, examples: int = 5) -> dict[str, dict]:
+    """Per array: how many clips have a storage note, and the first few (all are in the clips table)."""
+    summary: dict[str, dict] = {}
+    for x in notes:
+        entry = summary.setdefault(x["array"], {"clips": 0, "examples": []})
+        entry["clips"] += 1
+        if len(entry["examples"]) < examples:
+            entry["examples"].append({"clip_id": x["clip_id"], "message": x["message"]})
+    return summary
 
 
 def _write_key_list(url: str, storage_options) -> None:
@@ -647,6 +678,7 @@ def build(
         batches_reused=reused,
         seconds=time.perf_counter() - started,
         arrays=manifest["arrays"],
+        notes=manifest["notes"],
     )
 
 

@@ -58,7 +58,7 @@ def _specs(values: tuple[str, ...], kind: str) -> list[dict[str, Any]]:
 @click.option("--out", type=str, help="Store URL or folder (default: ./NAME.zarr).")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the embedded cluster (default: all cores).")
 @click.option("--scheduler", type=str, help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")
-@click.option("--waveform", "waveforms", multiple=True, metavar="K=V,...", help="Add a waveform variant, e.g. sample_rate=22050.")
+@click.option("--waveform", "waveforms", multiple=True, metavar="K=V,...", help="Set the store's waveform (it replaces the catalog's), e.g. sample_rate=22050,storage=float32.")
 @click.option("--logmel", "logmels", multiple=True, metavar="K=V,...", help="Add a log-mel variant, e.g. n_mels=128,sample_rate=16000.")
 @click.option("--tabular", "tabulars", multiple=True, metavar="SET", help="Add a tabular feature set: gtzan57 or summary.")
 @click.option("--only", is_flag=True, help="Store only the features given with --waveform/--logmel/--tabular.")
@@ -84,6 +84,7 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     """
     from pipeline.build import build as run_build
     from pipeline.config import apply_overrides, config_for, load_catalog, parse_spec
+    from pipeline.inspect import storage_notes
 
     entries = load_catalog(catalog)
     if name not in entries:
@@ -114,6 +115,8 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
         click.echo(f"  failed {failure['clip_id']} ({failure['path']}) at {failure['stage']}: {failure['message']}")
     if len(report.failures) > 20:
         click.echo(f"  ... and {len(report.failures) - 20} more: see `pipe info {out}`")
+    for line in storage_notes(report.notes):
+        click.echo(f"  note {line}")
     sys.exit(report.exit_code)
 
 

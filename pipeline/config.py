@@ -304,6 +304,10 @@ def apply_overrides(
 ) -> BuildConfig:
     """A new config with features added (or replacing the list, ``only=True``) and fields set.
 
+    An added feature with the name of one already there replaces it, in its place: the
+    store has one ``waveform``, so ``--waveform sample_rate=22050`` or ``storage=float32``
+    changes the catalog's, and a log-mel differing only in ``storage`` replaces its twin.
+
     ``settings`` keys are dotted paths: ``clip.seconds``, ``options.tags``, ``batch_clips``,
     ``<kind>.<param>`` (every feature of that kind, e.g. ``logmel.top_db``) or
     ``<array name>.<param>`` (one feature, e.g. ``logmel/mel96_sr12000_fft512_hop256.n_fft``).
@@ -328,13 +332,10 @@ def apply_overrides(
                 raise MuzarrError(f"--set {key}: no feature named {head!r}; features here: {known}")
             for i in targets:
                 data["features"][i] = {**data["features"][i], param: value}
-    deduplicated, seen = [], set()
+    by_name: dict[str, dict] = {}  # keeps the first position, takes the last spec
     for spec in data["features"]:
-        name = make_feature(spec, where="--feature").name
-        if name not in seen:
-            seen.add(name)
-            deduplicated.append(spec)
-    data["features"] = deduplicated
+        by_name[make_feature(spec, where="--feature").name] = spec
+    data["features"] = list(by_name.values())
     return BuildConfig.from_dict(data, where="command line")
 
 

@@ -52,7 +52,7 @@ def describe(url: str, *, max_failures: int = 20) -> str:
     lines.append("splits")
     for scheme, parts in m.get("split_counts", {}).items():
         lines.append(f"  {scheme:<10} " + "  ".join(f"{part} {n}" for part, n in parts.items()))
-    notes = source_notes(m.get("index_info") or {})
+    notes = source_notes(m.get("index_info") or {}) + storage_notes(m.get("notes") or {})
     if notes:
         lines.append("notes")
         lines.extend(f"  {note}" for note in notes)
@@ -96,6 +96,16 @@ def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[st
         if unused:
             listed = ", ".join(unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
             lines.append(f"no ok clip has: {listed}")
+    return lines
+
+
+def storage_notes(summary: dict) -> list[str]:
+    """What storing lost of stored clips (the manifest's ``notes``), one line per array."""
+    lines = []
+    for array, entry in summary.items():
+        first = entry["examples"][0] if entry.get("examples") else None
+        example = f", e.g. {first['clip_id']}: {first['message']}" if first else ""
+        lines.append(f"{array}: {entry['clips']} clip(s) noted (the clips table's 'note' column){example}")
     return lines
 
 

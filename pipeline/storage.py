@@ -261,12 +261,15 @@ def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, 
         isinstance(f, dict) and all(isinstance(f.get(k), str) for k in keys) for f in failures
     ):
         return None
+    notes = marker.get("notes", [])  # markers written before notes existed have none
+    if not (isinstance(notes, list) and all(isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("clip_id", "array", "message")) for x in notes)):
+        return None
     kept = {}
     for name in names:
         values = digests.get(name)
         if isinstance(values, list) and len(values) == n and all(_is_digest(v) for v in values):
             kept[name] = values
-    return {**marker, "digests": kept}
+    return {**marker, "digests": kept, "notes": [x for x in notes if x["array"] in kept]}
 
 
 def _is_digest(value: Any) -> bool:

@@ -12,6 +12,7 @@ from pipeline.audio import (
     DecodeError,
     decode,
     float_to_int16,
+    int16_overflow,
     int16_to_float,
     load_clip,
     resample,
@@ -34,6 +35,21 @@ def test_int16_pcm_is_scaled_exactly(tmp_path):
 def test_float_to_int16_clips_and_rounds():
     y = np.array([-1.5, -1.0, -0.5 / 32768, 0.4 / 32768, 0.6 / 32768, 0.99999, 1.0, 2.0], dtype=np.float32)
     np.testing.assert_array_equal(float_to_int16(y), [-32768, -32768, 0, 0, 1, 32767, 32767, 32767])
+
+
+def test_int16_overflow_counts_exactly_the_samples_float_to_int16_clips():
+    step = np.float32(1 / 32768)
+    # around both edges of the int16 range: ±half a step decides, ties round to even
+    edges = np.array([32767.4, 32767.5, 32767.6, -32768.4, -32768.5, -32768.6, -32769], dtype=np.float64) / 32768
+    rng = np.random.default_rng(0)
+    y = np.concatenate([edges.astype(np.float32), rng.uniform(-1.3, 1.3, 10_000).astype(np.float32), [step, -1, 1]])
+    reference = np.rint(y.astype(np.float64) * 32768)
+    expected = int(np.count_nonzero((reference > 32767) | (reference < -32768)))
+    assert int16_overflow(y) == expected > 0
+    assert int16_overflow(y[:3]) == 2 and int16_overflow(y[3:6]) == 1  # 32767.5 and 32767.6; -32768.6
+    quantised = float_to_int16(y.copy())
+    assert np.count_nonzero(quantised.astype(np.float64) != reference) == expected
+    assert int16_overflow(np.zeros(0, np.float32)) == 0 and int16_overflow(rng.uniform(-1, 0.99, 500).astype(np.float32)) == 0
 
 
 def test_stereo_is_averaged_like_librosa(tmp_path):

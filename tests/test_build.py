@@ -197,6 +197,27 @@ def test_cli_build_info_and_rerun(demo_source, tmp_path):
     assert "Traceback" not in changed.stderr
 
 
+def test_command_line_features_replace_the_catalogs_of_the_same_name():
+    # One store holds one `waveform`: the option must change the catalog's, not be dropped.
+    catalog = load_catalog()
+    base = config_for("demo", catalog["demo"])
+    changed = apply_overrides(
+        base,
+        add_features=[
+            {"kind": "waveform", "sample_rate": 22050, "storage": "float32"},
+            {"kind": "logmel", "sample_rate": 12000, "n_mels": 96, "n_fft": 512, "hop_length": 256, "pad_frames": 37,
+             "storage": "float32"},
+            {"kind": "logmel", "n_mels": 128, "sample_rate": 16000},
+        ],
+    )
+    before, after = [f.name for f in base.features], [f.name for f in changed.features]
+    assert after == before + ["logmel/mel128_sr16000_fft512_hop256"]  # same places, one new variant
+    features = {f.name: f for f in changed.features}
+    assert (features["waveform"].sample_rate, features["waveform"].storage) == (22050, "float32")
+    assert features["logmel/mel96_sr12000_fft512_hop256_pad37"].storage == "float32"
+    assert features["logmel/mel64_sr16000_fft1024_hop512"] == {f.name: f for f in base.features}["logmel/mel64_sr16000_fft1024_hop512"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -230,3 +251,53 @@ def test_pipe_ls_lists_the_catalog():
     for name in ("demo", "mtat", "gtzan", "fma_small", "folder", "csv"):
         assert f"{name}  (" in result.stdout
     assert "logmel/mel96_sr12000_fft512_hop256_pad37" in result.stdout
+
+
+def test_loud_clips_are_stored_clipped_and_the_store_says_so(tmp_path):
+    # Decoded MP3s and resampled loud masters overshoot ±1; int16 storage clips them, and the
+    # build must say which clips lost what instead of clipping silently.
+    import soundfile
+
+    from pipeline.config import BuildConfig
+    from pipeline.index import DatasetIndex
+    from pipeline.inspect import describe
+
+    sr, n = 16000, 8000
+    t = np.arange(n) / sr
+    waves = {"quiet": 0.5 * np.sin(2 * np.pi * 440 * t), "loud": 1.5 * np.sin(2 * np.pi * 440 * t)}
+    for name, wave in waves.items():
+        soundfile.write(tmp_path / f"{name}.wav", wave.astype(np.float32), sr, subtype="FLOAT")
+    index = DatasetIndex(
+        root=str(tmp_path), clips=pd.DataFrame({"clip_id": list(waves), "path": [f"{k}.wav" for k in waves]}),
+        task="multiclass", classes=("x",), labels=np.zeros(2, np.int16), splits=pd.DataFrame({"random": ["train", "test"]}),
+    )
+    expected = int(np.count_nonzero(np.abs(np.rint(waves["loud"].astype(np.float32).astype(np.float64) * 32768)) > 32767.5))
+
+    def store_with(storage, *more):
+        config = BuildConfig.from_dict({
+            "dataset": "loud", "recipe": "folder", "task": "multiclass", "splits": ["random"],
+            "clip": {"mode": "full", "seconds": n / sr}, "batch_clips": 2,
+            "features": [{"kind": "waveform", "sample_rate": sr, "storage": storage}, *more],
+        })
+        report = build(config, source=str(tmp_path), out=str(tmp_path / f"{storage}.zarr"), index=index, workers=1, progress=False)
+        return report, open_store(report.url)
+
+    report, store = store_with("int16")
+    assert report.n_failed == 0 and report.exit_code == 0  # a note is not a failure
+    note = store.clips.set_index("clip_id")["note"]
+    assert pd.isna(note["quiet"])
+    assert note["loud"] == f"waveform: {expected} sample(s) beyond ±1 (peak 1.500) clipped by int16 storage; waveform storage float32 keeps them"
+    assert store.manifest["notes"] == report.notes == {
+        "waveform": {"clips": 1, "examples": [{"clip_id": "loud", "message": note["loud"].removeprefix("waveform: ")}]}
+    }
+    loud = store.read("waveform", 1)
+    assert loud.max() == 32767 and loud.min() == -32768 and np.count_nonzero(np.abs(loud.astype(int)) >= 32767) >= expected
+    assert "waveform: 1 clip(s) noted (the clips table's 'note' column), e.g. loud: " in describe(report.url)
+    # Growing the store by a log-mel keeps the waveform's notes (the waveform is not recomputed).
+    grown, store = store_with("int16", {"kind": "logmel", "n_mels": 32, "sample_rate": sr})
+    assert grown.batches_run == 1 and grown.notes == report.notes
+    assert store.clips.set_index("clip_id")["note"]["loud"] == note["loud"]
+
+    report, store = store_with("float32")
+    assert report.notes == {} and store.clips["note"].isna().all()
+    assert store.read("waveform", 1).max() == pytest.approx(1.5, abs=1e-4)

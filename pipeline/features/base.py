@@ -35,6 +35,8 @@ class Feature:
         ``samples`` is float32 ``[shape=(..., n_samples)]``; returns
         ``[shape=(..., *output_shape(n_samples))]`` in ``dtype`` or a type that casts to it
         without surprise. Must be deterministic.
+    storage_note(samples) -> str | None
+        What storing this clip lost that a person should know (e.g. int16 clipping), or None.
     """
 
     kind: ClassVar[str] = ""
@@ -61,6 +63,10 @@ class Feature:
 
     def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
         raise NotImplementedError
+
+    def storage_note(self, samples: np.ndarray) -> str | None:
+        """What :meth:`extract`'s output of ``samples`` does not keep, in one line; None if nothing."""
+        return None
 
     def attrs(self) -> dict[str, Any]:
         """Extra attributes stored on the array (column names, axis names, ...)."""

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import scipy.fft
 
-from pipeline.audio import float_to_int16
+from pipeline.audio import float_to_int16, int16_overflow
 from pipeline.errors import MuzarrError
 from pipeline.features.base import Feature, register
 
@@ -50,6 +50,17 @@ class Waveform(Feature):
     def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
         self.check_rate(sampling_rate)
         return float_to_int16(samples) if self.storage == "int16" else samples.astype(np.float32)
+
+    def storage_note(self, samples: np.ndarray) -> str | None:
+        # A decoded MP3 or a resampled loud master can overshoot full scale; int16 cannot hold it.
+        clipped = int16_overflow(samples) if self.storage == "int16" else 0
+        if not clipped:
+            return None
+        peak = float(np.abs(samples).max())
+        return (
+            f"{clipped} sample(s) beyond ±1 (peak {peak:.3f}) clipped by int16 storage; "
+            "waveform storage float32 keeps them"
+        )
 
     def attrs(self) -> dict[str, Any]:
         scale = {"scale": 1 / 32768} if self.storage == "int16" else {}
