@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from click.testing import CliRunner
 
 from pipeline import MuzarrError, open_store
@@ -160,7 +159,6 @@ class NoListing(http.server.SimpleHTTPRequestHandler):
 
     def list_directory(self, path):
         self.send_error(404, "no listings here")
-        return None
 
     def log_message(self, *args):
         pass

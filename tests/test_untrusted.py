@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import pickle  # only to build a hostile payload that must never be loaded
-import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 import zarr
