@@ -286,7 +286,7 @@ def test_loud_clips_are_stored_clipped_and_the_store_says_so(tmp_path):
     assert report.n_failed == 0 and report.exit_code == 0  # a note is not a failure
     note = store.clips.set_index("clip_id")["note"]
     assert pd.isna(note["quiet"])
-    assert note["loud"] == f"waveform: {expected} sample(s) beyond ±1 (peak 1.500) clipped by int16 storage; waveform storage float32 keeps them"
+    assert note["loud"] == f"waveform: {expected} sample(s) beyond ±1 (peak 1.500) clipped by int16 storage; --waveform storage=float32 keeps them"
     assert store.manifest["notes"] == report.notes == {
         "waveform": {"clips": 1, "examples": [{"clip_id": "loud", "message": note["loud"].removeprefix("waveform: ")}]}
     }

@@ -59,7 +59,7 @@ class Waveform(Feature):
         peak = float(np.abs(samples).max())
         return (
             f"{clipped} sample(s) beyond ±1 (peak {peak:.3f}) clipped by int16 storage; "
-            "waveform storage float32 keeps them"
+            "--waveform storage=float32 keeps them"
         )
 
     def attrs(self) -> dict[str, Any]:
