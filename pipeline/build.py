@@ -410,7 +410,8 @@ def _feature_diff(old: Any, new: list[dict]) -> list[str]:
         if closest is None:
             lines.append(f"  feature {name}: in the store, not asked for by this build")
         else:
-            lines.append(f"  feature {name}: in the store, changed by this build to {feature_from_dict(closest).name}:")
+            changed = feature_from_dict(closest).name
+            lines.append(f"  feature {name}: changed by this build" + ("" if changed == name else f" to {changed}") + ":")
             lines.append(_config_diff(spec, closest, prefix="    "))
     return lines
 

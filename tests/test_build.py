@@ -193,7 +193,11 @@ def test_cli_build_info_and_rerun(demo_source, tmp_path):
     assert "random     train" in info.stdout and "drums" in info.stdout
     changed = run_pipe(*common[:-2], "--set", "logmel.top_db=60")
     assert changed.returncode == 2
-    assert "different configuration" in changed.stderr and "top_db" in changed.stderr
+    assert "different configuration" in changed.stderr
+    assert (
+        "feature logmel/mel96_sr12000_fft512_hop256_pad37: changed by this build to "
+        "logmel/mel96_sr12000_fft512_hop256_topdb60_pad37:\n      top_db: store has 80.0, this build asks for 60"
+    ) in changed.stderr
     assert "Traceback" not in changed.stderr
 
 
