@@ -1,9 +1,9 @@
 """The build: a dataset index and a configuration in, a complete store out, on Dask.
 
 The index is cut into batches of ``batch_clips`` clips; batch ``b`` owns shard ``b`` of
-every array, so tasks never write the same shard. A task decodes, resamples and computes
-every feature of its clips, writes its shards and the status of its clips, and then
-writes a completion marker. The driver only collects markers and writes the tables and
+every array, so tasks never write the same shard. A task (:func:`pipeline.batch.run_batch`)
+decodes, resamples and computes every feature of its clips, writes its shards and the status
+of its clips, and then writes a completion marker. The driver only collects markers and writes the tables and
 the manifest, so a killed build restarts where it stopped and ends with the same bytes.
 
 Resuming and growing are the same thing: the driver brings the store's arrays to the
@@ -37,13 +37,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.audio import DecodeError, load_clip
+from pipeline.batch import run_batch
 from pipeline.cluster import make_client
 from pipeline.config import TASK_AUTO, BuildConfig
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError
 from pipeline.index import DatasetIndex
-from pipeline.shards import ShardFormat, shard_path
 from pipeline.store import (
     DIGEST,
     KEYS,
@@ -54,16 +53,12 @@ from pipeline.store import (
     TARGET,
     _fs,
     check_marker,
-    clip_digests,
     clips_digest,
     combine_digests,
     ensure_arrays,
     is_local,
     list_keys,
-    marker_key,
-    open_group,
     plan_layout,
-    put_bytes,
     read_json,
     read_manifest,
     read_markers,
@@ -113,133 +108,6 @@ def library_versions() -> dict[str, str]:
 
     versions["libsndfile"] = soundfile.__libsndfile_version__
     return versions
-
-
-def run_batch(
-    url: str,
-    batch: int,
-    config_dict: dict[str, Any],
-    rows: list[int],
-    clip_ids: list[str],
-    paths: list[str],
-    storage_options: dict | None = None,
-    arrays: list[str] | None = None,
-    base: dict | None = None,
-) -> dict[str, Any]:
-    """Process one batch (a Dask task): compute, write its shards, status and marker.
-
-    ``arrays`` limits the work to those arrays (a grow); ``base`` is then the batch's
-    existing valid marker, whose status, failures and digests stand for the other arrays.
-    Returns the marker: batch number, rows, clip-id digest, per-clip status, failures,
-    per-array clip digests and notes (what storage lost of a clip that was stored, e.g. int16
-    clipping: ``{"clip_id", "array", "message"}``).
-    """
-    config = BuildConfig.from_dict(config_dict)
-    group = open_group(url, mode="r+", storage_options=storage_options)
-    layouts = {layout.name: layout for layout in plan_layout(config, n_clips=group["status"].shape[0])}
-    todo = [name for name in layouts if arrays is None or name in arrays]
-    kept = {} if base is None else {n: d for n, d in base["digests"].items() if n in layouts and n not in todo}
-    features = [f for f in config.features if f.name in todo]
-    rates = tuple(sorted({f.sample_rate for f in features}))
-    n = len(rows)
-    start, stop = rows[0], rows[-1] + 1
-    buffers = {name: np.zeros((n, *layouts[name].shape[1:]), dtype=layouts[name].dtype) for name in todo}
-    before = np.asarray(base["status"] if base else [STATUS_OK] * n, dtype=np.int8)
-    status = before.copy()
-    earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
-    failures: dict[int, dict] = {}
-    notes: dict[int, list[dict]] = {}
-    for i, path in enumerate(paths):
-        if status[i] == STATUS_FAILED:  # failed in an earlier pass: it would fail here the same way
-            failures[i] = earlier[clip_ids[i]]
-            continue
-        stage = "decode"
-        try:
-            audio = load_clip(path, rates=rates, policy=config.clip)
-            for feature in features:
-                stage = feature.name
-                values = feature.extract(audio[feature.sample_rate], sampling_rate=feature.sample_rate)
-                if not _all_finite(values):
-                    raise ValueError("computed values are not finite (NaN or infinity)")
-                buffers[feature.name][i] = values
-                note = feature.storage_note(audio[feature.sample_rate])
-                if note:
-                    notes.setdefault(i, []).append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
-        except Exception as error:  # noqa: BLE001 - one bad clip must not stop the build
-            status[i] = STATUS_FAILED
-            notes.pop(i, None)
-            for buffer in buffers.values():
-                buffer[i] = 0
-            message = str(error).strip() or type(error).__name__
-            if not isinstance(error, (DecodeError, MuzarrError)):
-                message = f"{type(error).__name__}: {message}"
-            failures[i] = {"clip_id": clip_ids[i], "path": path, "stage": stage, "message": message.splitlines()[0]}
-    digests = {}
-    for name, buffer in buffers.items():
-        _write_shard(url, group[name], batch, start, stop, buffer, storage_options)
-        digests[name] = clip_digests(buffer)
-    newly_failed = np.flatnonzero((status == STATUS_FAILED) & (before == STATUS_OK))
-    for name, old in kept.items():
-        if len(newly_failed):
-            # A clip that fails a new feature is a failed clip: no array may keep data for it.
-            data = group[name][start:stop]
-            data[newly_failed] = 0
-            _write_shard(url, group[name], batch, start, stop, data, storage_options)
-            old = clip_digests(data)
-        digests[name] = old
-    if base is None or len(newly_failed):
-        _write_shard(url, group["status"], batch, start, stop, status, storage_options)
-    marker = {
-        "batch": batch,
-        "start": start,
-        "stop": stop,
-        "clips": clips_digest(clip_ids),
-        "status": status.tolist(),
-        "failures": [failures[i] for i in sorted(failures)],
-        "digests": {name: digests[name] for name in layouts},
-        "notes": _kept_notes(base, kept, clip_ids, status) + [note for i in sorted(notes) for note in notes[i]],
-    }
-    # The marker is written last, in one atomic write: its presence means every shard it
-    # lists is on disk.
-    write_json(url, marker_key(batch), marker, storage_options=storage_options)
-    return marker
-
-
-def _kept_notes(base: dict | None, kept: dict, clip_ids: list[str], status: np.ndarray) -> list[dict]:
-    """The earlier pass's notes on the arrays this pass keeps, for clips still stored."""
-    stored = {clip_id for clip_id, s in zip(clip_ids, status) if s == STATUS_OK}
-    return [n for n in (base or {}).get("notes", []) if n["array"] in kept and n["clip_id"] in stored]
-
-
-def _all_finite(values: np.ndarray) -> bool:
-    """No NaN or infinity in ``values`` (float16 by its exponent bits: 9x faster than isfinite)."""
-    if values.dtype == np.float16:
-        return not ((values.view(np.uint16) & 0x7C00) == 0x7C00).any()
-    return values.dtype.kind != "f" or bool(np.isfinite(values).all())
-
-
-def _write_shard(url: str, array, batch: int, start: int, stop: int, data, storage_options) -> None:
-    """Write the batch's whole shard (one atomic file or object, replacing the old one).
-
-    The old shard stays readable until it is replaced: readers of the store as it was (a
-    grow rewrites the last, partial shard) never see it missing. Shards in muzarr's own
-    format are encoded here, byte for byte what zarr-python writes, at a fraction of its
-    cost (``pipeline.shards``); anything else goes through zarr. There, a shard that cannot
-    be decoded (zarr merges into a partial edge shard) is deleted first, then written anew.
-    """
-    shard_format = ShardFormat.of(array)
-    rows = shard_format.shard_shape[0] if shard_format is not None else 0
-    # Only a write of every row the shard holds may replace it whole.
-    if shard_format is not None and start == batch * rows and stop == min(array.shape[0], start + rows):
-        fs, root = _fs(url, storage_options)
-        put_bytes(fs, f"{root}/{shard_path(array, batch)}", shard_format.encode(data))
-        return
-    try:
-        array[start:stop] = data
-    except Exception:  # noqa: BLE001 - a damaged old shard: replace it whole
-        key = array.metadata.encode_chunk_key((batch,) + (0,) * (array.ndim - 1))
-        remove_key(url, f"{array.path}/{key}", storage_options=storage_options)
-        array[start:stop] = data
 
 
 @dataclass(frozen=True)

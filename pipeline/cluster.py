@@ -40,7 +40,7 @@ class PrivateNumbaCache(WorkerPlugin):
         import librosa.filters  # noqa: F401 - the mel filter banks (librosa imports lazily)
         import scipy.fft  # noqa: F401
 
-        import pipeline.build  # noqa: F401 - run_batch and everything it imports
+        import pipeline.batch  # noqa: F401 - run_batch and everything it imports
         from pipeline.features import load_all
 
         load_all()
