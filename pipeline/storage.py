@@ -254,15 +254,13 @@ def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, 
     status, failures, digests = marker.get("status"), marker.get("failures"), marker.get("digests")
     if not (isinstance(status, list) and len(status) == n and all(s in (STATUS_OK, STATUS_FAILED) for s in status)):
         return None
-    if not (isinstance(failures, list) and isinstance(digests, dict)):
-        return None
-    keys = ("clip_id", "path", "stage", "message")
-    if len(failures) != status.count(STATUS_FAILED) or not all(
-        isinstance(f, dict) and all(isinstance(f.get(k), str) for k in keys) for f in failures
-    ):
-        return None
     notes = marker.get("notes", [])  # markers written before notes existed have none
-    if not (isinstance(notes, list) and all(isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("clip_id", "array", "message")) for x in notes)):
+    if not (
+        isinstance(digests, dict)
+        and _records(failures, ("clip_id", "path", "stage", "message"))
+        and len(failures) == status.count(STATUS_FAILED)
+        and _records(notes, ("clip_id", "array", "message"))
+    ):
         return None
     kept = {}
     for name in names:
@@ -270,6 +268,11 @@ def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, 
         if isinstance(values, list) and len(values) == n and all(_is_digest(v) for v in values):
             kept[name] = values
     return {**marker, "digests": kept, "notes": [x for x in notes if x["array"] in kept]}
+
+
+def _records(value: Any, keys: tuple[str, ...]) -> bool:
+    """``value`` is a list of mappings, each with a string under every key of ``keys``."""
+    return isinstance(value, list) and all(isinstance(x, dict) and all(isinstance(x.get(k), str) for k in keys) for x in value)
 
 
 def _is_digest(value: Any) -> bool:
