@@ -63,7 +63,7 @@ def run_batch(
     status = before.copy()
     earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
     failures: dict[int, dict] = {}
-    notes: dict[int, list[dict]] = {}
+    notes: list[dict] = []
     for i, path in enumerate(paths):
         if status[i] == STATUS_FAILED:  # failed in an earlier pass: it would fail here the same way
             failures[i] = earlier[clip_ids[i]]
@@ -79,10 +79,10 @@ def run_batch(
                 buffers[feature.name][i] = values
                 note = feature.storage_note(audio[feature.sample_rate])
                 if note:
-                    notes.setdefault(i, []).append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
+                    notes.append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
         except Exception as error:  # noqa: BLE001 - one bad clip must not stop the build
             status[i] = STATUS_FAILED
-            notes.pop(i, None)
+            notes = [x for x in notes if x["clip_id"] != clip_ids[i]]
             for buffer in buffers.values():
                 buffer[i] = 0
             message = str(error).strip() or type(error).__name__
@@ -112,7 +112,7 @@ def run_batch(
         "status": status.tolist(),
         "failures": [failures[i] for i in sorted(failures)],
         "digests": {name: digests[name] for name in layouts},
-        "notes": _kept_notes(base, kept, clip_ids, status) + [note for i in sorted(notes) for note in notes[i]],
+        "notes": _kept_notes(base, kept, clip_ids, status) + notes,
     }
     # The marker is written last, in one atomic write: its presence means every shard it
     # lists is on disk.
