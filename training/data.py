@@ -259,21 +259,22 @@ class SplitReader:
                 for first_row, chunk in self._format.iter_chunks(blob, where=self._where(start)):
                     lo, hi = np.searchsorted(inside, [first_row, first_row + len(chunk)])
                     if hi > lo:
-                        rows = inside[lo:hi] - first_row
-                        consecutive = rows[-1] - rows[0] == len(rows) - 1
-                        kept.append(transform(chunk[rows[0] : rows[-1] + 1] if consecutive else chunk[rows]))
+                        kept.append(transform(_take_rows(chunk, inside[lo:hi] - first_row)))
                 yield positions, np.concatenate(kept)
             else:
-                block = self._format.decode(blob, where=self._where(start))
-                if inside[-1] - inside[0] == len(inside) - 1:  # consecutive rows (the usual case): no copy
-                    yield positions, block[inside[0] : inside[-1] + 1]
-                else:
-                    yield positions, block[inside]
+                yield positions, _take_rows(self._format.decode(blob, where=self._where(start)), inside)
 
     def n_blocks(self) -> int:
         if self.memory is not None:
             return math.ceil(len(self.rows) / max(self.chunk_clips, 64))
         return len(np.unique(self.rows // self.chunk_clips))
+
+
+def _take_rows(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``block[rows]`` for sorted ``rows``; a view when they are consecutive (the usual case)."""
+    if rows[-1] - rows[0] == len(rows) - 1:
+        return block[rows[0] : rows[-1] + 1]
+    return block[rows]
 
 
 class TrainStream(torch.utils.data.IterableDataset):
