@@ -1,0 +1,119 @@
+"""Won et al.'s PyTorch version of Choi et al.'s convolutional recurrent tagger, mel front end included."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.errors import MuzarrError
+from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
+
+__all__ = ["WonCRNN"]
+
+
+class WonCRNN(nn.Module):
+    """Choi, Fazekas, Sandler, Cho, "Convolutional recurrent neural networks for music
+    classification", ICASSP 2017 — as re-implemented in PyTorch by Won et al. 2020
+    (minzwon/sota-music-tagging-models ``training/model.py`` ``CRNN``).
+
+    Raw 16 kHz waveform (464,000 samples = 29 s) → mel spectrogram on the training device
+    (n_fft 512, hop 256, f_max 8 kHz, 96 mels, power) → dB → BatchNorm2d(1) → four
+    :class:`ConvBlock2d` (3×3 conv → BatchNorm → ReLU → max-pool) of 64, 128, 128, 128
+    channels pooling (2, 2), (3, 3), (4, 4), (4, 4) (96 mels to one row; 1,813 frames to 18
+    steps) → GRU(32) → GRU(32) → last step → dropout 0.5 → Linear(n_classes).
+
+    It is not Choi's Keras model (:class:`training.models.crnn.ChoiCRNN`): ReLU instead of
+    ELU, no dropout between conv blocks, one BatchNorm over the whole spectrogram instead of
+    one per input row, dropout 0.5 instead of 0.3 before the output, 16 kHz with no padding
+    frames instead of 12 kHz. Pooling floors, so an input needs at least 2·3·4·4 = 96 frames
+    (24,320 samples at hop 256). Frequency rows left after the pools (none spare for 96 mels)
+    are stacked into the GRU's features, as in :class:`ChoiCRNN`.
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of outputs (logits).
+    input_shape : (n_samples,)
+        Samples per clip.
+    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
+        Mel front end, see :class:`training.frontend.MelSpectrogram`.
+    channels : tuple of int
+        Output channels of the conv blocks.
+    pools : tuple of (int, int)
+        Max-pool (frequency, time) of each block.
+    rnn_hidden : int
+        GRU width.
+    rnn_layers : int
+        Stacked GRU layers.
+    dropout : float
+        Dropout before the output layer.
+
+    Notes
+    -----
+    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
+    ``embed(x) -> [shape=(B, rnn_hidden)]`` (the top GRU's last state).
+    """
+
+    def __init__(
+        self,
+        n_classes: int = 50,
+        input_shape: tuple[int] = (464000,),
+        *,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        hop_length: int = 256,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        n_mels: int = 96,
+        htk: bool = True,
+        norm: str | None = None,
+        pad_mode: str = "reflect",
+        channels: tuple[int, ...] = (64, 128, 128, 128),
+        pools: tuple[tuple[int, int], ...] = ((2, 2), (3, 3), (4, 4), (4, 4)),
+        rnn_hidden: int = 32,
+        rnn_layers: int = 2,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="crnn_won")
+        if n_samples < n_fft:
+            raise MuzarrError(f"crnn_won: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
+        if len(channels) != len(pools):
+            raise MuzarrError(f"crnn_won: channels={channels} and pools={pools} must have the same length")
+        self.spec = MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            htk=htk,
+            norm=norm,
+            pad_mode=pad_mode,
+        )
+        self.to_db = AmplitudeToDB()
+        self.spec_bn = nn.BatchNorm2d(1)
+        widths = (1, *channels)
+        self.features = nn.Sequential(
+            *(ConvBlock2d(c_in, c_out, pool=pool) for c_in, c_out, pool in zip(widths, widths[1:], pools))
+        )
+        n_frames = 1 + n_samples // hop_length  # centred frames
+        n_maps, n_freq, _ = output_shape(
+            self.features, (1, n_mels, n_frames), model="crnn_won", input_shape=input_shape
+        )
+        self.rnn = nn.GRU(n_maps * n_freq, rnn_hidden, num_layers=rnn_layers, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(rnn_hidden, n_classes)
+
+    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(self._log_mel(x))  # (B, C, F', T')
+        sequence = maps.flatten(1, 2).transpose(1, 2)  # (B, T', C·F')
+        _, last_state = self.rnn(sequence)  # (rnn_layers, B, rnn_hidden)
+        return last_state[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.embed(x)))

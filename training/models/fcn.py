@@ -1,0 +1,118 @@
+"""Choi et al.'s fully convolutional tagger (FCN) as Won et al. re-implemented it, mel front end included."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pipeline.errors import MuzarrError
+from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
+
+__all__ = ["FCN"]
+
+
+class FCN(nn.Module):
+    """Choi, Fazekas, Sandler, "Automatic tagging using deep convolutional neural networks",
+    ISMIR 2016 — fully convolutional network, as re-implemented in PyTorch by Won et al. 2020
+    (minzwon/sota-music-tagging-models ``training/model.py`` ``FCN``).
+
+    Raw 16 kHz waveform (464,000 samples = 29 s) → mel spectrogram on the training device
+    (n_fft 512, hop 256, f_max 8 kHz, 96 mels, power) → dB → BatchNorm2d(1) → five
+    :class:`ConvBlock2d` (3×3 conv → BatchNorm → ReLU → max-pool) of 64, 128, 128, 128, 64
+    channels pooling (freq, time) by (2, 4), (2, 4), (2, 4), (3, 5), (4, 4) → flatten →
+    dropout 0.5 → Linear(n_classes).
+
+    There is no global pooling: the pools must leave exactly one row and one step, which
+    takes 96–191 mels and 1,280–2,559 frames (327,424–655,103 samples at hop 256); other
+    shapes raise :class:`MuzarrError`. Pooling floors, so of the 1,813 frames of 29 s only
+    the first ~1,685 reach the output. The mel defaults are torchaudio's, which Won et al.
+    used (HTK scale, unnormalised filters, reflect padding).
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of outputs (logits).
+    input_shape : (n_samples,)
+        Samples per clip.
+    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
+        Mel front end, see :class:`training.frontend.MelSpectrogram`.
+    channels : tuple of int
+        Output channels of the conv blocks.
+    pools : tuple of (int, int)
+        Max-pool (frequency, time) of each block.
+    dropout : float
+        Dropout before the output layer.
+
+    Notes
+    -----
+    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
+    ``embed(x) -> [shape=(B, channels[-1])]``.
+    """
+
+    def __init__(
+        self,
+        n_classes: int = 50,
+        input_shape: tuple[int] = (464000,),
+        *,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        hop_length: int = 256,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        n_mels: int = 96,
+        htk: bool = True,
+        norm: str | None = None,
+        pad_mode: str = "reflect",
+        channels: tuple[int, ...] = (64, 128, 128, 128, 64),
+        pools: tuple[tuple[int, int], ...] = ((2, 4), (2, 4), (2, 4), (3, 5), (4, 4)),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="fcn")
+        if n_samples < n_fft:
+            raise MuzarrError(f"fcn: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
+        if len(channels) != len(pools):
+            raise MuzarrError(f"fcn: channels={channels} and pools={pools} must have the same length")
+        self.spec = MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            htk=htk,
+            norm=norm,
+            pad_mode=pad_mode,
+        )
+        self.to_db = AmplitudeToDB()
+        self.spec_bn = nn.BatchNorm2d(1)
+        widths = (1, *channels)
+        self.layers = nn.Sequential(
+            *(ConvBlock2d(c_in, c_out, pool=pool) for c_in, c_out, pool in zip(widths, widths[1:], pools))
+        )
+        n_frames = 1 + n_samples // hop_length  # centred frames
+        maps_shape = output_shape(self.layers, (1, n_mels, n_frames), model="fcn", input_shape=input_shape)
+        if maps_shape[1:] != (1, 1):
+            freq_pool = math.prod(f for f, _ in pools)
+            time_pool = math.prod(t for _, t in pools)
+            raise MuzarrError(
+                f"fcn: input_shape={input_shape} with n_mels={n_mels} leaves feature maps of "
+                f"{maps_shape[1]}×{maps_shape[2]} (mels × steps), and the FCN has no global pooling: it "
+                f"needs n_mels in {freq_pool}..{2 * freq_pool - 1} and n_samples in "
+                f"{(time_pool - 1) * hop_length}..{(2 * time_pool - 1) * hop_length - 1}"
+            )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels[-1], n_classes)
+
+    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.layers(self._log_mel(x))  # (B, channels[-1], 1, 1)
+        return maps.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.embed(x)))

@@ -1,0 +1,174 @@
+"""Pons et al.'s musicnn tagger as Won et al. re-implemented it, mel front end included."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.errors import MuzarrError
+from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.models.blocks import ConvBlock1d, check_input_shape
+
+__all__ = ["Musicnn"]
+
+
+class _TimbralConv(nn.Module):
+    """Tall ("vertical") conv → BatchNorm → ReLU → max over frequency (Won's ``modules.Conv_V``).
+
+    The kernel spans ``height`` mel bands without padding and ``width`` frames with "same"
+    padding (an even width gets the extra frame on the right, as TensorFlow pads).
+    Input ``[shape=(B, 1, n_mels, T)]``, output ``[shape=(B, out_channels, T)]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: tuple[int, int] = (67, 7)) -> None:
+        super().__init__()
+        height, width = kernel_size
+        self.pad = nn.ZeroPad2d(((width - 1) // 2, width // 2, 0, 0))
+        self.conv = nn.Conv2d(in_channels, out_channels, (height, width))
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(self.pad(x)))).amax(dim=2)
+
+
+class _TemporalConv(nn.Module):
+    """Mean over frequency → long 1-D conv → BatchNorm → ReLU (Won's ``modules.Conv_H``).
+
+    Input ``[shape=(B, 1, n_mels, T)]``, output ``[shape=(B, out_channels, T)]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 129) -> None:
+        super().__init__()
+        self.conv = ConvBlock1d(in_channels, out_channels, kernel_size=kernel_size, pool=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.mean(dim=2))
+
+
+class Musicnn(nn.Module):
+    """Pons, Nieto, Prockup, Schmidt, Ehmann, Serra, "End-to-end learning for music audio
+    tagging at scale", ISMIR 2018 — the musicnn model (jordipons/musicnn) as re-implemented in
+    PyTorch by Won et al. 2020 (minzwon/sota-music-tagging-models ``training/model.py``
+    ``Musicnn``, ``dataset='mtat'``).
+
+    Raw 16 kHz waveform (48,000 samples = 3 s) → mel spectrogram on the training device
+    (n_fft 512, hop 256, f_max 8 kHz, 96 mels, power) → dB → BatchNorm2d(1) →
+
+    - front end, concatenated on channels (2 × 204 + 3 × 51 = 561): two timbral
+      :class:`_TimbralConv` of 204 filters, 67×7 and 38×7 (70 % and 40 % of 96 mels by 7
+      frames), max-pooled over frequency; three temporal :class:`_TemporalConv` of 51 filters
+      of 129, 65 and 33 frames on the frequency mean;
+    - mid end: three 1-D convs of 64 filters × 7 frames (BatchNorm, ReLU), the second and
+      third with a residual connection; the front end and the three outputs are concatenated
+      (561 + 3 × 64 = 753 channels);
+    - back end: max and mean over time (2 × 753) → Linear(200) → BatchNorm → ReLU →
+      dropout 0.5 → Linear(n_classes).
+
+    Won's ``dataset='msd'`` is ``midend_channels=512, dense_units=500``. Every layer
+    keeps the time axis, so any clip of at least ``n_fft`` samples works.
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of outputs (logits).
+    input_shape : (n_samples,)
+        Samples per chunk.
+    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
+        Mel front end, see :class:`training.frontend.MelSpectrogram`.
+    timbral_channels : int
+        Filters of each timbral convolution.
+    timbral_kernels : tuple of (int, int)
+        (mel bands, frames) of each timbral convolution; the bands must fit in ``n_mels``.
+    temporal_channels : int
+        Filters of each temporal convolution.
+    temporal_kernels : tuple of int
+        Frames of each temporal convolution.
+    midend_channels : int
+        Filters of the mid-end convolutions.
+    midend_kernel : int
+        Frames of the mid-end convolutions.
+    dense_units : int
+        Width of the penultimate layer.
+    dropout : float
+        Dropout before the output layer.
+
+    Notes
+    -----
+    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
+    ``embed(x) -> [shape=(B, dense_units)]``.
+    """
+
+    def __init__(
+        self,
+        n_classes: int = 50,
+        input_shape: tuple[int] = (48000,),
+        *,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        hop_length: int = 256,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        n_mels: int = 96,
+        htk: bool = True,
+        norm: str | None = None,
+        pad_mode: str = "reflect",
+        timbral_channels: int = 204,
+        timbral_kernels: tuple[tuple[int, int], ...] = ((67, 7), (38, 7)),
+        temporal_channels: int = 51,
+        temporal_kernels: tuple[int, ...] = (129, 65, 33),
+        midend_channels: int = 64,
+        midend_kernel: int = 7,
+        dense_units: int = 200,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="musicnn")
+        if n_samples < n_fft:
+            raise MuzarrError(f"musicnn: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
+        too_tall = [kernel for kernel in timbral_kernels if kernel[0] > n_mels]
+        if too_tall:
+            raise MuzarrError(f"musicnn: timbral_kernels {too_tall} are taller than n_mels={n_mels}")
+        self.spec = MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            htk=htk,
+            norm=norm,
+            pad_mode=pad_mode,
+        )
+        self.to_db = AmplitudeToDB()
+        self.spec_bn = nn.BatchNorm2d(1)
+        self.frontend = nn.ModuleList(
+            [_TimbralConv(1, timbral_channels, kernel_size=kernel) for kernel in timbral_kernels]
+            + [_TemporalConv(1, temporal_channels, kernel_size=kernel) for kernel in temporal_kernels]
+        )
+        front_channels = timbral_channels * len(timbral_kernels) + temporal_channels * len(temporal_kernels)
+        self.midend = nn.ModuleList(
+            ConvBlock1d(c_in, midend_channels, kernel_size=midend_kernel, pool=1)
+            for c_in in (front_channels, midend_channels, midend_channels)
+        )
+        pooled = 2 * (front_channels + len(self.midend) * midend_channels)  # max and mean
+        self.dense = nn.Sequential(nn.Linear(pooled, dense_units), nn.BatchNorm1d(dense_units), nn.ReLU())
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(dense_units, n_classes)
+
+    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        mel = self._log_mel(x)
+        front = torch.cat([branch(mel) for branch in self.frontend], dim=1)  # (B, 561, T)
+        first, *residual = self.midend
+        outputs = [front, first(front)]
+        for layer in residual:
+            outputs.append(layer(outputs[-1]) + outputs[-1])
+        features = torch.cat(outputs, dim=1)  # (B, 561 + 3 · 64, T)
+        pooled = torch.cat([features.amax(dim=-1), features.mean(dim=-1)], dim=1)
+        return self.dense(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.embed(x)))
