@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from training.loop import TrainConfig
+    from training.config import TrainConfig
     from training.sweep import parse_sweep, run_sweep
 
     cache = Path.home() / ".cache" / "muzarr" / "bench"

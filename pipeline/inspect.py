@@ -87,15 +87,16 @@ def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[st
             items.append(f"(no tag) {untagged}")
     else:
         values = matrix[ok]
-        items = [f"{c} {(values == i).sum()}" for i, c in enumerate(store.classes)]
+        counts = np.array([(values == i).sum() for i in range(len(store.classes))], dtype=int)
+        items = [f"{c} {n}" for c, n in zip(store.classes, counts)]
         if (values < 0).any():
             items.append(f"(unlabelled) {(values < 0).sum()}")
     lines = [", ".join(items[start : start + per_line]) for start in range(0, len(items), per_line)]
-    if store.task == "multilabel":
-        unused = [store.classes[i] for i in np.flatnonzero(counts == 0)]
-        if unused:
-            listed = ", ".join(unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
-            lines.append(f"no ok clip has: {listed}")
+    unused = [store.classes[i] for i in np.flatnonzero(counts == 0)]
+    if unused:
+        # macro metrics average over the classes present: say which ones are not
+        listed = ", ".join(unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
+        lines.append(f"no ok clip has: {listed} (left out of macro metrics)")
     return lines
 
 

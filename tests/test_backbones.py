@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from pipeline import MuzarrError, open_store
-from training.loop import TrainConfig, load_run, train
+from training.config import TrainConfig
+from training.inference import load_run
+from training.loop import train
 from training.metrics import compute_metrics
 from training.models import MODELS, build_model, count_parameters
 from training.predict import clip_scores, select_rows
@@ -130,7 +132,7 @@ def test_wav2vec2_without_weights_or_transformers_says_how_to_get_them():
 def test_wav2vec2_defaults_follow_seed004():
     entry = MODELS["wav2vec2"]
     assert entry.input.kind == "waveform" and entry.input.sample_rate == 16000
-    assert (entry.defaults["optimizer"], entry.defaults["lr"], entry.defaults["weight_decay"], entry.defaults["batch_size"]) == (
+    assert (entry.protocol.optimizer, entry.protocol.lr, entry.protocol.weight_decay, entry.protocol.batch_size) == (
         "adam", 5e-5, 1e-5, 8
     )
     model = build_model("wav2vec2", n_classes=10, input_shape=(16000,), weights="random")  # wav2vec2-base layout

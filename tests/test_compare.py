@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipeline import MuzarrError
 from training.compare import compare
-from training.loop import TrainConfig, train
+from training.config import TrainConfig
+from training.loop import train
 from training.summary import summarise_repeats
 
 # Seed 000, Figure 2 "10 epochs result": the columns in the report's order.

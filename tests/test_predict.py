@@ -12,7 +12,9 @@ import soundfile
 import torch
 
 from pipeline import MuzarrError, open_store
-from training.loop import TrainConfig, load_run, train
+from training.config import TrainConfig
+from training.inference import load_run
+from training.loop import train
 from training.metrics import compute_metrics
 from training.predict import clip_scores, select_rows
 

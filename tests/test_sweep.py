@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline import MuzarrError
-from training.loop import TrainConfig
+from training.config import TrainConfig
 from training.sweep import load_sweep, parse_sweep
 
 # Seed 002's sweep.yaml as printed in the report (its comments included), plus its scheduler slide.

@@ -69,13 +69,19 @@ class ExamplePlan:
     length : int or None
         Crop length along the last axis (frames or samples); ``None`` = whole (sub-)clip.
     eval_crops : int
-        Evenly spaced crops per (sub-)clip at evaluation.
+        Crops per (sub-)clip at evaluation.
+    placement : {"spread", "won"}
+        Where the evaluation crops start (:func:`eval_offsets`).
+    group_subclips : bool
+        Training batches hold whole clips (every sub-clip of each), not shuffled sub-clips.
     """
 
     array: str
     clip_shape: tuple[int, ...]
     length: int | None
     eval_crops: int
+    placement: str = "spread"
+    group_subclips: bool = False
 
     @property
     def n_subclips(self) -> int:
@@ -105,20 +111,60 @@ class ExamplePlan:
         return self.n_subclips * self.eval_crops
 
 
-def plan_examples(store: Store, spec: InputSpec, *, eval_crops: int | None = None) -> ExamplePlan:
-    """Work out the example length and the evaluation crops of ``spec`` on ``store``."""
+def plan_examples(
+    store: Store,
+    spec: InputSpec,
+    *,
+    eval_crops: int | None = None,
+    placement: str = "spread",
+    sub_clips: int | None = None,
+    group_subclips: bool = False,
+) -> ExamplePlan:
+    """Work out the example length and the evaluation crops of ``spec`` on ``store``.
+
+    ``sub_clips`` (a protocol's): examples are the store's whole sub-clips, and the store must
+    hold exactly that many per clip; a store of whole clips is refused with the build that
+    makes the sub-clips.
+    """
     array = resolve_array(store, spec)
     clip_shape = tuple(store.arrays[array]["shape"][1:])
-    plan = ExamplePlan(array, clip_shape, None, 1)
+    plan = ExamplePlan(array, clip_shape, None, 1, placement)
+    if sub_clips is not None:
+        if plan.n_subclips != sub_clips:
+            raise MuzarrError(_subclip_hint(store, spec, array, plan, sub_clips))
+        return ExamplePlan(array, clip_shape, None, 1, placement, group_subclips)
     if spec.kind == "tabular" or spec.seconds is None:
         return plan
     length = spec.example_shape()[-1]
     stored = plan.item_shape[-1]
     if length >= stored:
         # The store's clips are no longer than one example: use them whole (zero-padded if short).
-        return ExamplePlan(array, clip_shape, length if length > stored else None, 1)
+        return ExamplePlan(array, clip_shape, length if length > stored else None, 1, placement)
     crops = eval_crops or max(1, math.ceil(stored / length))
-    return ExamplePlan(array, clip_shape, length, crops)
+    return ExamplePlan(array, clip_shape, length, crops, placement)
+
+
+def plan_for(store: Store, spec: InputSpec, protocol) -> ExamplePlan:
+    """:func:`plan_examples` with a :class:`~training.protocol.Protocol`'s evaluation and sub-clip settings."""
+    return plan_examples(
+        store, spec, eval_crops=protocol.eval_crops, placement=protocol.eval_placement,
+        sub_clips=protocol.sub_clips, group_subclips=protocol.group_subclips,
+    )  # fmt: skip
+
+
+def _subclip_hint(store: Store, spec: InputSpec, array: str, plan: ExamplePlan, sub_clips: int) -> str:
+    config = store.manifest["config"]
+    clip = config["clip"]
+    has = f"{plan.n_subclips} sub-clips per clip" if plan.n_subclips > 1 else "whole clips"
+    total = clip.get("total_seconds") or clip["seconds"]
+    seconds = spec.seconds or total / sub_clips
+    base = store.url.rstrip("/").removesuffix(".zarr")
+    return (
+        f"this protocol trains on {sub_clips} sub-clips per clip, but {array} of {store.url} holds {has}; "
+        f"build a store of sub-clips: pipe build {config['dataset']} --out {base}-split.zarr --set clip.mode=split "
+        f"--set clip.seconds={seconds:g} --set clip.total_seconds={total:g} {spec.build_hint()} --only "
+        "(or train on random crops with --sub-clips 0)"
+    )
 
 
 def to_tensor(block: np.ndarray, dtype: str) -> torch.Tensor:
@@ -152,10 +198,17 @@ def crop(items: np.ndarray, offsets: np.ndarray, length: int | None) -> np.ndarr
     return out
 
 
-def eval_offsets(total: int, length: int | None, crops: int) -> np.ndarray:
-    """``crops`` evenly spaced start offsets covering ``total`` (Won et al.'s evaluation)."""
+def eval_offsets(total: int, length: int | None, crops: int, placement: str = "spread") -> np.ndarray:
+    """Start offsets of ``crops`` evaluation crops of ``length`` in ``total``.
+
+    ``spread``: evenly from 0 to ``total - length`` (the last crop ends at the clip's end);
+    ``won``: ``i * ((total - length) // crops)``, as Won et al.'s ``eval.py`` (the tail after
+    the last crop is not seen).
+    """
     if length is None or total <= length:
         return np.zeros(crops, dtype=np.int64)
+    if placement == "won":
+        return np.arange(crops, dtype=np.int64) * ((total - length) // crops)
     return np.linspace(0, total - length, crops).round().astype(np.int64)
 
 
@@ -332,12 +385,16 @@ class TrainStream(torch.utils.data.IterableDataset):
             return
         examples = np.concatenate(pending_x)
         positions = np.concatenate(pending_p)
-        order = rng.permutation(len(positions)) if self.shuffle else np.arange(len(positions))
-        usable = len(order) if final else len(order) - len(order) % self.batch_size
-        for start in range(0, usable, self.batch_size):
-            take = order[start : start + self.batch_size]
-            if len(take) < 2:
-                break  # a last batch of one example would break BatchNorm's training statistics
+        group = self.reader.plan.n_subclips if self.reader.plan.group_subclips else 1
+        # grouped: whole clips are shuffled, each keeping its sub-clips together (clip-major)
+        clips = rng.permutation(len(positions) // group) if self.shuffle else np.arange(len(positions) // group)
+        order = (clips[:, None] * group + np.arange(group)).ravel()
+        batch = max(1, self.batch_size // group) * group  # grouped: whole clips per batch
+        usable = len(order) if final else len(order) - len(order) % batch
+        for start in range(0, usable, batch):
+            take = order[start : start + batch]
+            if len(take) < 2 * group:
+                break  # a last batch of one example (or clip) would break BatchNorm's training statistics
             yield (
                 to_tensor(examples[take], self.reader.dtype),
                 torch.from_numpy(self.reader.targets[positions[take]]),
@@ -364,7 +421,7 @@ def eval_batches(reader: SplitReader, *, batch_clips: int) -> Iterator[tuple[tor
     ``x`` holds ``len(positions) * plan.examples_per_clip_eval`` examples, clip-major.
     """
     plan = reader.plan
-    offsets = eval_offsets(plan.item_shape[-1], plan.length, plan.eval_crops)
+    offsets = eval_offsets(plan.item_shape[-1], plan.length, plan.eval_crops, plan.placement)
     pending_x, pending_p = [], []
     count = 0
 

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from pipeline import MuzarrError, Store, open_store
-from training.data import ExamplePlan, SplitReader, eval_batches, plan_examples
-from training.loop import LoadedRun
+from training.data import ExamplePlan, SplitReader, eval_batches, plan_for
+from training.inference import LoadedRun
 from training.models import get_model
 
 PARTS = ("train", "valid", "test", "all")
@@ -51,7 +51,7 @@ def select_rows(store: Store, part: str, scheme: str | None, *, default_scheme: 
 def run_plan(run: LoadedRun, store: Store) -> ExamplePlan:
     """The crops (and sub-clips) ``run`` evaluated, on ``store``; a store giving examples of another
     shape than the model was trained on (another clip length or feature) is refused."""
-    plan = plan_examples(store, get_model(run.config.model).input, eval_crops=run.config.eval_crops)
+    plan = plan_for(store, get_model(run.config.model).input, run.protocol)
     if tuple(plan.example_shape) != run.example_shape:
         raise MuzarrError(
             f"store {store.url} gives {plan.array} examples of shape {tuple(plan.example_shape)}, but the run in "
@@ -68,7 +68,7 @@ def per_clip(run: LoadedRun, store: Store, rows: np.ndarray, transform: Callable
     per = plan.examples_per_clip_eval
     chunks = []
     # the batch size Run.predict uses: the same batches give bit-identical scores
-    for x, positions in eval_batches(reader, batch_clips=max(1, run.config.batch_size // per)):
+    for x, positions in eval_batches(reader, batch_clips=max(1, run.protocol.batch_size // per)):
         if not torch.isfinite(x).all():
             bad = int(torch.nonzero(~torch.isfinite(x.reshape(len(x), -1)).all(dim=1))[0].item())
             clip = reader.clip_ids[int(positions[bad // per])]

@@ -39,10 +39,12 @@ import pandas as pd
 import yaml
 
 from pipeline import MuzarrError, open_store
-from training.data import plan_examples
-from training.loop import OPTIMIZERS, SCHEDULERS, Run, TrainConfig
+from training.config import TrainConfig
+from training.data import plan_for
+from training.loop import Run
 from training.metrics import PRIMARY, SCALARS
 from training.models import get_model, model_options
+from training.optim import OPTIMIZERS, SCHEDULERS
 
 METHODS = ("grid", "random", "bayes")
 #: training settings a sweep may set, with their types
@@ -352,7 +354,7 @@ def run_sweep(
     store = open_store(base.store)
     task = store.task
     # a store the model cannot read would fail every trial: say so once, before the first
-    plan_examples(store, get_model(base.model).input, eval_crops=base.eval_crops)
+    plan_for(store, get_model(base.model).input, base.resolve(store.dataset))
     if base.split_scheme is not None:
         store.split(base.split_scheme, "train")
     metric = spec.metric or PRIMARY[task]

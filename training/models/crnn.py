@@ -7,8 +7,12 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
+from training.models.keras_gru import KerasGRU
 
 __all__ = ["ChoiCRNN"]
+
+#: ``gru=`` choices: the Keras 1 GRU of the original, or PyTorch's (cuDNN) GRU
+_GRUS = ("keras", "torch")
 
 
 class ChoiCRNN(nn.Module):
@@ -30,9 +34,11 @@ class ChoiCRNN(nn.Module):
     original's ``bn_0_freq`` is ``BatchNormalization(axis=time_axis)``, i.e. one
     scale/shift per *time* frame (2 × 1440) despite its name, which ties the model to one clip
     length; this class normalises each mel band (2 × 96) as the name and the paper intend.
-    PyTorch's GRU also keeps two bias vectors per gate (input and recurrent) where the Keras 1
-    GRU of the original keeps one, +3 × 32 per layer. Net: 396,786 − 2,880 + 192 + 192 = 394,290 on 96×1440.
-    Keras' GRU gates use ``hard_sigmoid``; PyTorch's use the sigmoid.
+    That is the only difference with ``gru="keras"`` (the default, :class:`KerasGRU`: the
+    Keras 1 GRU's hard-sigmoid gates, reset gate before the recurrent product, one bias per
+    gate): 396,786 − 2 × 1440 + 2 × 96 = 394,098 on 96×1440. ``gru="torch"`` uses
+    ``nn.GRU`` instead (cuDNN on CUDA), which gates with the sigmoid, resets after the
+    recurrent product and keeps two biases per gate, +3 × 32 per layer: 394,290.
 
     Parameters
     ----------
@@ -52,6 +58,9 @@ class ChoiCRNN(nn.Module):
         Stacked GRU layers.
     dropout : float
         Dropout before the output layer.
+    gru : {"keras", "torch"}
+        Recurrent implementation: ``"keras"`` (faithful to the original) or ``"torch"``
+        (``nn.GRU``, faster, especially on CUDA).
 
     Notes
     -----
@@ -70,9 +79,12 @@ class ChoiCRNN(nn.Module):
         rnn_hidden: int = 32,
         rnn_layers: int = 2,
         dropout: float = 0.3,
+        gru: str = "keras",
     ) -> None:
         super().__init__()
         n_mels, n_frames = check_input_shape(input_shape, axes=("n_mels", "n_frames"), model="crnn")
+        if gru not in _GRUS:
+            raise MuzarrError(f"crnn: gru={gru!r} is not one of {list(_GRUS)}")
         if len(channels) != len(pools):
             raise MuzarrError(f"crnn: channels={channels} and pools={pools} must have the same length")
         widths = (1, *channels)
@@ -85,7 +97,10 @@ class ChoiCRNN(nn.Module):
         )
         maps_shape = output_shape(self.features, (1, n_mels, n_frames), model="crnn", input_shape=input_shape)
         n_channels, n_freq, _ = maps_shape
-        self.rnn = nn.GRU(n_channels * n_freq, rnn_hidden, num_layers=rnn_layers, batch_first=True)
+        if gru == "keras":
+            self.rnn = KerasGRU(n_channels * n_freq, rnn_hidden, num_layers=rnn_layers)
+        else:
+            self.rnn = nn.GRU(n_channels * n_freq, rnn_hidden, num_layers=rnn_layers, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(rnn_hidden, n_classes)
 
