@@ -107,7 +107,7 @@ def test_resnet50_trains_an_epoch_and_predicts_its_metrics(small_store, tmp_path
                          model_opts={"weights": "random", "config": "tiny"})  # fmt: skip
     metrics = train(config, out=out, progress=False)
     assert metrics["epochs_run"] == 1 and 0.0 <= metrics["test"]["roc_auc"] <= 1.0
-    assert json.loads((out / "config.json").read_text())["train"]["optimizer"] == "sgd"  # seed 003's optimizer
+    assert json.loads((out / "config.json").read_text())["protocol"]["optimizer"] == "sgd"  # seed 003's optimizer
     run, store = load_run(out), open_store(small_store)
     rows = select_rows(store, "test", None)
     ours = compute_metrics("multilabel", store.label_matrix[rows], clip_scores(run, store, rows), store.classes)

@@ -1,7 +1,8 @@
 """``train``: stream a muzarr store into a model and write a run directory.
 
 ``train --store URL --model NAME [options]`` trains; ``train models`` lists the models;
-``train sweep``, ``compare``, ``predict`` and ``embed`` search, compare and use trained runs.
+``train sweep``, ``compare``, ``predict`` and ``embed`` search, compare and use trained runs;
+``train reproduce`` re-runs a published table from its recipe.
 Exit codes: 0 success; 2 bad input (one line says what and where); 130 interrupted
 (``train --resume DIR`` continues from the last finished epoch).
 """
@@ -9,7 +10,6 @@ Exit codes: 0 success; 2 bad input (one line says what and where); 130 interrupt
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,10 @@ def main() -> None:
       train --store mtat.zarr --model short_res --device cuda --amp
       train --store mtat.zarr --model dieleman --model-opt filter_length=512 --model-opt stride=256 --repeats 5
       train --resume runs/mtat-crnn-20261120-101500
-      train models                    # every model, its input and its defaults
+      train models                    # every model, its input and its protocol
       train sweep --store demo.zarr --model mlp --config sweep.yaml --trials 20 --method bayes
       train compare runs/demo-mlp runs/demo-cnn
+      train reproduce won2020 --store mtat.zarr   # a published table, row by row (--list: all)
       train predict --checkpoint runs/demo-cnn --store demo.zarr --out predictions.csv
       train embed --checkpoint runs/demo-cnn --store demo.zarr --out emb.parquet
     """
@@ -56,20 +57,36 @@ def _options(values: tuple[str, ...], what: str) -> dict[str, Any]:
     return merged
 
 
+def _choices(registry) -> click.Choice:
+    return click.Choice(list(registry))
+
+
+def _registries():
+    from training.optim import OPTIMIZERS
+    from training.protocol import EVAL_PLACEMENTS, SCHEDULES
+
+    return OPTIMIZERS, SCHEDULES, EVAL_PLACEMENTS
+
+
+_OPTIMIZERS, _SCHEDULES, _PLACEMENTS = _registries()
+
+
 @main.command(name="run")
 @click.option("--store", help="Store URL or folder (pipe build ...).")
 @click.option("--model", help="Model name (see `train models`).")
-@click.option("--split-scheme", help="Split scheme of the store (default: the store's first).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the model's).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step (default: the model's).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: the model's).")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd", "rmsprop"]), help="Optimizer (default: the model's).")
+@click.option("--split-scheme", help="Split scheme of the store (default: the protocol's if the store has it, else the store's first).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the model's protocol).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step (default: the model's protocol).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: the model's protocol).")
+@click.option("--optimizer", type=_choices(_OPTIMIZERS), help="Optimizer (default: the model's protocol).")
 @click.option("--momentum", type=click.FloatRange(min=0, max=1), help="Momentum for sgd/rmsprop.")
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum for sgd.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), help="L2 weight decay.")
-@click.option("--scheduler", type=click.Choice(["none", "plateau", "step", "cosine"]), help="Learning-rate schedule.")
+@click.option("--scheduler", type=_choices(_SCHEDULES), help="Learning-rate schedule (default: the model's protocol).")
 @click.option("--scheduler-opt", "scheduler_opts", multiple=True, metavar="K=V", help="factor, patience (plateau); step_size, gamma (step); t_max (cosine).")
-@click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE", help="Stop after PATIENCE epochs without a better validation metric.")
+@click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE", help="Stop after PATIENCE epochs without a better monitored metric.")
+@click.option("--monitor", metavar="METRIC", help="Validation metric that picks the best epoch: loss, roc_auc, pr_auc, accuracy, f1_macro...")
+@click.option("--augment", metavar="K=V,...", help="Training-batch augmentation: specaugment, or time_masks=2,freq_masks=2,gain_db=6,time_shift=0.1,mixup_alpha=0.2; none = off.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
 @click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -79,23 +96,27 @@ def _options(values: tuple[str, ...], what: str) -> dict[str, Any]:
 @click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option, e.g. filter_length=512 (see `train models`).")
 @click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]), help="Hold the split in RAM/GPU or stream chunks.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers when streaming.")
-@click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's).")
+@click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's protocol).")
+@click.option("--eval-placement", type=_choices(_PLACEMENTS), help="Where evaluation crops start: spread (to the clip's end) or won (Won et al.'s eval.py).")
+@click.option("--sub-clips", type=click.IntRange(min=0), help="Train on this many stored sub-clips per clip; 0 = random crops instead (default: the protocol's).")
 @click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
 @click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum, nesterov, weight_decay, scheduler,
-        scheduler_opts, early_stopping, device, amp, seed, repeats, out, resume, model_opts, cache, workers, eval_crops,
-        no_emissions, country, quiet):  # fmt: skip
-    """Train MODEL on STORE and write a run directory.
+        scheduler_opts, early_stopping, monitor, augment, device, amp, seed, repeats, out, resume, model_opts, cache,
+        workers, eval_crops, eval_placement, sub_clips, no_emissions, country, quiet):  # fmt: skip
+    """Train MODEL on STORE with its paper's protocol and write a run directory.
 
     \b
     Examples:
       train --store demo.zarr --model crnn
       train --store demo.zarr --model cnn --epochs 5 --lr 1e-3 --out runs/cnn
+      train --store fma.zarr --model cnn2d_gru --augment specaugment,mixup_alpha=0.2
       train --resume runs/cnn
     """
-    from training.loop import Run, TrainConfig
+    from training.config import TrainConfig
+    from training.loop import Run
 
     if resume:
         result = Run.resume(Path(resume), progress=not quiet).fit()
@@ -103,12 +124,18 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
         return
     if not store or not model:
         raise MuzarrError("train needs --store URL and --model NAME (or --resume DIR); see `train --help`")
+    augment_fields = None
+    if augment is not None:
+        from training.augment import parse_augment
+
+        augment_fields = parse_augment(augment).to_dict()
     config = TrainConfig(
         store=store, model=model, split_scheme=split_scheme, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, scheduler=scheduler,
         scheduler_opts=_options(scheduler_opts, "--scheduler-opt"), early_stopping=early_stopping, device=device,
         amp=amp, seed=seed, model_opts=_options(model_opts, "--model-opt"), cache=cache, workers=workers,
-        eval_crops=eval_crops, emissions=not no_emissions, country=country,
+        eval_crops=eval_crops, eval_placement=eval_placement, sub_clips=sub_clips, monitor=monitor,
+        augment=augment_fields, emissions=not no_emissions, country=country,
     )  # fmt: skip
     base = Path(out) if out else _default_out(store, model)
     if repeats == 1:
@@ -152,7 +179,7 @@ def _print_result(metrics: dict[str, Any], out: Path) -> None:
 @main.command(name="models")
 @friendly_errors
 def list_models():
-    """List the models: input they read, parameters and training defaults.
+    """List the models: input they read, options and training protocol.
 
     \b
     Example:
@@ -165,9 +192,43 @@ def list_models():
         click.echo(f"  {entry.doc}")
         seconds = f", {entry.input.seconds:g} s examples" if entry.input.seconds else ", whole clips"
         click.echo(f"    input: {entry.input.build_hint()}{seconds if entry.input.kind != 'tabular' else ''}")
-        defaults = {k: v for k, v in entry.defaults.items() if not isinstance(v, dict)}
-        click.echo(f"    defaults: {json.dumps(defaults)}")
+        click.echo(f"    protocol: {describe_protocol(entry.protocol)}")
         click.echo(f"    options: {', '.join(f'{k}={v!r}' for k, v in model_options(name).items()) or '-'}")
+
+
+def describe_protocol(protocol) -> str:
+    """One line a person can read: optimizer, schedule, epochs, batch, monitor, evaluation."""
+    from training.protocol import Phases
+
+    p = protocol
+    text = f"{p.optimizer} lr {p.lr:g}" + (f" wd {p.weight_decay:g}" if p.weight_decay else "")
+    if p.optimizer in ("sgd", "rmsprop"):
+        text += f" momentum {p.momentum:g}" + (" nesterov" if p.nesterov else "")
+    schedule = p.schedule
+    if isinstance(schedule, Phases):
+        steps = []
+        for i, phase in enumerate(schedule.phases[1:], start=1):
+            what = (phase.optimizer + " " if phase.optimizer else "") + (f"lr {phase.lr:g}" if phase.lr else "")
+            steps.append(f"epoch {schedule.starts()[i] + 1}: {'reload best, ' if phase.reload_best else ''}{what}")
+        text += "; then " + "; ".join(steps)
+    elif schedule.name != "none":
+        settings = {k: v for k, v in schedule.to_dict().items() if k != "name"}
+        text += f"; {schedule.name} " + ",".join(f"{k}={v}" for k, v in settings.items())
+    text += f"; {p.epochs} epochs, batch {p.batch_size}"
+    text += f"; best by valid {p.monitor or 'primary metric'}"
+    if p.early_stopping:
+        text += f", early stop after {p.early_stopping}"
+    if p.eval_crops:
+        text += f"; eval {p.eval_crops} crops ({p.eval_placement})"
+    if p.sub_clips:
+        text += f"; {p.sub_clips} sub-clips per clip" + (", whole clips per batch" if p.group_subclips else "")
+    if p.split_scheme:
+        text += f"; split {p.split_scheme}"
+    if p.augment.active:
+        from training.augment import format_augment
+
+        text += f"; augment {format_augment(p.augment)}"
+    return text
 
 
 # -- experiments: sweeps, comparisons, predictions, embeddings -----------------------------
@@ -207,7 +268,7 @@ def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, 
     """
     import dataclasses
 
-    from training.loop import TrainConfig
+    from training.config import TrainConfig
     from training.sweep import load_sweep, run_sweep
 
     spec = load_sweep(config_path, model=model)
@@ -247,6 +308,55 @@ def compare(run_dirs, out, extra):
     click.echo(f"written: {Path(out) / 'compare.md'}, compare.csv, compare.png")
 
 
+@main.command(name="reproduce")
+@click.argument("name", required=False)
+@click.option("--store", "stores", multiple=True, metavar="[ROLE=]URL", help="Store of the recipe's main role, or ROLE=URL for another role (seed001: subclips=URL).")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder of the runs and reports (default: runs/reproduce-NAME, -smoke with --smoke); rerun with it to resume.")
+@click.option("--smoke", is_flag=True, help="One 1-epoch run per row on at most 16 clips per split: checks the recipe runs; not comparable.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
+@click.option("--seed", default=0, show_default=True, type=int, help="Repeat i runs with seed + i.")
+@click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
+@click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option for every row whose model takes it, e.g. weights=resnet50.pth.")
+@click.option("--list", "list_recipes", is_flag=True, help="List the recipes: rows, datasets, GPU-hours estimate.")
+@click.option("--verbose", is_flag=True, help="Also print every epoch and progress bars of each run.")
+@friendly_errors
+def reproduce(name, stores, out, smoke, device, seed, no_emissions, model_opts, list_recipes, verbose):
+    """Re-run a paper's or seed report's table from its recipe and set it beside the published numbers.
+
+    Every row is checked before any trains (stores, arrays, sub-clips, weights), then each
+    row x repeat trains into OUT/ROW/repeat-N; OUT gets reproduce.md, reproduce.csv,
+    reproduce.png and compare.png. Run the same command again to resume: finished runs are
+    kept, an interrupted one continues. NAME is a recipe name or a recipe .yaml file.
+
+    \b
+    Examples:
+      train reproduce --list
+      train reproduce won2020 --store mtat.zarr --device cuda
+      train reproduce won2020 --store demo.zarr --smoke
+      train reproduce seed001 --store mtat.zarr --store subclips=mtat-split.zarr
+      train reproduce seed003 --store gtzan.zarr --model-opt weights=resnet50.pth
+      train reproduce seed004 --store gtzan.zarr --model-opt weights=wav2vec2-base --out runs/seed004
+    """
+    from training.reproduce import RECIPES, load_recipe, parse_stores, run_recipe
+
+    if list_recipes:
+        for recipe in map(load_recipe, RECIPES):
+            click.secho(recipe.name, bold=True, nl=False)
+            click.echo(f"  {recipe.title}")
+            click.echo(f"    {len(recipe.rows)} rows ({recipe.n_runs} runs): {', '.join(row.label for row in recipe.rows)}")
+            click.echo(f"    dataset: {recipe.dataset}; stores: {', '.join(recipe.roles)}; metrics: {', '.join(recipe.metrics)}")
+            click.echo(f"    about {recipe.gpu_hours:g} GPU-hours ({recipe.gpu_hours_basis})")
+        return
+    if not name:
+        raise MuzarrError(f"train reproduce needs a recipe NAME (one of {', '.join(RECIPES)}) or --list")
+    recipe = load_recipe(name)
+    folder = Path(out) if out else Path("runs") / f"reproduce-{recipe.name}{'-smoke' if smoke else ''}"
+    run_recipe(recipe, parse_stores(stores), folder, smoke=smoke, device=device, seed=seed, emissions=not no_emissions,
+               model_opts=_options(model_opts, "--model-opt"), progress=verbose, echo=click.echo)  # fmt: skip
+    click.echo((folder / "reproduce.md").read_text().rstrip())
+    click.echo(f"written: {folder / 'reproduce.md'}, reproduce.csv, reproduce.png, compare.png")
+
+
 def _run_inputs(verb: str):
     """The options ``predict`` and ``embed`` share: which run, which store, which clips, which device."""
 
@@ -284,7 +394,7 @@ def predict(run_dir, store, split, split_scheme, out, scores, threshold, device)
       train predict --checkpoint runs/gtzan-cnn5 --store kaggle-test.zarr --split all --out submission.csv
       train predict --checkpoint runs/demo-mlp --store demo.zarr --split test --threshold 0.5 --out pred.csv
     """
-    from training.loop import load_run
+    from training.inference import load_run
     from training.predict import predict as run_predict
 
     table = run_predict(load_run(run_dir, device=device), store, split=split, split_scheme=split_scheme,
@@ -309,7 +419,7 @@ def embed(run_dir, store, split, split_scheme, out, plot, no_plot, seed, device)
       train embed --checkpoint runs/fma-cnn2d_gru --store fma.zarr --split test --out emb.parquet
       train embed --checkpoint runs/demo-cnn --store demo.zarr --split all --out emb.parquet --plot tsne-all.png
     """
-    from training.loop import load_run
+    from training.inference import load_run
     from training.predict import embeddings, write_embeddings
 
     run = load_run(run_dir, device=device)

@@ -157,7 +157,7 @@ def _subclip_hint(store: Store, spec: InputSpec, array: str, plan: ExamplePlan, 
     clip = config["clip"]
     has = f"{plan.n_subclips} sub-clips per clip" if plan.n_subclips > 1 else "whole clips"
     total = clip.get("total_seconds") or clip["seconds"]
-    seconds = spec.seconds or total / sub_clips
+    seconds = min(spec.seconds or total, total / sub_clips)  # sub-clips that fit in the clip
     base = store.url.rstrip("/").removesuffix(".zarr")
     return (
         f"this protocol trains on {sub_clips} sub-clips per clip, but {array} of {store.url} holds {has}; "

@@ -80,7 +80,8 @@ def plot_compare(curves: list[tuple[str, pd.DataFrame]], metric: str, path: Path
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for index, (label, history) in enumerate(curves):
         color = f"C{index % 10}"
-        stats = history.groupby("epoch").agg(["mean", "std"])
+        # numeric columns only: history.csv also records each epoch's optimizer by name
+        stats = history.groupby("epoch")[["valid_loss", "train_loss", f"valid_{metric}"]].agg(["mean", "std"])
         epochs = stats.index.to_numpy()
         for axis, column, style, name in (
             (left, "valid_loss", "-", f"{label} valid"), (left, "train_loss", "--", f"{label} train"),
@@ -99,6 +100,30 @@ def plot_compare(curves: list[tuple[str, pd.DataFrame]], metric: str, path: Path
     fig.suptitle(title)
     description = f"left: x epoch, y loss (valid solid, train dashed); right: x epoch, y validation {metric}"
     return _save(fig, path, title, description)
+
+
+def plot_published_vs_measured(labels: list[str], *, published: np.ndarray, published_std: np.ndarray,
+                                measured: np.ndarray, measured_std: np.ndarray, path: Path, metric: str,
+                                title: str) -> Path:  # fmt: skip
+    """Grouped bars per table row: the published number beside the measured one, ±1 std where
+    known (``train reproduce``); a missing value (NaN) leaves its bar out."""
+    positions = np.arange(len(labels))
+    fig, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.5))
+    width = 0.38
+    for offset, values, spread, name, color in (
+        (-width / 2, published, published_std, "published", "tab:gray"), (width / 2, measured, measured_std, "measured", "tab:blue"),
+    ):  # fmt: skip
+        known = np.isfinite(spread)
+        errors = np.where(known, spread, 0.0) if known.any() else None
+        axis.bar(positions + offset, values, width, yerr=errors, capsize=3 if known.any() else 0, color=color, label=name)
+    finite = np.concatenate([v[np.isfinite(v)] for v in (published, measured)])
+    low = max(0.0, float(finite.min()) - 0.1) if len(finite) else 0.0
+    axis.set_ylim(low, 1.0)
+    axis.set_xticks(positions, labels, rotation=30, ha="right")
+    axis.set(xlabel="table row", ylabel=f"test {metric}", title=title)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend()
+    return _save(fig, path, title, f"x: table row; y: test {metric}; bars: published (grey), measured (blue)")
 
 
 def plot_embedding(points: np.ndarray, groups: list[str], path: Path, *, title: str, legend: str = "class") -> Path:

@@ -1,0 +1,346 @@
+"""``train reproduce``: re-run a published table from its recipe (:mod:`training.recipe`), beside the published numbers.
+
+:func:`run_recipe` first checks that every row can run (a store for each role, the arrays
+and sub-clips each model reads, model options, pretrained weights, earlier runs in ``out``),
+so a bad store fails in seconds, not after hours; then it trains every row × repeat into
+``out/<row-slug>/repeat-<i>`` (a finished run is kept, an interrupted one resumed) and
+writes ``reproduce.md``, ``reproduce.csv``, ``reproduce.png`` and, through
+:func:`training.compare.compare`, the overlaid curves of all rows (``compare.png``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import MuzarrError, open_store
+from training.compare import METRIC_NAMES
+from training.config import TrainConfig
+from training.metrics import PRIMARY, SCALARS
+from training.models import build_model, get_model, model_options
+from training.recipe import RECIPES, ROLE_PATTERN, SMOKE_TRAIN, Recipe, RecipeRow, load_recipe
+
+__all__ = ["RECIPES", "SMOKE_TRAIN", "Job", "load_recipe", "parse_stores", "plan_runs", "reproduce_markdown",
+           "reproduce_table", "run_recipe"]  # fmt: skip
+
+#: run settings that do not change what a run learns: an earlier run may differ in these
+RUNTIME_FIELDS = ("device", "cache", "workers", "emissions", "country")
+
+
+# -- checking before training ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One run of a recipe: a row, its repeat, the config it trains with and its folder."""
+
+    row: RecipeRow
+    repeat: int
+    config: TrainConfig
+    out: Path
+
+    @property
+    def finished(self) -> bool:
+        return (self.out / "metrics.json").exists()
+
+    @property
+    def started(self) -> bool:
+        return (self.out / "config.json").exists()
+
+
+def parse_stores(values: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``--store`` values to ``{role: url}``: ``URL`` is role ``main``, ``ROLE=URL`` names one."""
+    stores: dict[str, str] = {}
+    for value in values:
+        role, sep, url = value.partition("=")
+        if not (sep and ROLE_PATTERN.fullmatch(role)):
+            role, url = "main", value
+        if role in stores:
+            raise MuzarrError(f"--store: role {role!r} given twice ({stores[role]} and {url})")
+        stores[role] = url
+    return stores
+
+
+def plan_runs(recipe: Recipe, stores: dict[str, str], out: Path, *, smoke: bool = False, device: str = "auto",
+              seed: int = 0, emissions: bool = True, model_opts: dict | None = None,
+              echo: Callable[[str], Any] = print) -> list[Job]:  # fmt: skip
+    """Every run of ``recipe``, after checking that each can start.
+
+    Raises one :class:`MuzarrError` for the first problem: a role without a store (naming the
+    rows that need it and the ``pipe build`` that makes it), an unknown role, a ``--model-opt``
+    no row's model takes, a store lacking an array or sub-clips (with the build that adds
+    them), a model that cannot be built (missing pretrained weights), or an earlier run in
+    ``out`` made with other settings.
+    """
+    missing = [role for role in recipe.roles if role not in stores]
+    if missing:
+        raise MuzarrError("; ".join(
+            f"recipe {recipe.name} needs a store for role {role!r} (rows: "
+            f"{', '.join(row.label for row in recipe.rows if row.store == role)}): build it with "
+            f"`{recipe.stores[role]}` and pass --store {'' if role == 'main' else role + '='}URL"
+            for role in missing
+        ))  # fmt: skip
+    extra = sorted(set(stores) - set(recipe.roles))
+    if extra:
+        raise MuzarrError(f"--store: recipe {recipe.name} has no store role {extra[0]!r}; its roles: {', '.join(recipe.roles)}")
+    model_opts = dict(model_opts or {})
+    for key in model_opts:
+        if not any(key in model_options(row.model) for row in recipe.rows):
+            raise MuzarrError(f"--model-opt {key}: no model of recipe {recipe.name} takes it "
+                              f"({', '.join(sorted({row.model for row in recipe.rows}))}; see `train models`)")  # fmt: skip
+    opened = {role: open_store(url) for role, url in stores.items()}
+    for role, store in opened.items():
+        if not store.complete:
+            raise MuzarrError(f"store {store.url} (role {role}) is not complete: finish it with `pipe build` first")
+    jobs, fallbacks = [], {}
+    for row in recipe.rows:
+        store = opened[row.store]
+        url = stores[row.store] if "://" in stores[row.store] else str(Path(stores[row.store]).expanduser().resolve())
+        configs = [
+            row.config(url, repeat=i, seed=seed, smoke=smoke, device=device, emissions=emissions, extra_opts=model_opts)
+            for i in range(1 if smoke else row.repeats)
+        ]  # fmt: skip
+        fallback = _check_row(recipe, row, store, configs[0])
+        if fallback:
+            fallbacks.setdefault(fallback, []).append(row.label)
+        for i, config in enumerate(configs):
+            job = Job(row, i, config, Path(out) / row.slug / f"repeat-{i}")
+            _check_earlier_run(job)
+            jobs.append(job)
+    for role, store in opened.items():
+        if store.dataset != recipe.dataset:
+            echo(f"note: store {store.url} ({role}) holds {store.dataset}; the published numbers are on {recipe.dataset}")
+    for (wanted, url, used), labels in fallbacks.items():
+        echo(f"note: {url} has no split scheme {wanted!r} (the protocol's); rows {', '.join(labels)} run on {used!r}")
+    return jobs
+
+
+def _check_row(recipe: Recipe, row: RecipeRow, store, config: TrainConfig) -> tuple[str, str, str] | None:
+    """The row's model reads what the store holds and builds: fails in seconds, not after hours.
+
+    Returns ``(protocol's split scheme, store, scheme used)`` when the store lacks the
+    protocol's scheme and the run falls back to the store's first, as :class:`Run` does.
+    """
+    from training.data import plan_for
+
+    where = f"recipe {recipe.name}, row {row.label!r}"
+    try:
+        protocol = config.resolve(store.dataset)
+        schemes = store.manifest["config"]["splits"]
+        if config.split_scheme is not None and config.split_scheme not in schemes:
+            raise MuzarrError(f"split scheme {config.split_scheme!r} is not in {store.url} (it has {', '.join(schemes)})")
+        plan = plan_for(store, get_model(row.model).input, protocol)
+        build_model(row.model, n_classes=len(store.classes), input_shape=plan.example_shape, **config.model_opts)
+    except MuzarrError as err:
+        raise MuzarrError(f"{where}: {err}") from None
+    if config.split_scheme is None and protocol.split_scheme not in (None, *schemes):
+        return protocol.split_scheme, store.url, schemes[0]
+    return None
+
+
+def _check_earlier_run(job: Job) -> None:
+    if not job.started:
+        return
+    try:
+        saved = json.loads((job.out / "config.json").read_text())["train"]
+    except (OSError, ValueError, KeyError) as err:
+        raise MuzarrError(f"{job.out}/config.json is unreadable ({type(err).__name__}): delete {job.out} to rerun it") from None
+    wanted = json.loads(json.dumps(job.config.to_dict()))
+    differing = sorted(k for k in wanted if k not in RUNTIME_FIELDS and saved.get(k) != wanted[k])
+    if differing:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {wanted[k]!r})" for k in differing[:3])
+        raise MuzarrError(f"{job.out} was trained with other settings: {shown}; use another --out, or delete it to retrain")
+
+
+# -- running --------------------------------------------------------------------------------
+def run_recipe(recipe: Recipe, stores: dict[str, str], out: Path, *, smoke: bool = False, device: str = "auto",
+               seed: int = 0, emissions: bool = True, model_opts: dict | None = None, progress: bool = False,
+               echo: Callable[[str], Any] = print) -> pd.DataFrame:  # fmt: skip
+    """Train every row × repeat of ``recipe`` into ``out`` and write the comparison with the published table.
+
+    Parameters
+    ----------
+    stores : dict of str to str
+        Store URL per role (``{"main": "mtat.zarr", "subclips": "mtat-split.zarr"}``).
+    smoke : bool
+        One 1-epoch run per row on at most 16 clips per split (:data:`SMOKE_TRAIN`, then the
+        rows' ``smoke:`` overrides): checks the recipe runs end to end; not comparable.
+    seed : int
+        Repeat ``i`` runs with ``seed + i``.
+    model_opts : dict
+        ``--model-opt`` settings, given to every row whose model takes them (``weights``).
+    progress : bool
+        Per-epoch lines and progress bars of each run.
+    echo : callable
+        Receives one line per run started and finished.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``reproduce.csv``: one row per recipe row, published and measured (mean, std) per metric.
+    """
+    from training.loop import Run
+
+    out = Path(out)
+    jobs = plan_runs(recipe, stores, out, smoke=smoke, device=device, seed=seed, emissions=emissions,
+                     model_opts=model_opts, echo=echo)  # fmt: skip
+    echo(f"{recipe.name}: {len(jobs)} runs of {len(recipe.rows)} rows into {out}" + (" (smoke run)" if smoke else ""))
+    for number, job in enumerate(jobs, start=1):
+        repeats = sum(1 for j in jobs if j.row is job.row)
+        name = f"[{number}/{len(jobs)}] {job.row.label}, repeat {job.repeat + 1}/{repeats}"
+        if job.finished:
+            echo(f"{name}: finished earlier, kept: {_metric_text(recipe, _read_metrics(job.out))}")
+            continue
+        if job.started:
+            echo(f"{name}: resuming {job.row.model} in {job.out}")
+            run = Run.resume(job.out, progress=progress)
+        else:
+            echo(f"{name}: training {job.row.model} (seed {job.config.seed}) in {job.out}")
+            run = Run(job.config, job.out, progress=progress)
+        metrics = run.fit()
+        echo(f"{name}: done in {metrics['wall_seconds']:.0f} s: {_metric_text(recipe, metrics)}")
+    results = [[_read_metrics(j.out) for j in jobs if j.row is row] for row in recipe.rows]
+    table = reproduce_table(recipe, results)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "reproduce.csv", index=False)
+    notes = _compare_curves(recipe, results, out)
+    (out / "reproduce.md").write_text(reproduce_markdown(recipe, table, results, stores, smoke=smoke, notes=notes) + "\n")
+    _plot(recipe, table, out / "reproduce.png", smoke=smoke)
+    return table
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _metric_text(recipe: Recipe, metrics: dict[str, Any]) -> str:
+    values = metrics.get("test", {})
+    return ", ".join(f"test {m} {values[m]:.4f}" if _finite(values.get(m)) else f"test {m} n/a" for m in recipe.metrics)
+
+
+def _compare_curves(recipe: Recipe, results: list[list[dict[str, Any]]], out: Path) -> list[str]:
+    """``compare.md``/``.csv``/``.png`` of all rows; a failure is a note in the report, never a crash."""
+    from training.compare import compare
+
+    task = results[0][0]["task"]
+    extra = tuple(m for m in recipe.metrics if m in SCALARS[task] and m != PRIMARY[task])  # the primary is always there
+    try:
+        compare([out / row.slug for row in recipe.rows], out, extra=extra)
+    except MuzarrError as err:
+        return [f"no overlaid curves: {err}"]
+    return []
+
+
+# -- the report -----------------------------------------------------------------------------
+def reproduce_table(recipe: Recipe, results: list[list[dict[str, Any]]]) -> pd.DataFrame:
+    """One row per recipe row: published and measured (mean, std over repeats) for every
+    metric, runs, parameters, train seconds and CO2 (kg) per run (mean).
+
+    ``results`` holds the ``metrics.json`` of each row's runs, in the recipe's row order. A
+    metric the runs' task lacks is NaN (``n/a`` in the Markdown).
+    """
+    records = []
+    for row, runs in zip(recipe.rows, results, strict=True):
+        record: dict[str, Any] = {"label": row.label, "model": row.model, "store": row.store, "runs": len(runs)}
+        for metric in recipe.metrics:
+            published = row.published.get(metric)
+            record[f"{metric}_published"] = published.mean if published else np.nan
+            record[f"{metric}_published_std"] = published.std if published and published.std is not None else np.nan
+            mean, std = _mean_std([r.get("test", {}).get(metric) for r in runs])
+            record[f"{metric}_measured"], record[f"{metric}_measured_std"] = mean, std
+        record["parameters"] = runs[0]["parameters"] if runs else np.nan
+        record["train_seconds"] = _mean_std([r.get("train_seconds") for r in runs])[0]
+        record["co2_kg"] = _mean_std([r.get("co2_kg") for r in runs])[0]
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def _mean_std(values: list[Any]) -> tuple[float, float]:
+    numbers = np.array([v for v in values if _finite(v)], dtype=float)
+    if not len(numbers):
+        return np.nan, np.nan
+    return float(numbers.mean()), float(numbers.std(ddof=1)) if len(numbers) > 1 else np.nan
+
+
+def reproduce_markdown(recipe: Recipe, table: pd.DataFrame, results: list[list[dict[str, Any]]],
+                       stores: dict[str, str], *, smoke: bool, notes: list[str] = ()) -> str:  # fmt: skip
+    """The header (recipe, citation, stores, split scheme, smoke warning, notes) and the table."""
+    runs = [r for row_runs in results for r in row_runs]
+    schemes = sorted({str(r.get("split_scheme")) for r in runs})
+    tasks = sorted({str(r.get("task")) for r in runs})
+    datasets = sorted({str(r.get("dataset")) for r in runs})
+    lines = [
+        f"# Reproduce {recipe.name}: {recipe.title}",
+        "",
+        f"- Published: {recipe.citation}, on {recipe.dataset}.",
+        f"- Stores: {'; '.join(f'{role} = {url}' for role, url in stores.items())} "
+        + f"(dataset {', '.join(datasets)}, task {', '.join(tasks)}).",
+        f"- Split scheme used: {', '.join(schemes)}.",
+    ]  # fmt: skip
+    if smoke:
+        lines.append(f"- **smoke run: not comparable** (1 epoch, at most {SMOKE_TRAIN['max_clips']} clips per split, "
+                     f"batch {SMOKE_TRAIN['batch_size']}, one run per row).")  # fmt: skip
+    if datasets != [recipe.dataset]:
+        lines.append(f"- note: the published numbers are on {recipe.dataset}, these runs on {', '.join(datasets)}: "
+                     "not comparable.")  # fmt: skip
+    absent = [m for m in recipe.metrics if table[f"{m}_measured"].isna().all()]
+    if absent:
+        lines.append(f"- note: the runs' task ({', '.join(tasks)}) has no {', '.join(absent)}: those measured columns "
+                     f"read n/a (the recipe's table is {recipe.task}).")  # fmt: skip
+    lines += [f"- note: {n}" for n in notes]
+    if recipe.notes:
+        lines.append(f"- Recipe notes: {recipe.notes}")
+    lines += [f"- {row.label}: {row.note}" for row in recipe.rows if row.note]
+    total_seconds = np.nansum(table["train_seconds"] * table["runs"])
+    lines += ["", _markdown_rows(recipe, table), "",
+              (f"{len(runs)} runs, {total_seconds:.0f} s training in all. Measured: test metrics of each run's best "
+               "epoch, mean ± std over repeats. Curves: compare.png; each run: ROW/repeat-N/.")]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _markdown_rows(recipe: Recipe, table: pd.DataFrame) -> str:
+    header = ["Row", "Model"]
+    for metric in recipe.metrics:
+        name = METRIC_NAMES.get(metric, metric)
+        header += [f"{name} published", f"{name} measured"]
+    header += ["Runs", "Parameters", "Train time (s)", "CO2 (kg)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    for _, record in table.iterrows():
+        cells = [record["label"], record["model"]]
+        for metric in recipe.metrics:
+            cells.append(_pm(record[f"{metric}_published"], record[f"{metric}_published_std"], missing="-"))
+            cells.append(_pm(record[f"{metric}_measured"], record[f"{metric}_measured_std"], missing="n/a"))
+        cells.append(str(record["runs"]))
+        cells.append("-" if pd.isna(record["parameters"]) else f"{int(record['parameters']):,}")
+        cells.append("-" if pd.isna(record["train_seconds"]) else f"{record['train_seconds']:.2f}")
+        cells.append("-" if pd.isna(record["co2_kg"]) else f"{record['co2_kg']:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pm(mean: float, std: float, *, missing: str) -> str:
+    """``0.8267 ± 0.0027``, ``0.9005`` without a std, ``missing`` without a mean."""
+    if pd.isna(mean):
+        return missing
+    return f"{mean:.4f}" + ("" if pd.isna(std) else f" ± {std:.4f}")
+
+
+def _plot(recipe: Recipe, table: pd.DataFrame, path: Path, *, smoke: bool) -> None:
+    from training.plots import plot_published_vs_measured
+
+    metric = recipe.metrics[0]
+    title = f"{recipe.name}: published vs measured test {METRIC_NAMES.get(metric, metric)}" + (" (smoke run)" if smoke else "")
+    plot_published_vs_measured(
+        list(table["label"]), published=table[f"{metric}_published"].to_numpy(),
+        published_std=table[f"{metric}_published_std"].to_numpy(), measured=table[f"{metric}_measured"].to_numpy(),
+        measured_std=table[f"{metric}_measured_std"].to_numpy(), path=path, metric=metric, title=title,
+    )  # fmt: skip
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
