@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 
-__all__ = ["AmplitudeToDB", "MelSpectrogram"]
+__all__ = ["AmplitudeToDB", "MelSpectrogram", "WaveformMelModel"]
 
 _PAD_MODES = ("constant", "reflect")
 
@@ -194,3 +194,22 @@ class AmplitudeToDB(nn.Module):
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` unchanged if float32/float64, else as float32 (half precision, ints)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+class WaveformMelModel(nn.Module):
+    """Base of the models that read waveforms and compute their log-mel on the device, as Won
+    et al.'s do: mel power → dB → ``BatchNorm2d(1)``.
+
+    The three modules keep his attribute names (``spec``, ``to_db``, ``spec_bn``), so his
+    checkpoints' ``spec_bn`` weights map one to one.
+    """
+
+    def _add_log_mel(self, **mel) -> None:
+        """Create the front end; ``mel`` are :class:`MelSpectrogram`'s settings."""
+        self.spec = MelSpectrogram(**mel)
+        self.to_db = AmplitudeToDB()
+        self.spec_bn = nn.BatchNorm2d(1)
+
+    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [shape=(B, n_samples)]`` → ``[shape=(B, 1, n_mels, n_frames)]``."""
+        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.frontend import WaveformMelModel
 from training.models.blocks import Res2d, check_input_shape
 
 __all__ = ["CNNSA", "BertLayer"]
@@ -86,7 +86,7 @@ class BertLayer(nn.Module):
         return self.output_norm(x + self.hidden_dropout(hidden))
 
 
-class CNNSA(nn.Module):
+class CNNSA(WaveformMelModel):
     """Won, Chun, Serra, "Toward interpretable music tagging with self-attention", arXiv:1906.04972,
     2019 — CNN front end + Transformer (BERT) encoder (minzwon/sota-music-tagging-models
     ``training/model.py`` ``CNNSA``, ``attention_modules.py``).
@@ -159,7 +159,7 @@ class CNNSA(nn.Module):
             )
         if not 0 < n_mels <= 128:
             raise MuzarrError(f"cnn_sa: n_mels={n_mels} must be in 1..128, so that seven strides of 2 leave one row")
-        self.spec = MelSpectrogram(
+        self._add_log_mel(
             sample_rate=sample_rate,
             n_fft=n_fft,
             hop_length=hop_length,
@@ -170,8 +170,6 @@ class CNNSA(nn.Module):
             norm=norm,
             pad_mode=pad_mode,
         )
-        self.to_db = AmplitudeToDB()
-        self.spec_bn = nn.BatchNorm2d(1)
         c = n_channels
         self.layers = nn.Sequential(
             Res2d(1, c, stride=2),
@@ -198,7 +196,7 @@ class CNNSA(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder input ``[shape=(B, 1 + n_tokens, 2 · n_channels)]``: [CLS], then one token per CNN frame."""
-        mel = self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
+        mel = self._log_mel(x)  # (B, 1, n_mels, n_frames)
         frames = self.layers(mel).squeeze(2).transpose(1, 2)  # (B, n_tokens, 2 · n_channels)
         cls = self.cls_token.to(frames.dtype).expand(frames.shape[0], 1, -1)
         return torch.cat([cls, frames], dim=1)

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.frontend import WaveformMelModel
 from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
 
 __all__ = ["WonCRNN"]
 
 
-class WonCRNN(nn.Module):
+class WonCRNN(WaveformMelModel):
     """Choi, Fazekas, Sandler, Cho, "Convolutional recurrent neural networks for music
     classification", ICASSP 2017 — as re-implemented in PyTorch by Won et al. 2020
     (minzwon/sota-music-tagging-models ``training/model.py`` ``CRNN``).
@@ -81,7 +81,7 @@ class WonCRNN(nn.Module):
             raise MuzarrError(f"crnn_won: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
         if len(channels) != len(pools):
             raise MuzarrError(f"crnn_won: channels={channels} and pools={pools} must have the same length")
-        self.spec = MelSpectrogram(
+        self._add_log_mel(
             sample_rate=sample_rate,
             n_fft=n_fft,
             hop_length=hop_length,
@@ -92,8 +92,6 @@ class WonCRNN(nn.Module):
             norm=norm,
             pad_mode=pad_mode,
         )
-        self.to_db = AmplitudeToDB()
-        self.spec_bn = nn.BatchNorm2d(1)
         widths = (1, *channels)
         self.features = nn.Sequential(
             *(ConvBlock2d(c_in, c_out, pool=pool) for c_in, c_out, pool in zip(widths, widths[1:], pools))
@@ -105,9 +103,6 @@ class WonCRNN(nn.Module):
         self.rnn = nn.GRU(n_maps * n_freq, rnn_hidden, num_layers=rnn_layers, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(rnn_hidden, n_classes)
-
-    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.features(self._log_mel(x))  # (B, C, F', T')

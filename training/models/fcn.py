@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.frontend import WaveformMelModel
 from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
 
 __all__ = ["FCN"]
 
 
-class FCN(nn.Module):
+class FCN(WaveformMelModel):
     """Choi, Fazekas, Sandler, "Automatic tagging using deep convolutional neural networks",
     ISMIR 2016 — fully convolutional network, as re-implemented in PyTorch by Won et al. 2020
     (minzwon/sota-music-tagging-models ``training/model.py`` ``FCN``).
@@ -76,7 +76,7 @@ class FCN(nn.Module):
             raise MuzarrError(f"fcn: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
         if len(channels) != len(pools):
             raise MuzarrError(f"fcn: channels={channels} and pools={pools} must have the same length")
-        self.spec = MelSpectrogram(
+        self._add_log_mel(
             sample_rate=sample_rate,
             n_fft=n_fft,
             hop_length=hop_length,
@@ -87,8 +87,6 @@ class FCN(nn.Module):
             norm=norm,
             pad_mode=pad_mode,
         )
-        self.to_db = AmplitudeToDB()
-        self.spec_bn = nn.BatchNorm2d(1)
         widths = (1, *channels)
         self.layers = nn.Sequential(
             *(ConvBlock2d(c_in, c_out, pool=pool) for c_in, c_out, pool in zip(widths, widths[1:], pools))
@@ -106,9 +104,6 @@ class FCN(nn.Module):
             )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(channels[-1], n_classes)
-
-    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.layers(self._log_mel(x))  # (B, channels[-1], 1, 1)

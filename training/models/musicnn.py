@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.frontend import WaveformMelModel
 from training.models.blocks import ConvBlock1d, check_input_shape
 
 __all__ = ["Musicnn"]
@@ -46,7 +46,7 @@ class _TemporalConv(nn.Module):
         return self.conv(x.mean(dim=2))
 
 
-class Musicnn(nn.Module):
+class Musicnn(WaveformMelModel):
     """Pons, Nieto, Prockup, Schmidt, Ehmann, Serra, "End-to-end learning for music audio
     tagging at scale", ISMIR 2018 — the musicnn model (jordipons/musicnn) as re-implemented in
     PyTorch by Won et al. 2020 (minzwon/sota-music-tagging-models ``training/model.py``
@@ -129,7 +129,7 @@ class Musicnn(nn.Module):
         too_tall = [kernel for kernel in timbral_kernels if kernel[0] > n_mels]
         if too_tall:
             raise MuzarrError(f"musicnn: timbral_kernels {too_tall} are taller than n_mels={n_mels}")
-        self.spec = MelSpectrogram(
+        self._add_log_mel(
             sample_rate=sample_rate,
             n_fft=n_fft,
             hop_length=hop_length,
@@ -140,8 +140,6 @@ class Musicnn(nn.Module):
             norm=norm,
             pad_mode=pad_mode,
         )
-        self.to_db = AmplitudeToDB()
-        self.spec_bn = nn.BatchNorm2d(1)
         self.frontend = nn.ModuleList(
             [_TimbralConv(1, timbral_channels, kernel_size=kernel) for kernel in timbral_kernels]
             + [_TemporalConv(1, temporal_channels, kernel_size=kernel) for kernel in temporal_kernels]
@@ -155,9 +153,6 @@ class Musicnn(nn.Module):
         self.dense = nn.Sequential(nn.Linear(pooled, dense_units), nn.BatchNorm1d(dense_units), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(dense_units, n_classes)
-
-    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         mel = self._log_mel(x)

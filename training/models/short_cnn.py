@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.frontend import WaveformMelModel
 from training.models.blocks import ConvBlock2d, check_input_shape
 
 __all__ = ["ShortChunkCNN"]
@@ -17,7 +17,7 @@ __all__ = ["ShortChunkCNN"]
 _N_BLOCKS = 7
 
 
-class ShortChunkCNN(nn.Module):
+class ShortChunkCNN(WaveformMelModel):
     """Won, Ferraro, Bogdanov, Serra, "Evaluation of CNN-based automatic music tagging models",
     SMC 2020 — short-chunk CNN, the VGG-like model with 3×3 filters and 2×2 pooling
     (minzwon/sota-music-tagging-models ``training/model.py`` ``ShortChunkCNN``).
@@ -76,7 +76,7 @@ class ShortChunkCNN(nn.Module):
             raise MuzarrError(
                 f"model 'short_cnn': n_mels={n_mels} is too few; its {_N_BLOCKS} 2x2 max-pools need n_mels >= {least}"
             )
-        self.spec = MelSpectrogram(
+        self._add_log_mel(
             sample_rate=sample_rate,
             n_fft=n_fft,
             hop_length=hop_length,
@@ -95,17 +95,12 @@ class ShortChunkCNN(nn.Module):
                 f"model 'short_cnn': input_shape={tuple(input_shape)} is too short; it needs at least "
                 f"{minimum} samples ({least} frames at hop_length={hop_length})"
             )
-        self.to_db = AmplitudeToDB()
-        self.spec_bn = nn.BatchNorm2d(1)
         c = n_channels
         widths = (1, c, c, 2 * c, 2 * c, 2 * c, 2 * c, 4 * c)
         self.layers = nn.Sequential(*(ConvBlock2d(c_in, c_out) for c_in, c_out in itertools.pairwise(widths)))
         self.dense = nn.Sequential(nn.Linear(4 * c, 4 * c), nn.BatchNorm1d(4 * c), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(4 * c, n_classes)
-
-    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.layers(self._log_mel(x))  # (B, 512, n_mels // 128, n_frames // 128)

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.frontend import WaveformMelModel
 from training.models.blocks import Res2d, check_input_shape
 
 __all__ = ["ShortChunkResNet"]
 
 
-class ShortChunkResNet(nn.Module):
+class ShortChunkResNet(WaveformMelModel):
     """Won, Ferraro, Bogdanov, Serra, "Evaluation of CNN-based automatic music tagging models",
     SMC 2020 — short-chunk CNN with residual connections (minzwon/sota-music-tagging-models
     ``training/model.py`` ``ShortChunkCNN_Res``; 0.9129 ROC-AUC / 0.4614 PR-AUC on MTAT).
@@ -70,7 +70,7 @@ class ShortChunkResNet(nn.Module):
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="short_res")
         if n_samples < n_fft:
             raise MuzarrError(f"short_res: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
-        self.spec = MelSpectrogram(
+        self._add_log_mel(
             sample_rate=sample_rate,
             n_fft=n_fft,
             hop_length=hop_length,
@@ -81,17 +81,12 @@ class ShortChunkResNet(nn.Module):
             norm=norm,
             pad_mode=pad_mode,
         )
-        self.to_db = AmplitudeToDB()
-        self.spec_bn = nn.BatchNorm2d(1)
         c = n_channels
         widths = (1, c, c, 2 * c, 2 * c, 2 * c, 2 * c, 4 * c)
         self.layers = nn.Sequential(*(Res2d(c_in, c_out, stride=2) for c_in, c_out in itertools.pairwise(widths)))
         self.dense = nn.Sequential(nn.Linear(4 * c, 4 * c), nn.BatchNorm1d(4 * c), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(4 * c, n_classes)
-
-    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spec_bn(self.to_db(self.spec(x)).unsqueeze(1))  # (B, 1, n_mels, n_frames)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         mel = self._log_mel(x)
