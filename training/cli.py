@@ -312,7 +312,7 @@ def compare(run_dirs, out, extra):
 @click.argument("name", required=False)
 @click.option("--store", "stores", multiple=True, metavar="[ROLE=]URL", help="Store of the recipe's main role, or ROLE=URL for another role (seed001: subclips=URL).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder of the runs and reports (default: runs/reproduce-NAME, -smoke with --smoke); rerun with it to resume.")
-@click.option("--smoke", is_flag=True, help="One 1-epoch run per row on at most 16 clips per split: checks the recipe runs; not comparable.")
+@click.option("--smoke", is_flag=True, help="One 1-epoch run per row on at most 16 clips per split, 2 evaluation crops: checks the recipe runs; not comparable.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
 @click.option("--seed", default=0, show_default=True, type=int, help="Repeat i runs with seed + i.")
 @click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")

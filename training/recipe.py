@@ -53,7 +53,7 @@ SMOKE_KEYS = ("model_opts", "train")
 #: TrainConfig fields the runner sets itself, which a recipe row may not
 RUNNER_FIELDS = ("store", "model", "seed", "model_opts", "device", "emissions")
 #: what ``--smoke`` changes in every row (before the row's own ``smoke:`` overrides); one repeat
-SMOKE_TRAIN = {"epochs": 1, "batch_size": 8, "max_clips": 16}
+SMOKE_TRAIN = {"epochs": 1, "batch_size": 8, "max_clips": 16, "eval_crops": 2}
 #: a store role: ``main``, ``subclips``
 ROLE_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 

@@ -284,7 +284,8 @@ def reproduce_markdown(recipe: Recipe, table: pd.DataFrame, results: list[list[d
     ]  # fmt: skip
     if smoke:
         lines.append(f"- **smoke run: not comparable** (1 epoch, at most {SMOKE_TRAIN['max_clips']} clips per split, "
-                     f"batch {SMOKE_TRAIN['batch_size']}, one run per row).")  # fmt: skip
+                     f"batch {SMOKE_TRAIN['batch_size']}, {SMOKE_TRAIN['eval_crops']} evaluation crops per clip, "
+                     "one run per row).")  # fmt: skip
     if datasets != [recipe.dataset]:
         lines.append(f"- note: the published numbers are on {recipe.dataset}, these runs on {', '.join(datasets)}: "
                      "not comparable.")  # fmt: skip
