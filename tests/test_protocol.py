@@ -313,3 +313,19 @@ def test_crnn_runs_saved_with_pytorch_gru_weights_still_load(tmp_path):
     assert legacy_model_opts("crnn", {"gru": "keras"}, keys) == {"gru": "keras"}  # said explicitly: kept
     new = build_model("crnn", n_classes=6, input_shape=(96, 262))
     assert legacy_model_opts("crnn", {}, [f"model.{k}" for k in new.state_dict()]) == {}
+
+
+def test_augmented_runs_with_one_seed_are_identical_and_record_what_they_did(small_store, tmp_path):
+    config = TrainConfig(store=small_store, model="cnn", epochs=2, batch_size=8, emissions=False, seed=4,
+                         augment={"time_masks": 2, "freq_masks": 1, "mixup_alpha": 0.4})  # fmt: skip
+    first = Run(config, tmp_path / "a", progress=False).fit()
+    second = Run(config, tmp_path / "b", progress=False).fit()
+    plain = Run(dataclasses.replace(config, augment=None), tmp_path / "c", progress=False).fit()
+    columns = ["train_loss", "valid_loss", "valid_roc_auc"]
+    a, b, c = (pd.read_csv(tmp_path / name / "history.csv")[columns] for name in "abc")
+    pd.testing.assert_frame_equal(a, b)
+    assert first["test"]["roc_auc"] == second["test"]["roc_auc"]
+    assert not np.allclose(a["train_loss"], c["train_loss"])  # the augmentation did change training
+    assert plain["test"]["n_clips"] == first["test"]["n_clips"]
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["protocol"]["augment"] == {**Augment().to_dict(), "time_masks": 2, "freq_masks": 1, "mixup_alpha": 0.4}
