@@ -19,6 +19,8 @@ import click
 from pipeline.cli import friendly_errors
 from pipeline.config import parse_spec
 from pipeline.errors import MuzarrError
+from training.optim import OPTIMIZERS  # the CLI's choices are the registries' keys
+from training.protocol import EVAL_PLACEMENTS, SCHEDULES
 
 
 class DefaultToRun(click.Group):
@@ -39,7 +41,7 @@ def main() -> None:
     Examples:
       train --store demo.zarr --model crnn
       train --store mtat.zarr --model short_res --device cuda --amp
-      train --store mtat.zarr --model dieleman --model-opt filter_length=512 --model-opt stride=256 --repeats 5
+      train --store mtat-split.zarr --model dieleman --model-opt filter_length=512 --model-opt stride=256 --repeats 5
       train --resume runs/mtat-crnn-20261120-101500
       train models                    # every model, its input and its protocol
       train sweep --store demo.zarr --model mlp --config sweep.yaml --trials 20 --method bayes
@@ -61,16 +63,6 @@ def _choices(registry) -> click.Choice:
     return click.Choice(list(registry))
 
 
-def _registries():
-    from training.optim import OPTIMIZERS
-    from training.protocol import EVAL_PLACEMENTS, SCHEDULES
-
-    return OPTIMIZERS, SCHEDULES, EVAL_PLACEMENTS
-
-
-_OPTIMIZERS, _SCHEDULES, _PLACEMENTS = _registries()
-
-
 @main.command(name="run")
 @click.option("--store", help="Store URL or folder (pipe build ...).")
 @click.option("--model", help="Model name (see `train models`).")
@@ -78,11 +70,11 @@ _OPTIMIZERS, _SCHEDULES, _PLACEMENTS = _registries()
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the model's protocol).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step (default: the model's protocol).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: the model's protocol).")
-@click.option("--optimizer", type=_choices(_OPTIMIZERS), help="Optimizer (default: the model's protocol).")
+@click.option("--optimizer", type=_choices(OPTIMIZERS), help="Optimizer (default: the model's protocol).")
 @click.option("--momentum", type=click.FloatRange(min=0, max=1), help="Momentum for sgd/rmsprop.")
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum for sgd.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), help="L2 weight decay.")
-@click.option("--scheduler", type=_choices(_SCHEDULES), help="Learning-rate schedule (default: the model's protocol).")
+@click.option("--scheduler", type=_choices(SCHEDULES), help="Learning-rate schedule (default: the model's protocol).")
 @click.option("--scheduler-opt", "scheduler_opts", multiple=True, metavar="K=V", help="factor, patience (plateau); step_size, gamma (step); t_max (cosine).")
 @click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE", help="Stop after PATIENCE epochs without a better monitored metric.")
 @click.option("--monitor", metavar="METRIC", help="Validation metric that picks the best epoch: loss, roc_auc, pr_auc, accuracy, f1_macro...")
@@ -97,7 +89,7 @@ _OPTIMIZERS, _SCHEDULES, _PLACEMENTS = _registries()
 @click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]), help="Hold the split in RAM/GPU or stream chunks.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers when streaming.")
 @click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's protocol).")
-@click.option("--eval-placement", type=_choices(_PLACEMENTS), help="Where evaluation crops start: spread (to the clip's end) or won (Won et al.'s eval.py).")
+@click.option("--eval-placement", type=_choices(EVAL_PLACEMENTS), help="Where evaluation crops start: spread (to the clip's end) or won (Won et al.'s eval.py).")
 @click.option("--sub-clips", type=click.IntRange(min=0), help="Train on this many stored sub-clips per clip; 0 = random crops instead (default: the protocol's).")
 @click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
 @click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
