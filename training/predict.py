@@ -128,7 +128,7 @@ def predict(
 ) -> pd.DataFrame:
     """Predictions of ``run`` for the clips of ``split`` in the store at ``store_url``."""
     store = _open_complete(store_url)
-    rows = select_rows(store, split, split_scheme, default_scheme=run.config.split_scheme)
+    rows = select_rows(store, split, split_scheme, default_scheme=run.protocol.split_scheme)
     scores = clip_scores(run, store, rows)
     ids = store.clips["clip_id"].to_numpy()[rows]
     return prediction_table(run, ids, scores, with_scores=with_scores, threshold=threshold)
@@ -141,7 +141,7 @@ def embeddings(run: LoadedRun, store_url: str, *, split: str = "test", split_sch
     unlabelled) or ``tags`` (multilabel: list of tag names), and float32 columns ``e0..eD``.
     """
     store = _open_complete(store_url)
-    rows = select_rows(store, split, split_scheme, default_scheme=run.config.split_scheme)
+    rows = select_rows(store, split, split_scheme, default_scheme=run.protocol.split_scheme)
     if not hasattr(run.model.model, "embed"):
         raise MuzarrError(f"model {run.config.model!r} has no embed(): it cannot give embeddings")
     vectors = per_clip(run, store, rows, run.model.embed)
