@@ -329,3 +329,22 @@ def test_augmented_runs_with_one_seed_are_identical_and_record_what_they_did(sma
     assert plain["test"]["n_clips"] == first["test"]["n_clips"]
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved["protocol"]["augment"] == {**Augment().to_dict(), "time_masks": 2, "freq_masks": 1, "mixup_alpha": 0.4}
+
+
+def test_won_training_crops_end_in_the_first_29_seconds(mtat_length_store):
+    """data_loader/mtat_loader.py: random_idx = floor(U * (29 * 16000 - input_length))."""
+    from training.data import crop_offsets
+
+    store = open_store(mtat_length_store)
+    plan = plan_for(store, MODELS["short_res"].input, WON2020)
+    assert plan.crop_span == 29 * 16000
+    rng = np.random.default_rng(0)
+    won = crop_offsets(rng, 20000, total=465920, length=59049, span=plan.crop_span)
+    last = 29 * 16000 - 59049 - 1  # the latest start his loader can draw
+    assert 0 <= won.min() < 200 and last - 200 < won.max() <= last
+    anywhere = crop_offsets(rng, 20000, total=465920, length=59049)
+    assert last + 1000 < anywhere.max() <= 465920 - 59049  # without the span, up to the clip's end
+    # FCN's 29 s input fills the span: his loader always takes the first 29 s
+    fcn = plan_for(store, MODELS["fcn"].input, WON2020)
+    assert set(crop_offsets(rng, 100, total=465920, length=fcn.length, span=fcn.crop_span)) == {0}
+    assert plan_for(store, MODELS["short_res"].input, dataclasses.replace(WON2020, train_crop_seconds=None)).crop_span is None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -74,6 +74,9 @@ class ExamplePlan:
         Where the evaluation crops start (:func:`eval_offsets`).
     group_subclips : bool
         Training batches hold whole clips (every sub-clip of each), not shuffled sub-clips.
+    crop_span : int or None
+        Training crops start so that they end within the first ``crop_span`` frames/samples
+        (Won et al.'s loader: the first 29 s); ``None`` = anywhere in the (sub-)clip.
     """
 
     array: str
@@ -82,6 +85,7 @@ class ExamplePlan:
     eval_crops: int
     placement: str = "spread"
     group_subclips: bool = False
+    crop_span: int | None = None
 
     @property
     def n_subclips(self) -> int:
@@ -145,11 +149,27 @@ def plan_examples(
 
 
 def plan_for(store: Store, spec: InputSpec, protocol) -> ExamplePlan:
-    """:func:`plan_examples` with a :class:`~training.protocol.Protocol`'s evaluation and sub-clip settings."""
-    return plan_examples(
+    """:func:`plan_examples` with a :class:`~training.protocol.Protocol`'s evaluation, sub-clip
+    and training-crop settings."""
+    plan = plan_examples(
         store, spec, eval_crops=protocol.eval_crops, placement=protocol.eval_placement,
         sub_clips=protocol.sub_clips, group_subclips=protocol.group_subclips,
     )  # fmt: skip
+    seconds = protocol.train_crop_seconds
+    if seconds is None or plan.length is None or spec.kind == "tabular":
+        return plan
+    samples = round(seconds * spec.sample_rate)
+    span = samples if spec.kind == "waveform" else 1 + samples // spec.hop_length + 2 * spec.pad_frames
+    return replace(plan, crop_span=span)
+
+
+def crop_offsets(rng: np.random.Generator, n: int, *, total: int, length: int, span: int | None = None) -> np.ndarray:
+    """``n`` random training-crop starts in ``[0, total - length]``; with ``span``, Won et al.'s
+    ``floor(U * (span - length))`` (``mtat_loader.py``: the crop ends within the first
+    ``span``), capped by the clip's own length."""
+    if span is None:
+        return rng.integers(0, max(1, total - length + 1), size=n)
+    return rng.integers(0, max(1, min(span, total) - length), size=n)
 
 
 def _subclip_hint(store: Store, spec: InputSpec, array: str, plan: ExamplePlan, sub_clips: int) -> str:
@@ -367,7 +387,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             items = data.reshape(-1, *plan.item_shape)
             if length is None:
                 return items.copy()  # ``data`` may be a view of the reader's reused buffer
-            offsets = rng.integers(0, max(1, total - length + 1), size=len(items))
+            offsets = crop_offsets(rng, len(items), total=total, length=length, span=plan.crop_span)
             return crop(items, offsets, length)
 
         pending_x: list[np.ndarray] = []

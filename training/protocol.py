@@ -305,6 +305,9 @@ class Protocol:
         ``batch_size // sub_clips`` clips per step (at least one).
     split_scheme : str or None
         The split scheme the paper used (``None``: the store's first).
+    train_crop_seconds : float or None
+        Random training crops end within the first this many seconds of a clip (Won et al.'s
+        loader draws them in the first 29 s of MTAT's 29.1 s clips); ``None`` = anywhere.
     augment : Augment
         Augmentation of training batches.
     """
@@ -325,6 +328,7 @@ class Protocol:
     sub_clips: int | None = None
     group_subclips: bool = False
     split_scheme: str | None = None
+    train_crop_seconds: float | None = None
     augment: Augment = dataclasses.field(default_factory=Augment)
 
     def __post_init__(self) -> None:
@@ -351,7 +355,8 @@ class Protocol:
             raise MuzarrError(f"monitor_mode={self.monitor_mode!r} must be max or min")
         if self.eval_placement not in EVAL_PLACEMENTS:
             raise MuzarrError(f"eval_placement={self.eval_placement!r} must be one of {', '.join(EVAL_PLACEMENTS)}")
-        _check_positive("protocol", early_stopping=self.early_stopping, eval_crops=self.eval_crops, sub_clips=self.sub_clips)
+        _check_positive("protocol", early_stopping=self.early_stopping, eval_crops=self.eval_crops, sub_clips=self.sub_clips,
+                        train_crop_seconds=self.train_crop_seconds)  # fmt: skip
 
     @classmethod
     def make(cls, where: str, **fields: Any) -> Protocol:

@@ -185,7 +185,8 @@ _SEED002 = Protocol.make(
 #: epochs reload the best model and switch to SGD (1e-3, Nesterov, momentum 0.9, wd 1e-4);
 #: after 20 more reload and set lr 1e-4, after 20 more reload and set 1e-5 (same SGD state);
 #: the best model by validation loss; 16 evaluation chunks at ``i * ((len - input) // 16)``,
-#: sigmoid outputs averaged; split "clean"; fp32.
+#: sigmoid outputs averaged; split "clean"; training crops drawn in the first 29 s
+#: (``data_loader/mtat_loader.py``); fp32.
 WON2020 = Protocol.make(
     "won2020", optimizer="adam", lr=1e-4, weight_decay=1e-4, epochs=200, batch_size=16,
     schedule=Phases((
@@ -194,7 +195,7 @@ WON2020 = Protocol.make(
         Phase(epochs=20, lr=1e-4, reload_best=True),
         Phase(epochs=None, lr=1e-5, reload_best=True),
     )),
-    monitor="loss", eval_crops=16, eval_placement="won", split_scheme="clean",
+    monitor="loss", eval_crops=16, eval_placement="won", split_scheme="clean", train_crop_seconds=29.0,
 )  # fmt: skip
 
 
