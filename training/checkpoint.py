@@ -15,7 +15,15 @@ import torch
 
 from pipeline.errors import MuzarrError
 
-__all__ = ["load_checkpoint", "read_json", "save_checkpoint", "write_text_atomic"]
+#: what a run writes into its directory (``--overwrite`` removes these, and nothing else)
+RUN_FILES = (
+    "config.json", "history.csv", "metrics.json", "normalization.json", "best.pt", "last.pt",
+    "curves.png", "per_tag_auc.png", "confusion.png",
+)  # fmt: skip
+#: request fields that do not change what a run learns: a rerun may differ in these
+RUNTIME_FIELDS = ("device", "cache", "workers", "emissions", "country")
+
+__all__ = ["RUN_FILES", "existing_run", "load_checkpoint", "read_json", "save_checkpoint", "write_text_atomic"]
 
 
 def save_checkpoint(state: Any, path: Path) -> None:
@@ -49,3 +57,34 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise MuzarrError(f"{path} is damaged (not JSON: {err})") from None
+
+
+def existing_run(out: Path, request: dict[str, Any], *, overwrite: bool) -> str:
+    """What ``out`` holds for a run asked with ``request`` (a ``TrainConfig.to_dict()``):
+    ``"new"`` (nothing: train), ``"resume"`` (this run, unfinished) or ``"finished"`` (this run,
+    done). Another run there, or a folder of other files, is refused with what to do; with
+    ``overwrite`` the run files of another run are removed (and only those) and it is ``"new"``.
+    """
+    out = Path(out)
+    if not out.exists() or not any(out.iterdir()):
+        return "new"
+    if not (out / "config.json").exists():
+        names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise MuzarrError(f"--out {out} is not a run directory (it holds {names}): pick a new or empty folder")
+    saved = read_json(out / "config.json").get("train")
+    if not isinstance(saved, dict):
+        raise MuzarrError(f"{out}/config.json is damaged (no 'train' settings): pick another --out, or --overwrite")
+    if overwrite:
+        for name in RUN_FILES:
+            for path in (out / name, out / f"{name}.tmp"):
+                path.unlink(missing_ok=True)
+        return "new"
+    differing = sorted(
+        key for key in set(saved) | set(request) if key not in RUNTIME_FIELDS and saved.get(key) != request.get(key)
+    )
+    if differing:
+        raise MuzarrError(
+            f"{out} holds another run (its {', '.join(differing)} differ): continue it with `train --resume {out}`, "
+            "pick another --out, or add --overwrite to replace it"
+        )
+    return "finished" if (out / "metrics.json").exists() else "resume"

@@ -85,6 +85,7 @@ def _choices(registry) -> click.Choice:
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1), help="Runs with seeds seed..seed+N-1, plus a mean ± std summary.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: runs/DATASET-MODEL-TIME).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last finished epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace another run's files in --out (the same command otherwise continues its own run).")
 @click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option, e.g. filter_length=512 (see `train models`).")
 @click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]), help="Hold the split in RAM/GPU or stream chunks.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers when streaming.")
@@ -96,7 +97,7 @@ def _choices(registry) -> click.Choice:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum, nesterov, weight_decay, scheduler,
-        scheduler_opts, early_stopping, monitor, augment, device, amp, seed, repeats, out, resume, model_opts, cache,
+        scheduler_opts, early_stopping, monitor, augment, device, amp, seed, repeats, out, resume, overwrite, model_opts, cache,
         workers, eval_crops, eval_placement, sub_clips, no_emissions, country, quiet):  # fmt: skip
     """Train MODEL on STORE with its paper's protocol and write a run directory.
 
@@ -111,7 +112,11 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
     from training.loop import Run
 
     if resume:
-        result = Run.resume(Path(resume), progress=not quiet).fit()
+        try:
+            result = Run.resume(Path(resume), progress=not quiet).fit()
+        except KeyboardInterrupt:
+            click.echo(f"interrupted: continue with `train --resume {resume}`", err=True)
+            sys.exit(130)
         _print_result(result, Path(resume))
         return
     if not store or not model:
@@ -131,7 +136,7 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
     )  # fmt: skip
     base = Path(out) if out else _default_out(store, model)
     if repeats == 1:
-        _print_result(Run(config, base, progress=not quiet).fit(), base)
+        _print_result(_train_once(config, base, overwrite=overwrite, quiet=quiet), base)
         return
     from training.summary import summarise_repeats
 
@@ -139,10 +144,34 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
     for i in range(repeats):
         click.secho(f"repeat {i + 1}/{repeats} (seed {seed + i})", bold=True)
         run_dir = base / f"repeat-{i}"
-        results.append(Run(TrainConfig(**{**config.to_dict(), "seed": seed + i}), run_dir, progress=not quiet).fit())
+        results.append(_train_once(TrainConfig(**{**config.to_dict(), "seed": seed + i}), run_dir, overwrite=overwrite, quiet=quiet))
         _print_result(results[-1], run_dir)
     summary = summarise_repeats(results, base)
     click.echo(summary)
+
+
+def _train_once(config, out: Path, *, overwrite: bool, quiet: bool) -> dict[str, Any]:
+    """Train ``config`` into ``out``; the same command again continues an unfinished run there and
+    keeps a finished one; another run there is refused unless ``overwrite``."""
+    import dataclasses
+
+    from training.checkpoint import existing_run, read_json
+    from training.loop import Run
+
+    if "://" not in config.store:  # as the run records it
+        config = dataclasses.replace(config, store=str(Path(config.store).expanduser().resolve()))
+    state = existing_run(out, config.to_dict(), overwrite=overwrite)
+    try:
+        if state == "finished":
+            click.echo(f"{out}: this run has finished already (add --overwrite to train it again)")
+            return read_json(out / "metrics.json")
+        if state == "resume":
+            click.echo(f"{out}: continuing this run after its last finished epoch")
+            return Run.resume(out, progress=not quiet).fit()
+        return Run(config, out, progress=not quiet).fit()
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: continue with `train --resume {out}` (or the same command)", err=True)
+        sys.exit(130)
 
 
 def _default_out(store: str, model: str) -> Path:
