@@ -83,3 +83,19 @@ def test_damaged_run_files_are_named_in_one_line(small_store, finished_run, tmp_
         result, errors = _train("predict", "--checkpoint", str(finished_run), "--store", small_store,
                                 "--out", str(tmp_path / "p.csv"))  # fmt: skip
     assert result.exit_code == 2 and len(errors) == 1 and message in errors[0], result.output + result.stderr
+
+
+@pytest.mark.parametrize("cache", ["ram", "none"])
+def test_a_truncated_shard_is_one_line_naming_it(small_store, tmp_path, cache):
+    import shutil
+
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(small_store, copy)
+    shard = copy / "logmel" / "mel64_sr16000_fft1024_hop512" / "c" / "1" / "0" / "0"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    result, errors = _train("--store", str(copy), "--model", "mlp", "--epochs", "1", "--cache", cache,
+                            "--out", str(tmp_path / "run"))  # fmt: skip
+    assert result.exit_code == 2 and len(errors) == 1, result.output + result.stderr
+    assert "logmel/mel64_sr16000_fft1024_hop512/c/1/0/0" in errors[0] and f"pipe verify {copy}" in errors[0]
+    assert len(result.stderr.splitlines()) == 1

@@ -252,6 +252,8 @@ class SplitReader:
         self.storage_options = store.storage_options
         self.plan = plan
         self.rows = np.asarray(rows, dtype=np.int64)
+        if len(self.rows) > 1 and (np.diff(self.rows) <= 0).any():
+            raise MuzarrError("SplitReader: rows must be ascending and unique (as Store.split gives them)")
         self.targets = targets
         self.clip_ids = store.clips["clip_id"].to_numpy()[self.rows]
         self.dtype = store.arrays[plan.array]["dtype"]
@@ -259,10 +261,13 @@ class SplitReader:
         # costs a third of one call per chunk, and shards are what the shuffle permutes.
         info = store.arrays[plan.array]
         self.chunk_clips = int((info.get("shards") or info["chunks"])[0])
-        self.memory = store.read(plan.array, self.rows) if cache and len(self.rows) else None
         self._array = None
         self._format: ShardFormat | None = None
         self._fs = None  # (filesystem, root) of the store, with the array
+        self.memory = None
+        if cache and len(self.rows):
+            # read shard by shard like the stream, so a damaged shard is named, not a zarr traceback
+            self.memory = np.concatenate([data for _, data in self.blocks()])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -291,6 +296,16 @@ class SplitReader:
         if blob is None:
             raise MuzarrError(f"store {self.url}: shard {key} is missing: run `pipe verify {self.url}`")
         return blob
+
+    def _zarr_rows(self, start: int, inside: np.ndarray) -> np.ndarray:
+        """Rows ``start + inside`` read by zarr-python (shards not in muzarr's own format)."""
+        try:
+            return self._zarr()[start : start + self.chunk_clips][inside]
+        except (ValueError, OSError, RuntimeError) as err:
+            raise MuzarrError(
+                f"{self._where(start)} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:100]}): "
+                f"run `pipe verify {self.url}`"
+            ) from None
 
     def _where(self, start: int) -> str:
         return f"store {self.url}: {shard_path(self._zarr(), start // self.chunk_clips)}"
@@ -326,16 +341,24 @@ class SplitReader:
             inside = self.rows[positions] - start
             blob = self._shard_bytes(start)
             if blob is None:
-                yield positions, keep(self._zarr()[start : start + self.chunk_clips][inside])
-            elif transform is not None:
-                kept = []
-                for first_row, chunk in self._format.iter_chunks(blob, where=self._where(start)):
-                    lo, hi = np.searchsorted(inside, [first_row, first_row + len(chunk)])
-                    if hi > lo:
-                        kept.append(transform(_take_rows(chunk, inside[lo:hi] - first_row)))
-                yield positions, np.concatenate(kept)
+                yield positions, keep(self._zarr_rows(start, inside))
             else:
-                yield positions, _take_rows(self._format.decode(blob, where=self._where(start)), inside)
+                yield positions, self._decoded(blob, start, inside, transform)
+
+    def _decoded(self, blob, start: int, inside: np.ndarray, transform) -> np.ndarray:
+        """Rows ``inside`` of the shard at ``start`` (each through ``transform``); damage names
+        the shard and the command that checks the whole store."""
+        try:
+            if transform is None:
+                return _take_rows(self._format.decode(blob, where=self._where(start)), inside)
+            kept = []
+            for first_row, chunk in self._format.iter_chunks(blob, where=self._where(start)):
+                lo, hi = np.searchsorted(inside, [first_row, first_row + len(chunk)])
+                if hi > lo:
+                    kept.append(transform(_take_rows(chunk, inside[lo:hi] - first_row)))
+            return np.concatenate(kept)
+        except MuzarrError as err:
+            raise MuzarrError(f"{err}: run `pipe verify {self.url}`") from None
 
     def n_blocks(self) -> int:
         if self.memory is not None:
