@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import MuzarrError, open_store
+from training.checkpoint import RUNTIME_FIELDS
 from training.compare import METRIC_NAMES
 from training.config import TrainConfig
 from training.metrics import PRIMARY, SCALARS
@@ -30,8 +31,6 @@ from training.recipe import RECIPES, ROLE_PATTERN, SMOKE_TRAIN, Recipe, RecipeRo
 __all__ = ["RECIPES", "SMOKE_TRAIN", "Job", "load_recipe", "parse_stores", "plan_runs", "reproduce_markdown",
            "reproduce_table", "run_recipe"]  # fmt: skip
 
-#: run settings that do not change what a run learns: an earlier run may differ in these
-RUNTIME_FIELDS = ("device", "cache", "workers", "emissions", "country")
 
 
 # -- checking before training ---------------------------------------------------------------
