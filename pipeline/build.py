@@ -182,8 +182,12 @@ def _prepare_store(url, target: _Target, *, overwrite: bool, storage_options) ->
         _check_schema(url, manifest)
         _check_growable(url, manifest, target, storage_options)
     elif _exists_nonempty(url, storage_options):
-        if not overwrite and not _is_ours(url, storage_options):
-            raise MuzarrError(f"{url} exists and is not a muzarr store: choose another --out or pass --overwrite")
+        if manifest is None and not _is_ours(url, storage_options):
+            # --overwrite replaces a store, never a folder of someone's files
+            raise MuzarrError(
+                f"{url} exists and is not a muzarr store (it holds {_listing(url, storage_options)}): "
+                "choose another --out, or a new folder"
+            )
         write_json(url, TARGET, mark, storage_options=storage_options)
         _remove(url, storage_options, keep=TARGET)
         manifest = None
@@ -311,8 +315,31 @@ def _is_ours(url: str, storage_options) -> bool:
     return all(p[len(path) + 1 :].startswith("_muzarr/") for p in fs.find(path))
 
 
+def _listing(url: str, storage_options, *, shown: int = 4) -> str:
+    """A few of the names in the folder at ``url``, for a message."""
+    fs, path = _fs(url, storage_options)
+    names = sorted(p[len(path) + 1 :] for p in fs.find(path))
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} files)" if len(names) > shown else "")
+
+
+def _store_entries(fs, path: str) -> set[str]:
+    """Top-level names of the folder that muzarr writes: ``zarr.json``, ``_muzarr/``, ``tables/``,
+    ``status`` and every feature's array or group (``waveform``, ``logmel/``, ``tabular/``: by
+    name, since a clearing cut short leaves chunks without their ``zarr.json``), plus any other
+    Zarr node. Anything else is someone else's."""
+    from pipeline.features import load_all
+
+    entries = {"zarr.json", "_muzarr", "tables", "status"} | {cls.group or cls.kind for cls in load_all().values()}
+    for p in fs.find(path):
+        relative = p[len(path) + 1 :]
+        if relative.endswith("/zarr.json"):
+            entries.add(relative.split("/", 1)[0])
+    return entries
+
+
 def _remove(url: str, storage_options, *, keep: str | None = None) -> None:
-    """Delete the store at ``url``; ``keep`` (a key) goes last, so a kill here leaves it behind."""
+    """Delete what muzarr wrote at ``url`` (other files stay); ``keep`` (a key) goes last, so a
+    kill here leaves it behind."""
     fs, path = _fs(url, storage_options)
     if not fs.exists(path):
         return
@@ -320,14 +347,16 @@ def _remove(url: str, storage_options, *, keep: str | None = None) -> None:
         fs.rm_file(path)
         return
     kept = f"{path}/{keep}" if keep else None
-    others = [p for p in fs.find(path) if p != kept]
+    ours = _store_entries(fs, path)
+    others = [p for p in fs.find(path) if p != kept and p[len(path) + 1 :].split("/", 1)[0] in ours]
     if others:
         fs.rm(others)
-    if kept is None:
+    if kept is None and not fs.find(path):
         fs.rm(path, recursive=True)
     elif is_local(fs):
         for folder, _, _ in sorted(os.walk(path), reverse=True):  # deepest first: empty folders left behind
-            if folder != path and not os.listdir(folder):
+            top = os.path.relpath(folder, path).split(os.sep, 1)[0]
+            if folder != path and top in ours and not os.listdir(folder):
                 os.rmdir(folder)
 
 

@@ -167,6 +167,13 @@ def copy_store(
     if dst_fs.exists(dst_root) and (not dst_fs.isdir(dst_root) or dst_fs.ls(dst_root)):
         if not overwrite:
             raise MuzarrError(f"{dst} already exists: choose another destination or pass --overwrite")
+        if not (dst_fs.exists(f"{dst_root}/zarr.json") or dst_fs.exists(f"{dst_root}/_muzarr")):
+            # a store, or a copy cut short (its _muzarr/ keys come first): never someone's folder
+            names = sorted(p[len(dst_root) + 1 :] for p in dst_fs.find(dst_root))
+            raise MuzarrError(
+                f"{dst} is not a muzarr store (it holds {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
+                "--overwrite replaces stores only; choose another destination"
+            )
         dst_fs.rm(dst_root, recursive=True)
     # zarr.json last: until it is there, the destination is not a store.
     ordered = sorted(k for k in keys if k != "zarr.json") + ["zarr.json"]
