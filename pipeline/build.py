@@ -43,6 +43,7 @@ from pipeline.config import TASK_AUTO, BuildConfig
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError
 from pipeline.index import DatasetIndex
+from pipeline.storage import folder_listing
 from pipeline.store import (
     DIGEST,
     KEYS,
@@ -185,7 +186,7 @@ def _prepare_store(url, target: _Target, *, overwrite: bool, storage_options) ->
         if manifest is None and not _is_ours(url, storage_options):
             # --overwrite replaces a store, never a folder of someone's files
             raise MuzarrError(
-                f"{url} exists and is not a muzarr store (it holds {_listing(url, storage_options)}): "
+                f"{url} exists and is not a muzarr store (it holds {folder_listing(*_fs(url, storage_options))}): "
                 "choose another --out, or a new folder"
             )
         write_json(url, TARGET, mark, storage_options=storage_options)
@@ -315,22 +316,15 @@ def _is_ours(url: str, storage_options) -> bool:
     return all(p[len(path) + 1 :].startswith("_muzarr/") for p in fs.find(path))
 
 
-def _listing(url: str, storage_options, *, shown: int = 4) -> str:
-    """A few of the names in the folder at ``url``, for a message."""
-    fs, path = _fs(url, storage_options)
-    names = sorted(p[len(path) + 1 :] for p in fs.find(path))
-    return ", ".join(names[:shown]) + (f", ... ({len(names)} files)" if len(names) > shown else "")
-
-
-def _store_entries(fs, path: str) -> set[str]:
+def _store_entries(files: list[str], path: str) -> set[str]:
     """Top-level names of the folder that muzarr writes: ``zarr.json``, ``_muzarr/``, ``tables/``,
     ``status`` and every feature's array or group (``waveform``, ``logmel/``, ``tabular/``: by
     name, since a clearing cut short leaves chunks without their ``zarr.json``), plus any other
-    Zarr node. Anything else is someone else's."""
+    Zarr node. Anything else is someone else's. ``files`` are the folder's, as ``fs.find`` lists them."""
     from pipeline.features import load_all
 
     entries = {"zarr.json", "_muzarr", "tables", "status"} | {cls.group or cls.kind for cls in load_all().values()}
-    for p in fs.find(path):
+    for p in files:
         relative = p[len(path) + 1 :]
         if relative.endswith("/zarr.json"):
             entries.add(relative.split("/", 1)[0])
@@ -347,8 +341,9 @@ def _remove(url: str, storage_options, *, keep: str | None = None) -> None:
         fs.rm_file(path)
         return
     kept = f"{path}/{keep}" if keep else None
-    ours = _store_entries(fs, path)
-    others = [p for p in fs.find(path) if p != kept and p[len(path) + 1 :].split("/", 1)[0] in ours]
+    files = fs.find(path)
+    ours = _store_entries(files, path)
+    others = [p for p in files if p != kept and p[len(path) + 1 :].split("/", 1)[0] in ours]
     if others:
         fs.rm(others)
     if kept is None and not fs.find(path):

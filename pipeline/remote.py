@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.errors import MuzarrError
+from pipeline.storage import folder_listing
 from pipeline.store import KEYS, TARGET, _fs, is_local, open_store, put_bytes, read_json, store_keys
 
 WHOLE_FILE_CACHE_BYTES = 64 << 20
@@ -169,9 +170,8 @@ def copy_store(
             raise MuzarrError(f"{dst} already exists: choose another destination or pass --overwrite")
         if not (dst_fs.exists(f"{dst_root}/zarr.json") or dst_fs.exists(f"{dst_root}/_muzarr")):
             # a store, or a copy cut short (its _muzarr/ keys come first): never someone's folder
-            names = sorted(p[len(dst_root) + 1 :] for p in dst_fs.find(dst_root))
             raise MuzarrError(
-                f"{dst} is not a muzarr store (it holds {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
+                f"{dst} is not a muzarr store (it holds {folder_listing(dst_fs, dst_root)}): "
                 "--overwrite replaces stores only; choose another destination"
             )
         dst_fs.rm(dst_root, recursive=True)

@@ -83,6 +83,12 @@ def is_local(fs) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+def folder_listing(fs, root: str, *, shown: int = 4) -> str:
+    """A few of the file names under ``root`` (relative), for a message naming what a folder holds."""
+    names = sorted(p[len(root) + 1 :] for p in fs.find(root))
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} files)" if len(names) > shown else "")
+
+
 def put_bytes(fs, path: str, data: bytes) -> None:
     """Write one file so that a reader (or a killed writer) never leaves half of it.
 

@@ -23,7 +23,7 @@ RUN_FILES = (
 #: request fields that do not change what a run learns: a rerun may differ in these
 RUNTIME_FIELDS = ("device", "cache", "workers", "emissions", "country")
 
-__all__ = ["RUN_FILES", "existing_run", "load_checkpoint", "read_json", "save_checkpoint", "write_text_atomic"]
+__all__ = ["RUN_FILES", "differing_settings", "existing_run", "load_checkpoint", "read_json", "save_checkpoint", "write_text_atomic"]
 
 
 def save_checkpoint(state: Any, path: Path) -> None:
@@ -59,6 +59,13 @@ def read_json(path: Path) -> Any:
         raise MuzarrError(f"{path} is damaged (not JSON: {err})") from None
 
 
+def differing_settings(saved: dict[str, Any], request: dict[str, Any]) -> list[str]:
+    """The request fields (``TrainConfig.to_dict()``) in which a recorded run differs from
+    ``request``, as JSON holds them (tuples are lists there); runtime fields do not count."""
+    request = json.loads(json.dumps(request))
+    return sorted(k for k in set(saved) | set(request) if k not in RUNTIME_FIELDS and saved.get(k) != request.get(k))
+
+
 def existing_run(out: Path, request: dict[str, Any], *, overwrite: bool) -> str:
     """What ``out`` holds for a run asked with ``request`` (a ``TrainConfig.to_dict()``):
     ``"new"`` (nothing: train), ``"resume"`` (this run, unfinished) or ``"finished"`` (this run,
@@ -79,9 +86,7 @@ def existing_run(out: Path, request: dict[str, Any], *, overwrite: bool) -> str:
             for path in (out / name, out / f"{name}.tmp"):
                 path.unlink(missing_ok=True)
         return "new"
-    differing = sorted(
-        key for key in set(saved) | set(request) if key not in RUNTIME_FIELDS and saved.get(key) != request.get(key)
-    )
+    differing = differing_settings(saved, request)
     if differing:
         raise MuzarrError(
             f"{out} holds another run (its {', '.join(differing)} differ): continue it with `train --resume {out}`, "

@@ -153,13 +153,10 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
 def _train_once(config, out: Path, *, overwrite: bool, quiet: bool) -> dict[str, Any]:
     """Train ``config`` into ``out``; the same command again continues an unfinished run there and
     keeps a finished one; another run there is refused unless ``overwrite``."""
-    import dataclasses
-
     from training.checkpoint import existing_run, read_json
     from training.loop import Run
 
-    if "://" not in config.store:  # as the run records it
-        config = dataclasses.replace(config, store=str(Path(config.store).expanduser().resolve()))
+    config = config.with_absolute_store()  # as the run records it
     state = existing_run(out, config.to_dict(), overwrite=overwrite)
     try:
         if state == "finished":

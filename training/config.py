@@ -9,6 +9,7 @@ dataset, then these explicit settings (:meth:`TrainConfig.resolve`).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import MuzarrError
@@ -16,7 +17,7 @@ from training.augment import Augment
 from training.models import get_model
 from training.protocol import Protocol, protocol_overrides, schedule_from
 
-__all__ = ["CACHES", "PROTOCOL_OVERRIDES", "TrainConfig", "dataset_train_defaults"]
+__all__ = ["CACHES", "PROTOCOL_OVERRIDES", "TrainConfig", "dataset_train_defaults", "split_scheme_for"]
 
 CACHES = ("auto", "ram", "gpu", "none")
 #: TrainConfig fields that override the protocol field of the same name
@@ -75,6 +76,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_absolute_store(self) -> TrainConfig:
+        """A local store path made absolute (as a run records it), so ``--resume`` and
+        ``predict`` work from any folder; URLs unchanged."""
+        if "://" in self.store:
+            return self
+        return dataclasses.replace(self, store=str(Path(self.store).expanduser().resolve()))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -106,6 +114,14 @@ class TrainConfig:
             explicit["augment"] = Augment.from_dict(self.augment, where="--augment")
         # one replace: the combination is validated, not each step on its way
         return protocol.with_overrides(protocol_overrides(explicit, where="train options"))
+
+
+def split_scheme_for(schemes: list[str], protocol: Protocol, explicit: str | None = None) -> str:
+    """The split scheme a run uses: ``explicit`` (``--split-scheme``), else the protocol's if
+    the store has it (``schemes``), else the store's first."""
+    if explicit is not None:
+        return explicit
+    return protocol.split_scheme if protocol.split_scheme in schemes else schemes[0]
 
 
 def dataset_train_defaults(dataset: str) -> dict[str, Any]:

@@ -21,12 +21,14 @@ from training.metrics import compute_metrics
 __all__ = ["checked_batch", "evaluate", "predict_scores"]
 
 
-def checked_batch(x: torch.Tensor, positions, reader: SplitReader, device: torch.device) -> torch.Tensor:
-    """``x`` on ``device``; a non-finite value is an error naming its clip (never trained on)."""
+def checked_batch(
+    x: torch.Tensor, positions, reader: SplitReader, device: torch.device, *, refusing: str = "refusing to train on it"
+) -> torch.Tensor:
+    """``x`` on ``device``; a non-finite value is an error naming its clip (never trained on or scored)."""
     if not torch.isfinite(x).all():
         bad = torch.nonzero(~torch.isfinite(x.reshape(len(x), -1)).all(dim=1))[0].item()
         clip = reader.clip_ids[int(positions[bad // (len(x) // len(positions))])]
-        raise MuzarrError(f"clip {clip!r} of {reader.url} has non-finite values in {reader.plan.array}: refusing to train on it")
+        raise MuzarrError(f"clip {clip!r} of {reader.url} has non-finite values in {reader.plan.array}: {refusing}")
     return x.to(device, non_blocking=True)
 
 
@@ -40,7 +42,7 @@ def predict_scores(
     per_clip = reader.plan.examples_per_clip_eval
     scores, losses, count = [], 0.0, 0
     for x, positions in eval_batches(reader, batch_clips=max(1, batch_size // per_clip)):
-        x = checked_batch(x, positions, reader, device)
+        x = checked_batch(x, positions, reader, device, refusing="cannot score it")
         with autocast(device, amp=amp):
             logits = model(x).float()
         y = torch.from_numpy(reader.targets[np.repeat(positions, per_clip)]).to(device)

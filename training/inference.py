@@ -17,7 +17,7 @@ from training.models import build_model
 from training.normalization import Normalized
 from training.protocol import Protocol
 
-__all__ = ["LoadedRun", "legacy_model_opts", "load_run", "saved_protocol"]
+__all__ = ["LoadedRun", "legacy_model_opts", "load_run", "read_run_config", "saved_protocol"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +52,8 @@ def saved_protocol(saved: dict[str, Any], config: TrainConfig, where: Path) -> P
     return config.resolve()
 
 
-def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "best.pt") -> LoadedRun:
-    """Rebuild ``Normalized(model)`` of a run directory from ``config.json`` and ``checkpoint``.
-
-    Unlike :class:`training.loop.Run` it needs no training or validation split, so it serves
-    any store, labelled or not. The checkpoint is read with ``torch.load(weights_only=True)``.
-    """
-    out = Path(run_dir)
+def read_run_config(out: Path) -> tuple[dict[str, Any], TrainConfig]:
+    """A run directory's ``config.json`` and the request it records; missing or damaged: one line."""
     if not (out / "config.json").exists():
         # a --repeats or sweep folder holds runs one level down: name a few
         children = sorted(str(p.parent) for p in out.glob("*/config.json"))[:3]
@@ -66,7 +61,20 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str
         raise MuzarrError(f"{out}: no config.json; pass a run directory (one with config.json and best.pt){hint}")
     saved = read_json(out / "config.json")
     try:
-        config = TrainConfig.from_dict(saved["train"])
+        return saved, TrainConfig.from_dict(saved["train"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise MuzarrError(f"{out}/config.json is not a muzarr run configuration ({type(err).__name__}: {err})") from None
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "best.pt") -> LoadedRun:
+    """Rebuild ``Normalized(model)`` of a run directory from ``config.json`` and ``checkpoint``.
+
+    Unlike :class:`training.loop.Run` it needs no training or validation split, so it serves
+    any store, labelled or not. The checkpoint is read with ``torch.load(weights_only=True)``.
+    """
+    out = Path(run_dir)
+    saved, config = read_run_config(out)
+    try:
         example_shape = tuple(int(n) for n in saved["input"]["example_shape"])
     except (KeyError, TypeError, ValueError) as err:
         raise MuzarrError(f"{out}/config.json is not a muzarr run configuration ({type(err).__name__}: {err})") from None

@@ -37,13 +37,13 @@ from torch import nn
 
 from pipeline import MuzarrError, open_store
 from training.augment import Augmenter
-from training.checkpoint import load_checkpoint, read_json, save_checkpoint, write_text_atomic
-from training.config import TrainConfig
+from training.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from training.config import TrainConfig, split_scheme_for
 from training.data import SplitReader, TrainStream, plan_for
 from training.device import autocast, pick_device
 from training.emissions import start_tracker, stop_tracker
 from training.evaluate import checked_batch, evaluate
-from training.inference import legacy_model_opts, saved_protocol
+from training.inference import legacy_model_opts, read_run_config, saved_protocol
 from training.metrics import PRIMARY, SCALARS
 from training.models import build_model, count_parameters, get_model
 from training.normalization import Normalized, fit_normalization
@@ -63,8 +63,7 @@ class Run:
     """
 
     def __init__(self, config: TrainConfig, out: Path, *, progress: bool = True, protocol: Protocol | None = None) -> None:
-        if "://" not in config.store:  # a local path: absolute, so --resume and predict work from anywhere
-            config = dataclasses.replace(config, store=str(Path(config.store).expanduser().resolve()))
+        config = config.with_absolute_store()
         self.config = config
         self.store = open_store(config.store)
         if not self.store.complete:
@@ -108,15 +107,12 @@ class Run:
 
     # -- set-up -------------------------------------------------------------------------
     def _split_scheme(self, protocol: Protocol) -> str:
-        schemes = self.store.manifest["config"]["splits"]
-        if self.config.split_scheme is not None:
-            return self.config.split_scheme  # the store says if it lacks it
-        if protocol.split_scheme in schemes:
-            return protocol.split_scheme
-        if protocol.split_scheme is not None and self.progress:
+        # an explicit scheme the store lacks is refused by Store.split
+        scheme = split_scheme_for(self.store.manifest["config"]["splits"], protocol, self.config.split_scheme)
+        if self.config.split_scheme is None and protocol.split_scheme not in (None, scheme) and self.progress:
             print(f"note: the protocol's split scheme {protocol.split_scheme!r} is not in {self.store.url}; "
-                  f"using {schemes[0]!r}", flush=True)  # fmt: skip
-        return schemes[0]
+                  f"using {scheme!r}", flush=True)  # fmt: skip
+        return scheme
 
     def _readers(self, scheme: str) -> tuple[dict[str, SplitReader], str]:
         targets = self.store.label_matrix
@@ -172,13 +168,7 @@ class Run:
     def resume(cls, out: Path, *, progress: bool = True) -> Run:
         """Reopen the run in ``out`` after its last finished epoch, with the protocol it recorded."""
         out = Path(out)
-        if not (out / "config.json").exists():
-            raise MuzarrError(f"--resume {out}: no config.json there; is it a run directory?")
-        saved = read_json(out / "config.json")
-        try:
-            config = TrainConfig.from_dict(saved["train"])
-        except (KeyError, TypeError) as err:
-            raise MuzarrError(f"{out}/config.json is not a muzarr run configuration ({type(err).__name__}: {err})") from None
+        saved, config = read_run_config(out)
         last = out / "last.pt"
         state = load_checkpoint(last) if last.exists() else None
         if state is not None:
@@ -201,7 +191,8 @@ class Run:
         run.stale_epochs = state["stale_epochs"]
         run.train_seconds = state["train_seconds"]
         run.start_epoch = state["epoch"] + 1
-        run.history = pd.read_csv(out / "history.csv", keep_default_na=False).to_dict("records")[: run.start_epoch]
+        history = pd.read_csv(out / "history.csv", dtype={"reloaded_best_epoch": "Int64"})  # blank, or an epoch
+        run.history = history.to_dict("records")[: run.start_epoch]
         return run
 
     # -- training -----------------------------------------------------------------------

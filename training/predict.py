@@ -18,6 +18,7 @@ import torch
 
 from pipeline import MuzarrError, Store, open_store
 from training.data import ExamplePlan, SplitReader, eval_batches, plan_for
+from training.evaluate import checked_batch
 from training.inference import LoadedRun
 from training.models import get_model
 
@@ -69,11 +70,7 @@ def per_clip(run: LoadedRun, store: Store, rows: np.ndarray, transform: Callable
     chunks = []
     # the batch size Run.predict uses: the same batches give bit-identical scores
     for x, positions in eval_batches(reader, batch_clips=max(1, run.protocol.batch_size // per)):
-        if not torch.isfinite(x).all():
-            bad = int(torch.nonzero(~torch.isfinite(x.reshape(len(x), -1)).all(dim=1))[0].item())
-            clip = reader.clip_ids[int(positions[bad // per])]
-            raise MuzarrError(f"clip {clip!r} of {store.url} has non-finite values in {plan.array}: cannot score it")
-        values = transform(x.to(run.device)).float()
+        values = transform(checked_batch(x, positions, reader, run.device, refusing="cannot score it")).float()
         chunks.append(values.view(len(positions), per, -1).mean(dim=1).cpu().numpy())
     if not chunks:
         return np.zeros((0, 0), np.float32)

@@ -399,5 +399,4 @@ def protocol_overrides(data: dict[str, Any], *, where: str) -> dict[str, Any]:
     if "augment" in data:
         value = data.pop("augment")
         nested["augment"] = value if isinstance(value, Augment) else Augment.from_dict(value or {}, where=f"{where}: augment")
-    hints = {k: v for k, v in typed_fields(Protocol, data, where=where).items()}
-    return {**hints, **nested}
+    return {**typed_fields(Protocol, data, where=where), **nested}

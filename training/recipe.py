@@ -38,7 +38,7 @@ from training.metrics import SCALARS
 from training.models import MODELS, model_options
 from training.protocol import typed_fields
 
-__all__ = ["RECIPES", "ROLE_PATTERN", "SMOKE_TRAIN", "Published", "Recipe", "RecipeRow", "load_recipe"]
+__all__ = ["RECIPES", "ROLE_PATTERN", "SMOKE_TRAIN", "Published", "Recipe", "RecipeRow", "is_number", "load_recipe"]
 
 #: every packaged recipe by name: ``training/recipes/NAME.yaml``
 RECIPES: dict[str, Path] = {
@@ -71,11 +71,11 @@ class Published:
 
     @classmethod
     def from_value(cls, value: Any, *, where: str) -> Published:
-        if _is_number(value):
+        if is_number(value):
             return cls(float(value))
         if isinstance(value, dict):
             _check_keys(value, ("mean", "std"), where=where)
-            if not _is_number(value.get("mean")) or not (value.get("std") is None or _is_number(value["std"])):
+            if not is_number(value.get("mean")) or not (value.get("std") is None or is_number(value["std"])):
                 raise MuzarrError(f"{where}: {value!r} must be {{mean: NUMBER, std: NUMBER}}")
             return cls(float(value["mean"]), None if value.get("std") is None else float(value["std"]))
         raise MuzarrError(f"{where}: {value!r} must be a number or {{mean: NUMBER, std: NUMBER}}")
@@ -230,7 +230,7 @@ class Recipe:
         if not isinstance(metrics, list) or not any(set(metrics) <= set(names) for names in SCALARS.values()):
             known = "; ".join(f"{task}: {', '.join(names)}" for task, names in SCALARS.items())
             raise MuzarrError(f"{where}: metrics={data['metrics']!r} must be test metrics of one task ({known})")
-        if not _is_number(data["gpu_hours"]) or data["gpu_hours"] <= 0:
+        if not is_number(data["gpu_hours"]) or data["gpu_hours"] <= 0:
             raise MuzarrError(f"{where}: gpu_hours={data['gpu_hours']!r} must be a positive number of hours")
         if not isinstance(data["rows"], list):
             raise MuzarrError(f"{where}: rows must be a list of rows")
@@ -274,7 +274,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     return Recipe.from_dict(data, where=f"recipe {path}", path=path)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import MuzarrError, open_store
-from training.checkpoint import RUNTIME_FIELDS
+from training.checkpoint import differing_settings
 from training.compare import METRIC_NAMES
-from training.config import TrainConfig
+from training.config import TrainConfig, split_scheme_for
 from training.metrics import PRIMARY, SCALARS
 from training.models import build_model, get_model, model_options
-from training.recipe import RECIPES, ROLE_PATTERN, SMOKE_TRAIN, Recipe, RecipeRow, load_recipe
+from training.recipe import RECIPES, ROLE_PATTERN, SMOKE_TRAIN, Recipe, RecipeRow, is_number, load_recipe
 
 __all__ = ["RECIPES", "SMOKE_TRAIN", "Job", "load_recipe", "parse_stores", "plan_runs", "reproduce_markdown",
            "reproduce_table", "run_recipe"]  # fmt: skip
@@ -99,9 +98,9 @@ def plan_runs(recipe: Recipe, stores: dict[str, str], out: Path, *, smoke: bool 
     jobs, fallbacks = [], {}
     for row in recipe.rows:
         store = opened[row.store]
-        url = stores[row.store] if "://" in stores[row.store] else str(Path(stores[row.store]).expanduser().resolve())
         configs = [
-            row.config(url, repeat=i, seed=seed, smoke=smoke, device=device, emissions=emissions, extra_opts=model_opts)
+            row.config(stores[row.store], repeat=i, seed=seed, smoke=smoke, device=device, emissions=emissions,
+                       extra_opts=model_opts).with_absolute_store()
             for i in range(1 if smoke else row.repeats)
         ]  # fmt: skip
         fallback = _check_row(recipe, row, store, configs[0])
@@ -137,8 +136,9 @@ def _check_row(recipe: Recipe, row: RecipeRow, store, config: TrainConfig) -> tu
         build_model(row.model, n_classes=len(store.classes), input_shape=plan.example_shape, **config.model_opts)
     except MuzarrError as err:
         raise MuzarrError(f"{where}: {err}") from None
-    if config.split_scheme is None and protocol.split_scheme not in (None, *schemes):
-        return protocol.split_scheme, store.url, schemes[0]
+    used = split_scheme_for(schemes, protocol, config.split_scheme)
+    if config.split_scheme is None and protocol.split_scheme not in (None, used):
+        return protocol.split_scheme, store.url, used
     return None
 
 
@@ -150,9 +150,9 @@ def _check_earlier_run(job: Job) -> None:
     except (OSError, ValueError, KeyError) as err:
         raise MuzarrError(f"{job.out}/config.json is unreadable ({type(err).__name__}): delete {job.out} to rerun it") from None
     wanted = json.loads(json.dumps(job.config.to_dict()))
-    differing = sorted(k for k in wanted if k not in RUNTIME_FIELDS and saved.get(k) != wanted[k])
+    differing = differing_settings(saved, wanted)
     if differing:
-        shown = ", ".join(f"{k}={saved.get(k)!r} (now {wanted[k]!r})" for k in differing[:3])
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {wanted.get(k)!r})" for k in differing[:3])
         raise MuzarrError(f"{job.out} was trained with other settings: {shown}; use another --out, or delete it to retrain")
 
 
@@ -219,7 +219,7 @@ def _read_metrics(run_dir: Path) -> dict[str, Any]:
 
 def _metric_text(recipe: Recipe, metrics: dict[str, Any]) -> str:
     values = metrics.get("test", {})
-    return ", ".join(f"test {m} {values[m]:.4f}" if _finite(values.get(m)) else f"test {m} n/a" for m in recipe.metrics)
+    return ", ".join(f"test {m} {values[m]:.4f}" if is_number(values.get(m)) else f"test {m} n/a" for m in recipe.metrics)
 
 
 def _compare_curves(recipe: Recipe, results: list[list[dict[str, Any]]], out: Path) -> list[str]:
@@ -260,7 +260,7 @@ def reproduce_table(recipe: Recipe, results: list[list[dict[str, Any]]]) -> pd.D
 
 
 def _mean_std(values: list[Any]) -> tuple[float, float]:
-    numbers = np.array([v for v in values if _finite(v)], dtype=float)
+    numbers = np.array([v for v in values if is_number(v)], dtype=float)
     if not len(numbers):
         return np.nan, np.nan
     return float(numbers.mean()), float(numbers.std(ddof=1)) if len(numbers) > 1 else np.nan
@@ -340,7 +340,3 @@ def _plot(recipe: Recipe, table: pd.DataFrame, path: Path, *, smoke: bool) -> No
         published_std=table[f"{metric}_published_std"].to_numpy(), measured=table[f"{metric}_measured"].to_numpy(),
         measured_std=table[f"{metric}_measured_std"].to_numpy(), path=path, metric=metric, title=title,
     )  # fmt: skip
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
