@@ -8,6 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from pipeline import MuzarrError
 from training.cli import main
 
 
@@ -99,3 +100,15 @@ def test_a_truncated_shard_is_one_line_naming_it(small_store, tmp_path, cache):
     assert result.exit_code == 2 and len(errors) == 1, result.output + result.stderr
     assert "logmel/mel64_sr16000_fft1024_hop512/c/1/0/0" in errors[0] and f"pipe verify {copy}" in errors[0]
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_recorded_run_matches_its_request_as_json_holds_it(tmp_path):
+    from training.checkpoint import existing_run
+    from training.config import TrainConfig
+
+    request = TrainConfig(store="/s.zarr", model="cnn", model_opts={"channels": (8, 16)}).to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({"train": request}))  # the tuple is a list there
+    assert existing_run(tmp_path, request, overwrite=False) == "resume"
+    other = TrainConfig(store="/s.zarr", model="cnn", model_opts={"channels": (8, 32)}).to_dict()
+    with pytest.raises(MuzarrError, match="its model_opts differ"):
+        existing_run(tmp_path, other, overwrite=False)
