@@ -392,6 +392,31 @@ class Store:
             raise MuzarrError(f"split part {part!r} must be train, valid, test or all")
         return np.flatnonzero(chosen & self.ok)
 
+    def stored_digests(self, name: str) -> np.ndarray:
+        """The content digest of every clip of array ``name`` (``tables/checksums.parquet``), by row.
+
+        The digests must combine to the manifest's checksum of the array; a table that does
+        not hold one digest per clip, or whose digests disagree with the manifest, is damage.
+        Digests use the manifest's ``digest`` algorithm (see :func:`clip_digests`).
+        """
+        info = self._array_info(name)
+        table = self.table("checksums")
+        where = f"store {self.url}: tables/checksums.parquet"
+        if not {"array", "row", "digest"} <= set(table.columns):
+            raise MuzarrError(f"{where} lacks the array, row and digest columns: run `pipe verify {self.url}`")
+        rows = table[table["array"] == name].sort_values("row")
+        digests = rows["digest"].astype(str).to_numpy(dtype=object)
+        if rows["row"].tolist() != list(range(self.n_clips)) or combine_digests(digests) != info.get("checksum"):
+            raise MuzarrError(
+                f"{where}: the digests of {name} do not match the manifest's checksum: run `pipe verify {self.url}`"
+            )
+        return digests
+
+    @property
+    def digest_algorithm(self) -> str:
+        """The per-clip digest of this store (stores from before the manifest named it used blake2b-128)."""
+        return self.manifest.get("digest", "blake2b_128")
+
     def read(self, name: str, clips: int | slice | Iterable[int]) -> np.ndarray:
         """Data of array ``name`` for the given clip rows; a failed or pending clip is an error."""
         array = self.array(name)
