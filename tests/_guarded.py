@@ -40,16 +40,18 @@ def main() -> None:
 
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.addaudithook(audit)
-    from pipeline.cli import main as pipe
-    from training.cli import main as train
-
     results = []
     for tool, *args in commands:
+        # imported only when used: torch alone reserves ~1 GiB of the address space
+        if tool == "pipe":
+            from pipeline.cli import main as command
+        else:
+            from training.cli import main as command
         out, err = io.StringIO(), io.StringIO()
         code = 0
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                {"pipe": pipe, "train": train}[tool](args, prog_name=tool, standalone_mode=True)
+                command(args, prog_name=tool, standalone_mode=True)
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
             except BaseException as error:  # noqa: BLE001 - what escaped the command is the finding
