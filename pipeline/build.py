@@ -27,8 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
@@ -42,7 +41,7 @@ from pipeline.batch import run_batch
 from pipeline.cluster import close_client, make_client
 from pipeline.config import TASK_AUTO, BuildConfig
 from pipeline.datasets import get_recipe
-from pipeline.errors import MuzarrError, write_failure
+from pipeline.errors import MuzarrError, write_errors, write_failure
 from pipeline.index import DatasetIndex
 from pipeline.lock import writer_lock
 from pipeline.storage import LOCK, folder_listing
@@ -510,7 +509,7 @@ def build(
     if strict and unreadable:
         raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
-    with _write_errors(out), writer_lock(out, storage_options, command=_command_line()):
+    with write_errors(out), writer_lock(out, storage_options):
         markers = _prepare_store(out, target, overwrite=overwrite, storage_options=storage_options)
         root = Path(index.root)
         abs_paths = [str(root / p) for p in index.clips["path"]]
@@ -581,25 +580,6 @@ def build(
         notes=manifest["notes"],
         unreadable_folders=unreadable,
     )
-
-
-@contextmanager
-def _write_errors(out: str) -> Iterator[None]:
-    """A destination that is full, read-only or forbidden becomes one line naming the file."""
-    try:
-        yield
-    except OSError as error:
-        failure = write_failure(error, out)
-        if failure is None:
-            raise
-        raise failure from None
-
-
-def _command_line() -> str:
-    """This process's command, as the lock shows it to a second writer."""
-    import shlex
-
-    return shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
 
 
 def _progress_bar(*, total: int, initial: int, enabled: bool, label: str):

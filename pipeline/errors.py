@@ -2,6 +2,8 @@
 
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class MuzarrError(Exception):
@@ -30,3 +32,15 @@ def write_failure(error: BaseException, where: str) -> MuzarrError | None:
     if code not in _REMEDIES:
         return None
     return MuzarrError(f"cannot write {error.filename or where}: {os.strerror(code)}: {_REMEDIES[code]}")
+
+
+@contextmanager
+def write_errors(where: str) -> Iterator[None]:
+    """Turn an OSError meaning ``where`` cannot be written (see :func:`write_failure`) into its one line."""
+    try:
+        yield
+    except OSError as error:
+        failure = write_failure(error, where)
+        if failure is None:
+            raise
+        raise failure from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shlex
 import socket
 import sys
 import time
@@ -30,8 +31,11 @@ from pipeline.storage import LOCK, _fs, is_local
 
 
 @contextmanager
-def writer_lock(url: str, storage_options: dict | None = None, *, command: str) -> Iterator[None]:
-    """Hold ``url``'s lock for the ``with`` block; released (deleted) at its end, also on an error or Ctrl-C."""
+def writer_lock(url: str, storage_options: dict | None = None, *, command: str | None = None) -> Iterator[None]:
+    """Hold ``url``'s lock for the ``with`` block; released (deleted) at its end, also on an error or Ctrl-C.
+
+    ``command`` is what a second writer is told the owner runs (default: this process's command line).
+    """
     fs, root = _fs(url, storage_options)
     path = f"{root}/{LOCK}"
     now = time.time()
@@ -41,7 +45,7 @@ def writer_lock(url: str, storage_options: dict | None = None, *, command: str) 
         "started": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="seconds"),
         "started_unix": now,
         "token": uuid.uuid4().hex,
-        "command": command[:300],
+        "command": (command or shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]))[:300],
     }
     made = _missing_folders(fs, root) if is_local(fs) else []
     try:

@@ -186,6 +186,6 @@ def index_fma(
             "tracks_in_subset": len(ids),
             "missing_audio": len(missing),
             "missing_audio_examples": missing[:5],
-            "unreadable_folders": unreadable,
+            **({"unreadable_folders": unreadable} if unreadable else {}),
         },
     )

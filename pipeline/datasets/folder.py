@@ -87,5 +87,5 @@ def index_folder(
         labels=labels,
         splits=make_splits({"random": stratified_split(labels, split_sizes=split_sizes, seed=split_seed)}, len(paths)),
         info={"unlabelled": int((labels < 0).sum()), "skipped_hidden": n_hidden, "extensions": list(extensions),
-              "unreadable_folders": unreadable},
+              **({"unreadable_folders": unreadable} if unreadable else {})},
     )

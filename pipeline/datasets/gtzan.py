@@ -132,7 +132,7 @@ def index_gtzan(
         "layout": genres_dir.relative_to(root).as_posix() if genres_dir != root else ".",
         "clips_per_genre": {g: int((clips["genre"] == g).sum()) for g in GENRES},
         "ignored_folders": sorted(p.name for p in genres_dir.iterdir() if p.is_dir() and p.name not in GENRES),
-        "unreadable_folders": unreadable,
+        **({"unreadable_folders": unreadable} if unreadable else {}),
     }
     if filtered_dir is not None:
         assignment = read_filtered_split(filtered_dir)
