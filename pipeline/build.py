@@ -38,12 +38,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batch import run_batch
-from pipeline.cluster import make_client
+from pipeline.cluster import close_client, make_client
 from pipeline.config import TASK_AUTO, BuildConfig
 from pipeline.datasets import get_recipe
-from pipeline.errors import MuzarrError
+from pipeline.errors import MuzarrError, write_errors, write_failure
 from pipeline.index import DatasetIndex
-from pipeline.storage import check_contained, folder_listing
+from pipeline.lock import writer_lock
+from pipeline.storage import LOCK, check_contained, folder_listing
 from pipeline.store import (
     DIGEST,
     KEYS,
@@ -92,11 +93,12 @@ class BuildReport:
     seconds: float
     arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, dict] = field(default_factory=dict)  # per array: clips whose storage lost something
+    unreadable_folders: list[dict] = field(default_factory=list)  # source folders the index could not list
 
     @property
     def exit_code(self) -> int:
-        """0: every clip stored; 1: the store is complete but some clips failed."""
-        return 0 if self.n_failed == 0 else 1
+        """0: every clip stored; 1: the store is complete but some clips (or source folders) failed."""
+        return 0 if self.n_failed == 0 and not self.unreadable_folders else 1
 
 
 def library_versions() -> dict[str, str]:
@@ -306,7 +308,9 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
 
 def _exists_nonempty(url: str, storage_options) -> bool:
     fs, path = _fs(url, storage_options)
-    return fs.exists(path) and (not fs.isdir(path) or bool(fs.ls(path)))
+    if not fs.exists(path):
+        return False
+    return not fs.isdir(path) or any(p != f"{path}/{LOCK}" for p in fs.find(path))  # our own lock is not content
 
 
 def _is_ours(url: str, storage_options) -> bool:
@@ -346,7 +350,7 @@ def _remove(url: str, storage_options, *, keep: str | None = None) -> None:
     kept = f"{path}/{keep}" if keep else None
     files = fs.find(path)
     ours = _store_entries(files, path)
-    others = [p for p in files if p != kept and p[len(path) + 1 :].split("/", 1)[0] in ours]
+    others = [p for p in files if p not in (kept, f"{path}/{LOCK}") and p[len(path) + 1 :].split("/", 1)[0] in ours]
     if others:
         fs.rm(others)
     if kept is None and not fs.find(path):
@@ -439,7 +443,7 @@ def _write_key_list(url: str, storage_options) -> None:
     """Record every key of the store, so that it can be copied from where listing is impossible (HTTP)."""
     remove_temporaries(url, storage_options=storage_options)
     keys = list_keys(url, storage_options=storage_options)
-    keys = {k: (None if k == "zarr.json" else size) for k, size in keys.items() if k not in (KEYS, TARGET)}
+    keys = {k: (None if k == "zarr.json" else size) for k, size in keys.items() if k not in (KEYS, TARGET, LOCK)}
     keys["zarr.json"] = None  # rewritten with the final manifest right after this list
     write_json(url, KEYS, {"keys": dict(sorted(keys.items()))}, storage_options=storage_options)
 
@@ -504,66 +508,68 @@ def build(
             _check_schema(out, existing)
     index = index if index is not None else build_index(config, source)
     target = _Target(config, index, plan_layout(config, len(index)))
-    markers = _prepare_store(out, target, overwrite=overwrite, storage_options=storage_options)
-    root = Path(index.root)
-    abs_paths = [str(root / p) for p in index.clips["path"]]
-    ids = target.clip_ids
-    work = []  # (batch, arrays to compute or None for all, marker to build on or None)
-    for b in range(target.n_batches):
-        marker = markers.get(b)
-        todo = [name for name in target.names if marker is None or name not in marker["digests"]]
-        if todo:
-            work.append((b, None if marker is None else todo, marker))
-    reused = target.n_batches - len(work)
-    config_dict = config.to_dict()
+    unreadable = index.info.get("unreadable_folders") or []
+    if strict and unreadable:
+        raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
+    # Everything that writes holds the store's lock; a full or read-only destination is one line.
+    with write_errors(out), writer_lock(out, storage_options):
+        markers = _prepare_store(out, target, overwrite=overwrite, storage_options=storage_options)
+        root = Path(index.root)
+        abs_paths = [str(root / p) for p in index.clips["path"]]
+        ids = target.clip_ids
+        work = []  # (batch, arrays to compute or None for all, marker to build on or None)
+        for b in range(target.n_batches):
+            marker = markers.get(b)
+            todo = [name for name in target.names if marker is None or name not in marker["digests"]]
+            if todo:
+                work.append((b, None if marker is None else todo, marker))
+        reused = target.n_batches - len(work)
+        config_dict = config.to_dict()
 
-    own_client = client is None and bool(work)
-    client = make_client(workers=workers, scheduler=scheduler) if own_client else client
-    done_clips = sum(len(target.rows(b)) for b in range(target.n_batches)) - sum(len(target.rows(b)) for b, _, _ in work)
-    bar = _progress_bar(total=target.n, initial=done_clips, enabled=progress, label=config.dataset)
-    try:
-        futures = {}
-        for b, arrays, base in work:
-            rows = list(target.rows(b))
-            future = client.submit(
-                run_batch, out, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
-                storage_options, arrays, base, key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
-            )
-            futures[future] = b
-        if futures:
-            from dask.distributed import as_completed
+        own_client = client is None and bool(work)
+        done_clips = sum(len(target.rows(b)) for b in range(target.n_batches)) - sum(len(target.rows(b)) for b, _, _ in work)
+        bar = _progress_bar(total=target.n, initial=done_clips, enabled=progress, label=config.dataset)
+        try:
+            client = make_client(workers=workers, scheduler=scheduler) if own_client else client
+            futures = {}
+            for b, arrays, base in work:
+                rows = list(target.rows(b))
+                future = client.submit(
+                    run_batch, out, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
+                    storage_options, arrays, base, key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
+                )
+                futures[future] = b
+            if futures:
+                from dask.distributed import as_completed
 
-            for future in as_completed(list(futures)):
-                try:
-                    marker = future.result()
-                except MuzarrError:
-                    raise
-                except Exception as error:  # noqa: BLE001 - a task that died (worker lost, disk full)
-                    raise MuzarrError(
-                        f"batch {futures[future]} of {out} failed: {type(error).__name__}: {error}; "
-                        "run the same command again to resume"
-                    ) from None
-                # What the task returned is what it wrote: trust it over a re-read of the marker.
-                markers[futures[future]] = marker
-                bar.update(len(marker["status"]))
-                if on_batch:
-                    on_batch(marker)
-                if strict and marker["failures"]:
-                    for other in futures:
-                        other.cancel()
-                    first = marker["failures"][0]
-                    raise MuzarrError(
-                        f"--strict: clip {first['clip_id']} ({first['path']}) failed at {first['stage']}: "
-                        f"{first['message']}"
-                    )
-    finally:
-        bar.close()
-        if own_client:
-            cluster = client.cluster
-            client.close()
-            if cluster is not None:
-                cluster.close()
-    manifest = _finalize(out, target, markers, storage_options=storage_options)
+                for future in as_completed(list(futures)):
+                    try:
+                        marker = future.result()
+                    except MuzarrError:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - a task that died (worker lost, disk full)
+                        raise write_failure(error, out) or MuzarrError(
+                            f"batch {futures[future]} of {out} failed: {type(error).__name__}: {error}; "
+                            "run the same command again to resume"
+                        ) from None
+                    # What the task returned is what it wrote: trust it over a re-read of the marker.
+                    markers[futures[future]] = marker
+                    bar.update(len(marker["status"]))
+                    if on_batch:
+                        on_batch(marker)
+                    if strict and marker["failures"]:
+                        for other in futures:
+                            other.cancel()
+                        first = marker["failures"][0]
+                        raise MuzarrError(
+                            f"--strict: clip {first['clip_id']} ({first['path']}) failed at {first['stage']}: "
+                            f"{first['message']}"
+                        )
+        finally:
+            bar.close()
+            if own_client and client is not None:
+                close_client(client)
+        manifest = _finalize(out, target, markers, storage_options=storage_options)
     return BuildReport(
         url=out,
         n_clips=target.n,
@@ -575,6 +581,7 @@ def build(
         seconds=time.perf_counter() - started,
         arrays=manifest["arrays"],
         notes=manifest["notes"],
+        unreadable_folders=unreadable,
     )
 
 

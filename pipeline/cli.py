@@ -107,10 +107,14 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
         strict=strict, overwrite=overwrite, progress=not quiet,
     )
     rate = report.n_clips / report.seconds if report.seconds else 0.0
+    unreadable = report.unreadable_folders
     click.echo(
-        f"{out}: {report.n_ok} of {report.n_clips} clips stored, {report.n_failed} failed "
-        f"({report.batches_run} batches run, {report.batches_reused} reused, {report.seconds:.1f} s, {rate:.1f} clips/s)"
+        f"{out}: {report.n_ok} of {report.n_clips} clips stored, {report.n_failed} failed"
+        + (f", {len(unreadable)} source folder(s) unreadable" if unreadable else "")
+        + f" ({report.batches_run} batches run, {report.batches_reused} reused, {report.seconds:.1f} s, {rate:.1f} clips/s)"
     )
+    for folder in unreadable:
+        click.echo(f"  failed {folder['path']}/ at index: {folder['message']}")
     for failure in report.failures[:20]:
         click.echo(f"  failed {failure['clip_id']} ({failure['path']}) at {failure['stage']}: {failure['message']}")
     if len(report.failures) > 20:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -23,6 +26,8 @@ class PrivateNumbaCache(WorkerPlugin):
 
     def setup(self, worker) -> None:
         import tempfile
+
+        logging.getLogger("distributed.worker").addFilter(ReportedByTheDriver())
 
         folder = os.path.join(tempfile.gettempdir(), f"muzarr-numba-{os.getpid()}")
         os.environ["NUMBA_CACHE_DIR"] = folder
@@ -46,6 +51,43 @@ class PrivateNumbaCache(WorkerPlugin):
         load_all()
 
 
+class ReportedByTheDriver(logging.Filter):
+    """Drops the worker log records of failures the build's driver reports itself, in one line:
+    a batch task that raised ("Compute Failed", with the task's traceback, e.g. a full disk) and
+    a heartbeat cut off because the scheduler closed first (the embedded cluster shutting down;
+    a scheduler lost mid-build fails the driver's own connection too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from distributed.comm import CommClosedError
+
+        if str(record.msg).startswith("Compute Failed"):
+            return not (record.args and str(record.args[0]).startswith("muzarr-batch-"))
+        if str(record.msg).startswith("Failed to communicate with scheduler during heartbeat"):
+            return not (record.exc_info and isinstance(record.exc_info[1], CommClosedError))
+        return True
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread: threads started meanwhile inherit the mask, and so do the
+    processes they start (the mask survives fork and exec). A terminal's Ctrl-C goes to the
+    whole process group; this way it interrupts the driver only, which closes the cluster,
+    instead of every worker printing its own KeyboardInterrupt traceback."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    # Started from inside the block, multiprocessing's resource tracker would unblock SIGINT
+    # in the thread that starts it (the cluster's event loop): start it first.
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C held back meanwhile is raised here
+
+
 def make_client(*, workers: int | None = None, scheduler: str | None = None):
     """A Dask client: attached to ``scheduler`` if given, else an embedded ``LocalCluster``."""
     from dask.distributed import Client, LocalCluster
@@ -55,14 +97,20 @@ def make_client(*, workers: int | None = None, scheduler: str | None = None):
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as err:
             raise MuzarrError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
-    else:
-        import dask
+        client.register_plugin(PrivateNumbaCache())
+        return client
+    import dask
 
+    cluster = None
+    try:
         # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
         # glibc's adaptive mmap threshold: every large numpy temporary is then mmapped,
         # page-faulted and unmapped again, and a batch runs 1.75x slower (docs/benchmarks.md).
         # A batch allocates and frees the same sizes over and over: glibc's defaults reuse them.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
+            _sigint_blocked(),  # the cluster's event loop thread, and so every worker process
+        ):
             cluster = LocalCluster(
                 n_workers=workers or os.cpu_count() or 1,
                 threads_per_worker=1,
@@ -73,5 +121,17 @@ def make_client(*, workers: int | None = None, scheduler: str | None = None):
                 env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
             )
         client = Client(cluster)
-    client.register_plugin(PrivateNumbaCache())
+        client.register_plugin(PrivateNumbaCache())
+    except BaseException:  # a Ctrl-C while starting: no cluster left behind
+        if cluster is not None:
+            cluster.close()
+        raise
     return client
+
+
+def close_client(client) -> None:
+    """Close ``client`` and the cluster it started (an embedded one)."""
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()

@@ -1,5 +1,10 @@
 """The one exception type muzarr raises for anything a user can fix."""
 
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class MuzarrError(Exception):
     """Bad input, configuration or store: the message says what was wrong, where, and what to do.
@@ -7,3 +12,35 @@ class MuzarrError(Exception):
     The command-line tools print it as one line and exit with status 2; library callers
     catch it like any other exception.
     """
+
+
+_REMEDIES = {
+    errno.ENOSPC: "free some space there and run the same command again to resume",
+    errno.EDQUOT: "free some space (or raise the quota) there and run the same command again to resume",
+    errno.EROFS: "remount it read-write, or choose another --out",
+    errno.EACCES: "make it writable by this user, or choose another --out",
+    errno.EPERM: "make it writable by this user, or choose another --out",
+}
+
+
+def write_failure(error: BaseException, where: str) -> MuzarrError | None:
+    """The one-line error for an OSError that means ``where`` cannot be written (full, read-only,
+    forbidden), naming the file when the error does; None for any other error."""
+    if not isinstance(error, OSError):
+        return None
+    code = errno.EACCES if isinstance(error, PermissionError) and error.errno is None else error.errno
+    if code not in _REMEDIES:
+        return None
+    return MuzarrError(f"cannot write {error.filename or where}: {os.strerror(code)}: {_REMEDIES[code]}")
+
+
+@contextmanager
+def write_errors(where: str) -> Iterator[None]:
+    """Turn an OSError meaning ``where`` cannot be written (see :func:`write_failure`) into its one line."""
+    try:
+        yield
+    except OSError as error:
+        failure = write_failure(error, where)
+        if failure is None:
+            raise
+        raise failure from None

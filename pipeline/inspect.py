@@ -118,6 +118,11 @@ def source_notes(info: dict) -> list[str]:
         examples = ", ".join(str(e) for e in info.get("missing_audio_examples", [])[:5])
         example = f" (e.g. {examples})" if examples else ""
         notes.append(f"{missing} clip(s) listed in the metadata have no audio file{example}")
+    unreadable = info.get("unreadable_folders") or []
+    if unreadable:
+        listed = ", ".join(f"{u['path']}/ ({u['message']})" for u in unreadable[:5])
+        more = f", ... ({len(unreadable)} in all)" if len(unreadable) > 5 else ""
+        notes.append(f"{len(unreadable)} source folder(s) could not be read, their clips are not in the store: {listed}{more}")
     if info.get("skipped_hidden"):
         notes.append(f"{info['skipped_hidden']} hidden file(s) skipped (names starting with '.')")
     if info.get("unlabelled"):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.errors import MuzarrError
-from pipeline.storage import folder_listing
+from pipeline.storage import LOCK, folder_listing
 from pipeline.store import KEYS, TARGET, _fs, check_contained, is_local, open_store, put_bytes, read_json, store_keys
 
 WHOLE_FILE_CACHE_BYTES = 64 << 20
@@ -161,6 +161,7 @@ def copy_store(
     if "zarr.json" not in keys:
         raise MuzarrError(f"{src}: its key list has no zarr.json")
     keys.pop(TARGET, None)
+    keys.pop(LOCK, None)  # a build growing the source holds it: never part of a copy
     if read_json(src, KEYS, storage_options=src_options) is not None:
         keys[KEYS] = None  # the list itself, so that the copy can be copied from HTTP too
     src_fs, src_root = _fs(src, src_options)

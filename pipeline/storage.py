@@ -28,6 +28,7 @@ STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "fail
 MARKERS = "_muzarr/batches"
 KEYS = "_muzarr/keys.json"
 TARGET = "_muzarr/target.json"
+LOCK = "_muzarr/lock.json"  # only while a build writes the store (pipeline/lock.py)
 _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
 #: the most a chunk or a shard may take decoded: a reader holds a whole one in memory
@@ -123,7 +124,7 @@ def check_contained(url: str, *, storage_options: dict | None = None) -> None:
 
 def folder_listing(fs, root: str, *, shown: int = 4) -> str:
     """A few of the file names under ``root`` (relative), for a message naming what a folder holds."""
-    names = sorted(p[len(root) + 1 :] for p in fs.find(root))
+    names = sorted(p[len(root) + 1 :] for p in fs.find(root) if p[len(root) + 1 :] != LOCK)
     return ", ".join(names[:shown]) + (f", ... ({len(names)} files)" if len(names) > shown else "")
 
 
@@ -140,6 +141,11 @@ def put_bytes(fs, path: str, data: bytes) -> None:
             with open(temporary, "wb") as handle:
                 handle.write(data)
             os.replace(temporary, path)
+        except OSError as error:
+            if error.errno is None:
+                raise
+            # name the file being written (a full disk's write error names none, or the temporary)
+            raise OSError(error.errno, error.strerror, path) from None
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)

@@ -32,7 +32,42 @@ def require_dir(root: str | os.PathLike, *, expected: str) -> Path:
         raise MuzarrError(f"dataset folder {path} does not exist: expected {expected}")
     if not path.is_dir():
         raise MuzarrError(f"dataset root {path} is a file, not a folder: expected {expected}")
-    return path.resolve()
+    return require_readable(path.resolve())
+
+
+def require_readable(folder: Path) -> Path:
+    """``folder`` if it can be listed and entered, else a MuzarrError: without it there is no dataset."""
+    try:
+        with os.scandir(folder) as entries:
+            next(entries, None)
+        os.stat(folder / ".")  # entering it needs the search (x) permission too
+    except OSError as error:
+        raise MuzarrError(f"cannot read dataset folder {folder}: {_reason(error)}: make it readable "
+                          "(e.g. chmod u+rx) or choose another source folder") from None
+    return folder
+
+
+def _reason(error: OSError) -> str:
+    return f"{type(error).__name__}: {error.strerror or error}"
+
+
+def unreadable_folder(root: Path, folder: str | os.PathLike, error: OSError) -> dict:
+    """How the index's ``info["unreadable_folders"]`` records a folder under ``root`` that could not be listed."""
+    return {"path": Path(os.path.relpath(folder, root)).as_posix(), "message": _reason(error)}
+
+
+def unreadable_hint(unreadable: list[dict]) -> str:
+    """`` (<folder>/ cannot be read: <reason>)`` for a message saying no clips were found, or nothing."""
+    return f" ({unreadable[0]['path']}/ cannot be read: {unreadable[0]['message']})" if unreadable else ""
+
+
+def list_folder(folder: Path, *, root: Path, unreadable: list[dict]) -> list[str]:
+    """The names in ``folder``, sorted; one that cannot be listed gives none and is added to ``unreadable``."""
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as error:
+        unreadable.append(unreadable_folder(root, folder, error))
+        return []
 
 
 def check_split_sizes(split_sizes: Sequence[float]) -> tuple[float, float, float]:
@@ -135,7 +170,9 @@ def safe_relative_path(root: Path, raw: str, *, where: str) -> str:
     return "/".join(parts)
 
 
-def list_audio_files(root: Path, *, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> tuple[list[str], int]:
+def list_audio_files(
+    root: Path, *, extensions: Sequence[str] = AUDIO_EXTENSIONS
+) -> tuple[list[str], int, list[dict]]:
     """Relative POSIX paths of every file under ``root`` whose extension is in ``extensions``.
 
     The match is case-insensitive and looks at the name only (a text file named ``.wav`` is
@@ -148,12 +185,20 @@ def list_audio_files(root: Path, *, extensions: Sequence[str] = AUDIO_EXTENSIONS
     paths : list of str
     n_hidden : int
         How many hidden files with an audio extension were skipped.
+    unreadable : list of dict
+        ``{"path", "message"}`` of each folder that could not be listed (its files are not
+        in ``paths``): a failure of the build, like a file that cannot be decoded.
     """
     wanted = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     paths: list[str] = []
     n_hidden = 0
     seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    unreadable: list[dict] = []
+
+    def record(error: OSError) -> None:
+        unreadable.append(unreadable_folder(root, error.filename, error))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=record):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
@@ -168,7 +213,7 @@ def list_audio_files(root: Path, *, extensions: Sequence[str] = AUDIO_EXTENSIONS
                 n_hidden += 1
                 continue
             paths.append((relative / name).as_posix())
-    return sorted(paths), n_hidden
+    return sorted(paths), n_hidden, sorted(unreadable, key=lambda u: u["path"])
 
 
 def clip_ids_from_paths(paths: Sequence[str]) -> list[str]:
@@ -184,8 +229,21 @@ def clip_ids_from_paths(paths: Sequence[str]) -> list[str]:
 
 
 def count_missing(root: Path, paths: Iterable[str]) -> list[str]:
-    """Paths (relative to ``root``) that do not exist on disk; existence only, content unread."""
-    return [p for p in paths if not os.path.exists(os.path.join(root, p))]
+    """Paths (relative to ``root``) that do not exist on disk; existence only, content unread.
+
+    A file in a folder that cannot be entered is not missing: it fails at decode, with the reason.
+    """
+    return [p for p in paths if not _exists(os.path.join(root, p))]
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def multi_hot(rows: Sequence[Sequence[str]], classes: Sequence[str]) -> np.ndarray:

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.datasets._common import class_indices, make_splits, require_dir
+from pipeline.datasets._common import (
+    class_indices,
+    list_folder,
+    make_splits,
+    require_dir,
+    require_readable,
+    unreadable_hint,
+)
 from pipeline.errors import MuzarrError
 from pipeline.index import DatasetIndex
 
@@ -71,13 +78,15 @@ def read_tracks(path: Path) -> pd.DataFrame:
     return pd.DataFrame(columns, index=index, dtype=object)
 
 
-def _present_files(audio_dir: Path) -> set[str]:
-    """``"<id[:3]>/<file>"`` of every file in the audio folder's 3-digit sub-folders (names only)."""
-    present = set()
-    for entry in os.scandir(audio_dir):
-        if entry.is_dir():
-            present.update(f"{entry.name}/{name}" for name in os.listdir(entry.path))
-    return present
+def _present_files(audio_dir: Path, root: Path) -> tuple[set[str], list[dict]]:
+    """``"<id[:3]>/<file>"`` of every file in the audio folder's 3-digit sub-folders (names only),
+    and the sub-folders that cannot be listed (as ``info["unreadable_folders"]`` records them)."""
+    present: set[str] = set()
+    unreadable: list[dict] = []
+    for name in list_folder(require_readable(audio_dir), root=root, unreadable=unreadable):
+        if (audio_dir / name).is_dir():
+            present.update(f"{name}/{file}" for file in list_folder(audio_dir / name, root=root, unreadable=unreadable))
+    return present, unreadable
 
 
 def index_fma(
@@ -144,12 +153,15 @@ def index_fma(
     ids = [f"{track_id:06d}" for track_id in selected.index]
     relative_dir = audio_dir.relative_to(root)
     in_folder = [f"{i[:3]}/{i}.mp3" for i in ids]
-    present = _present_files(audio_dir)
+    present, unreadable = _present_files(audio_dir, root)
     found = np.array([p in present for p in in_folder], dtype=bool)
-    missing = [i for i, ok in zip(ids, found) if not ok]
+    # a track in a folder that cannot be listed is not missing: that folder is a failure of its own
+    locked = {Path(u["path"]).name for u in unreadable}
+    missing = [i for i, ok in zip(ids, found) if not ok and i[:3] not in locked]
     if not found.any():
-        raise MuzarrError(f"none of the {len(ids)} fma_{subset} tracks listed in {tracks_csv.name} is in {audio_dir}: "
-                          f"expected {folder}/<id[:3]>/<id:06d>.mp3 (e.g. {in_folder[0]}); {_hint(root, subset)}")
+        raise MuzarrError(f"none of the {len(ids)} fma_{subset} tracks listed in {tracks_csv.name} is in "
+                          f"{audio_dir}{unreadable_hint(unreadable)}: expected {folder}/<id[:3]>/<id:06d>.mp3 (e.g. {in_folder[0]}); "
+                          f"{_hint(root, subset)}")
 
     keep = np.flatnonzero(found)
     clips = pd.DataFrame(
@@ -174,5 +186,6 @@ def index_fma(
             "tracks_in_subset": len(ids),
             "missing_audio": len(missing),
             "missing_audio_examples": missing[:5],
+            **({"unreadable_folders": unreadable} if unreadable else {}),
         },
     )

@@ -23,6 +23,7 @@ from pipeline.datasets._common import (
     make_splits,
     require_dir,
     stratified_split,
+    unreadable_hint,
 )
 from pipeline.errors import MuzarrError
 from pipeline.index import DatasetIndex
@@ -64,9 +65,9 @@ def index_folder(
     check_split_sizes(split_sizes)
     if not extensions:
         raise MuzarrError("extensions=() lists no audio extension; e.g. ('.wav', '.mp3')")
-    paths, n_hidden = list_audio_files(root, extensions=extensions)
+    paths, n_hidden, unreadable = list_audio_files(root, extensions=extensions)
     if not paths:
-        raise MuzarrError(f"no audio files under {root}: expected {expected} with an extension in "
+        raise MuzarrError(f"no audio files under {root}{unreadable_hint(unreadable)}: expected {expected} with an extension in "
                           f"{', '.join(extensions)} (case-insensitive)")
     names = [PurePosixPath(p).parts[0] if len(PurePosixPath(p).parts) > 1 else None for p in paths]
     classes = tuple(sorted({n for n in names if n is not None}))
@@ -85,5 +86,6 @@ def index_folder(
         classes=classes,
         labels=labels,
         splits=make_splits({"random": stratified_split(labels, split_sizes=split_sizes, seed=split_seed)}, len(paths)),
-        info={"unlabelled": int((labels < 0).sum()), "skipped_hidden": n_hidden, "extensions": list(extensions)},
+        info={"unlabelled": int((labels < 0).sum()), "skipped_hidden": n_hidden, "extensions": list(extensions),
+              **({"unreadable_folders": unreadable} if unreadable else {})},
     )

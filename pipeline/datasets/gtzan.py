@@ -19,7 +19,16 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline.datasets._common import AUDIO_EXTENSIONS, check_split_sizes, make_splits, require_dir, stratified_split
+from pipeline.datasets._common import (
+    AUDIO_EXTENSIONS,
+    check_split_sizes,
+    list_folder,
+    make_splits,
+    require_dir,
+    require_readable,
+    stratified_split,
+    unreadable_hint,
+)
 from pipeline.errors import MuzarrError
 from pipeline.index import DatasetIndex
 
@@ -99,18 +108,19 @@ def index_gtzan(
     """
     root = require_dir(root, expected=_EXPECTED)
     check_split_sizes(split_sizes)
-    genres_dir = find_genres_dir(root)
+    genres_dir = require_readable(find_genres_dir(root))
     rows = []
+    unreadable: list[dict] = []
     for genre in GENRES:
         folder = genres_dir / genre
         if not folder.is_dir():
             continue
-        for name in sorted(os.listdir(folder)):
+        for name in list_folder(folder, root=root, unreadable=unreadable):
             if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS) or not (folder / name).is_file():
                 continue
             rows.append((PurePosixPath(name).stem, (folder / name).relative_to(root).as_posix(), genre))
     if not rows:
-        raise MuzarrError(f"the genre folders in {genres_dir} hold no audio files: expected {_EXPECTED}")
+        raise MuzarrError(f"the genre folders in {genres_dir} hold no audio files{unreadable_hint(unreadable)}: expected {_EXPECTED}")
     clips = pd.DataFrame(rows, columns=["clip_id", "path", "genre"], dtype=object)
     duplicated = clips["clip_id"].duplicated(keep=False)
     if duplicated.any():
@@ -122,6 +132,7 @@ def index_gtzan(
         "layout": genres_dir.relative_to(root).as_posix() if genres_dir != root else ".",
         "clips_per_genre": {g: int((clips["genre"] == g).sum()) for g in GENRES},
         "ignored_folders": sorted(p.name for p in genres_dir.iterdir() if p.is_dir() and p.name not in GENRES),
+        **({"unreadable_folders": unreadable} if unreadable else {}),
     }
     if filtered_dir is not None:
         assignment = read_filtered_split(filtered_dir)
