@@ -155,9 +155,7 @@ def copy_store(
     source = open_store(src, storage_options=src_options)
     if not source.complete:
         raise MuzarrError(f"{src} is not a finished store (state {source.manifest.get('state')!r}): finish it first")
-    # Per batch (at most one per clip): a shard per array, a status chunk and a marker; plus metadata and tables.
-    limit = (source.n_clips + 2) * (len(source.arrays) + 2) + 16
-    keys = store_keys(src, limit=limit, storage_options=src_options)
+    keys = store_keys(src, limit=source.max_keys, storage_options=src_options)
     if "zarr.json" not in keys:
         raise MuzarrError(f"{src}: its key list has no zarr.json")
     keys.pop(TARGET, None)

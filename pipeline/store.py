@@ -448,6 +448,12 @@ class Store:
         return digests
 
     @property
+    def max_keys(self) -> int:
+        """The most keys this store can have: per batch (at most one per clip) a shard per array, a status
+        chunk and a marker; plus metadata and tables. A longer key list was not written by muzarr."""
+        return (self.n_clips + 2) * (len(self.arrays) + 2) + 16
+
+    @property
     def digest_algorithm(self) -> str:
         """The per-clip digest of this store (stores from before the manifest named it used blake2b-128)."""
         return self.manifest.get("digest", "blake2b_128")

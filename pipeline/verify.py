@@ -17,6 +17,7 @@ import pandas as pd
 from pipeline.errors import MuzarrError
 from pipeline.store import (
     CLIP_DIGESTS,
+    KEYS,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_PENDING,
@@ -26,8 +27,12 @@ from pipeline.store import (
     array_problems,
     clip_digests,
     combine_digests,
+    is_http,
+    list_keys,
     open_store,
+    read_json,
     read_table,
+    store_keys,
 )
 
 
@@ -98,12 +103,38 @@ def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyRepo
     report.checked.update(arrays=len(store.arrays), clips=n if ids is not None else 0, chunks=0, shards=0)
     for name in store.arrays:
         _check_array(store, name, expected.get(name), ids, report)
+    if store.complete:
+        _check_key_list(store, found)
     if status is not None:
         counts = store.manifest.get("counts")
         actual = {"ok": int((status == STATUS_OK).sum()), "failed": int((status == 2).sum())}
         if isinstance(counts, dict) and counts != actual:
             found(Damage("store", "manifest", f"counts {counts} disagree with the status array {actual}"))
     return report
+
+
+def _check_key_list(store: Store, found, *, shown: int = 20) -> None:
+    """``_muzarr/keys.json`` (what copies take) lists plain keys, each a file of the store of its listed size."""
+    if read_json(store.url, KEYS, storage_options=store.storage_options) is None:
+        found(Damage("store", "key list", f"{KEYS} is missing or not JSON: `pipe build` writes it when it finishes"))
+        return
+    try:
+        listed = store_keys(store.url, limit=store.max_keys, storage_options=store.storage_options)
+    except MuzarrError as err:
+        found(Damage("store", "key list", str(err)))
+        return
+    if is_http(store.url):
+        return  # nothing to list the files with; the arrays and tables were checked by name
+    files = list_keys(store.url, storage_options=store.storage_options)
+    wrong = [
+        (key, size, files.get(key)) for key, size in listed.items()
+        if key not in ("zarr.json", KEYS) and (key not in files or (size is not None and files[key] != size))
+    ]
+    for key, size, actual in wrong[:shown]:
+        held = "no such file" if actual is None else f"{actual} bytes"
+        found(Damage("store", "key list", f"{key} is listed with {size} bytes, the store holds {held}"))
+    if len(wrong) > shown:
+        found(Damage("store", "key list", f"... and {len(wrong) - shown} more listed keys that disagree with the files"))
 
 
 def _clip_ids(tables: dict[str, pd.DataFrame]) -> list[str] | None:
@@ -218,8 +249,7 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
         found(Damage("array", name, f"cannot be opened ({_why(err)})", name))
         return
     problems = array_problems(array)
-    # Stores built before the manifest named its digest used blake2b-128.
-    algorithm = store.manifest.get("digest", "blake2b_128")
+    algorithm = store.digest_algorithm
     if algorithm not in CLIP_DIGESTS:
         problems.append(f"the manifest's clip digest {algorithm!r} is unknown (known: {', '.join(CLIP_DIGESTS)})")
     n = store.n_clips
