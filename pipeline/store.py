@@ -533,7 +533,9 @@ def _layout_problem(info: dict, n_clips: int) -> str | None:
         return f"has chunks {chunks!r} and shards {shards!r}, not {len(shape)} positive sizes each"
     if shards is not None and any(s % c for s, c in zip(shards, chunks)):
         return f"has chunks {chunks} that do not divide its shards {shards}"
-    for kind, block in (("chunk", chunks), ("shard", shards)):
+    if any(c > n for c, n in zip(chunks[1:], shape[1:])):
+        return f"has chunks {chunks} larger than a clip of shape {shape[1:]}"
+    for kind, block in (("clip", [1, *shape[1:]]), ("chunk", chunks), ("shard", shards)):
         if block is not None and math.prod(block) * dtype.itemsize > MAX_BLOCK_BYTES:
             gib = math.prod(block) * dtype.itemsize / 2**30
             return f"has {kind}s of shape {block} {dtype}: {gib:.1f} GiB decoded, more than the {MAX_BLOCK_BYTES >> 30} GiB a reader can hold"

@@ -67,6 +67,33 @@ def base(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """An external Dask cluster (1 worker) for the guarded builds: the cap is on the driver, the process that
+    reads the store's sizes; a worker computes batches sized by the build's own configuration."""
+    import signal
+    import time
+
+    folder = tmp_path_factory.mktemp("cluster")
+    scheduler_file = folder / "scheduler.json"
+    dask = str(Path(sys.executable).parent / "dask")
+    common = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    cluster = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                 "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            assert time.monotonic() < deadline, "the dask scheduler did not start"
+            time.sleep(0.1)
+        cluster.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
+                                         "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"], **common))  # fmt: skip
+        yield json.loads(scheduler_file.read_text())["address"]
+    finally:
+        for process in reversed(cluster):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
 # ---------------------------------------------------------------- what can be done to a store
 
 
@@ -322,7 +349,7 @@ def test_pipe_commands_on_hostile_stores(base, tamper):
 @settings(max_examples=TRAIN_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck),
           phases=[Phase.generate])
 @given(tamper=tampers())
-def test_build_and_train_on_hostile_stores(base, tamper):
+def test_build_and_train_on_hostile_stores(base, scheduler, tamper):
     work, store, outside, secret = _fresh(base, tamper)
     try:
         before = _fingerprint(outside)
@@ -333,7 +360,7 @@ def test_build_and_train_on_hostile_stores(base, tamper):
         )  # fmt: skip
         built = guarded(
             [["pipe", "build", "demo", "--source", str(work / "audio"), "--out", str(store), "--set", "options.n_clips=20",
-              "--set", "batch_clips=4", "--workers", "1", "--quiet"]], outside, work,
+              "--set", "batch_clips=4", "--scheduler", scheduler, "--quiet"]], outside, work,
         )  # fmt: skip
         opened = trained["opened_outside"] + built["opened_outside"]
         (trained,), (built,) = trained["results"], built["results"]
