@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import zarr
 
+from pipeline.config import build_command
+from pipeline.errors import MuzarrError
 from pipeline.store import (
     CLIP_DIGESTS,
     STATUS_NAMES,
@@ -51,6 +54,7 @@ class VerifyReport:
     url: str
     damage: list[Damage] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    repair: str | None = None  # the command that repairs the store
 
     @property
     def ok(self) -> bool:
@@ -75,7 +79,8 @@ class VerifyReport:
         return f"{self.url}: DAMAGED: {len(self.damage)} problems ({detail}); {scope}"
 
     def lines(self) -> list[str]:
-        return [d.line() for d in self.damage] + [self.summary()]
+        repair = [f"repair: {self.repair}"] if self.repair and not self.ok else []
+        return [d.line() for d in self.damage] + [self.summary()] + repair
 
 
 def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyReport:
@@ -99,6 +104,11 @@ def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyRepo
         actual = {"ok": int((status == STATUS_OK).sum()), "failed": int((status == 2).sum())}
         if isinstance(counts, dict) and counts != actual:
             found(Damage("store", "manifest", f"counts {counts} disagree with the status array {actual}"))
+    if report.damage:
+        try:
+            report.repair = build_command(store.config(), out=url, extra=("--repair",))
+        except MuzarrError:
+            report.repair = None  # a manifest whose configuration does not validate: nothing to rebuild from
     return report
 
 
@@ -163,7 +173,7 @@ def _check_status(store: Store, tables, ids: list[str], found) -> np.ndarray | N
         found(Damage("array", "status", f"cannot be read ({_why(err)})", "status"))
         return None
     if status.shape != (store.n_clips,):
-        found(Damage("array", "status", f"shape {status.shape}, the manifest has {store.n_clips} clips"))
+        found(Damage("array", "status", f"shape {status.shape}, the manifest has {store.n_clips} clips", "status"))
         return None
     if store.complete:
         for row in np.flatnonzero(status == STATUS_PENDING)[:50]:
@@ -203,23 +213,12 @@ def _expected_digests(store: Store, checksums: pd.DataFrame | None, found) -> di
 
 def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[str], report: VerifyReport) -> None:
     found = report.damage.append
-    info = store.arrays[name]
-    try:
-        array = store.group[name]
-    except Exception as err:  # noqa: BLE001
-        found(Damage("array", name, f"cannot be opened ({_why(err)})", name))
-        return
-    problems = array_problems(array)
+    array, problems = array_damage(store, name)
     # Stores built before the manifest named its digest used blake2b-128.
     algorithm = store.manifest.get("digest", "blake2b_128")
     if algorithm not in CLIP_DIGESTS:
         problems.append(f"the manifest's clip digest {algorithm!r} is unknown (known: {', '.join(CLIP_DIGESTS)})")
     n = store.n_clips
-    for key, actual in (("shape", array.shape), ("dtype", str(array.dtype)), ("chunks", array.chunks), ("shards", array.shards)):
-        wanted = info.get(key)
-        wanted = tuple(wanted) if isinstance(wanted, list) else wanted
-        if actual != wanted:
-            problems.append(f"{key} {actual} differs from the manifest's {wanted}")
     if problems:
         found(Damage("array", name, "; ".join(problems), name))
         return
@@ -255,8 +254,29 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
         for row, (have, want) in enumerate(zip(actual_digests, expected)):
             if have is not None and have != want:
                 found(Damage("clip", f"{ids[row]} (row {row}) in {name}", "content differs from its digest in tables/checksums.parquet", name, (row, row + 1)))
-    elif None not in actual_digests and combine_digests(actual_digests) != info.get("checksum"):
+    elif None not in actual_digests and combine_digests(actual_digests) != store.arrays[name].get("checksum"):
         found(Damage("array", name, "content differs from the manifest's checksum (no per-clip digests to say where)", name))
+
+
+def array_damage(store: Store, name: str) -> tuple[zarr.Array | None, list[str]]:
+    """Feature array ``name`` and what is wrong with its metadata (it cannot be opened, a dtype or
+    codec is not allowed, its shape, dtype, chunks or shards are not the manifest's); no data is read."""
+    info = store.arrays[name]
+    try:
+        array = store.group[name]
+    except KeyError:
+        return None, [f"cannot be opened ({name}/zarr.json is missing)"]
+    except Exception as err:  # noqa: BLE001 - unreadable metadata is damage to report
+        return None, [f"cannot be opened ({_why(err)})"]
+    if not isinstance(array, zarr.Array):
+        return None, ["cannot be opened (it is a group, not an array)"]
+    problems = array_problems(array)
+    for key, actual in (("shape", array.shape), ("dtype", str(array.dtype)), ("chunks", array.chunks), ("shards", array.shards)):
+        wanted = info.get(key)
+        wanted = tuple(wanted) if isinstance(wanted, list) else wanted
+        if actual != wanted:
+            problems.append(f"{key} {actual} differs from the manifest's {wanted}")
+    return array, problems
 
 
 def _rows(ids: list[str], start: int, stop: int) -> str:
