@@ -119,10 +119,14 @@ def info(store, show_failures):
     Example:
       pipe info demo.zarr
       pipe info https://lab.example/mtat.zarr
+    Exit status: 0 a finished store, 1 its build has not finished or it shows damage (an array that
+    cannot be opened, a table that cannot be read: run `pipe verify`), 2 not a store.
     """
-    from pipeline.inspect import describe
+    from pipeline.inspect import describe_store
 
-    click.echo(describe(store, max_failures=show_failures))
+    text, healthy = describe_store(store, max_failures=show_failures)
+    click.echo(text)
+    sys.exit(0 if healthy else 1)
 
 
 @main.command(name="ls")
