@@ -463,7 +463,7 @@ def manifest_damage(url: str, *, storage_options: dict | None = None) -> str | N
         raw = fs.cat_file(f"{root}/zarr.json")
         if not any(fs.exists(f"{root}/{entry}") for entry in OWN_ENTRIES):
             return None
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except (OSError, ValueError):  # missing, or unreachable: nothing says it is damaged
         return None
     if not raw.strip():
         return "the file is empty"
