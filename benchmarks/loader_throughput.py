@@ -5,6 +5,7 @@ Same synthetic log-mel data (MTAT's CRNN input: 96 x 1440 float16 per clip) in o
 1. muzarr, shuffled epoch: ``TrainStream`` (chunk order permuted, buffer-shuffled examples),
    streaming from the store (no RAM cache), batches of 32, random 3 s crops;
 2. muzarr, sequential: the same reader, crops and batches in store order, no shuffling;
+   (1b. the shuffled epoch with ``verify=False``: what checking every clip against its digest costs;)
 3. muzarr, naive shuffle: one ``Store.read`` per clip in random order (what a map-style
    Dataset over a Zarr array does);
 4. ``.npy`` per clip (Won et al.'s layout): a map-style Dataset that ``np.load``-s one file per
@@ -118,9 +119,10 @@ def main() -> None:
         rows = store.split("random", "train")
         plan = ExamplePlan(name, (N_MELS, N_FRAMES), CROP, 1)
         reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
+        unverified = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=False)
 
-        def shuffled():
-            stream = TrainStream(reader, batch_size=32, seed=0, buffer_clips=256)
+        def shuffled(source=reader):
+            stream = TrainStream(source, batch_size=32, seed=0, buffer_clips=256)
             return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers)
 
         def sequential():  # the same reader, crops and batches, in store order
@@ -139,6 +141,7 @@ def main() -> None:
 
         methods = {
             "muzarr shuffled epoch (chunk-aware)": shuffled,
+            "muzarr shuffled epoch, reads not verified (--no-verify-reads)": lambda: shuffled(unverified),
             "muzarr sequential read": sequential,
             "Zarr, one read per clip in random order": naive,
             ".npy file per clip, shuffled (Won et al.)": npy,

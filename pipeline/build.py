@@ -44,7 +44,7 @@ from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError
 from pipeline.index import DatasetIndex
 from pipeline.repair import undo_damage
-from pipeline.storage import folder_listing
+from pipeline.storage import check_contained, folder_listing
 from pipeline.store import (
     DIGEST,
     KEYS,
@@ -62,6 +62,7 @@ from pipeline.store import (
     is_local,
     list_keys,
     manifest_damage,
+    open_store,
     plan_layout,
     read_json,
     read_manifest,
@@ -181,6 +182,7 @@ def _prepare_store(
     no batch ran in it, so it is simply made again. Clearing a folder keeps that file to
     the last, so a kill while clearing leaves a folder still known to be ours.
     """
+    check_contained(url, storage_options=storage_options)  # a planted link would take our writes elsewhere
     config = target.config
     mark = {"config": config.to_dict(), "n_clips": target.n}
     manifest = read_manifest(url, storage_options=storage_options)
@@ -232,6 +234,7 @@ def _check_schema(url: str, manifest: dict) -> None:
 
 def _check_growable(url: str, manifest: dict, target: _Target, storage_options) -> None:
     """Refuse (with the difference) unless ``target`` equals the store or only adds features or clips."""
+    open_store(url, storage_options=storage_options)  # its sizes agree with each other and its files
     old = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     new = target.config.to_dict()
     lines = []
@@ -259,7 +262,7 @@ def _check_growable(url: str, manifest: dict, target: _Target, storage_options) 
         )
     if manifest.get("state") == "complete" and (target.n > n_old or changed):
         try:
-            stored = read_table(url, "clips", storage_options=storage_options)[["clip_id", "path"]]
+            stored = read_table(url, "clips", rows=n_old, storage_options=storage_options)[["clip_id", "path"]]
         except (FileNotFoundError, KeyError, OSError, ValueError):
             raise MuzarrError(f"{url}: tables/clips.parquet is missing or unreadable: run `pipe verify`") from None
         fresh = target.index.clips[["clip_id", "path"]].head(len(stored)).astype(str).reset_index(drop=True)

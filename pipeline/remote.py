@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import MuzarrError
 from pipeline.storage import folder_listing
-from pipeline.store import KEYS, TARGET, _fs, is_local, open_store, put_bytes, read_json, store_keys
+from pipeline.store import KEYS, TARGET, _fs, check_contained, is_local, open_store, put_bytes, read_json, store_keys
 
 WHOLE_FILE_CACHE_BYTES = 64 << 20
 COPY_BATCH = 32
@@ -155,7 +155,9 @@ def copy_store(
     source = open_store(src, storage_options=src_options)
     if not source.complete:
         raise MuzarrError(f"{src} is not a finished store (state {source.manifest.get('state')!r}): finish it first")
-    keys = store_keys(src, storage_options=src_options)
+    # Per batch (at most one per clip): a shard per array, a status chunk and a marker; plus metadata and tables.
+    limit = (source.n_clips + 2) * (len(source.arrays) + 2) + 16
+    keys = store_keys(src, limit=limit, storage_options=src_options)
     if "zarr.json" not in keys:
         raise MuzarrError(f"{src}: its key list has no zarr.json")
     keys.pop(TARGET, None)
@@ -174,6 +176,7 @@ def copy_store(
                 f"{dst} is not a muzarr store (it holds {folder_listing(dst_fs, dst_root)}): "
                 "--overwrite replaces stores only; choose another destination"
             )
+        check_contained(dst, storage_options=dst_options)
         dst_fs.rm(dst_root, recursive=True)
     # zarr.json last: until it is there, the destination is not a store.
     ordered = sorted(k for k in keys if k != "zarr.json") + ["zarr.json"]

@@ -30,6 +30,17 @@ KEYS = "_muzarr/keys.json"
 TARGET = "_muzarr/target.json"
 _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
+#: the most a chunk or a shard may take decoded: a reader holds a whole one in memory
+MAX_BLOCK_BYTES = 4 << 30
+#: no file muzarr writes comes near this (an encoded shard is about its decoded size at worst)
+MAX_FILE_BYTES = 2 * MAX_BLOCK_BYTES
+# A table row (a clip's path, error, notes, metadata) takes far less: anything bigger was not written by muzarr.
+TABLE_ROW_BYTES = 64 << 10
+TABLE_BASE_BYTES = 1 << 20
+# Each batch writes a shard per array, a status chunk and a marker; a key is at most 1024 characters.
+KEY_LIST_ENTRY_BYTES = 1100
+#: what to do about a store whose sizes disagree (the end of every "malformed store" message)
+FRESH_COPY = "get a fresh copy of the store, or rebuild it"
 
 
 def is_http(url: str) -> bool:
@@ -83,6 +94,33 @@ def is_local(fs) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+def check_contained(url: str, *, storage_options: dict | None = None) -> None:
+    """Refuse a local store holding a symbolic link that leads outside it.
+
+    A store is untrusted input: through such a link a read (``pipe copy``, an upload) would
+    leak a file from elsewhere and a write (a grow) would land outside the store. muzarr
+    writes no links; a link that stays inside the store is left alone (its bytes are the
+    store's own). Other filesystems have no links: nothing to check.
+    """
+    fs, root = _fs(url, storage_options)
+    if not is_local(fs) or not os.path.isdir(root):
+        return
+    real = os.path.realpath(root)  # the store's folder may itself be a link
+    folders = [real]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if os.path.commonpath([real, target]) != real:
+                        raise MuzarrError(
+                            f"{url}: {os.path.relpath(entry.path, real)} is a symbolic link to {target}, outside the "
+                            "store: refusing to read or write through it; remove the link"
+                        )
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+
+
 def folder_listing(fs, root: str, *, shown: int = 4) -> str:
     """A few of the file names under ``root`` (relative), for a message naming what a folder holds."""
     names = sorted(p[len(root) + 1 :] for p in fs.find(root))
@@ -128,11 +166,39 @@ def write_table(url: str, name: str, table: pd.DataFrame, *, storage_options: di
     put_bytes(fs, f"{root}/tables/{name}.parquet", buffer.getvalue())
 
 
-def read_table(url: str, name: str, *, storage_options: dict | None = None) -> pd.DataFrame:
-    """``tables/<name>.parquet`` as a DataFrame; FileNotFoundError if it is not there."""
+def read_table(url: str, name: str, *, rows: int | None = None, storage_options: dict | None = None) -> pd.DataFrame:
+    """``tables/<name>.parquet`` as a DataFrame; FileNotFoundError if it is not there.
+
+    ``rows`` is the row count the manifest implies: the file's Parquet footer must say as
+    much, and neither the file nor its decoded columns may be larger than that many rows
+    plausibly take, before any data is read (a MuzarrError otherwise).
+    """
     fs, root = _fs(url, storage_options)
-    data = fs.cat_file(f"{root}/tables/{name}.parquet")
-    return pd.read_parquet(io.BytesIO(data))
+    path = f"{root}/tables/{name}.parquet"
+    if rows is not None:
+        _check_table_size(fs, path, rows, where=f"{url}: malformed store: tables/{name}.parquet")
+    return pd.read_parquet(io.BytesIO(fs.cat_file(path)))
+
+
+def _check_table_size(fs, path: str, rows: int, *, where: str) -> None:
+    import pyarrow.parquet as pq
+
+    limit = TABLE_BASE_BYTES + rows * TABLE_ROW_BYTES
+    size = fs.size(path)
+    if size is None or size > limit:
+        raise MuzarrError(f"{where} has {size} bytes, more than {rows} rows take (at most {limit}): {FRESH_COPY}")
+    tail = fs.cat_file(path, start=max(0, size - 8), end=size)
+    footer = int.from_bytes(tail[:4], "little") if len(tail) == 8 and tail[4:] == b"PAR1" else -1
+    if not 0 < footer <= size - 12:
+        raise ValueError(f"{path} is not a Parquet file (no footer)")
+    # Only the footer is fetched: the leading magic is all pyarrow needs besides it.
+    meta = pq.ParquetFile(io.BytesIO(b"PAR1" + fs.cat_file(path, start=size - 8 - footer, end=size))).metadata
+    decoded = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    # Every table has a column of distinct values (clip ids, digests): at least a byte per row on disk.
+    if meta.num_rows != rows or meta.num_rows > size:
+        raise MuzarrError(f"{where} has {meta.num_rows} rows in {size} bytes, the manifest implies {rows}: {FRESH_COPY}")
+    if decoded > limit:
+        raise MuzarrError(f"{where} decodes to {decoded} bytes, more than {rows} rows take (at most {limit}): {FRESH_COPY}")
 
 
 def write_json(url: str, key: str, data: dict, *, storage_options: dict | None = None) -> None:
@@ -298,11 +364,23 @@ def list_keys(url: str, *, storage_options: dict | None = None) -> dict[str, int
     return keys
 
 
-def store_keys(url: str, *, storage_options: dict | None = None) -> dict[str, int | None]:
+def store_keys(url: str, *, limit: int | None = None, storage_options: dict | None = None) -> dict[str, int | None]:
     """The keys of a finished store: ``_muzarr/keys.json`` where it exists, else a listing.
 
-    Every key is checked to stay inside the store (a store from elsewhere is untrusted).
+    Every key is checked to stay inside the store (a store from elsewhere is untrusted);
+    ``limit`` is the most keys the store's manifest allows: a longer list (or a list file
+    too large for it, checked before it is read) is refused, as is a size no file reaches.
     """
+    if limit is not None:
+        fs, root = _fs(url, storage_options)
+        try:
+            size = fs.size(f"{root}/{KEYS}") or 0
+        except FileNotFoundError:
+            size = 0
+        if size > limit * KEY_LIST_ENTRY_BYTES:
+            raise MuzarrError(
+                f"{url}/{KEYS} has {size} bytes, more than a list of the {limit} keys the store can have: refusing it"
+            )
     recorded = read_json(url, KEYS, storage_options=storage_options)
     if recorded is not None:
         keys = recorded.get("keys") if isinstance(recorded, dict) else None
@@ -314,10 +392,12 @@ def store_keys(url: str, *, storage_options: dict | None = None) -> dict[str, in
         )
     else:
         keys = list_keys(url, storage_options=storage_options)
+    if limit is not None and len(keys) > limit:
+        raise MuzarrError(f"{url} key list: {len(keys)} keys, more than the {limit} the store can have: refusing it")
     checked = {}
     for key, size in keys.items():
         check_key(key, where=f"{url} key list")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise MuzarrError(f"{url} key list: size {size!r} of {key!r} is not a byte count")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_BYTES):
+            raise MuzarrError(f"{url} key list: size {size!r} of {key!r} is not a byte count (0 to {MAX_FILE_BYTES})")
         checked[key] = size
     return checked

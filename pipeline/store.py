@@ -43,14 +43,17 @@ from zarr.codecs import BloscCodec
 
 from pipeline.errors import MuzarrError
 from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O helpers
+    FRESH_COPY,
     KEYS,
     MARKERS,
+    MAX_BLOCK_BYTES,
     STATUS_FAILED,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_PENDING,
     TARGET,
     _fs,
+    check_contained,
     check_key,
     check_marker,
     clips_digest,
@@ -257,6 +260,7 @@ class Store:
     def __init__(self, url: str, *, storage_options: dict | None = None) -> None:
         self.url = url
         self.storage_options = dict(storage_options or {})
+        check_contained(url, storage_options=self.storage_options)
         try:
             self.group = open_group(url, mode="r", storage_options=self.storage_options)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, ValueError, NotADirectoryError) as err:
@@ -276,6 +280,15 @@ class Store:
             )
         _check_manifest(manifest, url)
         self.manifest: dict[str, Any] = manifest
+        status = read_json(url, "status/zarr.json", storage_options=self.storage_options)
+        shape = status.get("shape") if isinstance(status, dict) else None
+        # Unreadable status metadata is damage for `pipe verify` to report; a readable one must hold every clip
+        # (a grow makes it longer than n_clips until the manifest follows, never shorter).
+        if isinstance(shape, list) and not (len(shape) == 1 and isinstance(shape[0], int) and shape[0] >= self.n_clips):
+            raise MuzarrError(
+                f"{url}: malformed store: the manifest says {self.n_clips} clips but status/zarr.json has shape "
+                f"{shape}: {FRESH_COPY}"
+            )
 
     def _refuse_damaged(self) -> None:
         """A muzarr folder whose ``zarr.json`` is not a manifest is a damaged store, not "no store"."""
@@ -362,13 +375,33 @@ class Store:
         problems = array_problems(array)
         if problems:
             raise MuzarrError(f"store {self.url}: refusing to read array {name!r}: {'; '.join(problems)}")
+        opened = {
+            "shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks),
+            "shards": list(array.shards) if array.shards else None,
+        }
+        where = f"{self.url}: malformed store: {name}/zarr.json"
+        check_layout(name, opened, n_clips=array.shape[0], where=where)
+        # During a grow an array is longer than n_clips until the manifest follows: never shorter.
+        wanted = {"shape": [self.n_clips], "dtype": "int8"} if name == "status" else self.manifest["arrays"][name]
+        fits = (
+            len(opened["shape"]) == len(wanted["shape"]) and opened["shape"][0] >= self.n_clips
+            and opened["shape"][1:] == list(wanted["shape"][1:]) and opened["dtype"] == wanted["dtype"]
+            and (name == "status" or (opened["chunks"], opened["shards"]) == (wanted["chunks"], wanted["shards"]))
+        )
+        if not fits:
+            described = ", ".join(f"{key} {wanted.get(key)}" for key in opened if key in wanted)
+            raise MuzarrError(
+                f"{where} has shape {opened['shape']}, dtype {opened['dtype']}, chunks {opened['chunks']}, "
+                f"shards {opened['shards']}; the manifest has {described}: {FRESH_COPY}"
+            )
         return array
 
     def table(self, name: str) -> pd.DataFrame:
         if name not in TABLES:
             raise MuzarrError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
+        rows = self.n_clips * len(self.arrays) if name == "checksums" else self.n_clips
         try:
-            return read_table(self.url, name, storage_options=self.storage_options)
+            return read_table(self.url, name, rows=rows, storage_options=self.storage_options)
         except FileNotFoundError:
             raise MuzarrError(f"store {self.url} is missing tables/{name}.parquet: run `pipe verify`") from None
         except (OSError, ValueError) as err:
@@ -377,6 +410,8 @@ class Store:
     @cached_property
     def status(self) -> np.ndarray:
         """int8 status per clip (0 pending, 1 ok, 2 failed)."""
+        # n_clips is the manifest's word: the clips table (a byte or more per row) confirms it before it is allocated.
+        self.clips  # noqa: B018
         return self._open_array("status")[: self.n_clips]
 
     @property
@@ -413,6 +448,31 @@ class Store:
             raise MuzarrError(f"split part {part!r} must be train, valid, test or all")
         return np.flatnonzero(chosen & self.ok)
 
+    def stored_digests(self, name: str) -> np.ndarray:
+        """The content digest of every clip of array ``name`` (``tables/checksums.parquet``), by row.
+
+        The digests must combine to the manifest's checksum of the array; a table that does
+        not hold one digest per clip, or whose digests disagree with the manifest, is damage.
+        Digests use the manifest's ``digest`` algorithm (see :func:`clip_digests`).
+        """
+        info = self._array_info(name)
+        table = self.table("checksums")
+        where = f"store {self.url}: tables/checksums.parquet"
+        if not {"array", "row", "digest"} <= set(table.columns):
+            raise MuzarrError(f"{where} lacks the array, row and digest columns: run `pipe verify {self.url}`")
+        rows = table[table["array"] == name].sort_values("row")
+        digests = rows["digest"].astype(str).to_numpy(dtype=object)
+        if rows["row"].tolist() != list(range(self.n_clips)) or combine_digests(digests) != info.get("checksum"):
+            raise MuzarrError(
+                f"{where}: the digests of {name} do not match the manifest's checksum: run `pipe verify {self.url}`"
+            )
+        return digests
+
+    @property
+    def digest_algorithm(self) -> str:
+        """The per-clip digest of this store (stores from before the manifest named it used blake2b-128)."""
+        return self.manifest.get("digest", "blake2b_128")
+
     def read(self, name: str, clips: int | slice | Iterable[int]) -> np.ndarray:
         """Data of array ``name`` for the given clip rows; a failed or pending clip is an error."""
         array = self.array(name)
@@ -441,10 +501,19 @@ def _check_manifest(manifest: dict, url: str) -> None:
             raise MuzarrError(f"{where}: {key!r} must be a {kind.__name__}, got {type(value).__name__}")
     if manifest["n_clips"] < 0:
         raise MuzarrError(f"{where}: n_clips={manifest['n_clips']} is negative")
+    sub = manifest.get("n_subclips")
+    if sub is not None and (isinstance(sub, bool) or not isinstance(sub, int) or sub < 1):
+        raise MuzarrError(f"{where}: n_subclips={sub!r} must be null or a positive integer")
     for name, info in manifest["arrays"].items():
         check_key(name, where=f"{where}: array name")
         if name == "status" or name.startswith(("tables/", "_muzarr/")) or not isinstance(info, dict):
             raise MuzarrError(f"{where}: array entry {name!r} is not a feature array description")
+        check_layout(name, info, n_clips=manifest["n_clips"], where=f"{url}: malformed store: the manifest")
+        if sub is not None and (len(info["shape"]) < 3 or info["shape"][1] != sub):
+            raise MuzarrError(
+                f"{url}: malformed store: the manifest's array {name!r} has shape {info['shape']}, not {sub} "
+                f"sub-clips per clip as its n_subclips says: {FRESH_COPY}"
+            )
     if not all(isinstance(c, str) for c in manifest["classes"]):
         raise MuzarrError(f"{where}: 'classes' must be a list of strings")
 
@@ -487,6 +556,43 @@ def damaged_manifest(url: str, reason: str, *, rebuild: str) -> MuzarrError:
         f"{url.rstrip('/')}/zarr.json, the store's manifest, is damaged ({reason}): the store cannot be read; "
         f"restore zarr.json from a copy of the store, or rebuild it: {rebuild}"
     )
+
+
+def check_layout(name: str, info: dict, *, n_clips: int, where: str) -> None:
+    """An array's ``shape``, ``dtype``, ``chunks`` and ``shards`` (as the manifest holds them) before anything is
+    allocated from them: ``n_clips`` rows, positive sizes, chunks that tile the shards, and a chunk or shard no
+    larger decoded than :data:`MAX_BLOCK_BYTES` (a reader holds a whole one in memory)."""
+    problem = _layout_problem(info, n_clips)
+    if problem:
+        raise MuzarrError(f"{where}: array {name!r} {problem}: {FRESH_COPY}")
+
+
+def _layout_problem(info: dict, n_clips: int) -> str | None:
+    shape, chunks, shards = info.get("shape"), info.get("chunks"), info.get("shards")
+
+    def sizes(value) -> bool:
+        return (
+            isinstance(value, list) and len(value) == len(shape)
+            and all(not isinstance(v, bool) and isinstance(v, int) and v >= 1 for v in value)
+        )
+
+    if not isinstance(shape, list) or not shape or not sizes([1, *shape[1:]]) or shape[0] != n_clips:
+        return f"has shape {shape!r} for {n_clips} clips"
+    try:
+        dtype = np.dtype(info.get("dtype"))
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf":
+        return f"has dtype {info.get('dtype')!r}, not a numeric type"
+    if not sizes(chunks) or not (shards is None or sizes(shards)):
+        return f"has chunks {chunks!r} and shards {shards!r}, not {len(shape)} positive sizes each"
+    if shards is not None and any(s % c for s, c in zip(shards, chunks)):
+        return f"has chunks {chunks} that do not divide its shards {shards}"
+    for kind, block in (("chunk", chunks), ("shard", shards)):
+        if block is not None and math.prod(block) * dtype.itemsize > MAX_BLOCK_BYTES:
+            gib = math.prod(block) * dtype.itemsize / 2**30
+            return f"has {kind}s of shape {block} {dtype}: {gib:.1f} GiB decoded, more than the {MAX_BLOCK_BYTES >> 30} GiB a reader can hold"
+    return None
 
 
 def open_store(url: str, *, storage_options: dict | None = None) -> Store:

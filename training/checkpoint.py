@@ -21,7 +21,7 @@ RUN_FILES = (
     "curves.png", "per_tag_auc.png", "confusion.png",
 )  # fmt: skip
 #: request fields that do not change what a run learns: a rerun may differ in these
-RUNTIME_FIELDS = ("device", "cache", "workers", "emissions", "country")
+RUNTIME_FIELDS = ("device", "cache", "workers", "verify_reads", "emissions", "country")
 
 __all__ = ["RUN_FILES", "differing_settings", "existing_run", "load_checkpoint", "read_json", "save_checkpoint", "write_text_atomic"]
 

@@ -89,6 +89,7 @@ def _choices(registry) -> click.Choice:
 @click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option, e.g. filter_length=512 (see `train models`).")
 @click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]), help="Hold the split in RAM/GPU or stream chunks.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers when streaming.")
+@click.option("--no-verify-reads", is_flag=True, help="Skip checking each clip read against its stored digest (faster; `pipe verify` still checks).")
 @click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's protocol).")
 @click.option("--eval-placement", type=_choices(EVAL_PLACEMENTS), help="Where evaluation crops start: spread (to the clip's end) or won (Won et al.'s eval.py).")
 @click.option("--sub-clips", type=click.IntRange(min=0), help="Train on this many stored sub-clips per clip; 0 = random crops instead (default: the protocol's).")
@@ -98,7 +99,7 @@ def _choices(registry) -> click.Choice:
 @friendly_errors
 def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum, nesterov, weight_decay, scheduler,
         scheduler_opts, early_stopping, monitor, augment, device, amp, seed, repeats, out, resume, overwrite, model_opts, cache,
-        workers, eval_crops, eval_placement, sub_clips, no_emissions, country, quiet):  # fmt: skip
+        workers, no_verify_reads, eval_crops, eval_placement, sub_clips, no_emissions, country, quiet):  # fmt: skip
     """Train MODEL on STORE with its paper's protocol and write a run directory.
 
     \b
@@ -131,7 +132,7 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
         optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, scheduler=scheduler,
         scheduler_opts=_options(scheduler_opts, "--scheduler-opt"), early_stopping=early_stopping, device=device,
         amp=amp, seed=seed, model_opts=_options(model_opts, "--model-opt"), cache=cache, workers=workers,
-        eval_crops=eval_crops, eval_placement=eval_placement, sub_clips=sub_clips, monitor=monitor,
+        verify_reads=not no_verify_reads, eval_crops=eval_crops, eval_placement=eval_placement, sub_clips=sub_clips, monitor=monitor,
         augment=augment_fields, emissions=not no_emissions, country=country,
     )  # fmt: skip
     base = Path(out) if out else _default_out(store, model)

@@ -27,6 +27,7 @@ from pipeline.audio import ClipPolicy
 from pipeline.config import build_command, make_feature
 from pipeline.shards import ShardFormat, map_local, shard_path
 from pipeline.storage import _fs, is_local
+from pipeline.store import clip_digests
 from training.models import InputSpec
 
 LOGMEL_MATCH = ("sample_rate", "n_mels", "n_fft", "hop_length", "pad_frames")
@@ -257,9 +258,16 @@ class SplitReader:
         Labels of those rows (float32 multi-hot, or int64 class indices).
     cache : bool
         Hold the split in RAM (in its stored dtype) instead of reading chunks each epoch.
+    verify : bool
+        Check each clip read from the store against its digest in ``tables/checksums.parquet``
+        (xxh3-128 at memory speed: see docs/benchmarks.md for its cost), so that damaged bytes
+        that still decompress are never trained on. A RAM-cached split is checked once, as it
+        is loaded.
     """
 
-    def __init__(self, store: Store, plan: ExamplePlan, rows: np.ndarray, targets: np.ndarray, *, cache: bool) -> None:
+    def __init__(
+        self, store: Store, plan: ExamplePlan, rows: np.ndarray, targets: np.ndarray, *, cache: bool, verify: bool = True
+    ) -> None:
         self.url = store.url
         self.storage_options = store.storage_options
         self.plan = plan
@@ -276,6 +284,8 @@ class SplitReader:
         self._array = None
         self._format: ShardFormat | None = None
         self._fs = None  # (filesystem, root) of the store, with the array
+        self._digests = store.stored_digests(plan.array)[self.rows] if verify and len(self.rows) else None
+        self._algorithm = store.digest_algorithm
         self.memory = None
         if cache and len(self.rows):
             # read shard by shard like the stream, so a damaged shard is named, not a zarr traceback
@@ -353,29 +363,56 @@ class SplitReader:
             inside = self.rows[positions] - start
             blob = self._shard_bytes(start)
             if blob is None:
-                yield positions, keep(self._zarr_rows(start, inside))
+                data = self._zarr_rows(start, inside)
+                self._check(positions, data, start)
+                yield positions, keep(data)
             else:
-                yield positions, self._decoded(blob, start, inside, transform)
+                yield positions, self._decoded(blob, start, positions, inside, transform)
 
-    def _decoded(self, blob, start: int, inside: np.ndarray, transform) -> np.ndarray:
-        """Rows ``inside`` of the shard at ``start`` (each through ``transform``); damage names
-        the shard and the command that checks the whole store."""
+    def _decoded(self, blob, start: int, positions: np.ndarray, inside: np.ndarray, transform) -> np.ndarray:
+        """Rows ``inside`` (split ``positions``) of the shard at ``start``, each through ``transform``
+        and checked against its digest first; damage names the shard and the command that checks
+        the whole store."""
+        where = self._where(start)
         try:
             if transform is None:
-                return _take_rows(self._format.decode(blob, where=self._where(start)), inside)
+                data = _take_rows(self._format.decode(blob, where=where), inside)
+                self._check(positions, data, start)
+                return data
             kept = []
-            for first_row, chunk in self._format.iter_chunks(blob, where=self._where(start)):
+            for first_row, chunk in self._format.iter_chunks(blob, where=where):
                 lo, hi = np.searchsorted(inside, [first_row, first_row + len(chunk)])
                 if hi > lo:
-                    kept.append(transform(_take_rows(chunk, inside[lo:hi] - first_row)))
+                    data = _take_rows(chunk, inside[lo:hi] - first_row)
+                    self._check(positions[lo:hi], data, start)
+                    kept.append(transform(data))
             return np.concatenate(kept)
+        except _DamagedClip:
+            raise
         except MuzarrError as err:
             raise MuzarrError(f"{err}: run `pipe verify {self.url}`") from None
+
+    def _check(self, positions: np.ndarray, data: np.ndarray, start: int) -> None:
+        """Every clip of ``data`` (split ``positions``) equals its stored digest."""
+        if self._digests is None:
+            return
+        actual = np.array(clip_digests(data, algorithm=self._algorithm), dtype=object)
+        bad = np.flatnonzero(actual != self._digests[positions])
+        if len(bad):
+            p = positions[bad[0]]
+            raise _DamagedClip(
+                f"{self._where(start)}: clip {self.clip_ids[p]!r} (row {self.rows[p]}) of {self.plan.array} differs "
+                f"from its digest in tables/checksums.parquet (damaged bytes): run `pipe verify {self.url}`"
+            )
 
     def n_blocks(self) -> int:
         if self.memory is not None:
             return math.ceil(len(self.rows) / max(self.chunk_clips, 64))
         return len(np.unique(self.rows // self.chunk_clips))
+
+
+class _DamagedClip(MuzarrError):
+    """A clip whose bytes decode but differ from its digest (the message is complete)."""
 
 
 def _take_rows(block: np.ndarray, rows: np.ndarray) -> np.ndarray:

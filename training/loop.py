@@ -126,7 +126,8 @@ class Run:
                 raise MuzarrError(f"split scheme {scheme!r} of {self.store.url} has no {part} clips")
         cache = self._cache_choice(sum(len(r) for r in parts.values()))
         readers = {
-            part: SplitReader(self.store, self.plan, rows, targets[rows], cache=cache != "none") for part, rows in parts.items()
+            part: SplitReader(self.store, self.plan, rows, targets[rows], cache=cache != "none", verify=self.config.verify_reads)
+            for part, rows in parts.items()
         }
         return readers, cache
 

@@ -39,6 +39,7 @@ import pandas as pd
 import yaml
 
 from pipeline import MuzarrError, open_store
+from training.checkpoint import RUNTIME_FIELDS
 from training.config import TrainConfig
 from training.data import plan_for
 from training.loop import Run
@@ -380,7 +381,7 @@ def run_sweep(
     state = {"store": base.store, "model": base.model, "method": spec.method, "metric": metric, "goal": goal,
              "parameters": [dataclasses.asdict(p) for p in spec.parameters],
              "base": {k: v for k, v in base.to_dict().items()
-                      if k not in ("store", "model", "device", "workers", "cache", "emissions", "country")}}  # fmt: skip
+                      if k not in ("store", "model", *RUNTIME_FIELDS)}}  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with _locked(out):
         _check_state(out, json.loads(json.dumps(state, default=str)))
