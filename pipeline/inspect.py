@@ -83,14 +83,15 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
         lines.append("notes")
         lines.extend(f"  {note}" for note in notes)
     lines.append("labels (ok clips)")
+    fs, root = fsspec.core.url_to_fs(store.url, **store.storage_options)
     if not store.complete:
         lines.append("  (written when the build finishes)")
+    elif not fs.exists(f"{root.rstrip('/')}/tables/labels.parquet"):
+        # a table that is there but refused (malformed) still ends the command: it is untrusted input
+        healthy = False
+        lines.append("  cannot be shown: tables/labels.parquet is missing: run pipe verify")
     else:
-        try:
-            lines.extend(f"  {line}" for line in _label_lines(store))
-        except MuzarrError as error:
-            healthy = False
-            lines.append(f"  cannot be shown: {error}")
+        lines.extend(f"  {line}" for line in _label_lines(store))
     failures = m.get("failures", [])
     if failures:
         stages = Counter(f["stage"] for f in failures)

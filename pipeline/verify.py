@@ -86,7 +86,7 @@ class VerifyReport:
 def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyReport:
     """Check the store at ``url``; a store that cannot be opened at all raises :class:`MuzarrError`."""
     store = open_store(url, storage_options=storage_options)
-    report = VerifyReport(url=url)
+    report = VerifyReport(url=url, repair=_repair_command(store))
     found = report.damage.append
     if not store.complete:
         found(Damage("store", "manifest", f"state is {store.manifest.get('state')!r}, not complete: finish it with `pipe build`"))
@@ -107,12 +107,16 @@ def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyRepo
         actual = {"ok": int((status == STATUS_OK).sum()), "failed": int((status == 2).sum())}
         if isinstance(counts, dict) and counts != actual:
             found(Damage("store", "manifest", f"counts {counts} disagree with the status array {actual}"))
-    if report.damage:
-        try:
-            report.repair = build_command(store.config(), out=url, extra=("--repair",))
-        except MuzarrError:
-            report.repair = None  # a manifest whose configuration does not validate: nothing to rebuild from
     return report
+
+
+def _repair_command(store: Store) -> str | None:
+    """``pipe build ... --repair`` for this store; made before any chunk is read, since it loads every
+    feature module (scipy) and a verify under an address-space cap has none left for that afterwards."""
+    try:
+        return build_command(store.config(), out=store.url, extra=("--repair",))
+    except MuzarrError:
+        return None  # a manifest whose configuration does not validate: nothing to rebuild from
 
 
 def _clip_ids(tables: dict[str, pd.DataFrame]) -> list[str] | None:
