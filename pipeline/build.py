@@ -39,11 +39,12 @@ import pandas as pd
 
 from pipeline.batch import run_batch
 from pipeline.cluster import close_client, make_client
-from pipeline.config import TASK_AUTO, BuildConfig
+from pipeline.config import TASK_AUTO, BuildConfig, build_command
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError, write_errors, write_failure
 from pipeline.index import DatasetIndex
 from pipeline.lock import writer_lock
+from pipeline.repair import undo_damage
 from pipeline.storage import LOCK, check_contained, folder_listing
 from pipeline.store import (
     DIGEST,
@@ -57,9 +58,11 @@ from pipeline.store import (
     check_marker,
     clips_digest,
     combine_digests,
+    damaged_manifest,
     ensure_arrays,
     is_local,
     list_keys,
+    manifest_damage,
     open_store,
     plan_layout,
     read_json,
@@ -170,7 +173,9 @@ def _manifest(config: BuildConfig, index: DatasetIndex, layouts, *, state: str, 
     }
 
 
-def _prepare_store(url, target: _Target, *, overwrite: bool, storage_options) -> dict[int, dict]:
+def _prepare_store(
+    url, target: _Target, *, overwrite: bool, storage_options, repair: bool = False, echo: Callable[[str], None] | None = None
+) -> dict[int, dict]:
     """Create the store, or bring an existing one to ``target``; returns the valid markers.
 
     Order matters for a kill at any point: ``_muzarr/target.json`` first (it marks the
@@ -179,20 +184,25 @@ def _prepare_store(url, target: _Target, *, overwrite: bool, storage_options) ->
     no batch ran in it, so it is simply made again. Clearing a folder keeps that file to
     the last, so a kill while clearing leaves a folder still known to be ours.
     """
-    check_contained(url, storage_options=storage_options)  # a planted link would take our writes elsewhere
     config = target.config
     mark = {"config": config.to_dict(), "n_clips": target.n}
     manifest = read_manifest(url, storage_options=storage_options)
     if manifest is not None and not overwrite:
         _check_schema(url, manifest)
         _check_growable(url, manifest, target, storage_options)
+        if repair:
+            undo_damage(url, batch_clips=config.batch_clips, n_batches=target.n_batches, storage_options=storage_options, echo=echo)
     elif _exists_nonempty(url, storage_options):
         if manifest is None and not _is_ours(url, storage_options):
-            # --overwrite replaces a store, never a folder of someone's files
-            raise MuzarrError(
-                f"{url} exists and is not a muzarr store (it holds {folder_listing(*_fs(url, storage_options))}): "
-                "choose another --out, or a new folder"
-            )
+            damage = manifest_damage(url, storage_options=storage_options)
+            if damage is None:
+                # --overwrite replaces a store, never a folder of someone's files
+                raise MuzarrError(
+                    f"{url} exists and is not a muzarr store (it holds {folder_listing(*_fs(url, storage_options))}): "
+                    "choose another --out, or a new folder"
+                )
+            if not overwrite:
+                raise damaged_manifest(url, damage, rebuild=build_command(config, out=url, extra=("--overwrite",)))
         write_json(url, TARGET, mark, storage_options=storage_options)
         _remove(url, storage_options, keep=TARGET)
         manifest = None
@@ -489,15 +499,21 @@ def build(
     progress: bool = True,
     storage_options: dict | None = None,
     on_batch: Callable[[dict], None] | None = None,
+    repair: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Build (or finish building) the store at ``out`` from the clips of ``source``.
 
     ``client`` is a caller-owned Dask client; otherwise one is made from ``workers`` /
     ``scheduler`` and closed at the end. ``strict`` stops at the first failed clip.
+    ``repair`` first verifies the store and reruns exactly what is damaged (saying what
+    through ``echo``).
     """
     import time
 
     started = time.perf_counter()
+    if repair and overwrite:
+        raise MuzarrError("--repair keeps the store's good batches, --overwrite rebuilds them all: choose one")
     if not overwrite:
         # A store this muzarr cannot write is refused before the (possibly long) indexing.
         try:
@@ -506,14 +522,23 @@ def build(
             raise MuzarrError(f"cannot read {out}: {type(err).__name__}: {err}") from None
         if existing is not None:
             _check_schema(out, existing)
+        elif repair:
+            damage = manifest_damage(out, storage_options=storage_options)
+            if damage is not None:
+                raise damaged_manifest(out, damage, rebuild=build_command(config, out=out, extra=("--overwrite",)))
+            raise MuzarrError(f"--repair: there is no store at {out} to repair: build it without --repair")
     index = index if index is not None else build_index(config, source)
     target = _Target(config, index, plan_layout(config, len(index)))
     unreadable = index.info.get("unreadable_folders") or []
     if strict and unreadable:
         raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
+    # A link planted in the store would take the lock and every write elsewhere: refused before either.
+    check_contained(out, storage_options=storage_options)
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
     with write_errors(out), writer_lock(out, storage_options):
-        markers = _prepare_store(out, target, overwrite=overwrite, storage_options=storage_options)
+        markers = _prepare_store(
+            out, target, overwrite=overwrite, storage_options=storage_options, repair=repair, echo=echo
+        )
         root = Path(index.root)
         abs_paths = [str(root / p) for p in index.clips["path"]]
         ids = target.clip_ids

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any
 
 import click
 
@@ -46,12 +45,6 @@ def main() -> None:
     """
 
 
-def _specs(values: tuple[str, ...], kind: str) -> list[dict[str, Any]]:
-    from pipeline.config import parse_spec
-
-    return [{"kind": kind, **parse_spec(v, what=f"--{kind}")} for v in values]
-
-
 @main.command()
 @click.argument("name")
 @click.option("--source", type=str, help="Folder holding the dataset's audio (default: the catalog's).")
@@ -66,9 +59,10 @@ def _specs(values: tuple[str, ...], kind: str) -> list[dict[str, Any]]:
 @click.option("--catalog", type=click.Path(dir_okay=False), help="Catalog file (default: the packaged catalog.yaml).")
 @click.option("--strict", is_flag=True, help="Stop at the first clip that fails.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
+@click.option("--repair", is_flag=True, help="Verify the store first and rerun exactly its damaged batches (see `pipe verify`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, only, settings, catalog, strict, overwrite, quiet):
+def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, only, settings, catalog, strict, overwrite, repair, quiet):
     """Build the store of dataset NAME (see `pipe ls`).
 
     \b
@@ -80,23 +74,17 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
       pipe build fma_small --scheduler tcp://10.0.0.5:8786 --out s3://bucket/fma.zarr
 
     Re-running an interrupted build finishes it without redoing finished batches.
+    --repair (with the store's own options: `pipe verify` prints the command) also checks
+    every clip and reruns only the batches that hold damage.
     Exit status: 0 every clip stored, 1 some clips failed (listed), 2 bad input.
     """
     from pipeline.build import build as run_build
-    from pipeline.config import apply_overrides, config_for, load_catalog, parse_spec
+    from pipeline.config import config_from_command
     from pipeline.inspect import storage_notes
 
-    entries = load_catalog(catalog)
-    if name not in entries:
-        raise MuzarrError(f"unknown dataset {name!r}; the catalog has: {', '.join(entries)} (see `pipe ls`)")
-    entry = entries[name]
-    overrides: dict[str, Any] = {}
-    for setting in settings:
-        overrides.update(parse_spec(setting, what="--set"))
-    added = _specs(waveforms, "waveform") + _specs(logmels, "logmel") + [{"kind": t} for t in tabulars]
-    if only and not added:
-        raise MuzarrError("--only needs at least one --waveform, --logmel or --tabular")
-    config = apply_overrides(config_for(name, entry), add_features=added, only=only, settings=overrides)
+    config, entry = config_from_command(
+        name, catalog=catalog, waveforms=waveforms, logmels=logmels, tabulars=tabulars, only=only, settings=settings
+    )
     source = os.path.expanduser(source or entry.get("source") or ".")
     out = out or f"{name}.zarr"
     click.echo(f"dataset {name}: recipe {config.recipe}, source {source}")
@@ -104,7 +92,7 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
         click.echo(f"  feature {feature.name}")
     report = run_build(
         config, source=source, out=out, workers=workers, scheduler=scheduler,
-        strict=strict, overwrite=overwrite, progress=not quiet,
+        strict=strict, overwrite=overwrite, progress=not quiet, repair=repair, echo=click.echo,
     )
     rate = report.n_clips / report.seconds if report.seconds else 0.0
     unreadable = report.unreadable_folders
@@ -135,10 +123,14 @@ def info(store, show_failures):
     Example:
       pipe info demo.zarr
       pipe info https://lab.example/mtat.zarr
+    Exit status: 0 a finished store, 1 its build has not finished or it shows damage (an array that
+    cannot be opened, a table that cannot be read: run `pipe verify`), 2 not a store.
     """
-    from pipeline.inspect import describe
+    from pipeline.inspect import describe_store
 
-    click.echo(describe(store, max_failures=show_failures))
+    text, healthy = describe_store(store, max_failures=show_failures)
+    click.echo(text)
+    sys.exit(0 if healthy else 1)
 
 
 @main.command(name="ls")

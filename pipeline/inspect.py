@@ -7,6 +7,7 @@ from collections import Counter
 import fsspec
 import numpy as np
 
+from pipeline.errors import MuzarrError
 from pipeline.store import Store, open_store
 
 
@@ -30,21 +31,46 @@ def _human(n: int) -> str:
 
 def describe(url: str, *, max_failures: int = 20) -> str:
     """A multi-line summary: what a person wants to know before training on a store."""
+    return describe_store(url, max_failures=max_failures)[0]
+
+
+def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
+    """:func:`describe`'s text, and whether the store is finished and shows no damage.
+
+    An unfinished build or a damaged part is said in its place (what can be shown still is),
+    never raised.
+    """
+    from pipeline.config import build_command
+    from pipeline.verify import array_damage
+
     store = open_store(url)
     m = store.manifest
     config = m["config"]
     counts = m.get("counts", {})
+    healthy = store.complete
+    state = f"state     {m.get('state')}" + (f", finished {m['finished']}" if m.get("finished") else "")
+    if not store.complete:
+        try:
+            again = f": {build_command(store.config(), out=store.url)}"
+        except MuzarrError:
+            again = ""
+        state += f": the build has not finished; run the same pipe build command again{again}"
     lines = [
         f"store     {store.url}",
         f"dataset   {config['dataset']} (recipe {config['recipe']}, {store.task}, {len(store.classes)} classes)",
-        f"state     {m.get('state')}" + (f", finished {m['finished']}" if m.get("finished") else ""),
+        state,
         f"clips     {store.n_clips} total, {counts.get('ok', '?')} ok, {counts.get('failed', '?')} failed",
         f"clip      {config['clip']['mode']} {config['clip']['seconds']} s"
         + (f", {store.n_subclips} sub-clips" if store.n_subclips else ""),
         "arrays",
     ]
-    width = max(len(name) for name in store.arrays)
+    width = max((len(name) for name in store.arrays), default=0)
     for name, info in store.arrays.items():
+        _, problems = array_damage(store, name)
+        if problems:
+            healthy = False
+            lines.append(f"  {name:<{width}}  damaged: {'; '.join(problems)}: run pipe verify")
+            continue
         lines.append(
             f"  {name:<{width}}  shape {tuple(info['shape'])} {info['dtype']}  chunks {tuple(info['chunks'])}"
             f"  shards {tuple(info['shards'])}  {_human(_size_on_disk(store, name))} on disk"
@@ -57,7 +83,15 @@ def describe(url: str, *, max_failures: int = 20) -> str:
         lines.append("notes")
         lines.extend(f"  {note}" for note in notes)
     lines.append("labels (ok clips)")
-    lines.extend(f"  {line}" for line in _label_lines(store))
+    fs, root = fsspec.core.url_to_fs(store.url, **store.storage_options)
+    if not store.complete:
+        lines.append("  (written when the build finishes)")
+    elif not fs.exists(f"{root.rstrip('/')}/tables/labels.parquet"):
+        # a table that is there but refused (malformed) still ends the command: it is untrusted input
+        healthy = False
+        lines.append("  cannot be shown: tables/labels.parquet is missing: run pipe verify")
+    else:
+        lines.extend(f"  {line}" for line in _label_lines(store))
     failures = m.get("failures", [])
     if failures:
         stages = Counter(f["stage"] for f in failures)
@@ -68,7 +102,7 @@ def describe(url: str, *, max_failures: int = 20) -> str:
             lines.append(f"      [{failure['stage']}] {failure['message']}")
         if len(failures) > max_failures:
             lines.append(f"  ... {len(failures) - max_failures} more (pipe info --failures N)")
-    return "\n".join(lines)
+    return "\n".join(lines), healthy
 
 
 def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[str]:

@@ -27,7 +27,9 @@ allow-list of codecs only.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -262,11 +264,13 @@ class Store:
         try:
             self.group = open_group(url, mode="r", storage_options=self.storage_options)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, ValueError, NotADirectoryError) as err:
+            self._refuse_damaged()
             raise MuzarrError(f"no muzarr store at {url} ({type(err).__name__}): build one with `pipe build`") from None
         except OSError as err:
             raise MuzarrError(f"cannot read {url}: {type(err).__name__}: {err}") from None
         manifest = self.group.attrs.get("muzarr")
         if not isinstance(manifest, dict):
+            self._refuse_damaged()
             raise MuzarrError(f"{url} is a Zarr group but not a muzarr store (no 'muzarr' manifest attribute)")
         version = manifest.get("schema_version")
         if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
@@ -285,6 +289,23 @@ class Store:
                 f"{url}: malformed store: the manifest says {self.n_clips} clips but status/zarr.json has shape "
                 f"{shape}: {FRESH_COPY}"
             )
+
+    def _refuse_damaged(self) -> None:
+        """A muzarr folder whose ``zarr.json`` is not a manifest is a damaged store, not "no store"."""
+        reason = manifest_damage(self.url, storage_options=self.storage_options)
+        if reason is None:
+            return
+        from pipeline.config import BuildConfig, build_command
+
+        rebuild = f"pipe build <dataset> --out {shlex.quote(self.url)} --overwrite"
+        building = read_json(self.url, TARGET, storage_options=self.storage_options)  # the config of a build under way
+        if isinstance(building, dict) and isinstance(building.get("config"), dict):
+            try:
+                config = BuildConfig.from_dict(building["config"], where=f"{self.url}/{TARGET}")
+                rebuild = build_command(config, out=self.url, extra=("--overwrite",))
+            except MuzarrError:
+                pass
+        raise damaged_manifest(self.url, reason, rebuild=rebuild)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r}, dataset={self.dataset!r}, clips={self.n_clips}, arrays={list(self.arrays)})"
@@ -501,6 +522,46 @@ def _check_manifest(manifest: dict, url: str) -> None:
             )
     if not all(isinstance(c, str) for c in manifest["classes"]):
         raise MuzarrError(f"{where}: 'classes' must be a list of strings")
+
+
+# Top-level entries that only muzarr writes next to a store's zarr.json.
+OWN_ENTRIES = ("_muzarr", "tables", "status")
+
+
+def manifest_damage(url: str, *, storage_options: dict | None = None) -> str | None:
+    """Why the ``zarr.json`` of a folder holding muzarr's own entries is not a store's manifest.
+
+    None when it is one, when there is no ``zarr.json``, or when nothing says the folder is muzarr's.
+    """
+    fs, root = _fs(url, storage_options)
+    try:
+        raw = fs.cat_file(f"{root}/zarr.json")
+        if not any(fs.exists(f"{root}/{entry}") for entry in OWN_ENTRIES):
+            return None
+    except (OSError, ValueError):  # missing, or unreachable: nothing says it is damaged
+        return None
+    if not raw.strip():
+        return "the file is empty"
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text: bad byte at offset {err.start}"
+    except ValueError as err:
+        return f"not JSON: {getattr(err, 'msg', err)} at byte {getattr(err, 'pos', '?')}"
+    if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+        return "not Zarr v3 group metadata"
+    attributes = meta.get("attributes")
+    if not isinstance(attributes, dict) or not isinstance(attributes.get("muzarr"), dict):
+        return "it holds no muzarr manifest"
+    return None
+
+
+def damaged_manifest(url: str, reason: str, *, rebuild: str) -> MuzarrError:
+    """The one error for a store whose manifest is damaged; ``rebuild`` is the command that rebuilds it."""
+    return MuzarrError(
+        f"{url.rstrip('/')}/zarr.json, the store's manifest, is damaged ({reason}): the store cannot be read; "
+        f"restore zarr.json from a copy of the store, or rebuild it: {rebuild}"
+    )
 
 
 def check_layout(name: str, info: dict, *, n_clips: int, where: str) -> None:

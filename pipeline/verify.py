@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import zarr
 
+from pipeline.config import build_command
 from pipeline.errors import MuzarrError
 from pipeline.store import (
     CLIP_DIGESTS,
@@ -57,6 +59,7 @@ class VerifyReport:
     url: str
     damage: list[Damage] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    repair: str | None = None  # the command that repairs the store
 
     @property
     def ok(self) -> bool:
@@ -81,13 +84,14 @@ class VerifyReport:
         return f"{self.url}: DAMAGED: {len(self.damage)} problems ({detail}); {scope}"
 
     def lines(self) -> list[str]:
-        return [d.line() for d in self.damage] + [self.summary()]
+        repair = [f"repair: {self.repair}"] if self.repair and not self.ok else []
+        return [d.line() for d in self.damage] + [self.summary()] + repair
 
 
 def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyReport:
     """Check the store at ``url``; a store that cannot be opened at all raises :class:`MuzarrError`."""
     store = open_store(url, storage_options=storage_options)
-    report = VerifyReport(url=url)
+    report = VerifyReport(url=url, repair=_repair_command(store))
     found = report.damage.append
     if not store.complete:
         found(Damage("store", "manifest", f"state is {store.manifest.get('state')!r}, not complete: finish it with `pipe build`"))
@@ -135,6 +139,15 @@ def _check_key_list(store: Store, found, *, shown: int = 20) -> None:
         found(Damage("store", "key list", f"{key} is listed with {size} bytes, the store holds {held}"))
     if len(wrong) > shown:
         found(Damage("store", "key list", f"... and {len(wrong) - shown} more listed keys that disagree with the files"))
+
+
+def _repair_command(store: Store) -> str | None:
+    """``pipe build ... --repair`` for this store; made before any chunk is read, since it loads every
+    feature module (scipy) and a verify under an address-space cap has none left for that afterwards."""
+    try:
+        return build_command(store.config(), out=store.url, extra=("--repair",))
+    except MuzarrError:
+        return None  # a manifest whose configuration does not validate: nothing to rebuild from
 
 
 def _clip_ids(tables: dict[str, pd.DataFrame]) -> list[str] | None:
@@ -197,7 +210,7 @@ def _check_status(store: Store, tables, ids: list[str], found) -> np.ndarray | N
     try:
         array = store._open_array("status")  # refuses a non-numeric dtype, a codec not allowed, an absurd chunk
         if array.shape != (store.n_clips,):
-            found(Damage("array", "status", f"shape {array.shape}, the manifest has {store.n_clips} clips"))
+            found(Damage("array", "status", f"shape {array.shape}, the manifest has {store.n_clips} clips", "status"))
             return None
         status = array[:]
     except Exception as err:  # noqa: BLE001 - any decoding failure is damage to report
@@ -242,22 +255,11 @@ def _expected_digests(store: Store, checksums: pd.DataFrame | None, found) -> di
 def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[str] | None, report: VerifyReport) -> None:
     """The array's metadata against the manifest, then (with ``ids``, the confirmed clips) every chunk."""
     found = report.damage.append
-    info = store.arrays[name]
-    try:
-        array = store.group[name]
-    except Exception as err:  # noqa: BLE001
-        found(Damage("array", name, f"cannot be opened ({_why(err)})", name))
-        return
-    problems = array_problems(array)
+    array, problems = array_damage(store, name)
     algorithm = store.digest_algorithm
     if algorithm not in CLIP_DIGESTS:
         problems.append(f"the manifest's clip digest {algorithm!r} is unknown (known: {', '.join(CLIP_DIGESTS)})")
     n = store.n_clips
-    for key, actual in (("shape", array.shape), ("dtype", str(array.dtype)), ("chunks", array.chunks), ("shards", array.shards)):
-        wanted = info.get(key)
-        wanted = tuple(wanted) if isinstance(wanted, list) else wanted
-        if actual != wanted:
-            problems.append(f"{key} {actual} differs from the manifest's {wanted}")
     if problems:
         found(Damage("array", name, "; ".join(problems), name))
         return
@@ -295,8 +297,29 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
         for row, (have, want) in enumerate(zip(actual_digests, expected)):
             if have is not None and have != want:
                 found(Damage("clip", f"{ids[row]} (row {row}) in {name}", "content differs from its digest in tables/checksums.parquet", name, (row, row + 1)))
-    elif None not in actual_digests and combine_digests(actual_digests) != info.get("checksum"):
+    elif None not in actual_digests and combine_digests(actual_digests) != store.arrays[name].get("checksum"):
         found(Damage("array", name, "content differs from the manifest's checksum (no per-clip digests to say where)", name))
+
+
+def array_damage(store: Store, name: str) -> tuple[zarr.Array | None, list[str]]:
+    """Feature array ``name`` and what is wrong with its metadata (it cannot be opened, a dtype or
+    codec is not allowed, its shape, dtype, chunks or shards are not the manifest's); no data is read."""
+    info = store.arrays[name]
+    try:
+        array = store.group[name]
+    except KeyError:
+        return None, [f"cannot be opened ({name}/zarr.json is missing)"]
+    except Exception as err:  # noqa: BLE001 - unreadable metadata is damage to report
+        return None, [f"cannot be opened ({_why(err)})"]
+    if not isinstance(array, zarr.Array):
+        return None, ["cannot be opened (it is a group, not an array)"]
+    problems = array_problems(array)
+    for key, actual in (("shape", array.shape), ("dtype", str(array.dtype)), ("chunks", array.chunks), ("shards", array.shards)):
+        wanted = info.get(key)
+        wanted = tuple(wanted) if isinstance(wanted, list) else wanted
+        if actual != wanted:
+            problems.append(f"{key} {actual} differs from the manifest's {wanted}")
+    return array, problems
 
 
 def _rows(ids: list[str], start: int, stop: int) -> str:

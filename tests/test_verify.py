@@ -135,7 +135,11 @@ def test_damage_lines_name_the_clip_chunk_and_file(store):
     assert any("logmel/mel64_sr16000_fft1024_hop512 shard 2" in line and "missing" in line
                and "demo_00016..demo_00023" in line for line in lines)
     assert any(line.startswith("damaged") and "waveform" in line and "demo_000" in line for line in lines)
-    assert lines[-1].startswith(f"{store}: DAMAGED")
+    assert lines[-2].startswith(f"{store}: DAMAGED")
+    assert lines[-1] == (  # the repair command, with the store's own options (hostile input, item 12)
+        f"repair: pipe build demo --out {store} --set clip.seconds=1.0 --set batch_clips=8 --set options.n_clips=24 "
+        "--set options.seconds=1.0 --repair"
+    )
 
 
 def test_a_shard_that_cannot_be_decoded_is_reported_not_raised(store):

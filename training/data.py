@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from pipeline import MuzarrError, Store, open_store
+from pipeline.audio import ClipPolicy
+from pipeline.config import build_command, make_feature
 from pipeline.shards import ShardFormat, map_local, shard_path
 from pipeline.storage import _fs, is_local
 from pipeline.store import clip_digests
@@ -49,12 +51,22 @@ def resolve_array(store: Store, spec: InputSpec) -> str:
         # Prefer the plain recipe (dB, top_db 80, full band) when several variants match.
         candidates.sort(key=lambda n: (arrays[n]["feature"].get("f_max") is not None, arrays[n]["feature"].get("log") != "db"))
     if not candidates:
-        dataset = store.manifest["config"]["dataset"]
         raise MuzarrError(
             f"store {store.url} has no {spec.kind} input for this model (arrays: {', '.join(arrays)}); "
-            f"add it with: pipe build {dataset} --out {store.url} {spec.build_hint()}"
+            + _add_hint(store, spec)
         )
     return candidates[0]
+
+
+def _add_hint(store: Store, spec: InputSpec) -> str:
+    """The ``pipe build`` that adds ``spec``'s feature to the store as it is built (every override kept)."""
+    feature = make_feature(spec.feature_spec(), where="model input")
+    config = store.config()
+    if feature.name not in store.arrays:
+        return f"add it with: {build_command(config, out=store.url, add=[spec.feature_spec()])}"
+    # A store has one array per name (one waveform): another variant of it goes into a second store.
+    out = f"{store.url.rstrip('/').removesuffix('.zarr')}-{feature.kind}{feature.sample_rate}.zarr"
+    return f"its {feature.name} is another variant; build a store of this one: {build_command(replace(config, features=(feature,)), out=out)}"
 
 
 @dataclass(frozen=True)
@@ -174,16 +186,16 @@ def crop_offsets(rng: np.random.Generator, n: int, *, total: int, length: int, s
 
 
 def _subclip_hint(store: Store, spec: InputSpec, array: str, plan: ExamplePlan, sub_clips: int) -> str:
-    config = store.manifest["config"]
-    clip = config["clip"]
+    config = store.config()
     has = f"{plan.n_subclips} sub-clips per clip" if plan.n_subclips > 1 else "whole clips"
-    total = clip.get("total_seconds") or clip["seconds"]
-    seconds = min(spec.seconds or total, total / sub_clips)  # sub-clips that fit in the clip
+    total = config.clip.total_seconds or config.clip.seconds
+    seconds = float(f"{min(spec.seconds or total, total / sub_clips):g}")  # sub-clips that fit in the clip
+    clip = ClipPolicy(**{**config.clip.to_dict(), "mode": "split", "seconds": seconds, "total_seconds": total, "hop_seconds": None})
+    split = replace(config, clip=clip, features=(make_feature(spec.feature_spec(), where="model input"),))
     base = store.url.rstrip("/").removesuffix(".zarr")
     return (
         f"this protocol trains on {sub_clips} sub-clips per clip, but {array} of {store.url} holds {has}; "
-        f"build a store of sub-clips: pipe build {config['dataset']} --out {base}-split.zarr --set clip.mode=split "
-        f"--set clip.seconds={seconds:g} --set clip.total_seconds={total:g} {spec.build_hint()} --only "
+        f"build a store of sub-clips: {build_command(split, out=f'{base}-split.zarr')} "
         "(or train on random crops with --sub-clips 0)"
     )
 

@@ -115,6 +115,15 @@ class InputSpec:
             return f"--waveform sample_rate={self.sample_rate}"
         return f"--tabular {self.tabular_set}"
 
+    def feature_spec(self) -> dict:
+        """The store feature this input reads, as ``pipe build`` takes one (``{"kind": ..., <parameters>}``)."""
+        if self.kind == "logmel":
+            params = ("n_mels", "sample_rate", "n_fft", "hop_length", "pad_frames")
+            return {"kind": "logmel", **{k: getattr(self, k) for k in params}}
+        if self.kind == "waveform":
+            return {"kind": "waveform", "sample_rate": self.sample_rate}
+        return {"kind": self.tabular_set}
+
     def example_shape(self, seconds: float | None = None) -> tuple[int, ...]:
         """Per-example shape (no batch axis) for an example of ``seconds`` (default: ``self.seconds``).
 

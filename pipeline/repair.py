@@ -1,0 +1,50 @@
+"""``pipe build --repair``: what ``pipe verify`` finds damaged, undone so that the build redoes it.
+
+A build trusts a batch for an array only through the batch's marker and the array's metadata
+(``pipeline.build``). Removing the marker of every batch that holds a damaged row, and the
+metadata of every array damaged as a whole, makes the next build rerun exactly those: each
+rerun batch writes its shards whole (a shard that no longer decodes is replaced, not read),
+and a recreated array is computed for every batch. Damaged tables and manifest fields need
+nothing: every build rewrites them from the markers when it finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline.storage import marker_key, read_manifest, remove_key
+
+
+def undo_damage(
+    url: str, *, batch_clips: int, n_batches: int, storage_options=None, echo: Callable[[str], None] | None = None
+) -> None:
+    """Verify the store at ``url`` and remove the claims of what is damaged; ``echo`` is told what."""
+    from pipeline.verify import verify_store
+
+    echo = echo or (lambda line: None)
+    manifest = read_manifest(url, storage_options=storage_options) or {}
+    if manifest.get("state") != "complete":
+        echo("repair: the store's build has not finished: finishing it")
+        return
+    batches: set[int] = set()
+    arrays: set[str] = set()
+    rest: list[str] = []
+    for damage in verify_store(url, storage_options=storage_options).damage:
+        if damage.rows is not None:
+            batches.update(range(damage.rows[0] // batch_clips, (damage.rows[1] - 1) // batch_clips + 1))
+        elif damage.array is not None:
+            arrays.add(damage.array)
+        else:
+            rest.append(f"tables/{damage.where}.parquet" if damage.kind == "table" else f"the {damage.where}")
+    for name in sorted(arrays):
+        remove_key(url, f"{name}/zarr.json", storage_options=storage_options)
+        echo(f"repair: array {name} is damaged: recreating it, all {n_batches} batches of it rerun")
+    for batch in sorted(batches):
+        remove_key(url, marker_key(batch), storage_options=storage_options)
+    if batches:
+        listed = ", ".join(map(str, sorted(batches)))
+        echo(f"repair: {len(batches)} damaged batch{'es' if len(batches) > 1 else ''} ({listed}) of {n_batches}: rerunning them")
+    if rest:
+        echo(f"repair: {', '.join(dict.fromkeys(rest))} damaged: rewritten when the build finishes")
+    if not (batches or arrays or rest):
+        echo("repair: nothing damaged")
