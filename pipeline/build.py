@@ -39,7 +39,7 @@ import pandas as pd
 
 from pipeline.batch import run_batch
 from pipeline.cluster import close_client, make_client
-from pipeline.config import TASK_AUTO, BuildConfig, build_command
+from pipeline.config import TASK_AUTO, BuildConfig, build_command, expected_type
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError, write_errors, write_failure
 from pipeline.index import DatasetIndex
@@ -468,6 +468,12 @@ def build_index(config: BuildConfig, source: str) -> DatasetIndex:
     if unknown:
         known = sorted(k for k, p in accepted.items() if p.kind == inspect.Parameter.KEYWORD_ONLY)
         raise MuzarrError(f"recipe {config.recipe!r} has no option(s) {unknown}; its options: {known}")
+    for name, value in config.options.items():
+        default = accepted[name].default
+        # a None default (an optional path) says nothing of the type: the recipe checks those itself
+        expected = None if default in (None, inspect.Parameter.empty) else expected_type(value, default)
+        if expected:
+            raise MuzarrError(f"recipe {config.recipe!r}: option {name}={value!r} must be {expected}")
     try:
         index = recipe(source, **config.options)
     except (TypeError, ValueError) as error:

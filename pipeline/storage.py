@@ -40,6 +40,9 @@ TABLE_ROW_BYTES = 64 << 10
 TABLE_BASE_BYTES = 1 << 20
 # Each batch writes a shard per array, a status chunk and a marker; a key is at most 1024 characters.
 KEY_LIST_ENTRY_BYTES = 1100
+#: the largest JSON document muzarr reads from a store (a manifest listing every failed clip of a large
+#: dataset stays far below it); a bigger one is refused before it is read
+MAX_JSON_BYTES = 64 << 20
 #: what to do about a store whose sizes disagree (the end of every "malformed store" message)
 FRESH_COPY = "get a fresh copy of the store, or rebuild it"
 
@@ -120,6 +123,21 @@ def check_contained(url: str, *, storage_options: dict | None = None) -> None:
                         )
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
+
+
+def check_metadata_size(url: str, key: str, *, storage_options: dict | None = None) -> None:
+    """Refuse a JSON file of the store (``zarr.json`` of the group or an array) too large to be muzarr's,
+    before Zarr or muzarr reads it whole. A missing file, or a size the server does not tell, passes."""
+    fs, root = _fs(url, storage_options)
+    try:
+        size = fs.size(f"{root}/{key}")
+    except (FileNotFoundError, OSError, ValueError):
+        return
+    if size is not None and size > MAX_JSON_BYTES:
+        raise MuzarrError(
+            f"{url}: malformed store: {key} has {size} bytes, more than the {MAX_JSON_BYTES >> 20} MiB of any metadata "
+            f"muzarr writes: {FRESH_COPY}"
+        )
 
 
 def folder_listing(fs, root: str, *, shown: int = 4) -> str:
@@ -217,8 +235,15 @@ def read_json(url: str, key: str, *, storage_options: dict | None = None) -> Any
     """``key`` parsed as JSON, or None when it is missing or not valid JSON (a torn or foreign file)."""
     fs, root = _fs(url, storage_options)
     try:
-        return json.loads(fs.cat_file(f"{root}/{key}"))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        # one byte past the limit tells a file that is too large without reading it whole
+        data = fs.cat_file(f"{root}/{key}", start=0, end=MAX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > MAX_JSON_BYTES:
+        raise MuzarrError(f"{url}: malformed store: {key} is larger than {MAX_JSON_BYTES >> 20} MiB: {FRESH_COPY}")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

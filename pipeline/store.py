@@ -47,6 +47,7 @@ from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O help
     KEYS,
     MARKERS,
     MAX_BLOCK_BYTES,
+    MAX_JSON_BYTES,
     STATUS_FAILED,
     STATUS_NAMES,
     STATUS_OK,
@@ -56,6 +57,7 @@ from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O help
     check_contained,
     check_key,
     check_marker,
+    check_metadata_size,
     clips_digest,
     is_http,
     is_local,
@@ -213,6 +215,7 @@ def ensure_arrays(
     group = open_group(url, mode="a", storage_options=storage_options)
     created = set()
     for layout in [_status_layout(n_clips, batch_clips), *layouts]:
+        check_metadata_size(url, f"{layout.name}/zarr.json", storage_options=storage_options)
         try:
             array = group[layout.name]
         except (KeyError, ValueError, TypeError, zarr.errors.BaseZarrError):
@@ -261,6 +264,7 @@ class Store:
         self.url = url
         self.storage_options = dict(storage_options or {})
         check_contained(url, storage_options=self.storage_options)
+        check_metadata_size(url, "zarr.json", storage_options=self.storage_options)
         try:
             self.group = open_group(url, mode="r", storage_options=self.storage_options)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, ValueError, NotADirectoryError) as err:
@@ -365,9 +369,14 @@ class Store:
         self._array_info(name)
         return self._open_array(name)
 
+    def node(self, name: str):
+        """``self.group[name]``, its ``zarr.json`` first checked to be of a size muzarr writes."""
+        check_metadata_size(self.url, f"{name}/zarr.json", storage_options=self.storage_options)
+        return self.group[name]
+
     def _open_array(self, name: str) -> zarr.Array:
         try:
-            array = self.group[name]
+            array = self.node(name)
         except (KeyError, ValueError, zarr.errors.BaseZarrError) as err:
             raise MuzarrError(f"store {self.url}: array {name!r} cannot be opened ({type(err).__name__}): run `pipe verify`") from None
         if not isinstance(array, zarr.Array):
@@ -535,13 +544,15 @@ def manifest_damage(url: str, *, storage_options: dict | None = None) -> str | N
     """
     fs, root = _fs(url, storage_options)
     try:
-        raw = fs.cat_file(f"{root}/zarr.json")
+        raw = fs.cat_file(f"{root}/zarr.json", start=0, end=MAX_JSON_BYTES + 1)
         if not any(fs.exists(f"{root}/{entry}") for entry in OWN_ENTRIES):
             return None
     except (OSError, ValueError):  # missing, or unreachable: nothing says it is damaged
         return None
     if not raw.strip():
         return "the file is empty"
+    if len(raw) > MAX_JSON_BYTES:
+        return f"larger than the {MAX_JSON_BYTES >> 20} MiB of any manifest muzarr writes"
     try:
         meta = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:

@@ -306,7 +306,7 @@ def array_damage(store: Store, name: str) -> tuple[zarr.Array | None, list[str]]
     codec is not allowed, its shape, dtype, chunks or shards are not the manifest's); no data is read."""
     info = store.arrays[name]
     try:
-        array = store.group[name]
+        array = store.node(name)
     except KeyError:
         return None, [f"cannot be opened ({name}/zarr.json is missing)"]
     except Exception as err:  # noqa: BLE001 - unreadable metadata is damage to report

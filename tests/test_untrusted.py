@@ -124,6 +124,19 @@ def test_malformed_catalogs_end_in_one_clear_error(case, tmp_path):
     assert not out.exists() and not Path(MISSING_SOURCE).exists()
 
 
+@pytest.mark.parametrize(
+    "options", [{"extensions": [None]}, {"extensions": "wav"}, {"split_seed": 1.5}, {"split_sizes": ["a", 0.1, 0.1]}]
+)
+def test_recipe_options_of_the_wrong_type_are_one_clear_error(options, tmp_path):
+    """Found by the catalog fuzzer: a list holding null where the folder recipe takes extensions was a traceback."""
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump({"datasets": {"fuzz": {**VALID_ENTRY, "options": options}}}))
+    result = CliRunner().invoke(main, ["build", "--catalog", str(path), "--out", str(tmp_path / "x.zarr"), "--quiet", "fuzz"])
+    clean_failure(result)
+    (name,) = options
+    assert f"recipe 'folder': option {name}=" in result.output and "must be " in result.output
+
+
 KNOWN_SET_KEYS = ["clip.seconds", "clip.mode", "clip.total_seconds", "clip.hop_seconds", "batch_clips",
                   "options.split_seed", "options.split_sizes", "options.nope", "logmel.n_mels", "logmel.f_max",
                   "waveform.sample_rate", "waveform.storage", "logmel.top_db", "nosuch.x", ".", ""]
