@@ -201,7 +201,8 @@ def read_table(url: str, name: str, *, rows: int | None = None, storage_options:
     path = f"{root}/tables/{name}.parquet"
     if rows is not None:
         _check_table_size(fs, path, rows, where=f"{url}: malformed store: tables/{name}.parquet")
-    return pd.read_parquet(io.BytesIO(fs.cat_file(path)))
+    # one thread: tables are small, and pyarrow's thread pool hangs where threads cannot start
+    return pd.read_parquet(io.BytesIO(fs.cat_file(path)), use_threads=False)
 
 
 def _check_table_size(fs, path: str, rows: int, *, where: str) -> None:
@@ -234,13 +235,11 @@ def write_json(url: str, key: str, data: dict, *, storage_options: dict | None =
 def read_json(url: str, key: str, *, storage_options: dict | None = None) -> Any:
     """``key`` parsed as JSON, or None when it is missing or not valid JSON (a torn or foreign file)."""
     fs, root = _fs(url, storage_options)
+    check_metadata_size(url, key, storage_options=storage_options)
     try:
-        # one byte past the limit tells a file that is too large without reading it whole
-        data = fs.cat_file(f"{root}/{key}", start=0, end=MAX_JSON_BYTES + 1)
+        data = fs.cat_file(f"{root}/{key}")
     except FileNotFoundError:
         return None
-    if len(data) > MAX_JSON_BYTES:
-        raise MuzarrError(f"{url}: malformed store: {key} is larger than {MAX_JSON_BYTES >> 20} MiB: {FRESH_COPY}")
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):

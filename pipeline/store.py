@@ -544,15 +544,15 @@ def manifest_damage(url: str, *, storage_options: dict | None = None) -> str | N
     """
     fs, root = _fs(url, storage_options)
     try:
-        raw = fs.cat_file(f"{root}/zarr.json", start=0, end=MAX_JSON_BYTES + 1)
+        if (fs.size(f"{root}/zarr.json") or 0) > MAX_JSON_BYTES:
+            return f"larger than the {MAX_JSON_BYTES >> 20} MiB of any manifest muzarr writes"
+        raw = fs.cat_file(f"{root}/zarr.json")
         if not any(fs.exists(f"{root}/{entry}") for entry in OWN_ENTRIES):
             return None
     except (OSError, ValueError):  # missing, or unreachable: nothing says it is damaged
         return None
     if not raw.strip():
         return "the file is empty"
-    if len(raw) > MAX_JSON_BYTES:
-        return f"larger than the {MAX_JSON_BYTES >> 20} MiB of any manifest muzarr writes"
     try:
         meta = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
