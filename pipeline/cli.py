@@ -28,6 +28,15 @@ def friendly_errors(command):
         except KeyboardInterrupt:
             click.echo("interrupted: run the same command again to resume", err=True)
             sys.exit(130)
+        except MemoryError:
+            # Sizes a store claims are checked before anything is allocated from them; what is left
+            # is a file that really is that large (read whole by Zarr), or a machine too small.
+            click.secho(
+                "error: out of memory: a file of the store or input is larger than this process can hold; "
+                "check the store with `pipe verify`, or run on a machine with more memory",
+                fg="red", err=True,
+            )
+            sys.exit(2)
 
     return wrapper
 

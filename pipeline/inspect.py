@@ -44,6 +44,7 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
     from pipeline.verify import array_damage
 
     store = open_store(url)
+    store.check_tables()
     m = store.manifest
     config = m["config"]
     counts = m.get("counts", {})

@@ -200,12 +200,13 @@ def read_table(url: str, name: str, *, rows: int | None = None, storage_options:
     fs, root = _fs(url, storage_options)
     path = f"{root}/tables/{name}.parquet"
     if rows is not None:
-        _check_table_size(fs, path, rows, where=f"{url}: malformed store: tables/{name}.parquet")
+        check_table_size(fs, path, rows, where=f"{url}: malformed store: tables/{name}.parquet")
     # one thread: tables are small, and pyarrow's thread pool hangs where threads cannot start
     return pd.read_parquet(io.BytesIO(fs.cat_file(path)), use_threads=False)
 
 
-def _check_table_size(fs, path: str, rows: int, *, where: str) -> None:
+def check_table_size(fs, path: str, rows: int, *, where: str) -> None:
+    """The Parquet file at ``path`` holds ``rows`` rows of a plausible size: from its size and footer only."""
     import pyarrow.parquet as pq
 
     limit = TABLE_BASE_BYTES + rows * TABLE_ROW_BYTES

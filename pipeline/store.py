@@ -45,6 +45,7 @@ from pipeline.errors import MuzarrError
 from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O helpers
     FRESH_COPY,
     KEYS,
+    LOCK,
     MARKERS,
     MAX_BLOCK_BYTES,
     MAX_JSON_BYTES,
@@ -58,6 +59,7 @@ from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O help
     check_key,
     check_marker,
     check_metadata_size,
+    check_table_size,
     clips_digest,
     is_http,
     is_local,
@@ -405,10 +407,27 @@ class Store:
             )
         return array
 
+    def _table_rows(self, name: str) -> int:
+        return self.n_clips * len(self.arrays) if name == "checksums" else self.n_clips
+
+    def check_tables(self) -> None:
+        """Every table there is holds the rows the manifest implies (footers only: no data read)."""
+        fs, root = _fs(self.url, self.storage_options)
+        for name in TABLES:
+            try:
+                check_table_size(fs, f"{root}/tables/{name}.parquet", self._table_rows(name),
+                                 where=f"{self.url}: malformed store: tables/{name}.parquet")  # fmt: skip
+            except FileNotFoundError:
+                continue  # a missing table is shown (and verified) in its place
+            except (OSError, ValueError) as err:
+                raise MuzarrError(
+                    f"store {self.url}: tables/{name}.parquet cannot be read ({type(err).__name__}): run `pipe verify`"
+                ) from None
+
     def table(self, name: str) -> pd.DataFrame:
         if name not in TABLES:
             raise MuzarrError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
-        rows = self.n_clips * len(self.arrays) if name == "checksums" else self.n_clips
+        rows = self._table_rows(name)
         try:
             return read_table(self.url, name, rows=rows, storage_options=self.storage_options)
         except FileNotFoundError:
@@ -547,7 +566,10 @@ def manifest_damage(url: str, *, storage_options: dict | None = None) -> str | N
         if (fs.size(f"{root}/zarr.json") or 0) > MAX_JSON_BYTES:
             return f"larger than the {MAX_JSON_BYTES >> 20} MiB of any manifest muzarr writes"
         raw = fs.cat_file(f"{root}/zarr.json")
-        if not any(fs.exists(f"{root}/{entry}") for entry in OWN_ENTRIES):
+        # the writer's lock alone says nothing: a build takes it before it looks at the folder
+        if not any(fs.exists(f"{root}/{entry}") for entry in OWN_ENTRIES if entry != "_muzarr") and not (
+            fs.exists(f"{root}/_muzarr") and any(p != f"{root}/{LOCK}" for p in fs.find(f"{root}/_muzarr"))
+        ):
             return None
     except (OSError, ValueError):  # missing, or unreachable: nothing says it is damaged
         return None

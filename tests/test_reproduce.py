@@ -275,7 +275,7 @@ def test_a_store_of_whole_clips_for_the_subclip_role_fails_with_the_split_build(
 
 def test_a_store_without_the_models_array_fails_before_training(split_store, tmp_path):
     result = _cli("seed000", "--store", split_store, "--out", str(tmp_path / "out"), *COMMON)
-    assert result.exit_code == 2 and "row 'MLP'" in result.output and "--logmel n_mels=64" in result.output
+    assert result.exit_code == 2 and "row 'MLP'" in result.output and "--logmel sample_rate=16000,n_mels=64," in result.output
     assert not (tmp_path / "out").exists()
 
 
