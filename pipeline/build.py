@@ -520,6 +520,8 @@ def build(
     started = time.perf_counter()
     if repair and overwrite:
         raise MuzarrError("--repair keeps the store's good batches, --overwrite rebuilds them all: choose one")
+    # A link planted in the store would take reads, the lock and every write elsewhere: refused before any.
+    check_contained(out, storage_options=storage_options)
     if not overwrite:
         # A store this muzarr cannot write is refused before the (possibly long) indexing.
         try:
@@ -538,8 +540,6 @@ def build(
     unreadable = index.info.get("unreadable_folders") or []
     if strict and unreadable:
         raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
-    # A link planted in the store would take the lock and every write elsewhere: refused before either.
-    check_contained(out, storage_options=storage_options)
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
     with write_errors(out), writer_lock(out, storage_options):
         markers = _prepare_store(
