@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,6 +66,23 @@ class ReportedByTheDriver(logging.Filter):
         if str(record.msg).startswith("Failed to communicate with scheduler during heartbeat"):
             return not (record.exc_info and isinstance(record.exc_info[1], CommClosedError))
         return True
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[threading.Event]:
+    """Ctrl-C while a build drives its cluster is noted (the event is set), not raised wherever the
+    main thread is: a KeyboardInterrupt inside one of distributed's blocking calls makes it log
+    tracebacks of its own (a cancel callback that fails, keys it cannot gather). The caller raises
+    KeyboardInterrupt itself at a point of its choosing, then closes the cluster."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: hit.set())
+    try:
+        yield hit
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
