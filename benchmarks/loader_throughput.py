@@ -5,7 +5,8 @@ Same synthetic log-mel data (MTAT's CRNN input: 96 x 1440 float16 per clip) in o
 1. muzarr, shuffled epoch: ``TrainStream`` (chunk order permuted, buffer-shuffled examples),
    streaming from the store (no RAM cache), batches of 32, random 3 s crops;
 2. muzarr, sequential: the same reader, crops and batches in store order, no shuffling;
-   (1b. the shuffled epoch with ``verify=False``: what checking every clip against its digest costs;)
+   (1b. the shuffled epoch with ``verify=False``: what checking every clip against its digest costs;
+   1c. the shuffled epoch with 1 and 2 loader workers, ``train --workers N``: the same batches;)
 3. muzarr, naive shuffle: one ``Store.read`` per clip in random order (what a map-style
    Dataset over a Zarr array does);
 4. ``.npy`` per clip (Won et al.'s layout): a map-style Dataset that ``np.load``-s one file per
@@ -101,7 +102,7 @@ def epoch_rate(batches) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=2000)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for every method")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the .npy baseline")
     parser.add_argument("--rounds", type=int, default=7, help="timed epochs per method (median reported)")
     parser.add_argument("--audio", type=Path, default=Path(tempfile.gettempdir()) / "muzarr_mtat_like")
     args = parser.parse_args()
@@ -121,13 +122,11 @@ def main() -> None:
         reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
         unverified = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=False)
 
-        def shuffled(source=reader):
-            stream = TrainStream(source, batch_size=32, seed=0, buffer_clips=256)
-            return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers)
+        def shuffled(source=reader, workers=0):  # train --workers N: N processes decode shards ahead
+            return TrainStream(source, batch_size=32, seed=0, buffer_clips=256, workers=workers)
 
         def sequential():  # the same reader, crops and batches, in store order
-            stream = TrainStream(reader, batch_size=32, seed=0, buffer_clips=256, shuffle=False)
-            return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers)
+            return TrainStream(reader, batch_size=32, seed=0, buffer_clips=256, shuffle=False)
 
         def naive():
             order = np.random.default_rng(0).permutation(len(rows))
@@ -142,6 +141,8 @@ def main() -> None:
         methods = {
             "muzarr shuffled epoch (chunk-aware)": shuffled,
             "muzarr shuffled epoch, reads not verified (--no-verify-reads)": lambda: shuffled(unverified),
+            "muzarr shuffled epoch, 1 loader worker (--workers 1)": lambda: shuffled(workers=1),
+            "muzarr shuffled epoch, 2 loader workers (--workers 2)": lambda: shuffled(workers=2),
             "muzarr sequential read": sequential,
             "Zarr, one read per clip in random order": naive,
             ".npy file per clip, shuffled (Won et al.)": npy,

@@ -100,12 +100,44 @@ def test_streaming_reads_chunks_in_shuffled_order(store):
     assert len(chunks) <= 2  # one buffer = about one chunk
 
 
-def test_dataloader_workers_split_the_chunks(store):
+@pytest.mark.parametrize("cache", [True, False])
+def test_loader_workers_give_the_same_batches_as_none(store, cache):
+    """--workers N: shards decoded in N processes, batches identical to decoding in-process."""
+    reader = _reader(store, InputSpec("waveform", sample_rate=16000, seconds=0.25), cache=cache, part="all")
+
+    def epoch(workers):
+        stream = TrainStream(reader, batch_size=4, seed=5, buffer_clips=8, workers=workers)
+        stream.set_epoch(2)
+        return [(x.numpy().copy(), y.numpy().copy(), p.numpy().copy()) for x, y, p in stream]
+
+    alone = epoch(0)
+    assert sorted(np.concatenate([p for _, _, p in alone]).tolist()) == list(range(len(reader)))
+    for workers in (1, 2, 3):
+        batches = epoch(workers)
+        assert len(batches) == len(alone)
+        for a, b in zip(alone, batches):
+            for u, v in zip(a, b):
+                np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_read_disjoint_shards_that_make_up_the_split(store, world):
+    """Under DDP every rank deals itself shards of one shared permutation: every clip once per epoch."""
     reader = _reader(store, InputSpec("waveform", sample_rate=16000, seconds=0.25), cache=False, part="all")
-    stream = TrainStream(reader, batch_size=4, seed=0, buffer_clips=8)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
-    seen = sorted(p for _, _, positions in loader for p in positions.tolist())
-    assert seen == list(range(len(reader)))
+    for epoch in (0, 1):
+        per_rank = []
+        for rank in range(world):
+            stream = TrainStream(reader, batch_size=2, seed=7, buffer_clips=8, rank=rank, world=world)
+            stream.set_epoch(epoch)
+            per_rank.append(np.concatenate([p.numpy() for _, _, p in stream]))
+            shards = set((reader.rows[per_rank[-1]] // reader.chunk_clips).tolist())
+            assert shards == set(stream.shards().tolist())  # whole shards, this rank's alone
+        together = np.concatenate(per_rank)
+        assert sorted(together.tolist()) == list(range(len(reader)))  # disjoint, and the whole split
+    # one rank of one is the plain stream
+    plain = TrainStream(reader, batch_size=2, seed=7, buffer_clips=8)
+    single = TrainStream(reader, batch_size=2, seed=7, buffer_clips=8, rank=0, world=1)
+    assert [p.tolist() for _, _, p in plain] == [p.tolist() for _, _, p in single]
 
 
 def test_eval_batches_hold_every_crop_of_every_clip(store):

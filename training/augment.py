@@ -241,6 +241,9 @@ class Augmenter:
         Number of classes or tags.
     seed : int
         Non-negative run seed; with the epoch and the batch counter it fixes every draw.
+    rank, world : int
+        This process's rank of ``world`` in a distributed run: rank ``r``'s batch ``step`` draws
+        as batch ``step * world + r`` would, so no two ranks draw alike (one process: unchanged).
 
     Raises
     ------
@@ -256,7 +259,9 @@ class Augmenter:
     batch is on.
     """
 
-    def __init__(self, augment: Augment, *, input_kind: str, task: str, n_classes: int, seed: int) -> None:
+    def __init__(
+        self, augment: Augment, *, input_kind: str, task: str, n_classes: int, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
         if not isinstance(augment, Augment):
             raise MuzarrError(f"Augmenter needs an Augment (see parse_augment / Augment.from_dict), got {augment!r}")
         if input_kind not in INPUT_KINDS:
@@ -275,6 +280,7 @@ class Augmenter:
         self.task = task
         self.n_classes = int(n_classes)
         self.seed = int(seed)
+        self.rank, self.world = int(rank), int(world)
         self.epoch = 0
         self.step = 0
 
@@ -342,7 +348,7 @@ class Augmenter:
 
     def _generators(self) -> tuple[torch.Generator, np.random.Generator]:
         """CPU generators for this batch: torch for masks, shifts, gains and the permutation; numpy for Beta."""
-        torch_seq, numpy_seq = np.random.SeedSequence([self.seed, self.epoch, self.step]).spawn(2)
+        torch_seq, numpy_seq = np.random.SeedSequence([self.seed, self.epoch, self.step * self.world + self.rank]).spawn(2)
         torch_gen = torch.Generator().manual_seed(int(torch_seq.generate_state(1, np.uint64)[0]))
         return torch_gen, np.random.default_rng(numpy_seq)
 

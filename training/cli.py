@@ -10,6 +10,7 @@ Exit codes: 0 success; 2 bad input (one line says what and where); 130 interrupt
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,49 @@ def _options(values: tuple[str, ...], what: str) -> dict[str, Any]:
     return merged
 
 
+def one_rank_speaks(command):
+    """Under ``torchrun``: rank 0 alone prints and reports what every rank would (a bad option,
+    a missing store); an error of one rank's own (its shards, a lost peer) is reported by that
+    rank; torchrun stopping a rank (after another failed) is one line, exit 143."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from training.distributed import LOST, LostRank, RankError, context, launched, stop_on_sigterm
+        from training.launch import LAUNCHED_BY_TRAIN
+
+        if not launched():
+            return command(*args, **kwargs)
+        with stop_on_sigterm():
+            ctx = context()  # a rank that cannot join says so (RankError)
+            try:
+                if not ctx.is_main:
+                    with _silenced():
+                        return command(*args, **kwargs)
+                return command(*args, **kwargs)
+            except MuzarrError as err:
+                if isinstance(err, LostRank) and os.environ.get(LAUNCHED_BY_TRAIN):
+                    sys.exit(LOST)  # the launcher names the rank that went away
+                if ctx.is_main or isinstance(err, RankError):
+                    raise
+                sys.exit(2)
+            except KeyboardInterrupt:  # Ctrl-C reaches every rank: rank 0 says it
+                if ctx.is_main:
+                    raise
+                sys.exit(130)
+            finally:
+                ctx.close()
+
+    return wrapper
+
+
+def _silenced():
+    """Standard output of a rank other than 0: dropped (errors still reach stderr)."""
+    import contextlib
+
+    return contextlib.redirect_stdout(open(os.devnull, "w"))
+
+
 def _choices(registry) -> click.Choice:
     return click.Choice(list(registry))
 
@@ -88,7 +132,8 @@ def _choices(registry) -> click.Choice:
 @click.option("--overwrite", is_flag=True, help="Replace another run's files in --out (the same command otherwise continues its own run).")
 @click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option, e.g. filter_length=512 (see `train models`).")
 @click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]), help="Hold the split in RAM/GPU or stream chunks.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers when streaming.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Loader processes decoding shards ahead when streaming (same batches for any number).")
+@click.option("--sync-bn", is_flag=True, help="Under torchrun: BatchNorm statistics over the global batch (CUDA only; default: per rank).")
 @click.option("--no-verify-reads", is_flag=True, help="Skip checking each clip read against its stored digest (faster; `pipe verify` still checks).")
 @click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's protocol).")
 @click.option("--eval-placement", type=_choices(EVAL_PLACEMENTS), help="Where evaluation crops start: spread (to the clip's end) or won (Won et al.'s eval.py).")
@@ -96,10 +141,16 @@ def _choices(registry) -> click.Choice:
 @click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
 @click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), help="Data-parallel ranks on this machine (one per GPU): train launches them (torchrun's agent).")
+@click.option("--nnodes", default=1, show_default=True, type=click.IntRange(min=1), help="Machines of a --nproc-per-node run; each runs the same command.")
+@click.option("--node-rank", default=0, show_default=True, type=click.IntRange(min=0), help="This machine's number (0 = the --rdzv-endpoint machine).")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Machine 0's address and a free port, for --nnodes > 1.")
 @friendly_errors
+@one_rank_speaks
 def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum, nesterov, weight_decay, scheduler,
         scheduler_opts, early_stopping, monitor, augment, device, amp, seed, repeats, out, resume, overwrite, model_opts, cache,
-        workers, no_verify_reads, eval_crops, eval_placement, sub_clips, no_emissions, country, quiet):  # fmt: skip
+        workers, sync_bn, no_verify_reads, eval_crops, eval_placement, sub_clips, no_emissions, country, quiet,
+        nproc_per_node, nnodes, node_rank, rdzv_endpoint):  # fmt: skip
     """Train MODEL on STORE with its paper's protocol and write a run directory.
 
     \b
@@ -108,10 +159,24 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
       train --store demo.zarr --model cnn --epochs 5 --lr 1e-3 --out runs/cnn
       train --store fma.zarr --model cnn2d_gru --augment specaugment,mixup_alpha=0.2
       train --resume runs/cnn
+      train --store mtat.zarr --model short_res --nproc-per-node 4     # 4 GPUs, one rank each
+      torchrun --nproc_per_node 4 $(which train) --store mtat.zarr --model short_res   # the same
     """
     from training.config import TrainConfig
+    from training.distributed import context, launched
     from training.loop import Run
 
+    if nproc_per_node and not launched():
+        from training.launch import launch, without_launch_options
+
+        argv = without_launch_options(sys.argv[1:])
+        if not resume and not out:  # one folder for every rank, named here
+            out = str(_default_out(store or "store", model or "model"))
+            argv += ["--out", out]
+        where = f"--resume {resume}" if resume else f"--out {out} (the same command)"
+        hint = f"train --nproc-per-node {nproc_per_node} {where}"
+        sys.exit(launch(argv, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                        rdzv_endpoint=rdzv_endpoint, resume_hint=hint))  # fmt: skip
     if resume:
         try:
             result = Run.resume(Path(resume), progress=not quiet).fit()
@@ -131,11 +196,11 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
         store=store, model=model, split_scheme=split_scheme, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, scheduler=scheduler,
         scheduler_opts=_options(scheduler_opts, "--scheduler-opt"), early_stopping=early_stopping, device=device,
-        amp=amp, seed=seed, model_opts=_options(model_opts, "--model-opt"), cache=cache, workers=workers,
+        amp=amp, seed=seed, model_opts=_options(model_opts, "--model-opt"), cache=cache, workers=workers, sync_bn=sync_bn,
         verify_reads=not no_verify_reads, eval_crops=eval_crops, eval_placement=eval_placement, sub_clips=sub_clips, monitor=monitor,
         augment=augment_fields, emissions=not no_emissions, country=country,
     )  # fmt: skip
-    base = Path(out) if out else _default_out(store, model)
+    base = context().broadcast(Path(out) if out else _default_out(store, model))  # rank 0 names it
     if repeats == 1:
         _print_result(_train_once(config, base, overwrite=overwrite, quiet=quiet), base)
         return
@@ -155,14 +220,16 @@ def _train_once(config, out: Path, *, overwrite: bool, quiet: bool) -> dict[str,
     """Train ``config`` into ``out``; the same command again continues an unfinished run there and
     keeps a finished one; another run there is refused unless ``overwrite``."""
     from training.checkpoint import existing_run, read_json
+    from training.distributed import context
     from training.loop import Run
 
     config = config.with_absolute_store()  # as the run records it
-    state = existing_run(out, config.to_dict(), overwrite=overwrite)
+    # rank 0 looks at the run folder and tells the others (who may not see it)
+    state = context().on_main(existing_run, out, config.to_dict(), overwrite=overwrite)
     try:
         if state == "finished":
             click.echo(f"{out}: this run has finished already (add --overwrite to train it again)")
-            return read_json(out / "metrics.json")
+            return context().on_main(read_json, out / "metrics.json")
         if state == "resume":
             click.echo(f"{out}: continuing this run after its last finished epoch")
             return Run.resume(out, progress=not quiet).fit()

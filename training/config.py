@@ -58,6 +58,7 @@ class TrainConfig:
     model_opts: dict = dataclasses.field(default_factory=dict)
     cache: str = "auto"
     workers: int = 0
+    sync_bn: bool = False
     verify_reads: bool = True
     eval_crops: int | None = None
     eval_placement: str | None = None

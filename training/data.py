@@ -298,6 +298,10 @@ class SplitReader:
     def nbytes(self) -> int:
         return int(np.prod(self.plan.clip_shape)) * np.dtype(self.dtype).itemsize * len(self.rows)
 
+    def close(self) -> None:
+        """Forget the open store handles (the next read opens them again)."""
+        self._array = self._format = self._fs = None
+
     def _zarr(self):
         if self._array is None:  # opened lazily: each DataLoader worker opens its own handle
             self._array = open_store(self.url, storage_options=self.storage_options).array(self.plan.array)
@@ -347,7 +351,7 @@ class SplitReader:
         """
         keep = transform or (lambda data: data)
         if self.memory is not None:
-            step = max(self.chunk_clips, 64)
+            step = self.chunk_clips
             starts = np.arange(0, len(self.rows), step)
             for start in starts if order is None else starts[order]:
                 stop = min(start + step, len(self.rows))
@@ -407,7 +411,7 @@ class SplitReader:
 
     def n_blocks(self) -> int:
         if self.memory is not None:
-            return math.ceil(len(self.rows) / max(self.chunk_clips, 64))
+            return math.ceil(len(self.rows) / self.chunk_clips)
         return len(np.unique(self.rows // self.chunk_clips))
 
 
@@ -422,54 +426,68 @@ def _take_rows(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return block[rows]
 
 
-class TrainStream(torch.utils.data.IterableDataset):
-    """Shuffled training batches ``(x, y, positions)`` read shard by shard.
+class TrainStream:
+    """Shuffled training batches ``(x, y, positions)`` of one rank, read shard by shard.
 
-    Each epoch: permute the shards, read them one after another, keeping one random crop
-    per (sub-)clip as each chunk is decoded, until a buffer holds about ``buffer_clips``
-    clips' examples; shuffle the buffer and cut it into batches. DataLoader workers split
-    the shards between them; their generators are seeded by ``(seed, epoch, worker)``.
+    Each epoch: permute the shards (the same permutation on every rank, dealt out by rank:
+    rank ``r`` of ``world`` reads shards ``order[r::world]``, so the ranks' examples are
+    disjoint and together the whole split), read them one after another, keeping one random
+    crop per (sub-)clip as each chunk is decoded, until a buffer holds about ``buffer_clips``
+    clips' examples; shuffle the buffer and cut it into batches.
+
+    A shard's crops are drawn from ``default_rng([seed, epoch, 1, shard])`` and the buffer is
+    shuffled by ``default_rng([seed, epoch, rank + 1])``: with ``workers`` loader processes
+    decoding shards ahead (a ``DataLoader`` over the shards, in order), the batches are the
+    same as with none, for any number of workers.
     """
 
     def __init__(
-        self, reader: SplitReader, *, batch_size: int, seed: int, buffer_clips: int = 512, shuffle: bool = True
-    ) -> None:
+        self, reader: SplitReader, *, batch_size: int, seed: int, buffer_clips: int = 512, shuffle: bool = True,
+        rank: int = 0, world: int = 1, workers: int = 0,
+    ) -> None:  # fmt: skip
         self.reader = reader
         self.batch_size = batch_size
         self.seed = seed
         self.buffer_clips = buffer_clips
         self.shuffle = shuffle
+        self.rank, self.world = rank, world
+        self.workers = workers
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+    def shards(self) -> np.ndarray:
+        """The shards (block indices of the reader) this rank reads this epoch, in order."""
         n_blocks = self.reader.n_blocks()
         order = np.random.default_rng([self.seed, self.epoch, 0]).permutation(n_blocks) if self.shuffle else np.arange(n_blocks)
-        rng = np.random.default_rng([self.seed, self.epoch, worker + 1])
-        plan = self.reader.plan
-        total, length = plan.item_shape[-1], plan.length
+        return order[self.rank :: self.world]
 
-        def one_crop_each(data: np.ndarray) -> np.ndarray:
-            # One example per (clip, sub-clip), cropped as soon as it is read: the buffer holds
-            # crops, not whole clips.
-            items = data.reshape(-1, *plan.item_shape)
-            if length is None:
-                return items.copy()  # ``data`` may be a view of the reader's reused buffer
-            offsets = crop_offsets(rng, len(items), total=total, length=length, span=plan.crop_span)
-            return crop(items, offsets, length)
-
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank + 1])
+        n_subclips = self.reader.plan.n_subclips
         pending_x: list[np.ndarray] = []
         pending_p: list[np.ndarray] = []
-        for positions, examples in self.reader.blocks(order[worker::n_workers], transform=one_crop_each):
+        for positions, examples in self._cropped(self.shards()):
             pending_x.append(examples)
-            pending_p.append(np.repeat(positions, plan.n_subclips))
-            if sum(len(p) for p in pending_p) >= self.buffer_clips * plan.n_subclips:
+            pending_p.append(np.repeat(positions, n_subclips))
+            if sum(len(p) for p in pending_p) >= self.buffer_clips * n_subclips:
                 yield from self._emit(rng, pending_x, pending_p, final=False)
         yield from self._emit(rng, pending_x, pending_p, final=True)
+
+    def _cropped(self, shards: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(positions, crops)`` of each shard in ``shards``, decoded here or by loader workers."""
+        crops = CroppedShards(self.reader, seed=self.seed, epoch=self.epoch)
+        if self.workers == 0 or len(shards) == 0:
+            for shard in shards:
+                yield crops[int(shard)]
+            return
+        loader = torch.utils.data.DataLoader(
+            crops, batch_size=None, sampler=[int(s) for s in shards], num_workers=min(self.workers, len(shards)),
+            worker_init_fn=_fresh_handles, prefetch_factor=2,
+        )  # fmt: skip
+        for positions, examples in loader:
+            yield positions.numpy(), examples.numpy()
 
     def _emit(self, rng, pending_x: list, pending_p: list, *, final: bool):
         """Shuffle the buffered examples and yield full batches; keep the remainder buffered."""
@@ -500,6 +518,40 @@ class TrainStream(torch.utils.data.IterableDataset):
             pending_p.append(positions[rest])
 
 
+class CroppedShards(torch.utils.data.Dataset):
+    """Shard ``i`` of a reader as ``(positions, crops)``: one random training crop per
+    (sub-)clip, drawn from ``default_rng([seed, epoch, 1, i])`` whoever decodes it."""
+
+    def __init__(self, reader: SplitReader, *, seed: int, epoch: int) -> None:
+        self.reader = reader
+        self.seed, self.epoch = seed, epoch
+
+    def __len__(self) -> int:
+        return self.reader.n_blocks()
+
+    def __getitem__(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        plan = self.reader.plan
+        total, length = plan.item_shape[-1], plan.length
+        rng = np.random.default_rng([self.seed, self.epoch, 1, shard])
+
+        def one_crop_each(data: np.ndarray) -> np.ndarray:
+            # One example per (clip, sub-clip), cropped as soon as it is read: only crops are held.
+            items = data.reshape(-1, *plan.item_shape)
+            if length is None:
+                return items.copy()  # ``data`` may be a view of the reader's reused buffer
+            offsets = crop_offsets(rng, len(items), total=total, length=length, span=plan.crop_span)
+            return crop(items, offsets, length)
+
+        return next(self.reader.blocks(np.array([shard]), transform=one_crop_each))
+
+
+def _fresh_handles(_worker: int) -> None:
+    """In a loader worker: open the store anew (a forked copy of the parent's connection
+    pool is not safe to share)."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reader.close()
+
+
 def _read_remote(fs, path: str) -> bytes | None:
     try:
         return fs.cat_file(path)
@@ -507,8 +559,11 @@ def _read_remote(fs, path: str) -> bytes | None:
         return None
 
 
-def eval_batches(reader: SplitReader, *, batch_clips: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-    """Sequential evaluation batches ``(x, positions)``: every crop of every sub-clip of each clip.
+def eval_batches(
+    reader: SplitReader, *, batch_clips: int, shards: np.ndarray | None = None
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Sequential evaluation batches ``(x, positions)``: every crop of every sub-clip of each clip
+    (of the shards ``shards`` only, when given: a rank's share).
 
     ``x`` holds ``len(positions) * plan.examples_per_clip_eval`` examples, clip-major.
     """
@@ -527,7 +582,7 @@ def eval_batches(reader: SplitReader, *, batch_clips: int) -> Iterator[tuple[tor
         starts = np.tile(offsets, len(items) // plan.eval_crops)
         return to_tensor(crop(items, starts, plan.length), reader.dtype), positions
 
-    for positions, data in reader.blocks():
+    for positions, data in reader.blocks(shards):
         pending_x.append(data)
         pending_p.append(positions)
         count += len(positions)

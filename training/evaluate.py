@@ -16,6 +16,7 @@ from torch import nn
 from pipeline.errors import MuzarrError
 from training.data import SplitReader, eval_batches
 from training.device import autocast
+from training.distributed import Context
 from training.metrics import compute_metrics
 
 __all__ = ["checked_batch", "evaluate", "predict_scores"]
@@ -35,13 +36,19 @@ def checked_batch(
 @torch.no_grad()
 def predict_scores(
     model: nn.Module, reader: SplitReader, *, task: str, n_classes: int, loss_fn: nn.Module, device: torch.device,
-    batch_size: int, amp: bool = False,
+    batch_size: int, amp: bool = False, dist: Context | None = None,
 ) -> tuple[np.ndarray, float]:  # fmt: skip
-    """Clip-level scores ``[n_clips, n_classes]`` and the mean loss over every evaluated crop."""
+    """Clip-level scores ``[n_clips, n_classes]`` and the mean loss over every evaluated crop.
+
+    Under ``dist`` (several ranks), each rank scores its share of the shards and the scores
+    are gathered: every rank returns the scores of every clip, as one process would.
+    """
+    dist = dist or Context()
     model.eval()
     per_clip = reader.plan.examples_per_clip_eval
-    scores, losses, count = [], 0.0, 0
-    for x, positions in eval_batches(reader, batch_clips=max(1, batch_size // per_clip)):
+    shards = np.arange(reader.n_blocks())[dist.rank :: dist.world] if dist.active else None
+    scores, kept, losses, count = [], [], 0.0, 0
+    for x, positions in eval_batches(reader, batch_clips=max(1, batch_size // per_clip), shards=shards):
         x = checked_batch(x, positions, reader, device, refusing="cannot score it")
         with autocast(device, amp=amp):
             logits = model(x).float()
@@ -50,9 +57,16 @@ def predict_scores(
         count += len(x)
         probs = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
         scores.append(probs.view(len(positions), per_clip, -1).mean(dim=1).cpu().numpy())
+        kept.append(positions)
+    if dist.active:
+        parts = dist.gather((kept, scores, losses, count))
+        kept = [p for part in parts for p in part[0]]
+        scores = [s for part in parts for s in part[1]]
+        losses, count = sum(part[2] for part in parts), sum(part[3] for part in parts)
     if not scores:
         return np.zeros((0, n_classes), np.float32), float("nan")
-    return np.concatenate(scores), losses / count
+    order = np.argsort(np.concatenate(kept), kind="stable")  # split order, whichever rank scored a clip
+    return np.concatenate(scores)[order], losses / count
 
 
 def evaluate(model: nn.Module, reader: SplitReader, *, task: str, classes: list[str], **options: Any) -> dict[str, Any]:

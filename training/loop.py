@@ -26,6 +26,7 @@ import dataclasses
 import datetime as _dt
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ from training.checkpoint import load_checkpoint, save_checkpoint, write_text_ato
 from training.config import TrainConfig, split_scheme_for
 from training.data import SplitReader, TrainStream, plan_for
 from training.device import autocast, pick_device
-from training.emissions import start_tracker, stop_tracker
+from training.distributed import LostRank, RankError, context, lost_rank_message
+from training.emissions import start_tracker, stop_tracker, summed_emissions
 from training.evaluate import checked_batch, evaluate
 from training.inference import legacy_model_opts, read_run_config, saved_protocol
 from training.metrics import PRIMARY, SCALARS
@@ -70,18 +72,26 @@ class Run:
             raise MuzarrError(f"store {self.store.url} is not complete: finish it with `pipe build` first")
         protocol = protocol or config.resolve(self.store.dataset)
         self.out = Path(out)
-        self.progress = progress
-        self.device = pick_device(config.device)
+        self.dist = context()
+        self.progress = progress and self.dist.is_main  # one rank prints
+        self.device = self.dist.device(pick_device(config.device))
         entry = get_model(config.model)
         self.task = self.store.task
         self.classes = self.store.classes
         self.protocol = dataclasses.replace(protocol, split_scheme=self._split_scheme(protocol))
+        self.rank_batch = self._rank_batch()
         self.plan = plan_for(self.store, entry.input, self.protocol)
         self.readers, self.cache = self._readers(self.protocol.split_scheme)
         torch.manual_seed(config.seed)  # the initial weights are part of what --seed fixes
         model = build_model(config.model, n_classes=len(self.classes), input_shape=self.plan.example_shape, **config.model_opts)
-        mean, std = fit_normalization(self.readers["train"])
-        self.model = Normalized(model, torch.from_numpy(mean), torch.from_numpy(std)).to(self.device)
+        mean, std = self.dist.on_main(fit_normalization, self.readers["train"])
+        self.model = Normalized(model, torch.from_numpy(mean), torch.from_numpy(std))
+        if config.sync_bn and self.dist.active:
+            if self.device.type != "cuda":
+                raise MuzarrError("--sync-bn needs CUDA ranks (torch's SyncBatchNorm runs on GPUs): drop it on CPU")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device)
+        self.trainer = self._data_parallel()
         self.loss_fn = nn.BCEWithLogitsLoss() if self.task == "multilabel" else nn.CrossEntropyLoss()
         self.phase = 0
         self.optimizer = make_optimizer(phase_settings(self.protocol, 0), self.model.parameters())
@@ -96,7 +106,8 @@ class Run:
                 "drop gain_db or train on a dB variant"
             )
         self.augmenter = (
-            Augmenter(augment, input_kind=entry.input.kind, task=self.task, n_classes=len(self.classes), seed=config.seed)
+            Augmenter(augment, input_kind=entry.input.kind, task=self.task, n_classes=len(self.classes), seed=config.seed,
+                      rank=self.dist.rank, world=self.dist.world)
             if augment.active else None
         )  # fmt: skip
         self.history: list[dict[str, Any]] = []
@@ -113,6 +124,25 @@ class Run:
             print(f"note: the protocol's split scheme {protocol.split_scheme!r} is not in {self.store.url}; "
                   f"using {scheme!r}", flush=True)  # fmt: skip
         return scheme
+
+    def _rank_batch(self) -> int:
+        """Examples per step on each rank: the global batch (what the user gave) split evenly."""
+        batch, world = self.protocol.batch_size, self.dist.world
+        if batch % world:
+            raise MuzarrError(
+                f"batch size {batch} does not split evenly over {world} ranks: give --batch-size a multiple of {world} "
+                f"(it is the global batch; each rank takes batch/{world})"
+            )
+        return batch // world
+
+    def _data_parallel(self) -> nn.Module:
+        """The module the training steps run: DistributedDataParallel over the ranks, or the model."""
+        if not self.dist.active:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
 
     def _readers(self, scheme: str) -> tuple[dict[str, SplitReader], str]:
         targets = self.store.label_matrix
@@ -162,19 +192,22 @@ class Run:
         }
 
     def _save(self, epoch: int) -> None:
-        save_checkpoint(self._state(epoch), self.out / "last.pt")
-        pd.DataFrame(self.history).to_csv(self.out / "history.csv", index=False)
+        if self.dist.is_main:
+            save_checkpoint(self._state(epoch), self.out / "last.pt")
+            pd.DataFrame(self.history).to_csv(self.out / "history.csv", index=False)
+
+    def _load_best(self) -> None:
+        """``best.pt`` into the model on every rank (rank 0 reads it)."""
+        self.model.load_state_dict(self.dist.on_main(load_checkpoint, self.out / "best.pt"))
 
     @classmethod
     def resume(cls, out: Path, *, progress: bool = True) -> Run:
         """Reopen the run in ``out`` after its last finished epoch, with the protocol it recorded."""
         out = Path(out)
-        saved, config = read_run_config(out)
-        last = out / "last.pt"
-        state = load_checkpoint(last) if last.exists() else None
+        config, state, history, protocol = context().on_main(_read_run, out)  # rank 0 reads, the others are told
         if state is not None:
             config = dataclasses.replace(config, model_opts=legacy_model_opts(config.model, config.model_opts, state["model"]))
-        run = cls(config, out, progress=progress, protocol=saved_protocol(saved, config, out))
+        run = cls(config, out, progress=progress, protocol=protocol)
         if state is None:
             return run
         run.phase = int(state.get("phase", 0))
@@ -192,7 +225,6 @@ class Run:
         run.stale_epochs = state["stale_epochs"]
         run.train_seconds = state["train_seconds"]
         run.start_epoch = state["epoch"] + 1
-        history = pd.read_csv(out / "history.csv", dtype={"reloaded_best_epoch": "Int64"})  # blank, or an epoch
         run.history = history.to_dict("records")[: run.start_epoch]
         return run
 
@@ -200,51 +232,60 @@ class Run:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm.auto import tqdm
 
-        torch.manual_seed(self.config.seed * 100_003 + epoch)  # dropout etc.: reproducible per epoch
-        stream = TrainStream(self.readers["train"], batch_size=self.protocol.batch_size, seed=self.config.seed)
+        dist = self.dist
+        torch.manual_seed(self.config.seed * 100_003 + epoch + 7_919 * dist.rank)  # dropout etc.: reproducible per epoch
+        stream = TrainStream(
+            self.readers["train"], batch_size=self.rank_batch, seed=self.config.seed, rank=dist.rank, world=dist.world,
+            workers=self.config.workers if self.cache == "none" else 0,
+        )  # fmt: skip
         stream.set_epoch(epoch)
         if self.augmenter is not None:
             self.augmenter.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            stream, batch_size=None, num_workers=self.config.workers if self.cache == "none" else 0,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-        )  # fmt: skip
         self.model.train()
         total_loss, n_examples, waited = 0.0, 0, 0.0
+        seen: list[np.ndarray] = []
         started = time.perf_counter()
         expected = len(self.readers["train"]) * self.plan.n_subclips
         bar = tqdm(total=expected, unit="ex", desc=f"epoch {epoch + 1}/{self.protocol.epochs}", disable=not self.progress, leave=False)
-        fetch = time.perf_counter()
-        for x, y, positions in loader:
-            waited += time.perf_counter() - fetch
-            x = checked_batch(x, positions, self.readers["train"], self.device)
-            y = y.to(self.device)
-            if self.augmenter is not None:
-                x, y = self.augmenter(x, y)
-            with autocast(self.device, amp=self.config.amp):
-                logits = self.model(x)
-            loss = self.loss_fn(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total_loss += loss.item() * len(x)
-            n_examples += len(x)
-            bar.update(len(x))
-            bar.set_postfix(loss=f"{total_loss / n_examples:.4f}", refresh=False)
+        with _joined(self.trainer):  # a rank whose shards ran out first shadows the others' last steps
             fetch = time.perf_counter()
+            for x, y, positions in stream:
+                waited += time.perf_counter() - fetch
+                x = checked_batch(x, positions, self.readers["train"], self.device)
+                y = y.to(self.device, non_blocking=True)
+                if self.augmenter is not None:
+                    x, y = self.augmenter(x, y)
+                with autocast(self.device, amp=self.config.amp):
+                    logits = self.trainer(x)
+                loss = self.loss_fn(logits.float(), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total_loss += loss.item() * len(x)
+                n_examples += len(x)
+                seen.append(positions.numpy())
+                bar.update(len(x) * dist.world)
+                bar.set_postfix(loss=f"{total_loss / n_examples:.4f}", refresh=False)
+                fetch = time.perf_counter()
         bar.close()
         seconds = time.perf_counter() - started
+        _log_examples(self.readers["train"], seen, epoch, dist.rank)
+        total_loss, n_examples, waited, seconds = dist.sum(total_loss, n_examples, waited, seconds)
+        seconds /= dist.world  # the ranks' mean: they run side by side
+        waited /= dist.world
         return {
             "train_loss": total_loss / max(1, n_examples),
+            "train_examples": int(n_examples),
             "train_seconds": seconds,
             "samples_per_s": n_examples / seconds if seconds else 0.0,
             "data_wait_fraction": waited / seconds if seconds else 0.0,
         }
 
     def evaluate(self, part: str) -> dict[str, Any]:
+        self.dist.sync_buffers(self.model)  # rank 0's BatchNorm statistics: every rank scores the model rank 0 saves
         return evaluate(
             self.model, self.readers[part], task=self.task, classes=self.classes, loss_fn=self.loss_fn,
-            device=self.device, batch_size=self.protocol.batch_size, amp=self.config.amp,
+            device=self.device, batch_size=self.protocol.batch_size, amp=self.config.amp, dist=self.dist,
         )  # fmt: skip
 
     def _improved(self, value: float) -> bool:
@@ -261,8 +302,8 @@ class Run:
             return None
         index, phase = transition
         reloaded = None
-        if phase.reload_best and (self.out / "best.pt").exists():
-            self.model.load_state_dict(load_checkpoint(self.out / "best.pt", map_location=self.device))
+        if phase.reload_best and self.best["epoch"] > 0:
+            self._load_best()
             reloaded = self.best["epoch"]
         settings = phase_settings(self.protocol, index)
         if phase.optimizer is not None:
@@ -275,9 +316,25 @@ class Run:
 
     def fit(self) -> dict[str, Any]:
         """Train from ``start_epoch`` to the end (or early stop), then evaluate the best epoch."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        tracker = start_tracker(enabled=self.config.emissions, country=self.config.country, out=self.out)
+        try:
+            return self._fit()
+        except MuzarrError as err:
+            if not self.dist.active:
+                raise
+            raise RankError(f"rank {self.dist.rank} of {self.dist.world}: {err}") from None
+        except RuntimeError as err:  # torch.distributed's errors: a peer that died or hung
+            if not self.dist.active:
+                raise
+            raise LostRank(lost_rank_message(self.dist, err, resume=str(self.out))) from None
+
+    def _fit(self) -> dict[str, Any]:
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+        # every rank measures its own process; the run reports their sum
+        tracker = start_tracker(enabled=self.config.emissions, country=self.config.country, out=self.out,
+                                process=self.dist.active)  # fmt: skip
         started = time.perf_counter()
         try:
             for epoch in range(self.start_epoch, self.protocol.epochs):
@@ -292,7 +349,8 @@ class Run:
                 if self._improved(value):
                     self.best = {"epoch": epoch + 1, "value": float(value)}
                     self.stale_epochs = 0
-                    save_checkpoint(self.model.state_dict(), self.out / "best.pt")
+                    if main:
+                        save_checkpoint(self.model.state_dict(), self.out / "best.pt")
                 else:
                     self.stale_epochs += 1
                 step_scheduler(self.scheduler, valid["loss"])
@@ -314,9 +372,10 @@ class Run:
                     )  # fmt: skip
         finally:
             emissions = stop_tracker(tracker)
-        if not (self.out / "best.pt").exists():
+        if self.best["epoch"] < 1:
             raise MuzarrError(f"no epoch of {self.out} had a finite validation {self.monitor}: nothing to evaluate")
-        self.model.load_state_dict(load_checkpoint(self.out / "best.pt", map_location=self.device))
+        self._load_best()
+        emissions = summed_emissions(self.dist.gather(emissions))
         results = {part: self.evaluate(part) for part in ("valid", "test")}
         metrics = {
             "model": self.config.model,
@@ -332,13 +391,15 @@ class Run:
             "train_seconds": self.train_seconds,
             "wall_seconds": time.perf_counter() - started,
             "device": str(self.device),
+            "ranks": self.dist.world,
             "classes": self.classes,
             "valid": results["valid"],
             "test": results["test"],
             **emissions,
         }
-        write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
-        self._plots(metrics)
+        if main:
+            write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+            self._plots(metrics)
         return metrics
 
     def _write_config(self) -> None:
@@ -349,6 +410,7 @@ class Run:
                       "eval_crops": self.plan.eval_crops, "eval_placement": self.plan.placement,
                       "n_subclips": self.plan.n_subclips, "group_subclips": self.plan.group_subclips},
             "cache": self.cache,
+            "ranks": {"world": self.dist.world, "batch_per_rank": self.rank_batch, "backend": self.dist.backend},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
         }  # fmt: skip
@@ -380,3 +442,36 @@ def _json_default(value):
 def train(config: TrainConfig, *, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run one training run into ``out`` and return its metrics."""
     return Run(config, out, progress=progress).fit()
+
+
+def _joined(module: nn.Module):
+    """``Join`` over a DistributedDataParallel module (ranks with uneven batch counts), else nothing."""
+    from contextlib import nullcontext
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(module, DistributedDataParallel):
+        return nullcontext()
+    from torch.distributed.algorithms.join import Join
+
+    return Join([module])
+
+
+def _log_examples(reader: SplitReader, seen: list[np.ndarray], epoch: int, rank: int) -> None:
+    """With ``MUZARR_EXAMPLE_LOG=DIR``: the clip ids rank ``rank`` trained on in ``epoch``, one
+    per line, in ``DIR/epoch-E-rank-R.txt`` (to check how examples are dealt out)."""
+    folder = os.environ.get("MUZARR_EXAMPLE_LOG")
+    if not folder:
+        return
+    ids = reader.clip_ids[np.concatenate(seen)] if seen else []
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"epoch-{epoch + 1}-rank-{rank}.txt").write_text("".join(f"{i}\n" for i in ids))
+
+
+def _read_run(out: Path) -> tuple[TrainConfig, dict | None, pd.DataFrame | None, Protocol]:
+    """What ``Run.resume`` needs of ``out``: the request, ``last.pt``, the history, the protocol."""
+    saved, config = read_run_config(out)
+    last = out / "last.pt"
+    state = load_checkpoint(last) if last.exists() else None
+    history = pd.read_csv(out / "history.csv", dtype={"reloaded_best_epoch": "Int64"}) if state else None  # blank, or an epoch
+    return config, state, history, saved_protocol(saved, config, out)
