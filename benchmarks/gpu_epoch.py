@@ -5,8 +5,9 @@ One run, in this order:
 1. an MTAT-like store is built by `pipe build`'s own code on every core: the catalog's ``mtat`` clip
    policy (29.12 s, whole clips) and shard size, the features the two models read
    (``get_model(name).input``: 16 kHz waveform for short_res, 96-mel log-mel at 12 kHz for crnn),
-   from a few synthetic MP3s (``_synth.py``) repeated up to ``--clips`` rows; build seconds and
-   clips/s are recorded;
+   from a few synthetic MP3s (``_synth.py``) repeated up to ``--clips`` rows (MTAT's clips, not its
+   25,863: the default is what ``--steps`` of each model needs, 6,416 rows for 200 steps); build
+   seconds and clips/s are recorded;
 2. per model, each configuration trains ``--steps`` steps after ``--warmup`` steps, through
    ``Run.train_epoch`` (the loop ``train run`` uses): cache=ram without and with ``--amp``, then
    streaming (cache=none, amp) with each of ``--stream-workers`` DataLoader workers. Recorded per
@@ -29,7 +30,7 @@ Results go to ``$OUT/gpu_epoch.json`` and ``$OUT/gpu_epoch.md`` when ``$OUT`` is
 what it measured.
 
 Usage:
-  python benchmarks/gpu_epoch.py --smoke                      # CPU, the whole script in < 1 min
+  python benchmarks/gpu_epoch.py --smoke                      # CPU, the whole script, ~1 min of 2 cores
   python benchmarks/gpu_epoch.py --device cuda [--steps 200] [--warmup 20] [--clips N] [--out DIR]
 
 On the device machine (one H200, 16 cores; python3 3.12 with torch, numpy, pandas, numba...; no
@@ -45,13 +46,14 @@ the checkout that the device tool sends, fetch their wheels for Python 3.12 (15 
     audioread==3.1.0 pooch==1.9.0 platformdirs==4.14.9 partd==1.4.2 locket==1.0.0 tblib==3.2.2 \\
     tornado==6.6.1 zict==3.0.0 decorator==5.3.1
 
-then call the device tool's ``run`` with carry ``[".whl"]``, timeout_s 540 and the command::
+then call the device tool's ``run`` with carry ``[".whl"]``, timeout_s 540 and this command (3 lines)::
 
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site
-  .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 || exit;
+  set -o pipefail; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir -U --target /tmp/site .whl/*.whl || exit
   python3 benchmarks/gpu_epoch.py --device cuda --budget-s 450 2>&1 | tee $OUT/log.txt
 
-(one line). ``--budget-s`` skips the configurations still to run once that many seconds have passed.
+``--budget-s`` skips what is still to run (configurations, DDP) once that many seconds have passed,
+so the files come back before the tool's limit.
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ from _synth import make_mtat_like
 MODELS = ("short_res", "crnn")
 HOLDOUT = 8  # valid and test clips each: a Run needs both, the timed epochs never read them
 N_CLASSES = 50
-#: CPU-sized: 4 s clips (short_res needs 3.7 s), batches of 2, 3 steps, streaming with 2 workers only
+#: CPU-sized: 4 s clips (short_res needs 3.7 s), batches of 2, 3 steps, streaming with 2 workers only, 1 Dask worker
 SMOKE = ("--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-size", "2", "--clip-seconds", "4",
-         "--unique", "2", "--stream-workers", "2")  # fmt: skip
+         "--unique", "2", "--stream-workers", "2", "--build-workers", "1")  # fmt: skip
 
 
 def build_store(url: Path, audio: Path, *, n_clips: int, unique: int, workers: int, seconds: float | None) -> dict:
@@ -119,20 +121,30 @@ def build_store(url: Path, audio: Path, *, n_clips: int, unique: int, workers: i
         cluster.close()
     if report.n_failed:
         raise SystemExit(f"the store build failed on {report.n_failed} clips: {report.failures[:3]}")
-    return {"clips": n_clips, "clip_seconds": clip["seconds"], "unique_mp3s": unique, "workers": workers, "synth_seconds": round(synth_seconds, 1),
-            "build_seconds": round(seconds, 1), "clips_per_s": round(n_clips / seconds, 1)}  # fmt: skip
+    return {"clips": n_clips, "clip_seconds": clip["seconds"], "unique_mp3s": unique, "workers": workers,
+            "synth_seconds": round(synth_seconds, 1), "build_seconds": round(seconds, 1),
+            "clips_per_s": round(n_clips / seconds, 1)}  # fmt: skip
 
 
 def timed_epoch(config, work: Path, *, warmup: int) -> dict:
     """Train ``config``'s one epoch after a warm-up Run of ``warmup`` batches; its figures and exact counts."""
     from training.loop import Run
+
     batch = config.batch_size
     if warmup:
-        Run(dataclasses.replace(config, max_clips=max(2, warmup * batch)), work / "warmup", progress=False).train_epoch(0)
+        warm = dataclasses.replace(config, max_clips=max(2, warmup * batch))
+        Run(warm, work / "warmup", progress=False).train_epoch(0)
     run = Run(config, work / "timed", progress=False)
     counts = {"steps": 0, "examples": 0}
-    run.optimizer.register_step_post_hook(lambda *_: counts.__setitem__("steps", counts["steps"] + 1))
-    run.model.register_forward_pre_hook(lambda _, args: counts.__setitem__("examples", counts["examples"] + len(args[0])))
+
+    def count_step(*_) -> None:
+        counts["steps"] += 1
+
+    def count_examples(_, inputs) -> None:
+        counts["examples"] += len(inputs[0])
+
+    run.optimizer.register_step_post_hook(count_step)
+    run.model.register_forward_pre_hook(count_examples)
     on_gpu = run.device.type == "cuda"
     if on_gpu:
         torch.cuda.synchronize()
@@ -155,8 +167,9 @@ def configurations(stream_workers: tuple[int, ...]) -> list[dict]:
     ]
 
 
-def ddp_runs(store: Path, work: Path, *, device: str) -> dict:
-    """``train run`` of each model under torchrun on 2 GPUs; a note when fewer are here."""
+def ddp_runs(store: Path, work: Path, device: str, batches: dict[str, int]) -> dict:
+    """``train run`` of each model under torchrun on 2 GPUs (the store's whole train split, ``--batch-size``
+    as in the single-process runs); a note when fewer GPUs are here."""
     n_gpus = torch.cuda.device_count() if device == "cuda" else 0
     if n_gpus < 2:
         return {"skipped": f"{n_gpus} GPU(s) here: the 2-process DDP run needs 2"}
@@ -164,11 +177,13 @@ def ddp_runs(store: Path, work: Path, *, device: str) -> dict:
     for name in MODELS:
         out = work / f"ddp-{name}"
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training.cli", "run",
-                   "--store", str(store), "--model", name, "--epochs", "1", "--device", "cuda", "--amp",
-                   "--cache", "ram", "--no-emissions", "--quiet", "--out", str(out)]  # fmt: skip
+                   "--store", str(store), "--model", name, "--epochs", "1", "--batch-size", str(batches[name]),
+                   "--device", "cuda", "--amp", "--cache", "ram", "--no-emissions", "--quiet",
+                   "--out", str(out)]  # fmt: skip
         started = time.perf_counter()
         done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240)
-        entry = {"command": " ".join(command[1:]), "rc": done.returncode, "wall_seconds": round(time.perf_counter() - started, 1)}
+        seconds = round(time.perf_counter() - started, 1)
+        entry = {"command": " ".join(command[1:]), "rc": done.returncode, "wall_seconds": seconds}
         if done.returncode == 0 and (out / "history.csv").exists():
             entry["samples_per_s"] = round(float(pd.read_csv(out / "history.csv")["samples_per_s"].iloc[-1]), 1)
         else:
@@ -182,9 +197,9 @@ def markdown(report: dict) -> str:
     lines = [
         f"Run of {report['date']}, `python benchmarks/gpu_epoch.py {' '.join(report['argv'])}`: {env['device_name']}, "
         + f"{env['cpu_count']} cores, torch {env['torch']}. Store: {store['clips']} MTAT-like clips of "
-        + f"{store['clip_seconds']} s ({store['unique_mp3s']} synthetic MP3s repeated) built in {store['build_seconds']} s "
-        + f"on {store['workers']} workers ({store['clips_per_s']} clips/s). {report['steps']} timed steps after "
-        + f"{report['warmup']} warm-up, each configuration.",
+        + f"{store['clip_seconds']} s ({store['unique_mp3s']} synthetic MP3s repeated) built in "
+        + f"{store['build_seconds']} s on {store['workers']} workers ({store['clips_per_s']} clips/s). "
+        + f"{report['steps']} timed steps after {report['warmup']} warm-up, each configuration.",
         "",
         "| model | amp | cache | workers | batch | steps | samples/s | data wait | peak GPU MiB |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -221,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, help="skip the configurations left after this many seconds")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the results when $OUT is unset")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()), help="folder for the audio and store")
-    parser.add_argument("--smoke", action="store_true", help=f"the whole script on CPU in < 1 min: {' '.join(SMOKE)}")
+    parser.add_argument("--smoke", action="store_true", help=f"the whole script on CPU, ~1 min: {' '.join(SMOKE)}")
     args = parser.parse_args(argv)
     if args.smoke:
         args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])  # what is given wins
@@ -235,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
 
     batches = {name: args.batch_size or get_model(name).protocol.batch_size for name in MODELS}
     n_clips = args.clips or args.steps * max(batches.values()) + 2 * HOLDOUT
+    for name in MODELS:  # before the build: a store too small for the steps is refused at once
+        if n_clips - 2 * HOLDOUT < args.steps * batches[name]:
+            raise SystemExit(f"--clips {n_clips} is too few: {name} needs {args.steps} x {batches[name]} train clips "
+                             f"for --steps {args.steps}, plus {2 * HOLDOUT} held out")  # fmt: skip
     out = Path(os.environ.get("OUT") or args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -245,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         "runs": [], "skipped": [],
     }  # fmt: skip
 
+    def over_budget() -> bool:
+        return args.budget_s is not None and time.perf_counter() - started > args.budget_s
+
     def save() -> None:
         (out / "gpu_epoch.json").write_text(json.dumps(report, indent=2))
         if "store" in report:  # a failed build leaves nothing to tabulate
@@ -253,24 +275,24 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="muzarr_gpu_epoch_", dir=args.work))
     try:
         store = work / "mtat_like.zarr"
-        report["store"] = build_store(store, work / "audio", n_clips=n_clips, unique=args.unique, workers=args.build_workers,
-                                      seconds=args.clip_seconds)
+        report["store"] = build_store(store, work / "audio", n_clips=n_clips, unique=args.unique,
+                                      workers=args.build_workers, seconds=args.clip_seconds)
         print(f"store: {report['store']}", flush=True)
         for name in MODELS:
-            if n_clips - 2 * HOLDOUT < args.steps * batches[name]:
-                raise SystemExit(f"--clips {n_clips} holds {n_clips - 2 * HOLDOUT} train clips; {name} needs "
-                                 f"{args.steps} x {batches[name]} for --steps {args.steps}")  # fmt: skip
             for i, setting in enumerate(configurations(args.stream_workers)):
-                if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+                if over_budget():
                     report["skipped"].append({"model": name, **setting})
                     continue
-                config = TrainConfig(store=str(store), model=name, device=args.device, epochs=1, emissions=False,
-                                     batch_size=batches[name], max_clips=args.steps * batches[name], **setting)  # fmt: skip
+                config = TrainConfig(
+                    store=str(store), model=name, device=args.device, epochs=1, emissions=False,
+                    batch_size=batches[name], max_clips=args.steps * batches[name], **setting,
+                )  # fmt: skip
                 result = timed_epoch(config, work / f"{name}-{i}", warmup=args.warmup)
                 report["runs"].append(result)
                 print(json.dumps(result), flush=True)
                 save()
-        report["ddp"] = ddp_runs(store, work, device=args.device)
+        spent = {"skipped": f"{args.budget_s:g} s budget spent"} if over_budget() else None
+        report["ddp"] = spent or ddp_runs(store, work, args.device, batches)
     finally:
         report["wall_seconds"] = round(time.perf_counter() - started, 1)
         save()

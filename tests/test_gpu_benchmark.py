@@ -48,7 +48,7 @@ def test_smoke_runs_every_configuration_for_exactly_the_steps_asked(tmp_path):
         assert 0 <= r["data_wait_fraction"] < 1, r
         assert r["peak_gpu_mib"] is None  # CPU: no GPU memory to report
     store = report["store"]
-    assert (store["clips"], store["clip_seconds"], store["unique_mp3s"], store["workers"]) == (3 * 2 + 16, 4.0, 2, 2)
+    assert (store["clips"], store["clip_seconds"], store["unique_mp3s"], store["workers"]) == (3 * 2 + 16, 4.0, 2, 1)
     assert store["build_seconds"] > 0 and store["clips_per_s"] > 0
     assert (report["steps"], report["warmup"], report["skipped"], report["ddp"]) == (3, 1, [], NO_DDP)
     assert report["environment"]["device_name"] == "CPU"
@@ -73,4 +73,5 @@ def test_a_spent_budget_skips_the_configurations_left_and_still_writes_both_file
     assert [(s["model"], s["amp"], s["cache"], s["workers"]) for s in report["skipped"]] == SMOKE_RUNS
     table = (out / "gpu_epoch.md").read_text()
     assert "| short_res | fp32 | ram | 0 | skipped: 0 s budget spent | | | | |" in table
-    assert table.count("s budget spent") == len(SMOKE_RUNS)
+    assert table.count("s budget spent") == len(SMOKE_RUNS) + 1  # and the DDP part
+    assert report["ddp"] == {"skipped": "0 s budget spent"}
