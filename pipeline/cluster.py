@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -104,6 +105,20 @@ def _sigint_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C held back meanwhile is raised here
+
+
+def as_they_finish(finished, interrupted: threading.Event) -> Iterator:
+    """The futures of ``finished`` (an ``as_completed``) as they finish; KeyboardInterrupt once
+    ``interrupted`` is set (Ctrl-C, noted by :func:`deferred_interrupt`)."""
+    while not finished.is_empty():
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        ready = finished.next_batch(block=False)
+        if not ready:
+            time.sleep(0.05)
+        yield from ready
+    if interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def make_client(*, workers: int | None = None, scheduler: str | None = None):
