@@ -98,8 +98,18 @@ def _sigint_blocked() -> Iterator[None]:
     from multiprocessing import resource_tracker
 
     # Started from inside the block, multiprocessing's resource tracker would unblock SIGINT
-    # in the thread that starts it (the cluster's event loop): start it first.
-    resource_tracker.ensure_running()
+    # in the thread that starts it (the cluster's event loop): start it first. A worker killed
+    # in the middle of a task (a sweep trial has no other way to stop) leaves its codec locks to
+    # the tracker, which removes them and warns at exit: two lines of noise after a Ctrl-C.
+    warnings = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (warnings, "ignore:resource_tracker:UserWarning")))
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if warnings is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = warnings
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
