@@ -144,15 +144,20 @@ def run_trials(
         number, config = trial
         return TrialJob(number, config.to_dict(), str(out / f"trial-{number:03d}"), **where)
 
+    # before a trial is asked: a mistake must not leave one RUNNING
+    pin_gpu = not cluster.in_process and cluster.scheduler is None and _check_gpus(cluster.parallel, device)
+    trial = next_trial(0)
     if cluster.in_process:
-        while (trial := next_trial(0)) is not None:
+        while trial is not None:
             on_result(train_trial(job(trial, threads=cluster.threads)))
+            trial = next_trial(0)
+        return
+    if trial is None:  # nothing left to train: no cluster to start
         return
     from dask.distributed import as_completed
 
     token = uuid.uuid4().hex
     write_text_atomic(out / TOKEN_FILE, token)
-    pin_gpu = cluster.scheduler is None and _check_gpus(cluster.parallel, device)
     with deferred_interrupt() as interrupted:
         client = make_client(workers=cluster.parallel, scheduler=cluster.scheduler)
         running: dict[Any, int] = {}
@@ -166,12 +171,13 @@ def run_trials(
             host_workers = {h: hosts.count(h) for h in hosts}
             gpus = any("GPU" in w.get("resources", {}) for w in workers.values())
             resources = {"GPU": 1} if gpus else None  # workers that declare GPUs get one trial per GPU
-            echo(f"{parallel} trials at once on {'the Dask scheduler ' + cluster.scheduler if cluster.scheduler else 'an embedded Dask cluster'}"
-                 f" ({len(workers)} workers{', one GPU per trial' if gpus or pin_gpu else ''})")  # fmt: skip
+            where = f"the Dask scheduler {cluster.scheduler}" if cluster.scheduler else "an embedded Dask cluster"
+            echo(f"trials run on {where}, {parallel} at a time ({len(workers)} worker{'s' * (len(workers) != 1)}"
+                 f"{', one GPU each' if gpus or pin_gpu else ''})")  # fmt: skip
             finished = as_completed()
 
-            def submit() -> None:
-                while len(running) < parallel and (trial := next_trial(len(running))) is not None:
+            def submit(trial) -> None:
+                while trial is not None:
                     future = client.submit(
                         train_trial, job(trial, token=token, threads=cluster.threads, host_workers=host_workers,
                                          pin_gpu=pin_gpu),
@@ -179,8 +185,9 @@ def run_trials(
                     )  # fmt: skip
                     running[future] = trial[0]
                     finished.add(future)
+                    trial = next_trial(len(running)) if len(running) < parallel else None
 
-            submit()
+            submit(trial)
             for future in as_they_finish(finished, interrupted):
                 number = running.pop(future)
                 try:
@@ -194,7 +201,7 @@ def run_trials(
                         "the cluster sees at the same path (a shared filesystem)"
                     )
                 on_result(result)
-                submit()
+                submit(next_trial(len(running)))
         finally:
             _stop(client, running, embedded=cluster.scheduler is None)
 
