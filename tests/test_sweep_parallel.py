@@ -32,6 +32,16 @@ def _sweep(store: str, out: Path, *args: str, config: Path, timeout: float = 600
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
+def _refused(store: str, out: Path, *args: str, config: Path):
+    """A command refused before any trial trains, run in this process (no interpreter to start)."""
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    return CliRunner().invoke(main, ["sweep", "--store", store, "--model", "cnn", "--config", str(config), "--out",
+                                     str(out), "--epochs", "1", "--no-emissions", "--device", "cpu", *args])  # fmt: skip
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -97,10 +107,10 @@ def test_a_bayes_sweep_of_2_at_once_keeps_every_trial_in_its_journal(small_store
     assert _trial_lines(again.stdout) == [] and "Dask" not in again.stdout
     refused = f"error: {out} holds a sweep whose study is in another storage: resume it with --storage journal:{journal}, or pick another --out\n"  # fmt: skip
     for other in ((), ("--storage", f"sqlite:///{tmp_path / 'other.db'}")):
-        moved = _sweep(small_store, out, "--trials", "4", "--method", "bayes", *other, config=config)
-        assert (moved.returncode, moved.stderr) == (2, refused)
-    namesake = _sweep(small_store, tmp_path / "elsewhere" / "tpe", *args, config=config)
-    assert (namesake.returncode, namesake.stderr) == (2, (
+        moved = _refused(small_store, out, "--trials", "4", "--method", "bayes", *other, config=config)
+        assert (moved.exit_code, moved.stderr) == (2, refused)
+    namesake = _refused(small_store, tmp_path / "elsewhere" / "tpe", *args, config=config)
+    assert (namesake.exit_code, namesake.stderr) == (2, (
         f"error: --storage journal:{journal} holds a study 'muzarr-sweep-tpe' already, of another sweep folder of that "
         "name: resume that sweep from its folder, or give this one another --out name\n"))  # fmt: skip
     assert not (tmp_path / "elsewhere" / "tpe" / "sweep.json").exists()
@@ -109,13 +119,13 @@ def test_a_bayes_sweep_of_2_at_once_keeps_every_trial_in_its_journal(small_store
 
 def test_storage_mistakes_are_one_line(small_store, tmp_path):
     config = _config(tmp_path)
-    plain = _sweep(small_store, tmp_path / "a", "--storage", "x.db", config=config)
-    assert (plain.returncode, plain.stderr) == (2, (
+    plain = _refused(small_store, tmp_path / "a", "--storage", "x.db", config=config)
+    assert (plain.exit_code, plain.stderr) == (2, (
         "error: --storage 'x.db': give an Optuna RDB URL (sqlite:///PATH, postgresql://USER@HOST/DB, mysql+pymysql://...) "
         "or journal:PATH (a journal file, e.g. on a shared filesystem)\n"))  # fmt: skip
     missing = tmp_path / "no" / "such" / "s.journal"
-    absent = _sweep(small_store, tmp_path / "b", "--storage", f"journal:{missing}", config=config)
-    assert absent.returncode == 2
+    absent = _refused(small_store, tmp_path / "b", "--storage", f"journal:{missing}", config=config)
+    assert absent.exit_code == 2
     assert absent.stderr.startswith(f"error: --storage journal:{missing}: cannot open the Optuna study there: ")
     assert len(absent.stderr.splitlines()) == 1
 
