@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batch import run_batch
-from pipeline.cluster import close_client, deferred_interrupt, make_client
+from pipeline.cluster import as_they_finish, close_client, deferred_interrupt, make_client
 from pipeline.config import TASK_AUTO, BuildConfig, build_command, expected_type
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError, write_errors, write_failure
@@ -541,7 +541,7 @@ def build(
     if strict and unreadable:
         raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
-    # Ctrl-C is raised between batch results (see _completed), not inside a Dask call.
+    # Ctrl-C is raised between batch results (see pipeline.cluster.as_they_finish), not inside a Dask call.
     with write_errors(out), writer_lock(out, storage_options), deferred_interrupt() as interrupted:
         markers = _prepare_store(
             out, target, overwrite=overwrite, storage_options=storage_options, repair=repair, echo=echo
@@ -574,7 +574,7 @@ def build(
             if futures:
                 from dask.distributed import as_completed
 
-                for future in _completed(as_completed(list(futures)), interrupted):
+                for future in as_they_finish(as_completed(list(futures)), interrupted):
                     try:
                         marker = future.result()
                     except MuzarrError:
@@ -615,22 +615,6 @@ def build(
         notes=manifest["notes"],
         unreadable_folders=unreadable,
     )
-
-
-def _completed(finished, interrupted) -> Iterator:
-    """The futures of ``finished`` (an ``as_completed``) as they finish; KeyboardInterrupt once
-    ``interrupted`` is set (Ctrl-C, noted by :func:`pipeline.cluster.deferred_interrupt`)."""
-    import time
-
-    while not finished.is_empty():
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-        ready = finished.next_batch(block=False)
-        if not ready:
-            time.sleep(0.05)
-        yield from ready
-    if interrupted.is_set():
-        raise KeyboardInterrupt
 
 
 def _progress_bar(*, total: int, initial: int, enabled: bool, label: str):

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -54,7 +55,7 @@ class PrivateNumbaCache(WorkerPlugin):
 
 class ReportedByTheDriver(logging.Filter):
     """Drops the worker log records of failures the build's driver reports itself, in one line:
-    a batch task that raised ("Compute Failed", with the task's traceback, e.g. a full disk) and
+    a batch or sweep-trial task that raised ("Compute Failed", with the task's traceback, e.g. a full disk) and
     a heartbeat cut off because the scheduler closed first (the embedded cluster shutting down;
     a scheduler lost mid-build fails the driver's own connection too)."""
 
@@ -62,7 +63,7 @@ class ReportedByTheDriver(logging.Filter):
         from distributed.comm import CommClosedError
 
         if str(record.msg).startswith("Compute Failed"):
-            return not (record.args and str(record.args[0]).startswith("muzarr-batch-"))
+            return not (record.args and str(record.args[0]).startswith(("muzarr-batch-", "muzarr-trial-")))
         if str(record.msg).startswith("Failed to communicate with scheduler during heartbeat"):
             return not (record.exc_info and isinstance(record.exc_info[1], CommClosedError))
         return True
@@ -97,13 +98,37 @@ def _sigint_blocked() -> Iterator[None]:
     from multiprocessing import resource_tracker
 
     # Started from inside the block, multiprocessing's resource tracker would unblock SIGINT
-    # in the thread that starts it (the cluster's event loop): start it first.
-    resource_tracker.ensure_running()
+    # in the thread that starts it (the cluster's event loop): start it first. A worker killed
+    # in the middle of a task (a sweep trial has no other way to stop) leaves its codec locks to
+    # the tracker, which removes them and warns at exit: two lines of noise after a Ctrl-C.
+    warnings = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (warnings, "ignore:resource_tracker:UserWarning")))
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if warnings is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = warnings
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C held back meanwhile is raised here
+
+
+def as_they_finish(finished, interrupted: threading.Event) -> Iterator:
+    """The futures of ``finished`` (an ``as_completed``) as they finish; KeyboardInterrupt once
+    ``interrupted`` is set (Ctrl-C, noted by :func:`deferred_interrupt`)."""
+    while not finished.is_empty():
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        ready = finished.next_batch(block=False)
+        if not ready:
+            time.sleep(0.05)
+        yield from ready
+    if interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def make_client(*, workers: int | None = None, scheduler: str | None = None):

@@ -334,15 +334,22 @@ def describe_protocol(protocol) -> str:
 @click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]))
 @click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
 @click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
+@click.option("--parallel", type=click.IntRange(min=1), metavar="K", help="Trials at once, on Dask workers (default: 1 here; with --scheduler, one per worker).")
+@click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler to run the trials on, e.g. tcp://host:8786 (default: an embedded cluster when --parallel > 1).")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads per trial (default: the cores of a machine divided among its trials at once).")
+@click.option("--storage", metavar="URL", help="Optuna storage of the study: sqlite:///PATH, postgresql://..., or journal:PATH (default: OUT/optuna.db).")
 @friendly_errors
 def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, model_opts, seed, device, eval_crops,
-          cache, no_emissions, country):  # fmt: skip
+          cache, no_emissions, country, parallel, scheduler, threads, storage):  # fmt: skip
     """Search hyper-parameters: one run directory per trial, a leaderboard, resumable.
 
     \b
     Examples:
       train sweep --store demo.zarr --model mlp --config sweep.yaml --trials 20 --method bayes --out runs/sweep
       train sweep --store fma.zarr --model cnn2d_gru --config sweep.yaml --trials 30 --out runs/fma-sweep
+      train sweep --store demo.zarr --model cnn --config sweep.yaml --trials 8 --parallel 2 --out runs/sweep2
+      train sweep --store /shared/mtat.zarr --model crnn --config sweep.yaml --trials 40 --method bayes \\
+          --scheduler tcp://head:8786 --device cuda --storage journal:/shared/sweep.journal --out /shared/sweep
     \b
     sweep.yaml (seed 002's format):
       method: bayes
@@ -351,11 +358,13 @@ def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, 
         batch_size: {values: [16, 32]}
         weight_decay: {min: 1.0e-6, max: 1.0e-3, distribution: log_uniform_values}
     Run the same command again to resume: finished trials are kept, an interrupted one continues.
+    With --scheduler, --out and the store must be on a filesystem every worker sees at the same path.
     """
     import dataclasses
 
     from training.config import TrainConfig
     from training.sweep import load_sweep, run_sweep
+    from training.sweep_cluster import Cluster
 
     spec = load_sweep(config_path, model=model)
     if method:
@@ -367,7 +376,8 @@ def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, 
     )  # fmt: skip
     folder = Path(out) if out else _default_out(store, f"sweep-{model}")
     click.echo(f"{spec.method} sweep of {model} on {store}: {trials} trials in {folder} (rerun with --out {folder} to resume)")
-    table = run_sweep(spec, base, folder, trials=trials, echo=click.echo)
+    cluster = Cluster(parallel=parallel, scheduler=scheduler, threads=threads)
+    table = run_sweep(spec, base, folder, trials=trials, cluster=cluster, storage=storage, echo=click.echo)
     click.echo((folder / "leaderboard.md").read_text().rstrip())
     click.echo(f"leaderboard: {folder / 'leaderboard.csv'} ({len(table)} trials)")
 

@@ -17,10 +17,12 @@ A parameter is a training setting (``lr``, ``batch_size``, ``epochs``, ``optimiz
 ``num_layers``, ``reduce_lr_factor``, ``step_lr_gamma``, ``dropout_rate``...) are aliases.
 
 Every trial is a normal run directory ``OUT/trial-000/``...; the Optuna study lives in
-``OUT/optuna.db`` (SQLite). Running the same command again resumes: finished trials are kept,
+``OUT/optuna.db`` (SQLite), or in the storage ``--storage`` names (an Optuna RDB URL or
+``journal:PATH``). Running the same command again resumes: finished trials are kept,
 a trial that was interrupted is continued from its last finished epoch, and new trials are
 asked until ``--trials`` have finished. ``OUT/leaderboard.csv`` and ``.md`` rank the trials by
-the validation metric.
+the validation metric. ``--parallel K`` trains K trials at once on Dask workers
+(:mod:`training.sweep_cluster`); trial numbers and sampler seeds do not depend on K.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import dataclasses
 import itertools
 import json
 import math
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,12 +43,15 @@ from pipeline import MuzarrError, open_store
 from training.checkpoint import RUNTIME_FIELDS
 from training.config import TrainConfig
 from training.data import plan_for
-from training.loop import Run
 from training.metrics import PRIMARY, SCALARS
 from training.models import get_model, model_options
 from training.optim import OPTIMIZERS, SCHEDULERS
+from training.sweep_cluster import Cluster, TrialResult, run_trials
 
 METHODS = ("grid", "random", "bayes")
+#: the study's name in OUT/optuna.db (in a --storage: followed by the sweep folder's name)
+STUDY = "muzarr-sweep"
+IN_PROCESS = Cluster()
 #: training settings a sweep may set, with their types
 TRAIN_PARAMS: dict[str, type] = {"lr": float, "batch_size": int, "epochs": int, "optimizer": str, "momentum": float,
                                  "nesterov": bool, "weight_decay": float, "scheduler": str, "early_stopping": int}  # fmt: skip
@@ -316,19 +320,78 @@ def _locked(out: Path):
         yield
 
 
-def _check_state(out: Path, state: dict[str, Any]) -> None:
-    """Write ``sweep.json``, or check that a resumed sweep is the same sweep."""
+def _same_sweep(out: Path, state: dict[str, Any]) -> bool:
+    """Whether ``out`` holds this sweep already (a resume); another sweep there is an error."""
     path = out / "sweep.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        differing = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
-        if differing:
-            raise MuzarrError(
-                f"{out} holds another sweep (its {', '.join(differing)} differ): resume it with the same store, model, "
-                "sweep file and options, or pick another --out"
-            )
-        return
-    path.write_text(json.dumps(state, indent=2, default=str))
+    if not path.exists():
+        return False
+    old = json.loads(path.read_text())
+    if old.get("storage") != state.get("storage"):
+        # the study is where the finished trials are: another storage would start over
+        given = f"--storage {old['storage']}" if old.get("storage") else "no --storage (its study is in optuna.db)"
+        raise MuzarrError(f"{out} holds a sweep whose study is in another storage: resume it with {given}, "
+                          "or pick another --out")  # fmt: skip
+    differing = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
+    if differing:
+        raise MuzarrError(
+            f"{out} holds another sweep (its {', '.join(differing)} differ): resume it with the same store, model, "
+            "sweep file and options, or pick another --out"
+        )
+    return True
+
+
+def study_storage(storage: str) -> tuple[str, str]:
+    """``--storage`` as ``(what opens it, what sweep.json records)``: paths made absolute (a resume
+    may start elsewhere), a password hidden from the record."""
+    if storage.startswith("journal:"):
+        path = "journal:" + str(Path(storage.removeprefix("journal:")).expanduser().resolve())
+        return path, path
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage) if "://" in storage else None
+    except ArgumentError:
+        url = None
+    if url is None:
+        raise MuzarrError(f"--storage {storage!r}: give an Optuna RDB URL (sqlite:///PATH, postgresql://USER@HOST/DB, "
+                          "mysql+pymysql://...) or journal:PATH (a journal file, e.g. on a shared filesystem)")  # fmt: skip
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=str(Path(url.database).expanduser().resolve()))
+    return url.render_as_string(hide_password=False), url.render_as_string(hide_password=True)
+
+
+def _open_study(storage: str | None, out: Path, state: dict[str, Any], *, direction: str):
+    """The sweep's Optuna study, created with ``sweep.json`` for a new sweep.
+
+    Without ``--storage`` it is ``OUT/optuna.db``, as sweeps always had; a storage given may hold
+    other studies, so there the study is named after the sweep folder, and a new sweep does not
+    join a study of that name that is there already."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    known = _same_sweep(out, state)
+    if storage is None:
+        url, shown, name = f"sqlite:///{(out / 'optuna.db').resolve()}", str(out / "optuna.db"), STUDY
+    else:
+        (url, shown), name = study_storage(storage), f"{STUDY}-{out.resolve().name}"
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            backend = JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        else:
+            backend = optuna.storages.RDBStorage(url)
+        if not known and storage is not None and name in optuna.get_all_study_names(backend):
+            raise MuzarrError(f"--storage {shown} holds a study {name!r} already, of another sweep folder of that name: "
+                              "resume that sweep from its folder, or give this one another --out name")  # fmt: skip
+        if not known:
+            (out / "sweep.json").write_text(json.dumps(state, indent=2, default=str))
+        return optuna.create_study(storage=backend, study_name=name, direction=direction, load_if_exists=True)
+    except (ImportError, OSError, SQLAlchemyError) as err:
+        raise MuzarrError(f"--storage {shown}: cannot open the Optuna study there: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0]}") from None  # fmt: skip
 
 
 def run_sweep(
@@ -337,6 +400,8 @@ def run_sweep(
     out: str | Path,
     *,
     trials: int,
+    cluster: Cluster = IN_PROCESS,
+    storage: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Run (or resume) the sweep in ``out`` until ``trials`` trials have finished; returns the leaderboard.
@@ -382,38 +447,49 @@ def run_sweep(
              "parameters": [dataclasses.asdict(p) for p in spec.parameters],
              "base": {k: v for k, v in base.to_dict().items()
                       if k not in ("store", "model", *RUNTIME_FIELDS)}}  # fmt: skip
+    if storage is not None:
+        state["storage"] = study_storage(storage)[1]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with _locked(out):
-        _check_state(out, json.loads(json.dumps(state, default=str)))
-        study = optuna.create_study(
-            storage=f"sqlite:///{(out / 'optuna.db').resolve()}", study_name="muzarr-sweep", direction=goal,
-            load_if_exists=True,
-        )
+        study = _open_study(storage, out, json.loads(json.dumps(state, default=str)), direction=goal)
         distributions = spec.distributions()
+        interrupted = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        asked: dict[int, dict[str, Any]] = {t.number: t.params for t in interrupted}
 
         def finished() -> int:
             return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
 
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            echo(f"trial {trial.number}: interrupted earlier, continuing it")
-            _run_trial(study, trial.number, trial.params, spec, base, out, metric, total, echo)
-        while finished() < total:
+        def next_trial(running: int) -> tuple[int, TrainConfig] | None:
+            if interrupted:
+                trial = interrupted.pop(0)
+                echo(f"trial {trial.number}: interrupted earlier, continuing it")
+                return trial.number, spec.apply(base, trial.params)[0]
+            if finished() + running >= total:
+                return None
             number = len(study.get_trials(deepcopy=False))
             seed = (base.seed * 100_003 + number) % 2**32  # per trial: a resumed sweep samples what it would have
             if grid is not None:
                 if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                     if number >= len(grid):
-                        break
+                        return None
                     study.enqueue_trial(grid[number])
                 study.sampler = optuna.samplers.RandomSampler(seed=seed)  # unused: the grid point is enqueued
             elif spec.method == "random":
                 study.sampler = optuna.samplers.RandomSampler(seed=seed)
             else:
-                # few random start-up trials: a short sweep still gets Bayesian proposals
+                # few random start-up trials: a short sweep still gets Bayesian proposals; with trials in
+                # flight, Optuna's TPE (constant_liar, its default) counts them as bad to propose elsewhere
                 startup = max(2, min(10, total // 3))
                 study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
             trial = study.ask(fixed_distributions=distributions)
-            _run_trial(study, trial.number, trial.params, spec, base, out, metric, total, echo)
+            asked[trial.number] = trial.params
+            return trial.number, spec.apply(base, trial.params)[0]
+
+        def on_result(result: TrialResult) -> None:
+            _tell(study, result, asked[result.number], spec, metric, f"{finished() + 1}/{total}", echo)
+            write_leaderboard(study, spec, out, metric=metric, goal=goal, task=task)
+
+        run_trials(next_trial, on_result, out=out, cluster=cluster, device=base.device, echo=echo)
         board = write_leaderboard(study, spec, out, metric=metric, goal=goal, task=task)
     if len(board) and (board["state"] == "fail").all():
         first = out / f"trial-{board['trial'].min():03d}" / "error.txt"
@@ -422,35 +498,27 @@ def run_sweep(
     return board
 
 
-def _run_trial(study, number: int, suggested: dict, spec: SweepSpec, base: TrainConfig, out: Path, metric: str,
-               total: int, echo: Callable[[str], None]) -> None:  # fmt: skip
+def _tell(study, result: TrialResult, suggested: dict, spec: SweepSpec, metric: str, progress: str,
+          echo: Callable[[str], None]) -> None:  # fmt: skip
+    """Tell the study how a trial ended, and say it in one line."""
     from optuna.trial import TrialState
 
-    config, values = spec.apply(base, suggested)
-    run_dir = out / f"trial-{number:03d}"
-    shown = "  ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k in suggested)
-    started = time.perf_counter()
-    try:
-        if (run_dir / "config.json").exists():
-            metrics = Run.resume(run_dir, progress=False).fit()  # continues after its last finished epoch
-        else:
-            metrics = Run(config, run_dir, progress=False).fit()
-    except (MuzarrError, RuntimeError, ValueError) as err:
-        # a bad combination (too small for the model, diverged...) fails its trial, not the sweep
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
+    number = result.number
+    shown = "  ".join(f"{k}={_fmt(v)}" for k, v in spec.values(suggested).items() if k in suggested)
+    where = f"  on worker {result.worker}" if result.worker is not None else ""
+    if result.error is not None:
         study.tell(number, state=TrialState.FAIL)
-        echo(f"trial {number} ({number + 1}/{total})  {shown}  failed: {str(err).splitlines()[0]}")
+        echo(f"trial {number} ({progress})  {shown}  failed: {result.error.splitlines()[0]}{where}")
         return
-    value = metrics["valid"].get(metric)
+    value = result.metrics["valid"].get(metric)
     if value is None or not math.isfinite(value):
         study.tell(number, state=TrialState.FAIL)
-        echo(f"trial {number} ({number + 1}/{total})  {shown}  failed: valid {metric} is {value}")
+        echo(f"trial {number} ({progress})  {shown}  failed: valid {metric} is {value}{where}")
         return
     study.tell(number, float(value))
     best = study.best_trial
-    echo(f"trial {number} ({number + 1}/{total})  {shown}  valid {metric} {value:.4f}  "
-         f"({time.perf_counter() - started:.0f} s; best {best.value:.4f}, trial {best.number})")  # fmt: skip
+    echo(f"trial {number} ({progress})  {shown}  valid {metric} {value:.4f}  "
+         f"({result.seconds:.0f} s; best {best.value:.4f}, trial {best.number}){where}")  # fmt: skip
 
 
 def _fmt(value: Any) -> str:
