@@ -122,8 +122,15 @@ def main() -> None:
         reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
         unverified = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=False)
 
-        def shuffled(source=reader, workers=0):  # train --workers N: N processes decode shards ahead
-            return TrainStream(source, batch_size=32, seed=0, buffer_clips=256, workers=workers)
+        def shuffled(source=reader):
+            return TrainStream(source, batch_size=32, seed=0, buffer_clips=256)
+
+        # train --workers N: N processes decode shards ahead, started once and kept for every epoch
+        kept = {n: TrainStream(reader, batch_size=32, seed=0, buffer_clips=256, workers=n) for n in (1, 2)}
+
+        def with_workers(n):
+            kept[n].set_epoch(kept[n].epoch + 1)
+            return kept[n]
 
         def sequential():  # the same reader, crops and batches, in store order
             return TrainStream(reader, batch_size=32, seed=0, buffer_clips=256, shuffle=False)
@@ -141,8 +148,8 @@ def main() -> None:
         methods = {
             "muzarr shuffled epoch (chunk-aware)": shuffled,
             "muzarr shuffled epoch, reads not verified (--no-verify-reads)": lambda: shuffled(unverified),
-            "muzarr shuffled epoch, 1 loader worker (--workers 1)": lambda: shuffled(workers=1),
-            "muzarr shuffled epoch, 2 loader workers (--workers 2)": lambda: shuffled(workers=2),
+            "muzarr shuffled epoch, 1 loader worker (--workers 1)": lambda: with_workers(1),
+            "muzarr shuffled epoch, 2 loader workers (--workers 2)": lambda: with_workers(2),
             "muzarr sequential read": sequential,
             "Zarr, one read per clip in random order": naive,
             ".npy file per clip, shuffled (Won et al.)": npy,

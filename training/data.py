@@ -437,8 +437,8 @@ class TrainStream:
 
     A shard's crops are drawn from ``default_rng([seed, epoch, 1, shard])`` and the buffer is
     shuffled by ``default_rng([seed, epoch, rank + 1])``: with ``workers`` loader processes
-    decoding shards ahead (a ``DataLoader`` over the shards, in order), the batches are the
-    same as with none, for any number of workers.
+    decoding shards ahead (a ``DataLoader`` over the shards, in order, its workers kept from
+    one epoch to the next), the batches are the same as with none, for any number of workers.
     """
 
     def __init__(
@@ -453,6 +453,8 @@ class TrainStream:
         self.rank, self.world = rank, world
         self.workers = workers
         self.epoch = 0
+        self._loader = None  # the loader workers, started once and kept for every epoch
+        self._queue = _Queue()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -477,17 +479,24 @@ class TrainStream:
 
     def _cropped(self, shards: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(positions, crops)`` of each shard in ``shards``, decoded here or by loader workers."""
-        crops = CroppedShards(self.reader, seed=self.seed, epoch=self.epoch)
-        if self.workers == 0 or len(shards) == 0:
-            for shard in shards:
-                yield crops[int(shard)]
+        jobs = [(self.epoch, int(shard)) for shard in shards]
+        if self.workers == 0 or not jobs:
+            crops = CroppedShards(self.reader, seed=self.seed)
+            for job in jobs:
+                yield crops[job]
             return
-        loader = torch.utils.data.DataLoader(
-            crops, batch_size=None, sampler=[int(s) for s in shards], num_workers=min(self.workers, len(shards)),
-            worker_init_fn=_fresh_handles, prefetch_factor=2,
-        )  # fmt: skip
-        for positions, examples in loader:
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                CroppedShards(self.reader, seed=self.seed), batch_size=None, sampler=self._queue,
+                num_workers=self.workers, worker_init_fn=_fresh_handles, prefetch_factor=2, persistent_workers=True,
+            )  # fmt: skip
+        self._queue.jobs = jobs
+        for positions, examples in self._loader:
             yield positions.numpy(), examples.numpy()
+
+    def close(self) -> None:
+        """Stop the loader workers (they are kept from epoch to epoch otherwise)."""
+        self._loader = None
 
     def _emit(self, rng, pending_x: list, pending_p: list, *, final: bool):
         """Shuffle the buffered examples and yield full batches; keep the remainder buffered."""
@@ -518,21 +527,35 @@ class TrainStream:
             pending_p.append(positions[rest])
 
 
-class CroppedShards(torch.utils.data.Dataset):
-    """Shard ``i`` of a reader as ``(positions, crops)``: one random training crop per
-    (sub-)clip, drawn from ``default_rng([seed, epoch, 1, i])`` whoever decodes it."""
+class _Queue(torch.utils.data.Sampler):
+    """The ``(epoch, shard)`` jobs of the epoch under way, read by the loader in this process."""
 
-    def __init__(self, reader: SplitReader, *, seed: int, epoch: int) -> None:
+    def __init__(self) -> None:
+        self.jobs: list[tuple[int, int]] = []
+
+    def __iter__(self):
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+
+class CroppedShards(torch.utils.data.Dataset):
+    """``(epoch, i)`` → shard ``i`` of a reader as ``(positions, crops)``: one random training
+    crop per (sub-)clip, drawn from ``default_rng([seed, epoch, 1, i])`` whoever decodes it."""
+
+    def __init__(self, reader: SplitReader, *, seed: int) -> None:
         self.reader = reader
-        self.seed, self.epoch = seed, epoch
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.reader.n_blocks()
 
-    def __getitem__(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        epoch, shard = job
         plan = self.reader.plan
         total, length = plan.item_shape[-1], plan.length
-        rng = np.random.default_rng([self.seed, self.epoch, 1, shard])
+        rng = np.random.default_rng([self.seed, epoch, 1, shard])
 
         def one_crop_each(data: np.ndarray) -> np.ndarray:
             # One example per (clip, sub-clip), cropped as soon as it is read: only crops are held.

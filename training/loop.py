@@ -110,6 +110,7 @@ class Run:
                       rank=self.dist.rank, world=self.dist.world)
             if augment.active else None
         )  # fmt: skip
+        self.stream: TrainStream | None = None
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": -1, "value": None}
         self.start_epoch = 0
@@ -234,10 +235,12 @@ class Run:
 
         dist = self.dist
         torch.manual_seed(self.config.seed * 100_003 + epoch + 7_919 * dist.rank)  # dropout etc.: reproducible per epoch
-        stream = TrainStream(
-            self.readers["train"], batch_size=self.rank_batch, seed=self.config.seed, rank=dist.rank, world=dist.world,
-            workers=self.config.workers if self.cache == "none" else 0,
-        )  # fmt: skip
+        if self.stream is None:  # one stream for the run: its loader workers live from epoch to epoch
+            self.stream = TrainStream(
+                self.readers["train"], batch_size=self.rank_batch, seed=self.config.seed, rank=dist.rank,
+                world=dist.world, workers=self.config.workers if self.cache == "none" else 0,
+            )  # fmt: skip
+        stream = self.stream
         stream.set_epoch(epoch)
         if self.augmenter is not None:
             self.augmenter.set_epoch(epoch)
@@ -372,6 +375,8 @@ class Run:
                     )  # fmt: skip
         finally:
             emissions = stop_tracker(tracker)
+            if self.stream is not None:
+                self.stream.close()
         if self.best["epoch"] < 1:
             raise MuzarrError(f"no epoch of {self.out} had a finite validation {self.monitor}: nothing to evaluate")
         self._load_best()
