@@ -20,10 +20,12 @@ RUN_FILES = (
     "config.json", "history.csv", "metrics.json", "normalization.json", "best.pt", "last.pt",
     "curves.png", "per_tag_auc.png", "confusion.png",
 )  # fmt: skip
+#: TensorBoard's event files in a run directory: one per process that trained it (``--overwrite`` removes them too)
+EVENT_FILES = "events.out.tfevents.*"
 #: request fields that do not change what a run learns: a rerun may differ in these
-RUNTIME_FIELDS = ("device", "cache", "workers", "verify_reads", "emissions", "country")
+RUNTIME_FIELDS = ("device", "cache", "workers", "verify_reads", "emissions", "country", "tensorboard", "tb_every")
 
-__all__ = ["RUN_FILES", "differing_settings", "existing_run", "load_checkpoint", "read_json", "save_checkpoint", "write_text_atomic"]
+__all__ = ["EVENT_FILES", "RUN_FILES", "differing_settings", "existing_run", "load_checkpoint", "read_json", "save_checkpoint", "write_text_atomic"]
 
 
 def save_checkpoint(state: Any, path: Path) -> None:
@@ -85,6 +87,8 @@ def existing_run(out: Path, request: dict[str, Any], *, overwrite: bool) -> str:
         for name in RUN_FILES:
             for path in (out / name, out / f"{name}.tmp"):
                 path.unlink(missing_ok=True)
+        for path in out.glob(EVENT_FILES):  # else TensorBoard would show the old run's curves under the new one's
+            path.unlink()
         return "new"
     differing = differing_settings(saved, request)
     if differing:

@@ -140,6 +140,9 @@ def _choices(registry) -> click.Choice:
 @click.option("--sub-clips", type=click.IntRange(min=0), help="Train on this many stored sub-clips per clip; 0 = random crops instead (default: the protocol's).")
 @click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
 @click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
+@click.option("--no-tensorboard", is_flag=True, help="Write no TensorBoard event files into the run directory.")
+@click.option("--tb-every", default=50, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="TensorBoard: the training loss every N optimizer steps (0: per epoch only).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Data-parallel ranks on this machine (one per GPU): train launches them (torchrun's agent).")
 @click.option("--nnodes", default=1, show_default=True, type=click.IntRange(min=1), help="Machines of a --nproc-per-node run; each runs the same command.")
@@ -149,8 +152,8 @@ def _choices(registry) -> click.Choice:
 @one_rank_speaks
 def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum, nesterov, weight_decay, scheduler,
         scheduler_opts, early_stopping, monitor, augment, device, amp, seed, repeats, out, resume, overwrite, model_opts, cache,
-        workers, sync_bn, no_verify_reads, eval_crops, eval_placement, sub_clips, no_emissions, country, quiet,
-        nproc_per_node, nnodes, node_rank, rdzv_endpoint):  # fmt: skip
+        workers, sync_bn, no_verify_reads, eval_crops, eval_placement, sub_clips, no_emissions, country, no_tensorboard,
+        tb_every, quiet, nproc_per_node, nnodes, node_rank, rdzv_endpoint):  # fmt: skip
     """Train MODEL on STORE with its paper's protocol and write a run directory.
 
     \b
@@ -198,7 +201,8 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
         scheduler_opts=_options(scheduler_opts, "--scheduler-opt"), early_stopping=early_stopping, device=device,
         amp=amp, seed=seed, model_opts=_options(model_opts, "--model-opt"), cache=cache, workers=workers, sync_bn=sync_bn,
         verify_reads=not no_verify_reads, eval_crops=eval_crops, eval_placement=eval_placement, sub_clips=sub_clips, monitor=monitor,
-        augment=augment_fields, emissions=not no_emissions, country=country,
+        augment=augment_fields, emissions=not no_emissions, country=country, tensorboard=not no_tensorboard,
+        tb_every=tb_every,
     )  # fmt: skip
     base = context().broadcast(Path(out) if out else _default_out(store, model))  # rank 0 names it
     if repeats == 1:
@@ -245,6 +249,8 @@ def _default_out(store: str, model: str) -> Path:
 
 
 def _print_result(metrics: dict[str, Any], out: Path) -> None:
+    from training.checkpoint import EVENT_FILES
+
     primary = metrics["primary_metric"]
     test, valid = metrics["test"], metrics["valid"]
     line = f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
@@ -260,6 +266,8 @@ def _print_result(metrics: dict[str, Any], out: Path) -> None:
         + (f", {metrics['energy_kwh'] * 1000:.2f} Wh, {co2 * 1000:.3f} g CO2eq" if co2 is not None else "")
     )
     click.echo(f"  run directory: {out} (metrics.json, history.csv, *.png, best.pt)")
+    if any(Path(out).glob(EVENT_FILES)):
+        click.echo(f"  TensorBoard: tensorboard --logdir {out}")
 
 
 @main.command(name="models")

@@ -19,7 +19,7 @@ from pipeline import MuzarrError
 from training.metrics import PRIMARY, SCALARS
 
 #: settings that do not change what a run learns: runs differing only in these are repeats
-NOT_SETTINGS = frozenset({"seed", "device", "cache", "workers", "emissions", "country"})
+NOT_SETTINGS = frozenset({"seed", "device", "cache", "workers", "emissions", "country", "tensorboard", "tb_every"})
 #: column names of the seed reports' tables (seed 000: "Best Val AUC", "Test AUC")
 METRIC_NAMES = {"roc_auc": "AUC", "pr_auc": "PR-AUC", "accuracy": "Accuracy", "f1_macro": "F1-macro",
                 "f1_weighted": "F1-weighted"}  # fmt: skip

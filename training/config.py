@@ -36,7 +36,10 @@ class TrainConfig:
     ``scheduler_opts`` its settings (alone, they adjust the protocol's own schedule);
     ``augment`` holds :class:`~training.augment.Augment` fields; ``sub_clips=0`` trains on
     random crops of a split store's sub-clips instead of the whole sub-clips; ``max_clips``
-    keeps the first N clips of each split (quick checks such as ``train reproduce --smoke``).
+    keeps the first N clips of each split (quick checks such as ``train reproduce --smoke``);
+    ``tensorboard`` writes TensorBoard event files into the run directory (when the
+    ``tensorboard`` extra is installed), with the training loss every ``tb_every`` optimizer
+    steps (0: per epoch only).
     """
 
     store: str
@@ -68,12 +71,16 @@ class TrainConfig:
     max_clips: int | None = None
     emissions: bool = True
     country: str = "ESP"
+    tensorboard: bool = True
+    tb_every: int = 50
 
     def __post_init__(self) -> None:
         if self.cache not in CACHES:
             raise MuzarrError(f"--cache {self.cache!r} must be one of {', '.join(CACHES)}")
         if self.max_clips is not None and self.max_clips < 2:
             raise MuzarrError(f"max_clips={self.max_clips!r} must be at least 2")
+        if self.tb_every < 0:
+            raise MuzarrError(f"tb_every={self.tb_every!r} must be 0 (no per-step loss) or a number of optimizer steps")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

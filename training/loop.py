@@ -51,6 +51,7 @@ from training.models import build_model, count_parameters, get_model
 from training.normalization import Normalized, fit_normalization
 from training.optim import make_optimizer, make_scheduler, phase_settings, phase_transition, step_scheduler
 from training.protocol import Protocol
+from training.tensorboard import hparams_of, open_board
 
 __all__ = ["CACHE_AUTO_BYTES", "Run", "train"]
 
@@ -116,6 +117,9 @@ class Run:
         self.start_epoch = 0
         self.stale_epochs = 0
         self.train_seconds = 0.0
+        self.steps = 0  # optimizer steps so far: the x axis of train/loss_step
+        self.board = open_board(self.out, hparams_of(config, self.protocol), every=config.tb_every, note=self.progress,
+                                enabled=config.tensorboard and self.dist.is_main)  # rank 0 alone writes
 
     # -- set-up -------------------------------------------------------------------------
     def _split_scheme(self, protocol: Protocol) -> str:
@@ -190,6 +194,7 @@ class Run:
             "stale_epochs": self.stale_epochs,
             "train_seconds": self.train_seconds,
             "phase": self.phase,
+            "steps": self.steps,
         }
 
     def _save(self, epoch: int) -> None:
@@ -225,6 +230,7 @@ class Run:
         run.best = {"epoch": best["epoch"], "value": None if best["epoch"] < 0 else best["value"]}
         run.stale_epochs = state["stale_epochs"]
         run.train_seconds = state["train_seconds"]
+        run.steps = int(state.get("steps", 0))
         run.start_epoch = state["epoch"] + 1
         run.history = history.to_dict("records")[: run.start_epoch]
         return run
@@ -264,6 +270,8 @@ class Run:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                self.board.step(self.steps, loss)
+                self.steps += 1
                 total_loss += loss.item() * len(x)
                 n_examples += len(x)
                 seen.append(positions.numpy())
@@ -329,6 +337,8 @@ class Run:
             if not self.dist.active:
                 raise
             raise LostRank(lost_rank_message(self.dist, err, resume=str(self.out))) from None
+        finally:
+            self.board.close()  # a failed trial of a sweep must not leave its writer open
 
     def _fit(self) -> dict[str, Any]:
         main = self.dist.is_main
@@ -363,6 +373,7 @@ class Run:
                     **{f"valid_{k}": valid[k] for k in SCALARS[self.task]}, **ran_with,
                     "reloaded_best_epoch": "" if reloaded is None else reloaded,
                 })  # fmt: skip
+                self.board.epoch(self.history[-1])  # before the save: a kill between them re-logs, never skips
                 self._save(epoch)
                 if self.progress:
                     print(
@@ -404,6 +415,7 @@ class Run:
         }
         if main:
             write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+            self.board.finish(metrics)
             self._plots(metrics)
         return metrics
 
