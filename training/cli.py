@@ -99,8 +99,9 @@ def one_rank_speaks(command):
 def _silenced():
     """Standard output of a rank other than 0: dropped (errors still reach stderr)."""
     import contextlib
+    import io
 
-    return contextlib.redirect_stdout(open(os.devnull, "w"))
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _choices(registry) -> click.Choice:
