@@ -15,7 +15,9 @@ Same synthetic log-mel data (MTAT's CRNN input: 96 x 1440 float16 per clip) in o
 The store is built by ``pipe build``'s own code from the MTAT-like MP3s of
 ``build_throughput.py``. Each method is timed for a full epoch after one warm-up epoch (the files are then in the page cache
 for every method alike), then ``--rounds`` times, the methods interleaved; the median is
-reported. Usage: python benchmarks/loader_throughput.py [--clips 2000] [--workers 0] [--rounds 7]
+reported. Usage: python benchmarks/loader_throughput.py [--clips 2000] [--workers 0] [--rounds 7] [--step-ms 0]
+(``--step-ms 10``: each batch is followed by a 10 ms wait that uses no CPU, as a step on a GPU
+is, so that loader workers can show what they overlap.)
 """
 
 from __future__ import annotations
@@ -91,11 +93,16 @@ class NpyDataset(torch.utils.data.Dataset):
         return torch.from_numpy(data[:, start : start + CROP].astype(np.float32)), torch.from_numpy(self.labels[i])
 
 
+STEP_SECONDS = 0.0  # --step-ms: a training step that waits without using the CPU, as one on a GPU does
+
+
 def epoch_rate(batches) -> float:
     start = time.perf_counter()
     n = 0
     for batch in batches:
         n += len(batch[0])
+        if STEP_SECONDS:
+            time.sleep(STEP_SECONDS)
     return n / (time.perf_counter() - start)
 
 
@@ -104,8 +111,12 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the .npy baseline")
     parser.add_argument("--rounds", type=int, default=7, help="timed epochs per method (median reported)")
+    parser.add_argument("--step-ms", type=float, default=0.0,
+                        help="after each batch, wait this long (a GPU step): what loader workers overlap")  # fmt: skip
     parser.add_argument("--audio", type=Path, default=Path(tempfile.gettempdir()) / "muzarr_mtat_like")
     args = parser.parse_args()
+    global STEP_SECONDS
+    STEP_SECONDS = args.step_ms / 1000
 
     from pipeline import open_store
     from training.data import ExamplePlan, SplitReader, TrainStream
@@ -173,7 +184,7 @@ def main() -> None:
     sequential, npy_label = "muzarr sequential read", ".npy file per clip, shuffled (Won et al.)"
     print(
         f"{args.clips} clips of {N_MELS}x{N_FRAMES} float16, crops of {CROP} frames, batch 32, {args.workers} workers, "
-        f"{args.rounds} rounds; ratios are medians of the per-round ratios"
+        f"{args.rounds} rounds, {args.step_ms:g} ms step per batch; ratios are medians of the per-round ratios"
     )
     print("\n| method | samples/s (median) | epochs | vs sequential | vs .npy |\n|---|---|---|---|---|")
     for label, rate in rates.items():

@@ -26,7 +26,8 @@ from training.metrics import SCALARS
 
 pytestmark = pytest.mark.slow
 TRAIN = [sys.executable, "-m", "training.cli"]
-RUN = ["--model", "cnn", "--device", "cpu", "--no-emissions", "--quiet", "--batch-size", "8"]
+MEASURED = ["--model", "cnn", "--device", "cpu", "--quiet", "--batch-size", "8"]
+RUN = [*MEASURED, "--no-emissions"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def _logged(folder: Path, epoch: int, world: int) -> list[list[str]]:
 def test_torchrun_two_ranks_deal_the_split_and_evaluate_as_one_process(store, tmp_path):
     out, log = tmp_path / "run", tmp_path / "examples"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-port", str(_free_port()),
-           "-m", "training.cli", "--store", store, *RUN, "--epochs", "2", "--out", str(out)]  # fmt: skip
+           "-m", "training.cli", "--store", store, *MEASURED, "--epochs", "2", "--out", str(out)]  # fmt: skip
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(MUZARR_EXAMPLE_LOG=str(log)), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("cnn on demo: best epoch") == 1  # rank 0 alone speaks
@@ -82,6 +83,7 @@ def test_torchrun_two_ranks_deal_the_split_and_evaluate_as_one_process(store, tm
     )  # written once, by rank 0: no second copy, no temporary left
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ranks"] == 2
+    assert metrics["energy_kwh"] > 0 and metrics["co2_country"] == "ESP"  # both ranks' trackers, added up
     # the checkpoint scored again by one process: the gathered evaluation is the same
     run = Run.resume(out, progress=False)
     run._load_best()

@@ -17,8 +17,9 @@ def start_tracker(*, enabled: bool, country: str, out: Path, process: bool = Fal
     """
     if not enabled:
         return None
-    logging.getLogger("codecarbon").setLevel(logging.ERROR)
     from codecarbon import OfflineEmissionsTracker
+
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)  # after the import: it sets its own level
 
     tracker = OfflineEmissionsTracker(
         country_iso_code=country, save_to_file=False, log_level="error", output_dir=str(out),

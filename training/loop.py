@@ -27,6 +27,7 @@ import datetime as _dt
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -346,8 +347,8 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_config()
         # every rank measures its own process; the run reports their sum
-        tracker = start_tracker(enabled=self.config.emissions, country=self.config.country, out=self.out,
-                                process=self.dist.active)  # fmt: skip
+        tracker = start_tracker(enabled=self.config.emissions, country=self.config.country,
+                                out=self.out if main else Path(tempfile.gettempdir()), process=self.dist.active)  # fmt: skip
         started = time.perf_counter()
         try:
             for epoch in range(self.start_epoch, self.protocol.epochs):
