@@ -486,9 +486,12 @@ class TrainStream:
                 yield crops[job]
             return
         if self._loader is None:
+            # the workers decode a whole shuffle buffer ahead while its batches train, not just a shard or two
+            ahead = math.ceil(self.buffer_clips / self.reader.chunk_clips / self.workers) + 1
             self._loader = torch.utils.data.DataLoader(
                 CroppedShards(self.reader, seed=self.seed), batch_size=None, sampler=self._queue,
-                num_workers=self.workers, worker_init_fn=_fresh_handles, prefetch_factor=2, persistent_workers=True,
+                num_workers=self.workers, worker_init_fn=_fresh_handles, prefetch_factor=max(2, ahead),
+                persistent_workers=True,
             )  # fmt: skip
         self._queue.jobs = jobs
         for positions, examples in self._loader:
