@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _synth import make_mtat_like
+from _synth import make_mtat_like, timed_build
 
 
 def _decode(path: str) -> int:
@@ -76,7 +76,6 @@ def hand_loop(paths: list[Path], out: Path) -> float:
 def muzarr_build(paths: list[Path], root: Path, out: Path, workers: int) -> float:
     import pandas as pd
 
-    from pipeline.build import build, make_client
     from pipeline.config import BuildConfig
     from pipeline.index import DatasetIndex
 
@@ -96,18 +95,7 @@ def muzarr_build(paths: list[Path], root: Path, out: Path, workers: int) -> floa
         root=str(root), clips=pd.DataFrame({"clip_id": [p.stem for p in paths], "path": rel}), task="multiclass",
         classes=("x",), labels=np.zeros(len(paths), np.int16), splits=pd.DataFrame({"random": ["train"] * len(paths)}),
     )
-    # The cluster is started before the clock: its start-up (~2 s) is paid once per build, not per clip.
-    client = make_client(workers=workers)
-    try:
-        start = time.perf_counter()
-        report = build(config, source=str(root), out=str(out), index=index, client=client, progress=False)
-        elapsed = time.perf_counter() - start
-    finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
-    if report.n_failed:
-        raise SystemExit(f"muzarr build failed on {report.n_failed} clips: {report.failures[:3]}")
+    _, elapsed = timed_build(config, source=str(root), out=str(out), index=index, workers=workers)
     return elapsed
 
 

@@ -75,7 +75,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _synth import make_mtat_like
+from _synth import make_mtat_like, timed_build
 
 MODELS = ("short_res", "crnn")
 HOLDOUT = 8  # valid and test clips each: a Run needs both, the timed epochs never read them
@@ -87,7 +87,6 @@ SMOKE = ("--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-size", "2"
 
 def build_store(url: Path, audio: Path, *, n_clips: int, unique: int, workers: int, seconds: float | None) -> dict:
     """An MTAT-like store of ``n_clips`` rows (``unique`` MP3s repeated) holding both models' inputs."""
-    from pipeline.build import build, make_client
     from pipeline.config import BuildConfig, load_catalog
     from pipeline.index import DatasetIndex
     from training.models import get_model
@@ -110,17 +109,7 @@ def build_store(url: Path, audio: Path, *, n_clips: int, unique: int, workers: i
                             "path": [str(paths[i % unique].relative_to(audio)) for i in range(n_clips)]}),
         labels=(rng.random((n_clips, N_CLASSES)) < 0.1).astype(np.uint8), splits=pd.DataFrame({"random": part}),
     )  # fmt: skip
-    client = make_client(workers=workers)  # started before the clock, as in build_throughput.py
-    try:
-        started = time.perf_counter()
-        report = build(config, source=str(audio), out=str(url), index=index, client=client, progress=False)
-        seconds = time.perf_counter() - started
-    finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
-    if report.n_failed:
-        raise SystemExit(f"the store build failed on {report.n_failed} clips: {report.failures[:3]}")
+    _, seconds = timed_build(config, source=str(audio), out=str(url), index=index, workers=workers)
     return {"clips": n_clips, "clip_seconds": clip["seconds"], "unique_mp3s": unique, "workers": workers,
             "synth_seconds": round(synth_seconds, 1), "build_seconds": round(seconds, 1),
             "clips_per_s": round(n_clips / seconds, 1)}  # fmt: skip
