@@ -75,6 +75,7 @@ def test_torchrun_two_ranks_deal_the_split_and_evaluate_as_one_process(store, tm
         assert history.loc[epoch - 1, "train_examples"] == len(expected)
     config = json.loads((out / "config.json").read_text())
     assert config["ranks"] == {"world": 2, "batch_per_rank": 4, "backend": "gloo"}
+    assert config["torch_threads"] == 1  # torchrun's one thread per rank (OMP_NUM_THREADS)
     files = sorted(p.name for p in out.iterdir())
     events = [name for name in files if name.startswith("events.out.tfevents.")]
     assert len(events) == 1  # TensorBoard's, by rank 0 alone

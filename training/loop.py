@@ -431,6 +431,7 @@ class Run:
             "ranks": {"world": self.dist.world, "batch_per_rank": self.rank_batch, "backend": self.dist.backend},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),  # CPU results differ in the last bits with it
         }  # fmt: skip
         if not (self.out / "config.json").exists():
             write_text_atomic(self.out / "config.json", json.dumps(data, indent=2))
