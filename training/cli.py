@@ -68,8 +68,15 @@ def one_rank_speaks(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from training.distributed import LOST, LostRank, RankError, context, launched, stop_on_sigterm
-        from training.launch import LAUNCHED_BY_TRAIN
+        from training.distributed import (
+            LAUNCHED_BY_TRAIN,
+            LOST,
+            LostRank,
+            RankError,
+            context,
+            launched,
+            stop_on_sigterm,
+        )
 
         if not launched():
             return command(*args, **kwargs)

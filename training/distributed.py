@@ -140,6 +140,8 @@ class LostRank(RankError):
 
 #: the exit status of a rank that lost another (train's launcher looks past it for the cause)
 LOST = 3
+#: set in the ranks ``train --nproc-per-node`` starts: it reports a failure, so they stay quiet about it
+LAUNCHED_BY_TRAIN = "MUZARR_LAUNCHER"
 
 
 def launched() -> bool:
@@ -151,7 +153,7 @@ def launched() -> bool:
 def stop_on_sigterm():
     """SIGTERM (torchrun ending the other ranks after one failed) as one line and exit 143."""
     def stop(signum, frame):
-        if not os.environ.get("MUZARR_LAUNCHER"):  # train's own launcher reports the failure itself
+        if not os.environ.get(LAUNCHED_BY_TRAIN):  # train's own launcher reports the failure itself
             rank = os.environ.get("RANK", "?")
             print(f"rank {rank}: stopped by the launcher (another rank ended first)", file=sys.stderr, flush=True)
         os._exit(143)  # at once: a collective in flight would only wait for the lost rank

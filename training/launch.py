@@ -18,14 +18,12 @@ import time
 import uuid
 
 from pipeline.errors import MuzarrError
-from training.distributed import LOST, TIMEOUT
+from training.distributed import LAUNCHED_BY_TRAIN, LOST, TIMEOUT
 
 __all__ = ["LAUNCH_OPTIONS", "launch", "without_launch_options"]
 
 #: ``train run`` options that describe the launch, not the run (each takes one value)
 LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint")
-#: set in the ranks this launcher starts: it reports a failure, so they stay quiet about it
-LAUNCHED_BY_TRAIN = "MUZARR_LAUNCHER"
 
 
 def without_launch_options(argv: list[str]) -> list[str]:
