@@ -225,11 +225,17 @@ def test_a_second_build_into_the_same_store_is_refused_naming_the_first(source, 
     out = tmp_path / "d.zarr"
     lock = out / "_muzarr" / "lock.json"
     first = subprocess.Popen([str(BIN / "pipe"), *build_args(source, out)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     while first.poll() is None and not lock.exists():
         time.sleep(0.01)
     time.sleep(1)
-    second = pipe(*build_args(source, out, "--overwrite", "--set", "clip.seconds=0.5"))
+    # the first build and its workers are paused while the second tries: however fast this machine
+    # is, the first is still under way (a 48-clip build can end before a second `pipe` has started)
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        second = pipe(*build_args(source, out, "--overwrite", "--set", "clip.seconds=0.5"))
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     stdout, stderr = first.communicate(timeout=300)
     assert second.returncode == 2
     assert re.fullmatch(
