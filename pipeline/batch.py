@@ -15,29 +15,17 @@ from pipeline.audio import DecodeError, load_clip
 from pipeline.config import BuildConfig
 from pipeline.errors import MuzarrError
 from pipeline.shards import ShardFormat, shard_path
-from pipeline.store import (
-    STATUS_FAILED,
-    STATUS_OK,
-    _fs,
-    clip_digests,
-    clips_digest,
-    marker_key,
-    open_group,
-    plan_layout,
-    put_bytes,
-    remove_key,
-    write_json,
-)
+from pipeline.storage import STATUS_FAILED, STATUS_OK, Location, clips_digest, marker_key, remove_key, write_json
+from pipeline.store import clip_digests, plan_layout
 
 
 def run_batch(
-    url: str,
+    loc: Location,
     batch: int,
     config_dict: dict[str, Any],
     rows: list[int],
     clip_ids: list[str],
     paths: list[str],
-    storage_options: dict | None = None,
     arrays: list[str] | None = None,
     base: dict | None = None,
 ) -> dict[str, Any]:
@@ -50,7 +38,7 @@ def run_batch(
     clipping: ``{"clip_id", "array", "message"}``).
     """
     config = BuildConfig.from_dict(config_dict)
-    group = open_group(url, mode="r+", storage_options=storage_options)
+    group = loc.open_group(mode="r+")
     layouts = {layout.name: layout for layout in plan_layout(config, n_clips=group["status"].shape[0])}
     todo = [name for name in layouts if arrays is None or name in arrays]
     kept = {} if base is None else {n: d for n, d in base["digests"].items() if n in layouts and n not in todo}
@@ -91,7 +79,7 @@ def run_batch(
             failures[i] = {"clip_id": clip_ids[i], "path": path, "stage": stage, "message": message.splitlines()[0]}
     digests = {}
     for name, buffer in buffers.items():
-        _write_shard(url, group[name], batch, start, stop, buffer, storage_options)
+        _write_shard(loc, group[name], batch, start, stop, buffer)
         digests[name] = clip_digests(buffer)
     newly_failed = np.flatnonzero((status == STATUS_FAILED) & (before == STATUS_OK))
     for name, old in kept.items():
@@ -99,11 +87,11 @@ def run_batch(
             # A clip that fails a new feature is a failed clip: no array may keep data for it.
             data = group[name][start:stop]
             data[newly_failed] = 0
-            _write_shard(url, group[name], batch, start, stop, data, storage_options)
+            _write_shard(loc, group[name], batch, start, stop, data)
             old = clip_digests(data)
         digests[name] = old
     if base is None or len(newly_failed):
-        _write_shard(url, group["status"], batch, start, stop, status, storage_options)
+        _write_shard(loc, group["status"], batch, start, stop, status)
     marker = {
         "batch": batch,
         "start": start,
@@ -116,7 +104,7 @@ def run_batch(
     }
     # The marker is written last, in one atomic write: its presence means every shard it
     # lists is on disk.
-    write_json(url, marker_key(batch), marker, storage_options=storage_options)
+    write_json(loc, marker_key(batch), marker)
     return marker
 
 
@@ -133,7 +121,7 @@ def _all_finite(values: np.ndarray) -> bool:
     return values.dtype.kind != "f" or bool(np.isfinite(values).all())
 
 
-def _write_shard(url: str, array, batch: int, start: int, stop: int, data, storage_options) -> None:
+def _write_shard(loc: Location, array, batch: int, start: int, stop: int, data) -> None:
     """Write the batch's whole shard (one atomic file or object, replacing the old one).
 
     The old shard stays readable until it is replaced: readers of the store as it was (a
@@ -146,12 +134,11 @@ def _write_shard(url: str, array, batch: int, start: int, stop: int, data, stora
     rows = shard_format.shard_shape[0] if shard_format is not None else 0
     # Only a write of every row the shard holds may replace it whole.
     if shard_format is not None and start == batch * rows and stop == min(array.shape[0], start + rows):
-        fs, root = _fs(url, storage_options)
-        put_bytes(fs, f"{root}/{shard_path(array, batch)}", shard_format.encode(data))
+        loc.put(shard_path(array, batch), shard_format.encode(data))
         return
     try:
         array[start:stop] = data
     except Exception:  # noqa: BLE001 - a damaged old shard: replace it whole
         key = array.metadata.encode_chunk_key((batch,) + (0,) * (array.ndim - 1))
-        remove_key(url, f"{array.path}/{key}", storage_options=storage_options)
+        remove_key(loc, f"{array.path}/{key}")
         array[start:stop] = data

@@ -45,26 +45,21 @@ from pipeline.errors import MuzarrError, write_errors, write_failure
 from pipeline.index import DatasetIndex
 from pipeline.lock import writer_lock
 from pipeline.repair import undo_damage
-from pipeline.storage import LOCK, check_contained, folder_listing
-from pipeline.store import (
-    DIGEST,
+from pipeline.storage import (
     KEYS,
-    SCHEMA_VERSION,
+    LOCK,
     STATUS_FAILED,
     STATUS_NAMES,
     STATUS_OK,
     TARGET,
-    _fs,
+    Location,
+    check_contained,
     check_marker,
     clips_digest,
-    combine_digests,
-    damaged_manifest,
-    ensure_arrays,
+    folder_listing,
     is_local,
     list_keys,
-    manifest_damage,
-    open_store,
-    plan_layout,
+    location,
     read_json,
     read_manifest,
     read_markers,
@@ -74,6 +69,16 @@ from pipeline.store import (
     write_json,
     write_manifest,
     write_table,
+)
+from pipeline.store import (
+    DIGEST,
+    SCHEMA_VERSION,
+    combine_digests,
+    damaged_manifest,
+    ensure_arrays,
+    manifest_damage,
+    open_store,
+    plan_layout,
 )
 
 VERSIONED = ("muzarr", "numpy", "scipy", "soundfile", "soxr", "librosa", "zarr", "numcodecs", "av", "dask")
@@ -174,7 +179,7 @@ def _manifest(config: BuildConfig, index: DatasetIndex, layouts, *, state: str, 
 
 
 def _prepare_store(
-    url, target: _Target, *, overwrite: bool, storage_options, repair: bool = False, echo: Callable[[str], None] | None = None
+    loc: Location, target: _Target, *, overwrite: bool, repair: bool = False, echo: Callable[[str], None] | None = None
 ) -> dict[int, dict]:
     """Create the store, or bring an existing one to ``target``; returns the valid markers.
 
@@ -186,36 +191,36 @@ def _prepare_store(
     """
     config = target.config
     mark = {"config": config.to_dict(), "n_clips": target.n}
-    manifest = read_manifest(url, storage_options=storage_options)
+    manifest = read_manifest(loc)
     if manifest is not None and not overwrite:
-        _check_schema(url, manifest)
-        _check_growable(url, manifest, target, storage_options)
+        _check_schema(loc, manifest)
+        _check_growable(loc, manifest, target)
         if repair:
-            undo_damage(url, batch_clips=config.batch_clips, n_batches=target.n_batches, storage_options=storage_options, echo=echo)
-    elif _exists_nonempty(url, storage_options):
-        if manifest is None and not _is_ours(url, storage_options):
-            damage = manifest_damage(url, storage_options=storage_options)
+            undo_damage(loc, batch_clips=config.batch_clips, n_batches=target.n_batches, echo=echo)
+    elif _exists_nonempty(loc):
+        if manifest is None and not _is_ours(loc):
+            damage = manifest_damage(loc)
             if damage is None:
                 # --overwrite replaces a store, never a folder of someone's files
                 raise MuzarrError(
-                    f"{url} exists and is not a muzarr store (it holds {folder_listing(*_fs(url, storage_options))}): "
+                    f"{loc} exists and is not a muzarr store (it holds {folder_listing(loc.fs, loc.root)}): "
                     "choose another --out, or a new folder"
                 )
             if not overwrite:
-                raise damaged_manifest(url, damage, rebuild=build_command(config, out=url, extra=("--overwrite",)))
-        write_json(url, TARGET, mark, storage_options=storage_options)
-        _remove(url, storage_options, keep=TARGET)
+                raise damaged_manifest(loc, damage, rebuild=build_command(config, out=loc.loc, extra=("--overwrite",)))
+        write_json(loc, TARGET, mark)
+        _remove(loc, keep=TARGET)
         manifest = None
-    write_json(url, TARGET, mark, storage_options=storage_options)
-    created = ensure_arrays(url, target.layouts, target.n, config.batch_clips, storage_options=storage_options)
+    write_json(loc, TARGET, mark)
+    created = ensure_arrays(loc, target.layouts, target.n, config.batch_clips)
     if manifest is None:
         write_manifest(
-            url, _manifest(config, target.index, target.layouts, state="building"), storage_options=storage_options
+            loc, _manifest(config, target.index, target.layouts, state="building")
         )
     if "status" in created:
         return {}  # no status to stand on: every batch runs again
     markers = {}
-    for batch, raw in read_markers(url, range(target.n_batches), storage_options=storage_options).items():
+    for batch, raw in read_markers(loc, range(target.n_batches)).items():
         marker = target.check(batch, raw)
         if marker is not None:
             marker["digests"] = {n: d for n, d in marker["digests"].items() if n not in created}
@@ -224,18 +229,18 @@ def _prepare_store(
     return markers
 
 
-def _check_schema(url: str, manifest: dict) -> None:
+def _check_schema(loc: str, manifest: dict) -> None:
     version = manifest.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
         raise MuzarrError(
-            f"{url} was written with store schema version {version!r}; this muzarr writes {SCHEMA_VERSION}: "
+            f"{loc} was written with store schema version {version!r}; this muzarr writes {SCHEMA_VERSION}: "
             "upgrade muzarr, or pass --overwrite to rebuild it"
         )
 
 
-def _check_growable(url: str, manifest: dict, target: _Target, storage_options) -> None:
+def _check_growable(loc: Location, manifest: dict, target: _Target) -> None:
     """Refuse (with the difference) unless ``target`` equals the store or only adds features or clips."""
-    open_store(url, storage_options=storage_options)  # its sizes agree with each other and its files
+    open_store(loc)  # its sizes agree with each other and its files
     old = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     new = target.config.to_dict()
     lines = []
@@ -251,28 +256,28 @@ def _check_growable(url: str, manifest: dict, target: _Target, storage_options) 
         )
     if lines:
         raise MuzarrError(
-            f"{url} already holds a store built with a different configuration:\n" + "\n".join(lines) + "\n"
+            f"{loc} already holds a store built with a different configuration:\n" + "\n".join(lines) + "\n"
             "choose another --out, or pass --overwrite to rebuild it (only added features and added clips "
             "are built into an existing store)"
         )
     n_old = manifest.get("n_clips")
     if not isinstance(n_old, int) or target.n < n_old:
         raise MuzarrError(
-            f"{url} holds {n_old} clips but the source now gives {target.n}: a store only grows; "
+            f"{loc} holds {n_old} clips but the source now gives {target.n}: a store only grows; "
             "pass --overwrite to rebuild it"
         )
     if manifest.get("state") == "complete" and (target.n > n_old or changed):
         try:
-            stored = read_table(url, "clips", rows=n_old, storage_options=storage_options)[["clip_id", "path"]]
+            stored = read_table(loc, "clips", rows=n_old)[["clip_id", "path"]]
         except (FileNotFoundError, KeyError, OSError, ValueError):
-            raise MuzarrError(f"{url}: tables/clips.parquet is missing or unreadable: run `pipe verify`") from None
+            raise MuzarrError(f"{loc}: tables/clips.parquet is missing or unreadable: run `pipe verify`") from None
         fresh = target.index.clips[["clip_id", "path"]].head(len(stored)).astype(str).reset_index(drop=True)
         stored = stored.astype(str).reset_index(drop=True)
         differ = np.flatnonzero((stored.to_numpy() != fresh.to_numpy()).any(axis=1)) if len(stored) == len(fresh) else [0]
         if len(stored) != n_old or len(differ):
             row = int(differ[0]) if len(differ) else 0
             raise MuzarrError(
-                f"{url}: the source's clips do not start with the store's (row {row}: store has "
+                f"{loc}: the source's clips do not start with the store's (row {row}: store has "
                 f"{tuple(stored.iloc[row]) if row < len(stored) else None}, source has "
                 f"{tuple(fresh.iloc[row]) if row < len(fresh) else None}): new clips can only be added after the "
                 "existing ones; pass --overwrite to rebuild"
@@ -316,18 +321,18 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def _exists_nonempty(url: str, storage_options) -> bool:
-    fs, path = _fs(url, storage_options)
+def _exists_nonempty(loc: Location) -> bool:
+    fs, path = loc.fs, loc.root
     if not fs.exists(path):
         return False
     return not fs.isdir(path) or any(p != f"{path}/{LOCK}" for p in fs.find(path))  # our own lock is not content
 
 
-def _is_ours(url: str, storage_options) -> bool:
+def _is_ours(loc: Location) -> bool:
     """A folder muzarr started and did not finish making: it has our mark, or nothing but ``_muzarr/``."""
-    if read_json(url, TARGET, storage_options=storage_options) is not None:
+    if read_json(loc, TARGET) is not None:
         return True
-    fs, path = _fs(url, storage_options)
+    fs, path = loc.fs, loc.root
     if not fs.isdir(path):
         return False
     return all(p[len(path) + 1 :].startswith("_muzarr/") for p in fs.find(path))
@@ -348,10 +353,10 @@ def _store_entries(files: list[str], path: str) -> set[str]:
     return entries
 
 
-def _remove(url: str, storage_options, *, keep: str | None = None) -> None:
-    """Delete what muzarr wrote at ``url`` (other files stay); ``keep`` (a key) goes last, so a
+def _remove(loc: Location, *, keep: str | None = None) -> None:
+    """Delete what muzarr wrote at the store (other files stay); ``keep`` (a key) goes last, so a
     kill here leaves it behind."""
-    fs, path = _fs(url, storage_options)
+    fs, path = loc.fs, loc.root
     if not fs.exists(path):
         return
     if not fs.isdir(path):
@@ -372,7 +377,7 @@ def _remove(url: str, storage_options, *, keep: str | None = None) -> None:
                 os.rmdir(folder)
 
 
-def _finalize(url, target: _Target, markers: dict[int, dict], *, storage_options) -> dict[str, Any]:
+def _finalize(loc: Location, target: _Target, markers: dict[int, dict]) -> dict[str, Any]:
     """Write the tables, the key list and then the final manifest, from a valid marker per batch.
 
     Refuses to finish from anything less: a batch without a marker vouching for every array
@@ -382,7 +387,7 @@ def _finalize(url, target: _Target, markers: dict[int, dict], *, storage_options
     missing = [b for b in range(target.n_batches) if b not in markers or set(target.names) - set(markers[b]["digests"])]
     if missing:
         raise MuzarrError(
-            f"{url}: batch(es) {missing[:10]} have no valid completion marker; run the same command again to finish"
+            f"{loc}: batch(es) {missing[:10]} have no valid completion marker; run the same command again to finish"
         )
     ordered = [markers[b] for b in range(target.n_batches)]
     status = np.concatenate([np.asarray(m["status"], dtype=np.int8) for m in ordered])
@@ -413,7 +418,7 @@ def _finalize(url, target: _Target, markers: dict[int, dict], *, storage_options
         ("clips", clips),
         ("checksums", pd.concat(checksum_rows, ignore_index=True)),
     ):
-        write_table(url, name, table, storage_options=storage_options)
+        write_table(loc, name, table)
 
     ok = status == STATUS_OK
     split_counts = {
@@ -431,10 +436,10 @@ def _finalize(url, target: _Target, markers: dict[int, dict], *, storage_options
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    _write_key_list(url, storage_options)
+    _write_key_list(loc)
     # The manifest is the commit point: readers see the new arrays and clips from here on.
-    write_manifest(url, manifest, storage_options=storage_options)
-    remove_key(url, TARGET, storage_options=storage_options)
+    write_manifest(loc, manifest)
+    remove_key(loc, TARGET)
     return manifest
 
 
@@ -449,13 +454,13 @@ def _note_summary(notes: list[dict], *, examples: int = 5) -> dict[str, dict]:
     return summary
 
 
-def _write_key_list(url: str, storage_options) -> None:
+def _write_key_list(loc: Location) -> None:
     """Record every key of the store, so that it can be copied from where listing is impossible (HTTP)."""
-    remove_temporaries(url, storage_options=storage_options)
-    keys = list_keys(url, storage_options=storage_options)
+    remove_temporaries(loc)
+    keys = list_keys(loc)
     keys = {k: (None if k == "zarr.json" else size) for k, size in keys.items() if k not in (KEYS, TARGET, LOCK)}
     keys["zarr.json"] = None  # rewritten with the final manifest right after this list
-    write_json(url, KEYS, {"keys": dict(sorted(keys.items()))}, storage_options=storage_options)
+    write_json(loc, KEYS, {"keys": dict(sorted(keys.items()))})
 
 
 def build_index(config: BuildConfig, source: str) -> DatasetIndex:
@@ -518,20 +523,22 @@ def build(
     import time
 
     started = time.perf_counter()
+    loc = location(out, storage_options)
+    out = loc.url
     if repair and overwrite:
         raise MuzarrError("--repair keeps the store's good batches, --overwrite rebuilds them all: choose one")
     # A link planted in the store would take reads, the lock and every write elsewhere: refused before any.
-    check_contained(out, storage_options=storage_options)
+    check_contained(loc)
     if not overwrite:
         # A store this muzarr cannot write is refused before the (possibly long) indexing.
         try:
-            existing = read_manifest(out, storage_options=storage_options)
+            existing = read_manifest(loc)
         except OSError as err:
             raise MuzarrError(f"cannot read {out}: {type(err).__name__}: {err}") from None
         if existing is not None:
             _check_schema(out, existing)
         elif repair:
-            damage = manifest_damage(out, storage_options=storage_options)
+            damage = manifest_damage(loc)
             if damage is not None:
                 raise damaged_manifest(out, damage, rebuild=build_command(config, out=out, extra=("--overwrite",)))
             raise MuzarrError(f"--repair: there is no store at {out} to repair: build it without --repair")
@@ -542,10 +549,8 @@ def build(
         raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
     # Ctrl-C is raised between batch results (see pipeline.cluster.as_they_finish), not inside a Dask call.
-    with write_errors(out), writer_lock(out, storage_options), deferred_interrupt() as interrupted:
-        markers = _prepare_store(
-            out, target, overwrite=overwrite, storage_options=storage_options, repair=repair, echo=echo
-        )
+    with write_errors(out), writer_lock(loc), deferred_interrupt() as interrupted:
+        markers = _prepare_store(loc, target, overwrite=overwrite, repair=repair, echo=echo)
         root = Path(index.root)
         abs_paths = [str(root / p) for p in index.clips["path"]]
         ids = target.clip_ids
@@ -567,8 +572,8 @@ def build(
             for b, arrays, base in work:
                 rows = list(target.rows(b))
                 future = client.submit(
-                    run_batch, out, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
-                    storage_options, arrays, base, key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
+                    run_batch, loc, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
+                    arrays, base, key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
                 )
                 futures[future] = b
             if futures:
@@ -601,7 +606,7 @@ def build(
             bar.close()
             if own_client and client is not None:
                 close_client(client)
-        manifest = _finalize(out, target, markers, storage_options=storage_options)
+        manifest = _finalize(loc, target, markers)
     return BuildReport(
         url=out,
         n_clips=target.n,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import fsspec
 import numpy as np
 
 from pipeline.errors import MuzarrError
@@ -12,9 +11,9 @@ from pipeline.store import Store, open_store
 
 
 def _size_on_disk(store: Store, name: str) -> int:
-    fs, root = fsspec.core.url_to_fs(store.url, **store.storage_options)
+    fs, root = store.location.fs, store.location.root
     try:
-        return int(fs.du(f"{root.rstrip('/')}/{name}"))
+        return int(fs.du(f"{root}/{name}"))
     except (FileNotFoundError, NotImplementedError, OSError):
         return -1
 
@@ -84,10 +83,10 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
         lines.append("notes")
         lines.extend(f"  {note}" for note in notes)
     lines.append("labels (ok clips)")
-    fs, root = fsspec.core.url_to_fs(store.url, **store.storage_options)
+    fs, root = store.location.fs, store.location.root
     if not store.complete:
         lines.append("  (written when the build finishes)")
-    elif not fs.exists(f"{root.rstrip('/')}/tables/labels.parquet"):
+    elif not fs.exists(f"{root}/tables/labels.parquet"):
         # a table that is there but refused (malformed) still ends the command: it is untrusted input
         healthy = False
         lines.append("  cannot be shown: tables/labels.parquet is missing: run pipe verify")

@@ -27,16 +27,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pipeline.errors import MuzarrError
-from pipeline.storage import LOCK, _fs, is_local
+from pipeline.storage import LOCK, Location, is_local
 
 
 @contextmanager
-def writer_lock(url: str, storage_options: dict | None = None, *, command: str | None = None) -> Iterator[None]:
-    """Hold ``url``'s lock for the ``with`` block; released (deleted) at its end, also on an error or Ctrl-C.
+def writer_lock(loc: Location, *, command: str | None = None) -> Iterator[None]:
+    """Hold the store's lock for the ``with`` block; released (deleted) at its end, also on an error or Ctrl-C.
 
     ``command`` is what a second writer is told the owner runs (default: this process's command line).
     """
-    fs, root = _fs(url, storage_options)
+    fs, root, url = loc.fs, loc.root, loc.url
     path = f"{root}/{LOCK}"
     now = time.time()
     owner = {

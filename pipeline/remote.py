@@ -1,122 +1,21 @@
-"""Stores at URLs: reading over plain HTTP, and copying a store between any two fsspec URLs.
+"""Copying a store between any two fsspec URLs (HTTP included: see ``pipeline/http.py``).
 
-HTTP cannot list files, and many simple servers (Python's ``http.server`` among them)
-ignore ``Range`` requests and answer with the whole file. Reading therefore never lists,
-and :class:`RangeCheckingHTTPFileSystem` cuts the requested bytes out of a whole-file answer
-itself. A copy takes its list of keys from the store's ``_muzarr/keys.json`` (written when
+A copy takes its list of keys from the store's ``_muzarr/keys.json`` (written when
 the build finished), refuses any key that would leave the store, writes the destination's
 manifest last and then verifies the copy.
 """
 
 from __future__ import annotations
 
-import atexit
-import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.errors import MuzarrError
-from pipeline.storage import LOCK, folder_listing
-from pipeline.store import KEYS, TARGET, _fs, check_contained, is_local, open_store, put_bytes, read_json, store_keys
+from pipeline.storage import KEYS, LOCK, TARGET, Location, check_contained, folder_listing, location, read_json, store_keys
+from pipeline.store import open_store
+from pipeline.verify import verify_store
 
-WHOLE_FILE_CACHE_BYTES = 64 << 20
 COPY_BATCH = 32
-
-
-try:  # HTTP needs aiohttp (the "remote" extra); everything else here works without it
-    import aiohttp
-    from fsspec.implementations.http import HTTPFileSystem
-except ImportError:  # pragma: no cover - exercised only without the extra
-    HTTPFileSystem = None
-
-if HTTPFileSystem is not None:
-
-    class RangeCheckingHTTPFileSystem(HTTPFileSystem):
-        """fsspec's HTTP filesystem, correct with servers that ignore ``Range``.
-
-        fsspec trusts the server to honour a byte range; a server that answers ``200`` with
-        the whole file would hand Zarr's shard reader the wrong bytes. Here a ``206`` answer is
-        used as is, and a ``200`` answer is sliced locally (and kept in a small cache, since the
-        next read of the same shard would fetch the whole file again).
-        """
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._whole: OrderedDict[str, bytes] = OrderedDict()
-            self._whole_lock = threading.Lock()
-
-        async def _cat_file(self, url, start=None, end=None, **kwargs):
-            if start is None and end is None:
-                return await super()._cat_file(url, **kwargs)
-            if start is not None and end is not None and start == end:
-                return b""
-            with self._whole_lock:
-                cached = self._whole.get(url)
-            if cached is not None:
-                return cached[slice(start, end)]
-            kw = self.kwargs.copy()
-            kw.update(kwargs)
-            headers = kw.pop("headers", {}).copy()
-            headers["Range"] = await self._process_limits(url, start, end)
-            session = await self.set_session()
-            async with session.get(self.encode_url(url), headers=headers, **kw) as response:
-                body = await response.read()
-                self._raise_not_found_for_status(response, url)
-                ranged = response.status == 206
-            if ranged:
-                return body
-            self._remember(url, body)
-            return body[slice(start, end)]
-
-        async def _exists(self, path, **kwargs):
-            # fsspec asks with a GET and drops the connection mid-body; HEAD costs no transfer.
-            session = await self.set_session()
-            try:
-                async with session.head(self.encode_url(path), allow_redirects=True, **self.kwargs) as response:
-                    if response.status not in (405, 501):
-                        return response.status < 400
-            except aiohttp.ClientError:
-                return False
-            return await super()._exists(path, **kwargs)  # HEAD not allowed here: fall back to GET
-
-        def _remember(self, url: str, body: bytes) -> None:
-            with self._whole_lock:
-                self._whole[url] = body
-                self._whole.move_to_end(url)
-                while sum(len(b) for b in self._whole.values()) > WHOLE_FILE_CACHE_BYTES and len(self._whole) > 1:
-                    self._whole.popitem(last=False)
-
-
-def http_filesystem(storage_options: dict | None = None, *, asynchronous: bool = False):
-    """The HTTP filesystem for muzarr's own reads (sync) or for Zarr's store (``asynchronous=True``)."""
-    if HTTPFileSystem is None:
-        raise MuzarrError("reading a store over HTTP needs aiohttp: pip install 'muzarr[remote]'")
-    fs = RangeCheckingHTTPFileSystem(asynchronous=asynchronous, **(storage_options or {}))
-    if asynchronous:
-        if not _ASYNC_REGISTERED:
-            atexit.register(_close_async_sessions)
-            _ASYNC_REGISTERED.append(True)
-        _ASYNC.add(fs)
-    return fs
-
-
-_ASYNC: weakref.WeakSet = weakref.WeakSet()
-_ASYNC_REGISTERED: list[bool] = []
-
-
-def _close_async_sessions() -> None:
-    """Close the sessions Zarr's event loop opened (aiohttp warns about each one left open at exit)."""
-    from zarr.core.sync import sync
-
-    for fs in list(_ASYNC):
-        session = getattr(fs, "_session", None)
-        if session is not None and not session.closed:
-            try:
-                sync(session.close())
-            except Exception:  # noqa: BLE001 - best effort at interpreter exit
-                pass
 
 
 @dataclass
@@ -135,8 +34,8 @@ class CopyReport:
 
 
 def copy_store(
-    src: str,
-    dst: str,
+    src: str | Location,
+    dst: str | Location,
     *,
     overwrite: bool = False,
     src_options: dict | None = None,
@@ -150,20 +49,20 @@ def copy_store(
     written. The destination's ``zarr.json`` (its manifest) is written last, so a copy cut
     short is never mistaken for a store.
     """
-    from pipeline.verify import verify_store
-
-    source = open_store(src, storage_options=src_options)
+    source_loc, dest = location(src, src_options), location(dst, dst_options)
+    src, dst = source_loc.url, dest.url
+    source = open_store(source_loc)
     if not source.complete:
         raise MuzarrError(f"{src} is not a finished store (state {source.manifest.get('state')!r}): finish it first")
-    keys = store_keys(src, limit=source.max_keys, storage_options=src_options)
+    keys = store_keys(source_loc, limit=source.max_keys)
     if "zarr.json" not in keys:
         raise MuzarrError(f"{src}: its key list has no zarr.json")
     keys.pop(TARGET, None)
     keys.pop(LOCK, None)  # a build growing the source holds it: never part of a copy
-    if read_json(src, KEYS, storage_options=src_options) is not None:
+    if read_json(source_loc, KEYS) is not None:
         keys[KEYS] = None  # the list itself, so that the copy can be copied from HTTP too
-    src_fs, src_root = _fs(src, src_options)
-    dst_fs, dst_root = _fs(dst, dst_options)
+    src_fs, src_root = source_loc.fs, source_loc.root
+    dst_fs, dst_root = dest.fs, dest.root
     if _same_place(src_fs, src_root, dst_fs, dst_root):
         raise MuzarrError(f"{src} and {dst} are the same place")
     if dst_fs.exists(dst_root) and (not dst_fs.isdir(dst_root) or dst_fs.ls(dst_root)):
@@ -175,7 +74,7 @@ def copy_store(
                 f"{dst} is not a muzarr store (it holds {folder_listing(dst_fs, dst_root)}): "
                 "--overwrite replaces stores only; choose another destination"
             )
-        check_contained(dst, storage_options=dst_options)
+        check_contained(dest)
         dst_fs.rm(dst_root, recursive=True)
     # zarr.json last: until it is there, the destination is not a store.
     ordered = sorted(k for k in keys if k != "zarr.json") + ["zarr.json"]
@@ -191,13 +90,10 @@ def copy_store(
             if expected is not None and key not in ("zarr.json", KEYS) and len(data) != expected:
                 raise MuzarrError(f"{src}: {key} has {len(data)} bytes, its key list says {expected}")
             total += len(data)
-            if is_local(dst_fs):
-                put_bytes(dst_fs, f"{dst_root}/{key}", data)
-            else:
-                dst_fs.pipe_file(f"{dst_root}/{key}", data)
+            dest.put(key, data)
         if echo:
             echo(f"  copied {min(start + COPY_BATCH, len(ordered))} of {len(ordered)} objects")
-    report = verify_store(dst, storage_options=dst_options)
+    report = verify_store(dest)
     return CopyReport(src=src, dst=dst, n_keys=len(ordered), n_bytes=total, verify=report)
 
 

@@ -12,24 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline.storage import marker_key, read_manifest, remove_key
+from pipeline.storage import Location, marker_key, read_manifest, remove_key
 
 
 def undo_damage(
-    url: str, *, batch_clips: int, n_batches: int, storage_options=None, echo: Callable[[str], None] | None = None
+    loc: Location, *, batch_clips: int, n_batches: int, echo: Callable[[str], None] | None = None
 ) -> None:
-    """Verify the store at ``url`` and remove the claims of what is damaged; ``echo`` is told what."""
+    """Verify the store at ``loc`` and remove the claims of what is damaged; ``echo`` is told what."""
     from pipeline.verify import verify_store
 
     echo = echo or (lambda line: None)
-    manifest = read_manifest(url, storage_options=storage_options) or {}
+    manifest = read_manifest(loc) or {}
     if manifest.get("state") != "complete":
         echo("repair: the store's build has not finished: finishing it")
         return
     batches: set[int] = set()
     arrays: set[str] = set()
     rest: list[str] = []
-    for damage in verify_store(url, storage_options=storage_options).damage:
+    for damage in verify_store(loc).damage:
         if damage.rows is not None:
             batches.update(range(damage.rows[0] // batch_clips, (damage.rows[1] - 1) // batch_clips + 1))
         elif damage.array is not None:
@@ -37,10 +37,10 @@ def undo_damage(
         else:
             rest.append(f"tables/{damage.where}.parquet" if damage.kind == "table" else f"the {damage.where}")
     for name in sorted(arrays):
-        remove_key(url, f"{name}/zarr.json", storage_options=storage_options)
+        remove_key(loc, f"{name}/zarr.json")
         echo(f"repair: array {name} is damaged: recreating it, all {n_batches} batches of it rerun")
     for batch in sorted(batches):
-        remove_key(url, marker_key(batch), storage_options=storage_options)
+        remove_key(loc, marker_key(batch))
     if batches:
         listed = ", ".join(map(str, sorted(batches)))
         echo(f"repair: {len(batches)} damaged batch{'es' if len(batches) > 1 else ''} ({listed}) of {n_batches}: rerunning them")

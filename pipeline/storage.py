@@ -21,6 +21,7 @@ import pandas as pd
 import zarr
 
 from pipeline.errors import MuzarrError
+from pipeline.http import http_filesystem
 
 #: per-clip status values of the ``status`` array
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
@@ -51,32 +52,94 @@ def is_http(url: str) -> bool:
     return str(url).split("://", 1)[0].lower() in ("http", "https") if "://" in str(url) else False
 
 
-def _fs(url: str, storage_options: dict | None):
-    """The fsspec filesystem and root path of ``url`` (HTTP gets a range-checking filesystem)."""
-    if is_http(url):
-        from pipeline.remote import http_filesystem
+class Location:
+    """Where a store is: its URL and fsspec options, with the filesystem resolved once.
 
-        return http_filesystem(storage_options), str(url).rstrip("/")
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, path.rstrip("/")
+    Every reader and writer of a store takes one (make it with :func:`location`). It pickles
+    as its URL and options: a Dask worker resolves the filesystem anew.
+    """
+
+    def __init__(self, url: str, options: dict | None = None) -> None:
+        self.url = str(url)
+        self.options = dict(options or {})
+        self._resolved = None
+
+    def __reduce__(self):
+        return (Location, (self.url, self.options))
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Location) and (self.url, self.options) == (other.url, other.options)
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    @property
+    def is_http(self) -> bool:
+        return is_http(self.url)
+
+    def fresh(self) -> Location:
+        """The same place, its filesystem resolved anew (a forked process must not share a connection pool)."""
+        return Location(self.url, self.options)
+
+    def _resolve(self):
+        if self._resolved is None:
+            if self.is_http:  # a range-checking filesystem (pipeline/http.py)
+                self._resolved = http_filesystem(self.options), self.url.rstrip("/")
+            else:
+                fs, path = fsspec.core.url_to_fs(self.url, **self.options)
+                self._resolved = fs, path.rstrip("/")
+        return self._resolved
+
+    @property
+    def fs(self):
+        """The fsspec filesystem of the store."""
+        return self._resolve()[0]
+
+    @property
+    def root(self) -> str:
+        """The store's path on :attr:`fs` (no trailing slash)."""
+        return self._resolve()[1]
+
+    @property
+    def is_local(self) -> bool:
+        return is_local(self.fs)
+
+    def path(self, key: str) -> str:
+        """The filesystem path of store-relative ``key``."""
+        return f"{self.root}/{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``key`` whole or not at all (:func:`put_bytes`)."""
+        put_bytes(self.fs, self.path(key), data)
+
+    def zarr_store(self, *, read_only: bool = True):
+        """What ``zarr.open_group(store=...)`` needs: the URL itself, or a store object for HTTP."""
+        if self.is_http:
+            from zarr.storage import FsspecStore
+
+            return FsspecStore(http_filesystem(self.options, asynchronous=True), path=self.url.rstrip("/"), read_only=True)
+        return self.url
+
+    def open_group(self, *, mode: str = "r") -> zarr.Group:
+        store = self.zarr_store(read_only=mode == "r")
+        options = None if not isinstance(store, str) else (self.options or None)
+        # Zarr v3 only: a v2 group could hold arrays with a pickle filter, whose decoding runs code.
+        return zarr.open_group(store=store, mode=mode, storage_options=options, zarr_format=3)
 
 
-def zarr_store(url: str, storage_options: dict | None = None, *, read_only: bool = True):
-    """What ``zarr.open_group(store=...)`` needs for ``url``: the URL itself, or a store object for HTTP."""
-    if is_http(url):
-        from zarr.storage import FsspecStore
-
-        from pipeline.remote import http_filesystem
-
-        return FsspecStore(http_filesystem(storage_options, asynchronous=True), path=str(url).rstrip("/"), read_only=True)
-    return url
-
-
-def open_group(url: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
-    store = zarr_store(url, storage_options, read_only=mode == "r")
-    options = None if not isinstance(store, str) else (storage_options or None)
-    # Zarr v3 only: a v2 group could hold arrays with a pickle filter, whose decoding runs code.
-    return zarr.open_group(store=store, mode=mode, storage_options=options, zarr_format=3)
+def location(url: str | Location, storage_options: dict | None = None) -> Location:
+    """``url`` (a path or any fsspec URL) with its options as a :class:`Location`; a Location as it is."""
+    if isinstance(url, Location):
+        if storage_options and storage_options != url.options:
+            raise MuzarrError(f"{url.url}: storage options given twice (with the location and apart)")
+        return url
+    return Location(os.fspath(url) if hasattr(url, "__fspath__") else str(url), storage_options)
 
 
 def check_key(key: Any, *, where: str) -> str:
@@ -98,7 +161,7 @@ def is_local(fs) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def check_contained(url: str, *, storage_options: dict | None = None) -> None:
+def check_contained(loc: Location) -> None:
     """Refuse a local store holding a symbolic link that leads outside it.
 
     A store is untrusted input: through such a link a read (``pipe copy``, an upload) would
@@ -106,7 +169,7 @@ def check_contained(url: str, *, storage_options: dict | None = None) -> None:
     writes no links; a link that stays inside the store is left alone (its bytes are the
     store's own). Other filesystems have no links: nothing to check.
     """
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     if not is_local(fs) or not os.path.isdir(root):
         return
     real = os.path.realpath(root)  # the store's folder may itself be a link
@@ -118,24 +181,24 @@ def check_contained(url: str, *, storage_options: dict | None = None) -> None:
                     target = os.path.realpath(entry.path)
                     if os.path.commonpath([real, target]) != real:
                         raise MuzarrError(
-                            f"{url}: {os.path.relpath(entry.path, real)} is a symbolic link to {target}, outside the "
+                            f"{loc}: {os.path.relpath(entry.path, real)} is a symbolic link to {target}, outside the "
                             "store: refusing to read or write through it; remove the link"
                         )
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
 
 
-def check_metadata_size(url: str, key: str, *, storage_options: dict | None = None) -> None:
+def check_metadata_size(loc: Location, key: str) -> None:
     """Refuse a JSON file of the store (``zarr.json`` of the group or an array) too large to be muzarr's,
     before Zarr or muzarr reads it whole. A missing file, or a size the server does not tell, passes."""
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     try:
         size = fs.size(f"{root}/{key}")
     except (FileNotFoundError, OSError, ValueError):
         return
     if size is not None and size > MAX_JSON_BYTES:
         raise MuzarrError(
-            f"{url}: malformed store: {key} has {size} bytes, more than the {MAX_JSON_BYTES >> 20} MiB of any metadata "
+            f"{loc}: malformed store: {key} has {size} bytes, more than the {MAX_JSON_BYTES >> 20} MiB of any metadata "
             f"muzarr writes: {FRESH_COPY}"
         )
 
@@ -171,9 +234,9 @@ def put_bytes(fs, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def remove_temporaries(url: str, *, storage_options: dict | None = None) -> int:
+def remove_temporaries(loc: Location) -> int:
     """Delete the ``*.<hex>.partial`` files a killed writer can leave on a local disk."""
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     if not is_local(fs) or not fs.exists(root):
         return 0
     stale = [p for p in fs.find(root) if _TEMPORARY.search(p)]
@@ -182,25 +245,25 @@ def remove_temporaries(url: str, *, storage_options: dict | None = None) -> int:
     return len(stale)
 
 
-def write_table(url: str, name: str, table: pd.DataFrame, *, storage_options: dict | None = None) -> None:
+def write_table(loc: Location, name: str, table: pd.DataFrame) -> None:
     """Write ``tables/<name>.parquet`` atomically: a reader sees the old or the new file, whole."""
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     put_bytes(fs, f"{root}/tables/{name}.parquet", buffer.getvalue())
 
 
-def read_table(url: str, name: str, *, rows: int | None = None, storage_options: dict | None = None) -> pd.DataFrame:
+def read_table(loc: Location, name: str, *, rows: int | None = None) -> pd.DataFrame:
     """``tables/<name>.parquet`` as a DataFrame; FileNotFoundError if it is not there.
 
     ``rows`` is the row count the manifest implies: the file's Parquet footer must say as
     much, and neither the file nor its decoded columns may be larger than that many rows
     plausibly take, before any data is read (a MuzarrError otherwise).
     """
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     path = f"{root}/tables/{name}.parquet"
     if rows is not None:
-        check_table_size(fs, path, rows, where=f"{url}: malformed store: tables/{name}.parquet")
+        check_table_size(fs, path, rows, where=f"{loc}: malformed store: tables/{name}.parquet")
     # one thread: tables are small, and pyarrow's thread pool hangs where threads cannot start
     return pd.read_parquet(io.BytesIO(fs.cat_file(path)), use_threads=False)
 
@@ -227,16 +290,16 @@ def check_table_size(fs, path: str, rows: int, *, where: str) -> None:
         raise MuzarrError(f"{where} decodes to {decoded} bytes, more than {rows} rows take (at most {limit}): {FRESH_COPY}")
 
 
-def write_json(url: str, key: str, data: dict, *, storage_options: dict | None = None) -> None:
+def write_json(loc: Location, key: str, data: dict) -> None:
     """Write ``key`` (store-relative) as JSON, atomically."""
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     put_bytes(fs, f"{root}/{key}", json.dumps(data, sort_keys=True, default=_plain).encode())
 
 
-def read_json(url: str, key: str, *, storage_options: dict | None = None) -> Any:
+def read_json(loc: Location, key: str) -> Any:
     """``key`` parsed as JSON, or None when it is missing or not valid JSON (a torn or foreign file)."""
-    fs, root = _fs(url, storage_options)
-    check_metadata_size(url, key, storage_options=storage_options)
+    fs, root = loc.fs, loc.root
+    check_metadata_size(loc, key)
     try:
         data = fs.cat_file(f"{root}/{key}")
     except FileNotFoundError:
@@ -247,31 +310,31 @@ def read_json(url: str, key: str, *, storage_options: dict | None = None) -> Any
         return None
 
 
-def remove_key(url: str, key: str, *, storage_options: dict | None = None) -> None:
-    fs, root = _fs(url, storage_options)
+def remove_key(loc: Location, key: str) -> None:
+    fs, root = loc.fs, loc.root
     try:
         fs.rm_file(f"{root}/{key}")
     except FileNotFoundError:
         pass
 
 
-def read_manifest(url: str, *, storage_options: dict | None = None) -> dict | None:
+def read_manifest(loc: Location) -> dict | None:
     """The manifest in the group's ``zarr.json``, or None when there is no readable muzarr group."""
-    meta = read_json(url, "zarr.json", storage_options=storage_options)
+    meta = read_json(loc, "zarr.json")
     if not isinstance(meta, dict) or not isinstance(meta.get("attributes"), dict):
         return None
     manifest = meta["attributes"].get("muzarr")
     return manifest if isinstance(manifest, dict) else None
 
 
-def write_manifest(url: str, manifest: dict, *, storage_options: dict | None = None) -> None:
+def write_manifest(loc: Location, manifest: dict) -> None:
     """Replace the manifest attribute of the group in one atomic write of its ``zarr.json``.
 
     Written here rather than through Zarr's attribute update so that it is one atomic write
     on any fsspec filesystem (a torn ``zarr.json`` would leave a store nobody can open). The
     document is Zarr v3 group metadata, laid out as Zarr writes it.
     """
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     try:
         meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
     except (FileNotFoundError, ValueError):
@@ -305,12 +368,12 @@ def clips_digest(clip_ids: Iterable[str]) -> str:
     return hashlib.blake2b("\n".join(map(str, clip_ids)).encode(), digest_size=16).hexdigest()
 
 
-def read_markers(url: str, batches: Iterable[int], *, storage_options: dict | None = None) -> dict[int, Any]:
+def read_markers(loc: Location, batches: Iterable[int]) -> dict[int, Any]:
     """The raw (parsed JSON) completion markers of ``batches`` that exist; unreadable ones are left out.
 
     Reads each marker by name: no listing, so it works on any filesystem.
     """
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     paths = {f"{root}/{marker_key(b)}": b for b in batches}
     if not paths:
         return {}
@@ -326,9 +389,9 @@ def read_markers(url: str, batches: Iterable[int], *, storage_options: dict | No
     return markers
 
 
-def read_batch_markers(url: str, *, storage_options: dict | None = None) -> dict[int, dict]:
+def read_batch_markers(loc: Location) -> dict[int, dict]:
     """Every parseable completion marker, keyed by batch number (kept for older callers)."""
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     try:
         paths = fs.glob(f"{root}/{MARKERS}/*.json")
     except (FileNotFoundError, NotImplementedError):
@@ -338,7 +401,7 @@ def read_batch_markers(url: str, *, storage_options: dict | None = None) -> dict
         stem = path.rsplit("/", 1)[-1][: -len(".json")]
         if stem.isdigit():
             numbers.append(int(stem))
-    return read_markers(url, numbers, storage_options=storage_options)
+    return read_markers(loc, numbers)
 
 
 def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, names: Iterable[str]) -> dict | None:
@@ -382,9 +445,9 @@ def _is_digest(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
-def list_keys(url: str, *, storage_options: dict | None = None) -> dict[str, int]:
-    """Every key under ``url`` with its size (needs a filesystem that can list)."""
-    fs, root = _fs(url, storage_options)
+def list_keys(loc: Location) -> dict[str, int]:
+    """Every key of the store with its size (needs a filesystem that can list)."""
+    fs, root = loc.fs, loc.root
     fs.invalidate_cache(root)  # object stores cache listings: this one must see every key written
     found = fs.find(root, detail=True)
     keys = {}
@@ -395,7 +458,7 @@ def list_keys(url: str, *, storage_options: dict | None = None) -> dict[str, int
     return keys
 
 
-def store_keys(url: str, *, limit: int | None = None, storage_options: dict | None = None) -> dict[str, int | None]:
+def store_keys(loc: Location, *, limit: int | None = None) -> dict[str, int | None]:
     """The keys of a finished store: ``_muzarr/keys.json`` where it exists, else a listing.
 
     Every key is checked to stay inside the store (a store from elsewhere is untrusted);
@@ -403,32 +466,32 @@ def store_keys(url: str, *, limit: int | None = None, storage_options: dict | No
     too large for it, checked before it is read) is refused, as is a size no file reaches.
     """
     if limit is not None:
-        fs, root = _fs(url, storage_options)
+        fs, root = loc.fs, loc.root
         try:
             size = fs.size(f"{root}/{KEYS}") or 0
         except FileNotFoundError:
             size = 0
         if size > limit * KEY_LIST_ENTRY_BYTES:
             raise MuzarrError(
-                f"{url}/{KEYS} has {size} bytes, more than a list of the {limit} keys the store can have: refusing it"
+                f"{loc}/{KEYS} has {size} bytes, more than a list of the {limit} keys the store can have: refusing it"
             )
-    recorded = read_json(url, KEYS, storage_options=storage_options)
+    recorded = read_json(loc, KEYS)
     if recorded is not None:
         keys = recorded.get("keys") if isinstance(recorded, dict) else None
         if not isinstance(keys, dict):
-            raise MuzarrError(f"{url}/{KEYS} is malformed: expected {{'keys': {{key: size}}}}")
-    elif is_http(url):
+            raise MuzarrError(f"{loc}/{KEYS} is malformed: expected {{'keys': {{key: size}}}}")
+    elif loc.is_http:
         raise MuzarrError(
-            f"{url} has no {KEYS} and HTTP cannot list files: finish the store with `pipe build` at its origin"
+            f"{loc} has no {KEYS} and HTTP cannot list files: finish the store with `pipe build` at its origin"
         )
     else:
-        keys = list_keys(url, storage_options=storage_options)
+        keys = list_keys(loc)
     if limit is not None and len(keys) > limit:
-        raise MuzarrError(f"{url} key list: {len(keys)} keys, more than the {limit} the store can have: refusing it")
+        raise MuzarrError(f"{loc} key list: {len(keys)} keys, more than the {limit} the store can have: refusing it")
     checked = {}
     for key, size in keys.items():
-        check_key(key, where=f"{url} key list")
+        check_key(key, where=f"{loc} key list")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_BYTES):
-            raise MuzarrError(f"{url} key list: size {size!r} of {key!r} is not a byte count (0 to {MAX_FILE_BYTES})")
+            raise MuzarrError(f"{loc} key list: size {size!r} of {key!r} is not a byte count (0 to {MAX_FILE_BYTES})")
         checked[key] = size
     return checked

@@ -42,43 +42,23 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from pipeline.errors import MuzarrError
-from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O helpers
+from pipeline.storage import (
     FRESH_COPY,
-    KEYS,
     LOCK,
-    MARKERS,
     MAX_BLOCK_BYTES,
     MAX_JSON_BYTES,
-    STATUS_FAILED,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_PENDING,
     TARGET,
-    _fs,
+    Location,
     check_contained,
     check_key,
-    check_marker,
     check_metadata_size,
     check_table_size,
-    clips_digest,
-    is_http,
-    is_local,
-    list_keys,
-    marker_key,
-    open_group,
-    put_bytes,
-    read_batch_markers,
+    location,
     read_json,
-    read_manifest,
-    read_markers,
     read_table,
-    remove_key,
-    remove_temporaries,
-    store_keys,
-    write_json,
-    write_manifest,
-    write_table,
-    zarr_store,
 )
 
 SCHEMA_VERSION = 1
@@ -196,17 +176,15 @@ def _create_array(group: zarr.Group, layout: ArrayLayout) -> zarr.Array:
     )
 
 
-def create_arrays(url: str, layouts: list[ArrayLayout], n_clips: int, batch_clips: int, *, storage_options=None):
+def create_arrays(loc: Location, layouts: list[ArrayLayout], n_clips: int, batch_clips: int):
     """Create the group, the status array and every feature array (empty)."""
-    group = open_group(url, mode="a", storage_options=storage_options)
+    group = loc.open_group(mode="a")
     for layout in [_status_layout(n_clips, batch_clips), *layouts]:
         _create_array(group, layout)
     return group
 
 
-def ensure_arrays(
-    url: str, layouts: list[ArrayLayout], n_clips: int, batch_clips: int, *, storage_options=None
-) -> set[str]:
+def ensure_arrays(loc: Location, layouts: list[ArrayLayout], n_clips: int, batch_clips: int) -> set[str]:
     """Bring the group to ``layouts`` for ``n_clips`` clips, keeping every array that already fits.
 
     An array with the right dtype, chunks, shards and clip shape is kept (resized along the
@@ -214,10 +192,10 @@ def ensure_arrays(
     different one is created empty. Returns the names created, whose old completion claims
     no longer hold. Idempotent: a build killed here does the same again.
     """
-    group = open_group(url, mode="a", storage_options=storage_options)
+    group = loc.open_group(mode="a")
     created = set()
     for layout in [_status_layout(n_clips, batch_clips), *layouts]:
-        check_metadata_size(url, f"{layout.name}/zarr.json", storage_options=storage_options)
+        check_metadata_size(loc, f"{layout.name}/zarr.json")
         try:
             array = group[layout.name]
         except (KeyError, ValueError, TypeError, zarr.errors.BaseZarrError):
@@ -262,13 +240,13 @@ class Store:
     it, and :meth:`split` lists only ``ok`` clips.
     """
 
-    def __init__(self, url: str, *, storage_options: dict | None = None) -> None:
-        self.url = url
-        self.storage_options = dict(storage_options or {})
-        check_contained(url, storage_options=self.storage_options)
-        check_metadata_size(url, "zarr.json", storage_options=self.storage_options)
+    def __init__(self, url: str | Location, *, storage_options: dict | None = None) -> None:
+        self.location = loc = location(url, storage_options)
+        self.url = url = loc.url
+        check_contained(loc)
+        check_metadata_size(loc, "zarr.json")
         try:
-            self.group = open_group(url, mode="r", storage_options=self.storage_options)
+            self.group = loc.open_group(mode="r")
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, ValueError, NotADirectoryError) as err:
             self._refuse_damaged()
             raise MuzarrError(f"no muzarr store at {url} ({type(err).__name__}): build one with `pipe build`") from None
@@ -286,7 +264,7 @@ class Store:
             )
         _check_manifest(manifest, url)
         self.manifest: dict[str, Any] = manifest
-        status = read_json(url, "status/zarr.json", storage_options=self.storage_options)
+        status = read_json(loc, "status/zarr.json")
         shape = status.get("shape") if isinstance(status, dict) else None
         # Unreadable status metadata is damage for `pipe verify` to report; a readable one must hold every clip
         # (a grow makes it longer than n_clips until the manifest follows, never shorter).
@@ -298,13 +276,13 @@ class Store:
 
     def _refuse_damaged(self) -> None:
         """A muzarr folder whose ``zarr.json`` is not a manifest is a damaged store, not "no store"."""
-        reason = manifest_damage(self.url, storage_options=self.storage_options)
+        reason = manifest_damage(self.location)
         if reason is None:
             return
         from pipeline.config import BuildConfig, build_command
 
         rebuild = f"pipe build <dataset> --out {shlex.quote(self.url)} --overwrite"
-        building = read_json(self.url, TARGET, storage_options=self.storage_options)  # the config of a build under way
+        building = read_json(self.location, TARGET)  # the config of a build under way
         if isinstance(building, dict) and isinstance(building.get("config"), dict):
             try:
                 config = BuildConfig.from_dict(building["config"], where=f"{self.url}/{TARGET}")
@@ -373,7 +351,7 @@ class Store:
 
     def node(self, name: str):
         """``self.group[name]``, its ``zarr.json`` first checked to be of a size muzarr writes."""
-        check_metadata_size(self.url, f"{name}/zarr.json", storage_options=self.storage_options)
+        check_metadata_size(self.location, f"{name}/zarr.json")
         return self.group[name]
 
     def _open_array(self, name: str) -> zarr.Array:
@@ -412,7 +390,7 @@ class Store:
 
     def check_tables(self) -> None:
         """Every table there is holds the rows the manifest implies (footers only: no data read)."""
-        fs, root = _fs(self.url, self.storage_options)
+        fs, root = self.location.fs, self.location.root
         for name in TABLES:
             try:
                 check_table_size(fs, f"{root}/tables/{name}.parquet", self._table_rows(name),
@@ -429,7 +407,7 @@ class Store:
             raise MuzarrError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
         rows = self._table_rows(name)
         try:
-            return read_table(self.url, name, rows=rows, storage_options=self.storage_options)
+            return read_table(self.location, name, rows=rows)
         except FileNotFoundError:
             raise MuzarrError(f"store {self.url} is missing tables/{name}.parquet: run `pipe verify`") from None
         except (OSError, ValueError) as err:
@@ -556,12 +534,12 @@ def _check_manifest(manifest: dict, url: str) -> None:
 OWN_ENTRIES = ("_muzarr", "tables", "status")
 
 
-def manifest_damage(url: str, *, storage_options: dict | None = None) -> str | None:
+def manifest_damage(loc: Location) -> str | None:
     """Why the ``zarr.json`` of a folder holding muzarr's own entries is not a store's manifest.
 
     None when it is one, when there is no ``zarr.json``, or when nothing says the folder is muzarr's.
     """
-    fs, root = _fs(url, storage_options)
+    fs, root = loc.fs, loc.root
     try:
         if (fs.size(f"{root}/zarr.json") or 0) > MAX_JSON_BYTES:
             return f"larger than the {MAX_JSON_BYTES >> 20} MiB of any manifest muzarr writes"
@@ -636,6 +614,6 @@ def _layout_problem(info: dict, n_clips: int) -> str | None:
     return None
 
 
-def open_store(url: str, *, storage_options: dict | None = None) -> Store:
+def open_store(url: str | Location, *, storage_options: dict | None = None) -> Store:
     """Open a muzarr store for reading (local path or any fsspec URL: ``s3://``, ``https://``...)."""
-    return Store(str(url), storage_options=storage_options)
+    return Store(url, storage_options=storage_options)

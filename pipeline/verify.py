@@ -17,25 +17,8 @@ import zarr
 
 from pipeline.config import build_command
 from pipeline.errors import MuzarrError
-from pipeline.store import (
-    CLIP_DIGESTS,
-    KEYS,
-    STATUS_NAMES,
-    STATUS_OK,
-    STATUS_PENDING,
-    TABLES,
-    Store,
-    _fs,
-    array_problems,
-    clip_digests,
-    combine_digests,
-    is_http,
-    list_keys,
-    open_store,
-    read_json,
-    read_table,
-    store_keys,
-)
+from pipeline.storage import KEYS, STATUS_NAMES, STATUS_OK, STATUS_PENDING, Location, list_keys, read_json, read_table, store_keys
+from pipeline.store import CLIP_DIGESTS, TABLES, Store, array_problems, clip_digests, combine_digests, open_store
 
 
 @dataclass(frozen=True)
@@ -88,10 +71,10 @@ class VerifyReport:
         return [d.line() for d in self.damage] + [self.summary()] + repair
 
 
-def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyReport:
+def verify_store(url: str | Location, *, storage_options: dict | None = None) -> VerifyReport:
     """Check the store at ``url``; a store that cannot be opened at all raises :class:`MuzarrError`."""
     store = open_store(url, storage_options=storage_options)
-    report = VerifyReport(url=url, repair=_repair_command(store))
+    report = VerifyReport(url=store.url, repair=_repair_command(store))
     found = report.damage.append
     if not store.complete:
         found(Damage("store", "manifest", f"state is {store.manifest.get('state')!r}, not complete: finish it with `pipe build`"))
@@ -119,17 +102,17 @@ def verify_store(url: str, *, storage_options: dict | None = None) -> VerifyRepo
 
 def _check_key_list(store: Store, found, *, shown: int = 20) -> None:
     """``_muzarr/keys.json`` (what copies take) lists plain keys, each a file of the store of its listed size."""
-    if read_json(store.url, KEYS, storage_options=store.storage_options) is None:
+    if read_json(store.location, KEYS) is None:
         found(Damage("store", "key list", f"{KEYS} is missing or not JSON: `pipe build` writes it when it finishes"))
         return
     try:
-        listed = store_keys(store.url, limit=store.max_keys, storage_options=store.storage_options)
+        listed = store_keys(store.location, limit=store.max_keys)
     except MuzarrError as err:
         found(Damage("store", "key list", str(err)))
         return
-    if is_http(store.url):
+    if store.location.is_http:
         return  # nothing to list the files with; the arrays and tables were checked by name
-    files = list_keys(store.url, storage_options=store.storage_options)
+    files = list_keys(store.location)
     wrong = [
         (key, size, files.get(key)) for key, size in listed.items()
         if key not in ("zarr.json", KEYS) and (key not in files or (size is not None and files[key] != size))
@@ -167,7 +150,7 @@ def _check_tables(store: Store, found) -> dict[str, pd.DataFrame]:
         # Row counts are checked in the file's footer before any data is read.
         rows = n * len(store.arrays) if name == "checksums" else n
         try:
-            tables[name] = read_table(store.url, name, rows=rows, storage_options=store.storage_options)
+            tables[name] = read_table(store.location, name, rows=rows)
         except FileNotFoundError:
             found(Damage("table", name, f"tables/{name}.parquet is missing"))
         except MuzarrError as err:
@@ -265,7 +248,7 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
         return
     if ids is None:
         return
-    fs, root = _fs(store.url, store.storage_options)
+    fs, root = store.location.fs, store.location.root
     per_shard, per_chunk = array.shards[0], array.chunks[0]
     actual_digests: list[str | None] = [None] * n
     for shard in range(-(-n // per_shard)):

@@ -311,15 +311,16 @@ def test_the_lock_on_an_object_store_refuses_a_second_writer_and_takes_over_a_de
     import s3fs
 
     from pipeline.lock import writer_lock
+    from pipeline.storage import location
 
     fs = s3fs.S3FileSystem(**options)
     try:
         fs.mkdir("muzarr-lock")
         url = "s3://muzarr-lock/d.zarr"
-        with writer_lock(url, options, command="pipe build demo"):
+        with writer_lock(location(url, options), command="pipe build demo"):
             held = json.loads(fs.cat_file("muzarr-lock/d.zarr/_muzarr/lock.json"))
             assert held["pid"] == os.getpid()
-            with pytest.raises(MuzarrError) as refused, writer_lock(url, options, command="pipe build demo"):
+            with pytest.raises(MuzarrError) as refused, writer_lock(location(url, options), command="pipe build demo"):
                 pass
             assert str(refused.value) == (
                 f"{url} is being built by pid {os.getpid()} on host {HOST} since {held['started']} (pipe build demo): "
@@ -327,7 +328,7 @@ def test_the_lock_on_an_object_store_refuses_a_second_writer_and_takes_over_a_de
         assert not fs.exists("muzarr-lock/d.zarr/_muzarr/lock.json")
         stale = {**held, "pid": dead_pid(), "token": "2" * 32}
         fs.pipe_file("muzarr-lock/d.zarr/_muzarr/lock.json", json.dumps(stale).encode())
-        with writer_lock(url, options, command="pipe build demo"):
+        with writer_lock(location(url, options), command="pipe build demo"):
             assert json.loads(fs.cat_file("muzarr-lock/d.zarr/_muzarr/lock.json"))["pid"] == os.getpid()
         assert not fs.exists("muzarr-lock/d.zarr/_muzarr/lock.json")
     finally:

@@ -26,7 +26,6 @@ from pipeline import MuzarrError, Store, open_store
 from pipeline.audio import ClipPolicy
 from pipeline.config import build_command, make_feature
 from pipeline.shards import ShardFormat, map_local, shard_path
-from pipeline.storage import _fs, is_local
 from pipeline.store import clip_digests
 from training.models import InputSpec
 
@@ -269,7 +268,7 @@ class SplitReader:
         self, store: Store, plan: ExamplePlan, rows: np.ndarray, targets: np.ndarray, *, cache: bool, verify: bool = True
     ) -> None:
         self.url = store.url
-        self.storage_options = store.storage_options
+        self.location = store.location
         self.plan = plan
         self.rows = np.asarray(rows, dtype=np.int64)
         if len(self.rows) > 1 and (np.diff(self.rows) <= 0).any():
@@ -283,7 +282,6 @@ class SplitReader:
         self.chunk_clips = int((info.get("shards") or info["chunks"])[0])
         self._array = None
         self._format: ShardFormat | None = None
-        self._fs = None  # (filesystem, root) of the store, with the array
         self._digests = store.stored_digests(plan.array)[self.rows] if verify and len(self.rows) else None
         self._algorithm = store.digest_algorithm
         self.memory = None
@@ -300,13 +298,13 @@ class SplitReader:
 
     def close(self) -> None:
         """Forget the open store handles (the next read opens them again)."""
-        self._array = self._format = self._fs = None
+        self._array = self._format = None
+        self.location = self.location.fresh()
 
     def _zarr(self):
         if self._array is None:  # opened lazily: each DataLoader worker opens its own handle
-            self._array = open_store(self.url, storage_options=self.storage_options).array(self.plan.array)
+            self._array = open_store(self.location).array(self.plan.array)
             self._format = ShardFormat.of(self._array)
-            self._fs = _fs(self.url, self.storage_options)
         return self._array
 
     def _shard_bytes(self, start: int):
@@ -316,9 +314,8 @@ class SplitReader:
         if self._format is None or self._format.shard_shape[0] != self.chunk_clips:
             return None
         key = shard_path(array, start // self.chunk_clips)
-        fs, root = self._fs
-        path = f"{root}/{key}"
-        blob = map_local(path) if is_local(fs) else _read_remote(fs, path)
+        path = self.location.path(key)
+        blob = map_local(path) if self.location.is_local else _read_remote(self.location.fs, path)
         if blob is None:
             raise MuzarrError(f"store {self.url}: shard {key} is missing: run `pipe verify {self.url}`")
         return blob
