@@ -11,7 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.errors import MuzarrError
-from pipeline.storage import KEYS, LOCK, TARGET, Location, check_contained, folder_listing, location, read_json, store_keys
+from pipeline.storage import (
+    KEYS,
+    LOCK,
+    TARGET,
+    Location,
+    check_contained,
+    folder_listing,
+    location,
+    read_json,
+    store_keys,
+)
 from pipeline.store import open_store
 from pipeline.verify import verify_store
 

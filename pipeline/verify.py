@@ -17,7 +17,17 @@ import zarr
 
 from pipeline.config import build_command
 from pipeline.errors import MuzarrError
-from pipeline.storage import KEYS, STATUS_NAMES, STATUS_OK, STATUS_PENDING, Location, list_keys, read_json, read_table, store_keys
+from pipeline.storage import (
+    KEYS,
+    STATUS_NAMES,
+    STATUS_OK,
+    STATUS_PENDING,
+    Location,
+    list_keys,
+    read_json,
+    read_table,
+    store_keys,
+)
 from pipeline.store import CLIP_DIGESTS, TABLES, Store, array_problems, clip_digests, combine_digests, open_store
 
 

@@ -106,3 +106,9 @@ def feature_from_dict(spec: dict[str, Any], *, where: str = "feature") -> Featur
         return cls(**params)
     except (TypeError, ValueError) as err:
         raise MuzarrError(f"{where}: {err}") from None
+
+
+def n_frames(n_samples: int, *, hop_length: int, pad_frames: int = 0) -> int:
+    """Frames of a centred STFT or framing of ``n_samples`` samples: ``1 + n // hop``, plus ``pad_frames``
+    of zeros each side (the one formula: features, stores and models all use it)."""
+    return 1 + n_samples // hop_length + 2 * pad_frames

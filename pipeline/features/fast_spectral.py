@@ -25,6 +25,7 @@ import scipy.fft
 import scipy.signal
 
 from pipeline.errors import MuzarrError
+from pipeline.features.base import n_frames
 
 N_FFT = 2048
 HOP_LENGTH = 512
@@ -54,11 +55,6 @@ def check_waveform(y: np.ndarray) -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(y))[0])
         raise MuzarrError(f"waveform has a non-finite value {y[bad]} at sample {bad}; clean or skip the clip")
     return y
-
-
-def n_frames(n_samples: int, *, hop_length: int = HOP_LENGTH) -> int:
-    """Frames of a centred STFT or framing of ``n_samples`` samples: ``1 + n // hop``."""
-    return 1 + n_samples // hop_length
 
 
 def _check_pad_mode(pad_mode: str) -> None:
@@ -356,7 +352,7 @@ def rms(y: np.ndarray, *, pad_mode: str = "constant") -> np.ndarray:
     np.ndarray [shape=(1 + n // 512,), dtype=float64]
     """
     _check_pad_mode(pad_mode)
-    count = n_frames(y.size)
+    count = n_frames(y.size, hop_length=HOP_LENGTH)
     squares = np.pad(y, N_FFT // 2, mode=pad_mode).astype(np.float64) ** 2
     return np.sqrt(_frame_block_sums(squares, count) / N_FFT)
 
@@ -371,7 +367,7 @@ def zero_crossing_rate(y: np.ndarray, *, threshold: float = 1e-10) -> np.ndarray
     -------
     np.ndarray [shape=(1 + n // 512,), dtype=float64]
     """
-    count = n_frames(y.size)
+    count = n_frames(y.size, hop_length=HOP_LENGTH)
     negative = np.pad(y, N_FFT // 2, mode="edge") < -threshold
     # crossing[j]: sign change between samples j and j + 1; a frame starting at s counts
     # crossing[s : s + 2047], i.e. its 2048-block sum minus the pair that leaves the frame.

@@ -19,7 +19,7 @@ import scipy.fft
 
 from pipeline.audio import float_to_int16, int16_overflow
 from pipeline.errors import MuzarrError
-from pipeline.features.base import Feature, register
+from pipeline.features.base import Feature, n_frames, register
 
 
 @register
@@ -130,7 +130,7 @@ class LogMel(Feature):
         return self.storage
 
     def n_frames(self, n_samples: int) -> int:
-        return 1 + n_samples // self.hop_length + 2 * self.pad_frames
+        return n_frames(n_samples, hop_length=self.hop_length, pad_frames=self.pad_frames)
 
     def output_shape(self, n_samples: int) -> tuple[int, ...]:
         return (self.n_mels, self.n_frames(n_samples))

@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from pipeline.errors import MuzarrError
+from pipeline.features.base import n_frames
 from training.augment import Augment
 from training.models.cnn5 import FiveLayerCNN
 from training.models.cnn_sa import CNNSA
@@ -143,7 +144,7 @@ class InputSpec:
         n_samples = round(seconds * self.sample_rate)
         if self.kind == "waveform":
             return (n_samples,)
-        return (self.n_mels, 1 + n_samples // self.hop_length + 2 * self.pad_frames)
+        return (self.n_mels, n_frames(n_samples, hop_length=self.hop_length, pad_frames=self.pad_frames))
 
 
 @dataclass(frozen=True)

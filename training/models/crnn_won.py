@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
+from pipeline.features.base import n_frames
 from training.frontend import WaveformMelModel
 from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
 
@@ -96,10 +97,8 @@ class WonCRNN(WaveformMelModel):
         self.features = nn.Sequential(
             *(ConvBlock2d(c_in, c_out, pool=pool) for c_in, c_out, pool in zip(widths, widths[1:], pools))
         )
-        n_frames = 1 + n_samples // hop_length  # centred frames
-        n_maps, n_freq, _ = output_shape(
-            self.features, (1, n_mels, n_frames), model="crnn_won", input_shape=input_shape
-        )
+        frames = n_frames(n_samples, hop_length=hop_length)
+        n_maps, n_freq, _ = output_shape(self.features, (1, n_mels, frames), model="crnn_won", input_shape=input_shape)
         self.rnn = nn.GRU(n_maps * n_freq, rnn_hidden, num_layers=rnn_layers, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(rnn_hidden, n_classes)

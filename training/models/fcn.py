@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
+from pipeline.features.base import n_frames
 from training.frontend import WaveformMelModel
 from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
 
@@ -91,8 +92,8 @@ class FCN(WaveformMelModel):
         self.layers = nn.Sequential(
             *(ConvBlock2d(c_in, c_out, pool=pool) for c_in, c_out, pool in zip(widths, widths[1:], pools))
         )
-        n_frames = 1 + n_samples // hop_length  # centred frames
-        maps_shape = output_shape(self.layers, (1, n_mels, n_frames), model="fcn", input_shape=input_shape)
+        frames = n_frames(n_samples, hop_length=hop_length)
+        maps_shape = output_shape(self.layers, (1, n_mels, frames), model="fcn", input_shape=input_shape)
         if maps_shape[1:] != (1, 1):
             freq_pool = math.prod(f for f, _ in pools)
             time_pool = math.prod(t for _, t in pools)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
+from pipeline.features.base import n_frames
 from training.frontend import AmplitudeToDB
 from training.models.blocks import ConvBlock2d, check_input_shape
 
@@ -236,9 +237,10 @@ class HarmonicCNN(nn.Module):
                 f"harmonic_cnn: sample_rate={sample_rate}, n_harmonic={n_harmonic}, semitone_scale={semitone_scale} "
                 f"give {self.hstft.n_pitches} pitches; the seven blocks need at least {min_rows}"
             )
-        if n_samples <= n_fft // 2 or 1 + n_samples // hop_length < min_frames:
+        frames = n_frames(n_samples, hop_length=hop_length)
+        if n_samples <= n_fft // 2 or frames < min_frames:
             raise MuzarrError(
-                f"harmonic_cnn: input_shape={tuple(input_shape)} gives {1 + n_samples // hop_length} frames; the "
+                f"harmonic_cnn: input_shape={tuple(input_shape)} gives {frames} frames; the "
                 f"seven blocks need at least {min_frames}, i.e. n_samples >= {(min_frames - 1) * hop_length}"
             )
         self.spec_bn = nn.BatchNorm2d(n_harmonic)
