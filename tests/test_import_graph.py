@@ -1,0 +1,83 @@
+"""The pipeline's module graph: no import circle (function-level imports included), and nothing outside
+the store layer imports a private name of it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> list[tuple[str, list[str], int]]:
+    """``(imported module, names, line)`` of every import statement of ``path`` inside ``modules``."""
+    found = []
+    package = _module(path) if path.name == "__init__.py" else _module(path).rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], node.lineno) for alias in node.names if alias.name in modules]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [alias.name for alias in node.names]
+            submodules = [f"{base}.{n}" for n in names if f"{base}.{n}" in modules]
+            if base in modules:
+                found.append((base, [n for n in names if f"{base}.{n}" not in modules], node.lineno))
+            found += [(m, [], node.lineno) for m in submodules]
+    return found
+
+
+def _graph(package: str) -> dict[str, list[tuple[str, list[str], int]]]:
+    files = sorted((ROOT / package).rglob("*.py"))
+    modules = {_module(p) for p in files}
+    return {_module(p): _imports(p, modules) for p in files}
+
+
+def _cycles(graph: dict[str, list]) -> list[list[str]]:
+    """The strongly connected components of more than one module (or a module importing itself)."""
+    edges = {m: {target for target, _, _ in imports} for m, imports in graph.items()}
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in edges.get(v, ()):
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_pipeline_has_no_import_circle():
+    graph = _graph("pipeline")
+    assert len(graph) > 20  # the walk found the package
+    assert _cycles(graph) == []
+
+
+def test_a_circle_is_found_when_there_is_one():
+    graph = {"a": [("b", [], 1)], "b": [("c", [], 1)], "c": [("a", [], 1)], "d": [("a", [], 1)]}
+    assert _cycles(graph) == [["a", "b", "c"]]
