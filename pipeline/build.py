@@ -207,7 +207,7 @@ def _prepare_store(
                     "choose another --out, or a new folder"
                 )
             if not overwrite:
-                raise damaged_manifest(loc, damage, rebuild=build_command(config, out=loc.loc, extra=("--overwrite",)))
+                raise damaged_manifest(loc.url, damage, rebuild=build_command(config, out=loc.url, extra=("--overwrite",)))
         write_json(loc, TARGET, mark)
         _remove(loc, keep=TARGET)
         manifest = None
@@ -229,7 +229,7 @@ def _prepare_store(
     return markers
 
 
-def _check_schema(loc: str, manifest: dict) -> None:
+def _check_schema(loc: Location | str, manifest: dict) -> None:
     version = manifest.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
         raise MuzarrError(
