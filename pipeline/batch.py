@@ -21,6 +21,7 @@ from pipeline.store import (
     _fs,
     clip_digests,
     clips_digest,
+    fill_value,
     marker_key,
     open_group,
     plan_layout,
@@ -58,7 +59,11 @@ def run_batch(
     rates = tuple(sorted({f.sample_rate for f in features}))
     n = len(rows)
     start, stop = rows[0], rows[-1] + 1
-    buffers = {name: np.zeros((n, *layouts[name].shape[1:]), dtype=layouts[name].dtype) for name in todo}
+    # A failed clip's rows hold the array's fill value (NaN in a float array), as rows never written do.
+    buffers = {
+        name: np.full((n, *layouts[name].shape[1:]), fill_value(layouts[name].dtype), dtype=layouts[name].dtype)
+        for name in todo
+    }
     before = np.asarray(base["status"] if base else [STATUS_OK] * n, dtype=np.int8)
     status = before.copy()
     earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
@@ -84,7 +89,7 @@ def run_batch(
             status[i] = STATUS_FAILED
             notes = [x for x in notes if x["clip_id"] != clip_ids[i]]
             for buffer in buffers.values():
-                buffer[i] = 0
+                buffer[i] = fill_value(buffer.dtype)
             message = str(error).strip() or type(error).__name__
             if not isinstance(error, (DecodeError, MuzarrError)):
                 message = f"{type(error).__name__}: {message}"
@@ -98,7 +103,7 @@ def run_batch(
         if len(newly_failed):
             # A clip that fails a new feature is a failed clip: no array may keep data for it.
             data = group[name][start:stop]
-            data[newly_failed] = 0
+            data[newly_failed] = fill_value(data.dtype)
             _write_shard(url, group[name], batch, start, stop, data, storage_options)
             old = clip_digests(data)
         digests[name] = old
