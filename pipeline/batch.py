@@ -16,7 +16,7 @@ from pipeline.config import BuildConfig
 from pipeline.errors import MuzarrError
 from pipeline.shards import ShardFormat, shard_path
 from pipeline.storage import STATUS_FAILED, STATUS_OK, Location, clips_digest, marker_key, remove_key, write_json
-from pipeline.store import clip_digests, plan_layout
+from pipeline.store import clip_digests, fill_value, plan_layout
 
 
 def run_batch(
@@ -46,7 +46,11 @@ def run_batch(
     rates = tuple(sorted({f.sample_rate for f in features}))
     n = len(rows)
     start, stop = rows[0], rows[-1] + 1
-    buffers = {name: np.zeros((n, *layouts[name].shape[1:]), dtype=layouts[name].dtype) for name in todo}
+    # A failed clip's rows hold the array's fill value (NaN in a float array), as rows never written do.
+    buffers = {
+        name: np.full((n, *layouts[name].shape[1:]), fill_value(layouts[name].dtype), dtype=layouts[name].dtype)
+        for name in todo
+    }
     before = np.asarray(base["status"] if base else [STATUS_OK] * n, dtype=np.int8)
     status = before.copy()
     earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
@@ -72,7 +76,7 @@ def run_batch(
             status[i] = STATUS_FAILED
             notes = [x for x in notes if x["clip_id"] != clip_ids[i]]
             for buffer in buffers.values():
-                buffer[i] = 0
+                buffer[i] = fill_value(buffer.dtype)
             message = str(error).strip() or type(error).__name__
             if not isinstance(error, (DecodeError, MuzarrError)):
                 message = f"{type(error).__name__}: {message}"
@@ -86,7 +90,7 @@ def run_batch(
         if len(newly_failed):
             # A clip that fails a new feature is a failed clip: no array may keep data for it.
             data = group[name][start:stop]
-            data[newly_failed] = 0
+            data[newly_failed] = fill_value(data.dtype)
             _write_shard(loc, group[name], batch, start, stop, data)
             old = clip_digests(data)
         digests[name] = old

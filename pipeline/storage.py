@@ -247,9 +247,19 @@ def remove_temporaries(loc: Location) -> int:
 
 def write_table(loc: Location, name: str, table: pd.DataFrame) -> None:
     """Write ``tables/<name>.parquet`` atomically: a reader sees the old or the new file, whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     fs, root = loc.fs, loc.root
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    # A column with no value yet (no clip failed: every "error" is None) would get Arrow type null, which
+    # no reader can merge with the same column of another store; muzarr's empty columns are text.
+    typed = pa.schema(
+        [field.with_type(pa.string()) if pa.types.is_null(field.type) else field for field in arrow.schema],
+        metadata=arrow.schema.metadata,
+    )
     buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
+    pq.write_table(arrow.cast(typed), buffer)
     put_bytes(fs, f"{root}/tables/{name}.parquet", buffer.getvalue())
 
 

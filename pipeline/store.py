@@ -4,9 +4,9 @@ Layout of a store at ``URL`` (any fsspec URL; a local directory by default)::
 
     URL/zarr.json                 group; attributes["muzarr"] is the manifest
     URL/status                    int8 [clip]: 0 pending, 1 ok, 2 failed (authoritative)
-    URL/waveform                  [clip, (subclip,) time]
-    URL/logmel/<variant>          [clip, (subclip,) mel, frame]
-    URL/tabular/<set>             [clip, (subclip,) column]
+    URL/waveform                  [clip, (subclip,) time_waveform]
+    URL/logmel/<variant>          [clip, (subclip,) mel_<variant>, frame_<variant>]
+    URL/tabular/<set>             [clip, (subclip,) column_<set>]
     URL/tables/clips.parquet      clip_id, path, status, stage, error, metadata
     URL/tables/labels.parquet     clip_id + one column per tag, or label / label_index
     URL/tables/splits.parquet     clip_id + one column per split scheme
@@ -16,7 +16,9 @@ Layout of a store at ``URL`` (any fsspec URL; a local directory by default)::
     URL/_muzarr/target.json       only while a build or grow is under way: what it is building
 
 Every feature array is chunked for single-clip reads and sharded so that one build task
-owns whole shards: ``batch_clips`` clips per shard.
+owns whole shards: ``batch_clips`` clips per shard. The bracketed names are each array's Zarr
+``dimension_names`` (:func:`dimension_names`); a row no build wrote, or whose clip failed,
+holds NaN in a float array and 0 in an integer one (:func:`fill_value`).
 
 Every file muzarr writes itself (markers, tables, the manifest's ``zarr.json``) appears whole
 or not at all: written to a temporary name and renamed on a local disk, one PUT on an object
@@ -30,7 +32,7 @@ import hashlib
 import json
 import math
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -119,6 +121,27 @@ def combine_digests(digests: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+#: Dimensions every array of a store shares: one row per clip, and the clip policy's sub-clips.
+SHARED_DIMENSIONS = ("clip", "subclip")
+
+
+def dimension_names(variant: str, axes: Sequence[str]) -> tuple[str, ...]:
+    """The Zarr ``dimension_names`` of array ``variant`` whose axes are ``axes`` (``("clip", "mel", "frame")``).
+
+    ``clip`` and ``subclip`` are shared by every array and ``status``, so xarray lines a group's
+    arrays up on them and ``ds.where(ds.status == 1)`` masks what is not ok. Any other axis is
+    the variant's own (``mel_<variant>``): two log-mel variants in one group differ in size (64
+    and 96 mels) or in what a bin means, and xarray refuses one dimension with two sizes.
+    """
+    return tuple(axis if axis in SHARED_DIMENSIONS else f"{axis}_{variant}" for axis in axes)
+
+
+def fill_value(dtype: str) -> float | int:
+    """What a row no build wrote, or whose clip failed, holds: NaN in a float array, never a value a
+    clip could have (zeros are digital silence); 0 in an integer one (int16 audio has no spare value)."""
+    return float("nan") if np.dtype(dtype).kind == "f" else 0
+
+
 @dataclass(frozen=True)
 class ArrayLayout:
     """Shape, dtype, chunking and attributes of one feature array in a store."""
@@ -129,6 +152,7 @@ class ArrayLayout:
     chunks: tuple[int, ...]
     shards: tuple[int, ...] | None
     attrs: dict
+    dimension_names: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +172,7 @@ def plan_layout(config, n_clips: int) -> list[ArrayLayout]:
         clip_shape = (*sub, *per_item)
         clip_bytes = math.prod(clip_shape) * np.dtype(feature.dtype).itemsize
         per_chunk = chunk_clips(clip_bytes, batch_clips=config.batch_clips)
+        axes = ("clip", *(("subclip",) if sub else ()), *feature.axes)
         layouts.append(
             ArrayLayout(
                 name=feature.name,
@@ -155,7 +180,12 @@ def plan_layout(config, n_clips: int) -> list[ArrayLayout]:
                 dtype=feature.dtype,
                 chunks=(per_chunk, *clip_shape),
                 shards=(config.batch_clips, *clip_shape),
-                attrs={"feature": feature.to_dict(), **feature.attrs()},
+                # "status" names the array that says which rows hold data (CF: ancillary_variables)
+                attrs={
+                    "feature": feature.to_dict(), **feature.attrs(), "axes": list(axes),
+                    "status": "status", "ancillary_variables": "status",
+                },
+                dimension_names=dimension_names(feature.variant, axes),
             )
         )
     return layouts
@@ -164,15 +194,20 @@ def plan_layout(config, n_clips: int) -> list[ArrayLayout]:
 def _status_layout(n_clips: int, batch_clips: int) -> ArrayLayout:
     return ArrayLayout(
         name="status", shape=(n_clips,), dtype="int8", chunks=(batch_clips,), shards=None,
-        attrs={"values": STATUS_NAMES},
+        attrs={
+            "values": STATUS_NAMES, "axes": ["clip"],
+            "flag_values": sorted(STATUS_NAMES), "flag_meanings": " ".join(STATUS_NAMES[v] for v in sorted(STATUS_NAMES)),
+        },
+        dimension_names=dimension_names("status", ("clip",)),
     )
 
 
 def _create_array(group: zarr.Group, layout: ArrayLayout) -> zarr.Array:
     return group.create_array(
         layout.name, shape=layout.shape, chunks=layout.chunks, shards=layout.shards, dtype=layout.dtype,
-        fill_value=STATUS_PENDING if layout.name == "status" else 0, compressors=compressor(), overwrite=True,
-        config={"write_empty_chunks": True}, attributes=layout.attrs,
+        fill_value=STATUS_PENDING if layout.name == "status" else fill_value(layout.dtype), compressors=compressor(),
+        overwrite=True, config={"write_empty_chunks": True}, attributes=layout.attrs,
+        dimension_names=layout.dimension_names,
     )
 
 
@@ -206,6 +241,7 @@ def ensure_arrays(loc: Location, layouts: list[ArrayLayout], n_clips: int, batch
             and tuple(array.shape[1:]) == tuple(layout.shape[1:])
             and tuple(array.chunks) == tuple(layout.chunks)
             and (tuple(array.shards) if array.shards else None) == (tuple(layout.shards) if layout.shards else None)
+            and _same_metadata(array, layout)
         )
         if not fits:
             _create_array(group, layout)
@@ -213,6 +249,18 @@ def ensure_arrays(loc: Location, layouts: list[ArrayLayout], n_clips: int, batch
         elif array.shape[0] != n_clips:
             array.resize((n_clips, *layout.shape[1:]))
     return created
+
+
+def _same_metadata(array: zarr.Array, layout: ArrayLayout) -> bool:
+    """``array`` has the fill value, dimension names and attributes ``layout`` gives (a kept array keeps them)."""
+    wanted_fill = STATUS_PENDING if layout.name == "status" else fill_value(layout.dtype)
+    fill = array.metadata.fill_value
+    same_fill = bool(np.isnan(fill)) if np.isnan(wanted_fill) else fill == wanted_fill
+    names = getattr(array.metadata, "dimension_names", None)
+    return (
+        same_fill and tuple(names or ()) == tuple(layout.dimension_names or ())
+        and array.attrs.asdict() == json.loads(json.dumps(layout.attrs))
+    )
 
 
 def array_problems(array: zarr.Array) -> list[str]:

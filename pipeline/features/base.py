@@ -31,6 +31,9 @@ class Feature:
         Storage dtype of the array.
     output_shape(n_samples) -> tuple
         Shape of one (sub-)clip's output for an input of ``n_samples`` samples.
+    axes : ClassVar[tuple[str, ...]]
+        What each axis of :meth:`output_shape` is (``("mel", "frame")``): the store names
+        the array's dimensions from them (``pipeline.store.dimension_names``).
     extract(samples, *, sampling_rate) -> np.ndarray
         ``samples`` is float32 ``[shape=(..., n_samples)]``; returns
         ``[shape=(..., *output_shape(n_samples))]`` in ``dtype`` or a type that casts to it
@@ -41,6 +44,7 @@ class Feature:
 
     kind: ClassVar[str] = ""
     group: ClassVar[str] = ""
+    axes: ClassVar[tuple[str, ...]] = ()
 
     sample_rate: int = 16000
 
@@ -69,7 +73,7 @@ class Feature:
         return None
 
     def attrs(self) -> dict[str, Any]:
-        """Extra attributes stored on the array (column names, axis names, ...)."""
+        """Extra attributes stored on the array (column names, sample rate, ...)."""
         return {}
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ class Waveform(Feature):
     """The clip itself at ``sample_rate``; int16 by default (exact for PCM16 sources, half of float32)."""
 
     kind: ClassVar[str] = "waveform"
+    axes: ClassVar[tuple[str, ...]] = ("time",)
     sample_rate: int = 16000
     storage: Literal["int16", "float32"] = "int16"
 
@@ -63,8 +64,10 @@ class Waveform(Feature):
         )
 
     def attrs(self) -> dict[str, Any]:
-        scale = {"scale": 1 / 32768} if self.storage == "int16" else {}
-        return {"axes": ["clip", "subclip", "time"], "sample_rate": self.sample_rate, **scale}
+        # scale_factor is the CF convention (xarray decodes int16 to float32 in [-1, 1] by it);
+        # "scale" is what stores before it carried and their readers look for.
+        scale = {"scale": 1 / 32768, "scale_factor": 1 / 32768} if self.storage == "int16" else {}
+        return {"sample_rate": self.sample_rate, **scale}
 
 
 @register
@@ -81,6 +84,7 @@ class LogMel(Feature):
 
     kind: ClassVar[str] = "logmel"
     group: ClassVar[str] = "logmel"
+    axes: ClassVar[tuple[str, ...]] = ("mel", "frame")
     sample_rate: int = 16000
     n_mels: int = 96
     n_fft: int = 512
@@ -156,7 +160,7 @@ class LogMel(Feature):
         return out
 
     def attrs(self) -> dict[str, Any]:
-        return {"axes": ["clip", "subclip", "mel", "frame"], **self.to_dict()}
+        return self.to_dict()
 
 
 def _check_positive_int(name: str, value: Any) -> None:

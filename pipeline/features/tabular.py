@@ -240,6 +240,7 @@ class _TabularSet(Feature):
     """A fixed list of named columns per clip or sub-clip, stored at ``tabular/<kind>``."""
 
     group: ClassVar[str] = "tabular"
+    axes: ClassVar[tuple[str, ...]] = ("column",)
     columns: ClassVar[tuple[str, ...]] = ()
     min_samples: ClassVar[int] = 1
 
