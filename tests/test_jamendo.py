@@ -26,6 +26,7 @@ from pipeline.datasets import get_recipe
 from pipeline.datasets.jamendo import index_jamendo
 from pipeline.download import download_dataset
 from pipeline.errors import MuzarrError
+from pipeline.inspect import source_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP50 = "autotagging_top50tags"
@@ -135,6 +136,13 @@ def test_moodtheme_subset_reads_its_own_file(fixtures_dir, tmp_path):
     assert index.info["missing_split_files"] == ["splits/split-0/autotagging_moodtheme-train.tsv",
                                                  "splits/split-0/autotagging_moodtheme-validation.tsv"]
     assert index.info["tracks_listed"] == len(lines) == 4231
+    assert source_notes(index.info) == [
+        ("4228 clip(s) listed in the metadata have no audio file (e.g. 24/3524.mp3, 82/4882.mp3, 83/4883.mp3, "
+         "84/4884.mp3, 89/4889.mp3)"),
+        "split scheme(s) split-1, split-2, split-3, split-4 not stored: their split files are not in the metadata",
+        ("split file(s) not found, those parts are empty: splits/split-0/autotagging_moodtheme-train.tsv, "
+         "splits/split-0/autotagging_moodtheme-validation.tsv"),
+    ]
 
 
 def test_subset_file_gives_labels_and_tracks_in_no_split(split0, tree, tmp_path):
