@@ -26,7 +26,7 @@ from pipeline.errors import MuzarrError
 
 TIMEOUT = (15, 60)  # seconds to connect, seconds between two received bytes
 HASHES = ("sha256", "sha1", "md5")
-SOURCE_KEYS = {"url", "filename", "extract", "concat", *HASHES}
+SOURCE_KEYS = {"url", "filename", "extract", "concat", "remove", *HASHES}
 
 
 def file_digest(path: str | os.PathLike, algorithm: str, *, chunk_size: int = 1 << 20) -> str:
@@ -256,8 +256,9 @@ def download_dataset(name: str, to: str | os.PathLike, *, sources: Sequence[Mapp
     to : path-like
         Folder that receives the files (and the extracted archives).
     sources : list of dict
-        Each ``{url, sha256 | sha1 | md5, extract: bool, concat: str, filename: str}``;
-        only ``url`` is required. Sources sharing ``concat: "mp3.zip"`` are the parts of one
+        Each ``{url, sha256 | sha1 | md5, extract: bool, concat: str, filename: str, remove: bool}``;
+        only ``url`` is required. ``remove: true`` deletes an archive once extracted (MTG-Jamendo's
+        100 tar files would double its 508 GB otherwise). Sources sharing ``concat: "mp3.zip"`` are the parts of one
         archive: downloaded in order, joined into ``to/mp3.zip`` and, if any part says
         ``extract: true``, extracted (the joined file is then removed). A rerun downloads
         nothing already there, and nothing whose archive was extracted before (a marker
@@ -284,6 +285,9 @@ def download_dataset(name: str, to: str | os.PathLike, *, sources: Sequence[Mapp
             raise MuzarrError(f"download source {number} of {name!r}: concat={joined!r} must be a plain file name")
         _filename(source)
         _expected(*(source.get(h) for h in HASHES))
+        if source.get("remove") and (not source.get("extract") or joined is not None):
+            raise MuzarrError(f"download source {number} of {name!r}: remove: true needs extract: true on a single "
+                              "archive (it deletes the archive once extracted)")
     to = Path(to).expanduser()
     to.mkdir(parents=True, exist_ok=True)
     group_extract: dict[str, bool] = {}
@@ -302,6 +306,8 @@ def download_dataset(name: str, to: str | os.PathLike, *, sources: Sequence[Mapp
             groups.setdefault(source["concat"], []).append(dest)
         elif source.get("extract"):
             extract(dest, to)
+            if source.get("remove"):
+                dest.unlink()
     for joined, parts in groups.items():
         if not group_extract[joined]:
             _concatenate(parts, to / joined)

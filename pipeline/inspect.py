@@ -157,6 +157,10 @@ def source_notes(info: dict) -> list[str]:
         listed = ", ".join(f"{u['path']}/ ({u['message']})" for u in unreadable[:5])
         more = f", ... ({len(unreadable)} in all)" if len(unreadable) > 5 else ""
         notes.append(f"{len(unreadable)} source folder(s) could not be read, their clips are not in the store: {listed}{more}")
+    if info.get("missing_splits"):
+        notes.append(f"split scheme(s) {', '.join(info['missing_splits'])} not stored: their split files are not in the metadata")
+    if info.get("missing_split_files"):
+        notes.append(f"split file(s) not found, those parts are empty: {', '.join(info['missing_split_files'])}")
     if info.get("skipped_hidden"):
         notes.append(f"{info['skipped_hidden']} hidden file(s) skipped (names starting with '.')")
     if info.get("unlabelled"):

@@ -15,7 +15,7 @@ from pipeline.datasets.gtzan import index_gtzan
 from pipeline.datasets.mtat import index_mtat
 from pipeline.errors import MuzarrError
 
-RECIPES = ["mtat", "gtzan", "fma", "folder", "csv"]
+RECIPES = ["mtat", "gtzan", "fma", "jamendo", "folder", "csv"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -36,6 +36,8 @@ def test_root_is_a_file(tmp_path, name):
              r"beside the folders 0..f; download with `pipe download mtat --to .*`"),
     ("gtzan", r"no GTZAN genre folders in .* \(it holds nothing\): expected the 10 genre folders \(blues, classical"),
     ("fma", r"no fma_small folder in .*: expected fma_small/<id\[:3\]>/<id:06d>.mp3 .*pipe download fma_small"),
+    ("jamendo", r"no MTG-Jamendo metadata in .*: expected one of data, mtg-jamendo-dataset/data, "
+                r"mtg-jamendo-dataset-\*/data there .*; download with `pipe download jamendo --to .*`"),
     ("folder", r"no audio files under .*: expected audio files in class folders"),
     ("csv", r"no manifest manifest.csv in .*: expected a CSV with a 'path' column"),
 ])

@@ -18,6 +18,7 @@ DATASETS: dict[str, str] = {
     "mtat": "pipeline.datasets.mtat:index_mtat",
     "gtzan": "pipeline.datasets.gtzan:index_gtzan",
     "fma": "pipeline.datasets.fma:index_fma",
+    "jamendo": "pipeline.datasets.jamendo:index_jamendo",
     "folder": "pipeline.datasets.folder:index_folder",
     "csv": "pipeline.datasets.csvlist:index_csv",
 }
