@@ -156,11 +156,12 @@ def test_failed_clip_is_nan_in_float_arrays_and_zero_in_int16(gtzan_url):
 
 def test_rows_no_build_wrote_read_as_nan(tmp_path):
     from pipeline.config import config_for, load_catalog
+    from pipeline.storage import location
     from pipeline.store import create_arrays, plan_layout
 
     config = config_for("demo", load_catalog()["demo"])
     layouts = plan_layout(config, 8)
-    create_arrays(str(tmp_path / "s.zarr"), layouts, 8, 4)
+    create_arrays(location(tmp_path / "s.zarr"), layouts, 8, 4)
     for layout in layouts:
         values = zarr.open_array(str(tmp_path / "s.zarr" / layout.name), mode="r")[:]
         assert (np.isnan(values).all() if values.dtype.kind == "f" else not values.any()), layout.name
