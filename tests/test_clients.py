@@ -271,3 +271,17 @@ def test_pyarrow_dataset_over_two_stores_clips_tables(demo_url, gtzan_url):
         for name in ("clips", "labels", "splits", "checksums"):
             schema = pds.dataset(f"{url}/tables/{name}.parquet").schema
             assert not [field.name for field in schema if str(field.type) == "null"], (url, name)
+
+
+def test_the_readme_shows_exactly_the_snippets_these_tests_run():
+    """Each ``# --- README: <reader>`` block above appears verbatim in README.md's section."""
+    import re
+    from pathlib import Path
+
+    here = Path(__file__).read_text()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"    # --- README: (.+?)\n(.*?)    # ---\n", here, flags=re.S)
+    assert [name for name, _ in blocks] == ["xarray", "zarr-python", "tensorstore", "pandas"]
+    for name, code in blocks:
+        dedented = "\n".join(line[4:] for line in code.rstrip("\n").split("\n"))
+        assert f"**{name}**:\n\n```python\n{dedented}\n```" in readme, name
