@@ -90,7 +90,9 @@ def test_each_track_is_stored_whole_with_exact_samples(built, source):
         np.testing.assert_array_equal(wave, float_to_int16(y))
         mel = store.track(LOGMEL, row)
         assert mel.shape == (16, 1 + len(y) // 128)
-        np.testing.assert_array_equal(mel, logmel.extract(y, sampling_rate=SR))
+        # A Dask worker's BLAS (one thread) sums the mel filters in another order than this process: a rare
+        # element rounds to the neighbouring float16 (0.03 dB at most here).
+        np.testing.assert_allclose(mel.astype(np.float32), logmel.extract(y, sampling_rate=SR).astype(np.float32), rtol=0, atol=0.04)
     assert sorted(round(len(store.track("waveform", r)) / SR) for r in ok) == SECONDS
     with pytest.raises(Exception, match="holds whole tracks of different lengths: read one with Store.track"):
         store.read("waveform", [0])
@@ -113,7 +115,7 @@ def test_tabular_features_are_computed_over_the_whole_track(tmp_path):
     feature = store.feature("tabular/gtzan57")
     for row, path in enumerate(store.clips["path"]):
         y, _ = librosa.load(source / path, sr=SR)
-        np.testing.assert_array_equal(store.read("tabular/gtzan57", row), feature.extract(y, sampling_rate=SR))
+        np.testing.assert_allclose(store.read("tabular/gtzan57", row), feature.extract(y, sampling_rate=SR), rtol=1e-4, atol=1e-6)
 
 
 def test_the_too_long_track_fails_with_the_reason(built):
