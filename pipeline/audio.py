@@ -14,7 +14,7 @@ import soxr
 
 from pipeline.errors import MuzarrError
 
-ClipMode = Literal["pad_crop", "split", "full"]
+ClipMode = Literal["pad_crop", "split", "full", "track"]
 
 
 class DecodeError(Exception):
@@ -148,10 +148,34 @@ def resample(y: np.ndarray, *, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return y
     out = soxr.resample(y, orig_sr, target_sr, quality="HQ")
+    return fix_length(np.asarray(out, dtype=np.float32), size=resampled_length(len(y), orig_sr=orig_sr, target_sr=target_sr))
+
+
+def resampled_length(n: int, *, orig_sr: int, target_sr: int) -> int:
+    """Samples :func:`resample` returns for ``n`` samples: the one formula a track store plans with."""
+    if orig_sr == target_sr:
+        return int(n)
     # librosa.resample fixes the length with this exact float arithmetic (it can round up
     # 6000.000000000001 to 6001); doing the same keeps lengths equal to librosa.load's.
-    n_out = int(np.ceil(len(y) * (float(target_sr) / orig_sr)))
-    return fix_length(np.asarray(out, dtype=np.float32), size=n_out)
+    return int(np.ceil(n * (float(target_sr) / orig_sr)))
+
+
+def probe(path: str) -> tuple[int, int]:
+    """``(frames, sample_rate)`` of a file as :func:`decode` reads it, without decoding where the header says.
+
+    libsndfile's header count is the count its decoder returns (WAV, FLAC, MP3 through mpg123);
+    a file it cannot open is decoded whole with PyAV, as :func:`decode` does. A build checks
+    every decoded length against its probe, so a header that lies fails that track, never shifts
+    another.
+    """
+    try:
+        with soundfile.SoundFile(path) as handle:
+            if handle.format != "RAW" and handle.frames > 0:
+                return int(handle.frames), int(handle.samplerate)
+    except Exception:  # noqa: BLE001, S110 - decode() gives both backends' reasons for the record
+        pass
+    samples, rate = decode(path)
+    return int(samples.shape[-1]), int(rate)
 
 
 def fix_length(y: np.ndarray, *, size: int) -> np.ndarray:
@@ -195,12 +219,14 @@ class ClipPolicy:
 
     Parameters
     ----------
-    mode : {"pad_crop", "full", "split"}
+    mode : {"pad_crop", "full", "split", "track"}
         ``pad_crop``: keep ``seconds`` from the start or centre, zero-padded.
         ``full``: the dataset's whole clip, padded/cropped to ``seconds`` (e.g. 29.1).
         ``split``: cut the first ``total_seconds`` into sub-clips of ``seconds`` every
         ``hop_seconds``; a partial last sub-clip is zero-padded (``partial="pad"``) or
         dropped (``partial="drop"``).
+        ``track``: the whole file, its own length (no padding, no cropping); a track longer than
+        ``max_seconds`` fails with the reason, never cut.
     seconds : float
         Length of the clip, or of one sub-clip when splitting.
     anchor : {"start", "centre"}
@@ -210,6 +236,8 @@ class ClipPolicy:
     total_seconds : float, optional
         ``split`` only: length the clip is padded/cropped to before cutting.
     partial : {"pad", "drop"}
+    max_seconds : float
+        ``track`` only: the longest track kept (default 30 min).
     """
 
     mode: ClipMode = "pad_crop"
@@ -218,10 +246,13 @@ class ClipPolicy:
     hop_seconds: float | None = None
     total_seconds: float | None = None
     partial: Literal["pad", "drop"] = "drop"
+    max_seconds: float = 1800.0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("pad_crop", "split", "full"):
-            raise MuzarrError(f"clip mode={self.mode!r} must be one of pad_crop, split, full")
+        if self.mode not in ("pad_crop", "split", "full", "track"):
+            raise MuzarrError(f"clip mode={self.mode!r} must be one of pad_crop, split, full, track")
+        if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)) or not self.max_seconds > 0:
+            raise MuzarrError(f"clip max_seconds={self.max_seconds!r} must be a positive number")
         if not (isinstance(self.seconds, (int, float)) and self.seconds > 0):
             raise MuzarrError(f"clip seconds={self.seconds!r} must be a positive number")
         if self.anchor not in ("start", "centre"):
@@ -253,8 +284,21 @@ class ClipPolicy:
         """Samples in one (sub-)clip at ``sample_rate``."""
         return int(round(self.seconds * sample_rate))
 
+    def track_problem(self, frames: int, sample_rate: int) -> str | None:
+        """Why a track of ``frames`` samples at ``sample_rate`` cannot be stored whole (None if it can)."""
+        seconds = frames / sample_rate
+        if seconds <= self.max_seconds:
+            return None
+        return (
+            f"track is {seconds:.1f} s long, over clip.max_seconds={self.max_seconds:g}: "
+            f"raise it with --set clip.max_seconds={math.ceil(seconds / 600) * 600}"
+        )
+
     def apply(self, y: np.ndarray, *, sample_rate: int) -> np.ndarray:
-        """Mono ``[shape=(n,)]`` → ``[shape=(n_samples,)]`` or ``[shape=(K, n_samples)]`` when splitting."""
+        """Mono ``[shape=(n,)]`` → ``[shape=(n_samples,)]`` or ``[shape=(K, n_samples)]`` when splitting
+        (``track``: ``y`` itself)."""
+        if self.mode == "track":
+            return y
         length = self.n_samples(sample_rate)
         if self.mode == "split":
             total = fix_length(y, size=int(round(self.total_seconds * sample_rate)))
@@ -267,11 +311,17 @@ class ClipPolicy:
         return fix_length(y, size=length)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        spec = dataclasses.asdict(self)
+        if self.mode != "track":
+            del spec["max_seconds"]  # only tracks have a maximum: other policies' configurations stay as they were
+        return spec
 
 
 def load_clip(path: str, *, rates: tuple[int, ...], policy: ClipPolicy) -> dict[int, np.ndarray]:
     """Decode once, mix to mono, resample to every rate in ``rates`` and apply the clip policy."""
     samples, rate = decode(path)
+    problem = policy.track_problem(samples.shape[-1], rate) if policy.mode == "track" else None
+    if problem:
+        raise MuzarrError(problem)
     mono = to_mono(samples)
     return {sr: policy.apply(resample(mono, orig_sr=rate, target_sr=sr), sample_rate=sr) for sr in rates}

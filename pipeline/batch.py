@@ -17,6 +17,7 @@ from pipeline.errors import MuzarrError
 from pipeline.shards import ShardFormat, shard_path
 from pipeline.storage import STATUS_FAILED, STATUS_OK, Location, clips_digest, marker_key, remove_key, write_json
 from pipeline.store import clip_digests, fill_value, plan_layout
+from pipeline.tracks import EXTENTS, BatchTracks
 
 
 def run_batch(
@@ -28,6 +29,7 @@ def run_batch(
     paths: list[str],
     arrays: list[str] | None = None,
     base: dict | None = None,
+    track: dict | None = None,
 ) -> dict[str, Any]:
     """Process one batch (a Dask task): compute, write its shards, status and marker.
 
@@ -35,7 +37,8 @@ def run_batch(
     existing valid marker, whose status, failures and digests stand for the other arrays.
     Returns the marker: batch number, rows, clip-id digest, per-clip status, failures,
     per-array clip digests and notes (what storage lost of a clip that was stored, e.g. int16
-    clipping: ``{"clip_id", "array", "message"}``).
+    clipping: ``{"clip_id", "array", "message"}``). ``track`` is a track store's plan of this
+    batch (:meth:`pipeline.tracks.TrackPlan.batch`).
     """
     config = BuildConfig.from_dict(config_dict)
     group = loc.open_group(mode="r+")
@@ -46,10 +49,13 @@ def run_batch(
     rates = tuple(sorted({f.sample_rate for f in features}))
     n = len(rows)
     start, stop = rows[0], rows[-1] + 1
+    tracks = BatchTracks(track, layouts, todo) if track else None
+    timed = set(tracks.regions) if tracks else set()
+    todo_rows = [name for name in todo if name not in timed and not name.startswith(f"{EXTENTS}/")]
     # A failed clip's rows hold the array's fill value (NaN in a float array), as rows never written do.
     buffers = {
         name: np.full((n, *layouts[name].shape[1:]), fill_value(layouts[name].dtype), dtype=layouts[name].dtype)
-        for name in todo
+        for name in todo_rows
     }
     before = np.asarray(base["status"] if base else [STATUS_OK] * n, dtype=np.int8)
     status = before.copy()
@@ -62,13 +68,21 @@ def run_batch(
             continue
         stage = "decode"
         try:
+            if tracks and tracks.problems[i]:  # known from the probe: not decoded again
+                stage, problem = tracks.problems[i]
+                raise MuzarrError(problem)
             audio = load_clip(path, rates=rates, policy=config.clip)
             for feature in features:
                 stage = feature.name
+                if feature.name in timed:
+                    tracks.check_length(i, feature, audio[feature.sample_rate])
                 values = feature.extract(audio[feature.sample_rate], sampling_rate=feature.sample_rate)
                 if not _all_finite(values):
                     raise ValueError("computed values are not finite (NaN or infinity)")
-                buffers[feature.name][i] = values
+                if feature.name in timed:
+                    tracks.put(feature.name, i, values)
+                else:
+                    buffers[feature.name][i] = values
                 note = feature.storage_note(audio[feature.sample_rate])
                 if note:
                     notes.append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
@@ -77,6 +91,8 @@ def run_batch(
             notes = [x for x in notes if x["clip_id"] != clip_ids[i]]
             for buffer in buffers.values():
                 buffer[i] = fill_value(buffer.dtype)
+            if tracks:
+                tracks.clear(i)
             message = str(error).strip() or type(error).__name__
             if not isinstance(error, (DecodeError, MuzarrError)):
                 message = f"{type(error).__name__}: {message}"
@@ -85,9 +101,16 @@ def run_batch(
     for name, buffer in buffers.items():
         _write_shard(loc, group[name], batch, start, stop, buffer)
         digests[name] = clip_digests(buffer)
+    if tracks:
+        digests.update(_write_tracks(loc, group, batch, start, stop, tracks, todo))
     newly_failed = np.flatnonzero((status == STATUS_FAILED) & (before == STATUS_OK))
     for name, old in kept.items():
-        if len(newly_failed):
+        if len(newly_failed) and name in timed:
+            data = tracks.read(group[name], name)
+            tracks.blank(name, data, newly_failed)
+            tracks.write(group[name], name, data)
+            old = tracks.digests(name, data)
+        elif len(newly_failed) and not name.startswith(f"{EXTENTS}/"):  # extents stay the plan
             # A clip that fails a new feature is a failed clip: no array may keep data for it.
             data = group[name][start:stop]
             data[newly_failed] = fill_value(data.dtype)
@@ -110,6 +133,21 @@ def run_batch(
     # lists is on disk.
     write_json(loc, marker_key(batch), marker)
     return marker
+
+
+def _write_tracks(loc: Location, group, batch: int, start: int, stop: int, tracks: BatchTracks, todo) -> dict:
+    """Write the batch's regions of the time arrays and its rows of their extents; their clip digests."""
+    digests = {}
+    for name in tracks.names:
+        tracks.write(group[name], name, tracks.buffers[name])
+        digests[name] = tracks.digests(name, tracks.buffers[name])
+    for name in tracks.regions:
+        extents = f"{EXTENTS}/{name}"
+        if extents in todo:
+            data = tracks.extents(name)
+            _write_shard(loc, group[extents], batch, start, stop, data)
+            digests[extents] = clip_digests(data)
+    return digests
 
 
 def _kept_notes(base: dict | None, kept: dict, clip_ids: list[str], status: np.ndarray) -> list[dict]:

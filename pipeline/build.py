@@ -28,6 +28,7 @@ import datetime as _dt
 import os
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
@@ -80,6 +81,7 @@ from pipeline.store import (
     open_store,
     plan_layout,
 )
+from pipeline.tracks import plan_tracks, save_probes
 
 VERSIONED = ("muzarr", "numpy", "scipy", "soundfile", "soxr", "librosa", "zarr", "numcodecs", "av", "dask")
 # Recipe options that only choose how many clips the index holds: changing one grows the
@@ -543,16 +545,25 @@ def build(
                 raise damaged_manifest(out, damage, rebuild=build_command(config, out=out, extra=("--overwrite",)))
             raise MuzarrError(f"--repair: there is no store at {out} to repair: build it without --repair")
     index = index if index is not None else build_index(config, source)
-    target = _Target(config, index, plan_layout(config, len(index)))
+    tracked = config.clip.mode == "track"  # a track store's layout needs every file's length: probed under the lock
+    target = None if tracked else _Target(config, index, plan_layout(config, len(index)))
     unreadable = index.info.get("unreadable_folders") or []
     if strict and unreadable:
         raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
     # Ctrl-C is raised between batch results (see pipeline.cluster.as_they_finish), not inside a Dask call.
-    with write_errors(out), writer_lock(loc), deferred_interrupt() as interrupted:
-        markers = _prepare_store(loc, target, overwrite=overwrite, repair=repair, echo=echo)
+    with write_errors(out), writer_lock(loc), deferred_interrupt() as interrupted, ExitStack() as cleanup:
         root = Path(index.root)
         abs_paths = [str(root / p) for p in index.clips["path"]]
+        plan = None
+        if tracked:
+            if client is None:
+                client = make_client(workers=workers, scheduler=scheduler)
+                cleanup.callback(close_client, client)
+            plan, target = _plan_tracks(loc, config, index, abs_paths, client, overwrite=overwrite)
+        markers = _prepare_store(loc, target, overwrite=overwrite, repair=repair, echo=echo)
+        if plan is not None:
+            save_probes(loc, plan, target.clip_ids, index.clips["path"].astype(str).tolist())
         ids = target.clip_ids
         work = []  # (batch, arrays to compute or None for all, marker to build on or None)
         for b in range(target.n_batches):
@@ -573,7 +584,8 @@ def build(
                 rows = list(target.rows(b))
                 future = client.submit(
                     run_batch, loc, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
-                    arrays, base, key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
+                    arrays, base, track=plan.batch(b) if plan else None,
+                    key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
                 )
                 futures[future] = b
             if futures:
@@ -620,6 +632,15 @@ def build(
         notes=manifest["notes"],
         unreadable_folders=unreadable,
     )
+
+
+def _plan_tracks(loc: Location, config: BuildConfig, index: DatasetIndex, paths: list[str], client, *, overwrite: bool):
+    """A track store's plan (every file probed, or its earlier probe reused) and the target it implies."""
+    ids = index.clips["clip_id"].astype(str).tolist()
+    relative = index.clips["path"].astype(str).tolist()
+    # probed by path: a probe kept in the store names the files relative to the source
+    plan = plan_tracks(loc, config, ids, relative, client, reuse=not overwrite, open_path=dict(zip(relative, paths)))
+    return plan, _Target(config, index, plan_layout(config, len(index), tracks=plan))
 
 
 def _progress_bar(*, total: int, initial: int, enabled: bool, label: str):

@@ -189,7 +189,7 @@ def expected_type(value: Any, default: Any) -> str | None:
 def _check_clip_numbers(clip: ClipPolicy, where: str) -> None:
     import math
 
-    for name in ("seconds", "hop_seconds", "total_seconds"):
+    for name in ("seconds", "hop_seconds", "total_seconds", "max_seconds"):
         value = getattr(clip, name)
         if value is None and name != "seconds":
             continue

@@ -60,8 +60,8 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
         f"dataset   {config['dataset']} (recipe {config['recipe']}, {store.task}, {len(store.classes)} classes)",
         state,
         f"clips     {store.n_clips} total, {counts.get('ok', '?')} ok, {counts.get('failed', '?')} failed",
-        f"clip      {config['clip']['mode']} {config['clip']['seconds']} s"
-        + (f", {store.n_subclips} sub-clips" if store.n_subclips else ""),
+        _clip_line(config["clip"], store),
+        *track_lines(store),
         "arrays",
     ]
     width = max((len(name) for name in store.arrays), default=0)
@@ -103,6 +103,48 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
         if len(failures) > max_failures:
             lines.append(f"  ... {len(failures) - max_failures} more (pipe info --failures N)")
     return "\n".join(lines), healthy
+
+
+def _clip_line(clip: dict, store: Store) -> str:
+    if clip["mode"] == "track":
+        return f"clip      track: whole files, at most {clip.get('max_seconds')} s each"
+    return f"clip      {clip['mode']} {clip['seconds']} s" + (f", {store.n_subclips} sub-clips" if store.n_subclips else "")
+
+
+def track_seconds(store: Store) -> np.ndarray:
+    """The length in seconds of every stored (``ok``) track of a track store, from the build's probe of each file."""
+    from pipeline.storage import read_json
+    from pipeline.tracks import PROBE
+
+    probes = read_json(store.location, PROBE)
+    rows = probes.get("probes") if isinstance(probes, dict) else None
+    if not isinstance(rows, list) or len(rows) < store.n_clips:
+        raise MuzarrError(f"{PROBE} is missing or holds fewer than {store.n_clips} tracks")
+    ok = store.ok
+    return np.array([p["frames"] / p["rate"] for p, good in zip(rows, ok) if good], dtype=np.float64)
+
+
+def track_lines(store: Store) -> list[str]:
+    """A track store's length distribution and the share of each time array that is padding."""
+    if not store.is_tracks:
+        return []
+    from pipeline.tracks import length_summary
+
+    try:
+        s = length_summary(track_seconds(store))
+        padding = {
+            name: 1 - int(store.extents(name)[:, 1].sum()) / max(1, info["shape"][-1])
+            for name, info in store.arrays.items() if "extents" in info
+        }
+    except (MuzarrError, KeyError, TypeError, ValueError) as err:
+        return [f"tracks    cannot be shown ({err}): run pipe verify"]
+    if not s["count"]:
+        return ["tracks    none stored"]
+    shares = ", ".join(f"{share:.2%} of {name}" for name, share in padding.items())
+    return [
+        f"tracks    {s['count']} stored: {s['min']:.1f} s min, {s['median']:.1f} s median, {s['max']:.1f} s max, {s['hours']:.2f} h",
+        f"padding   {shares} (shard rounding at the end of each batch)",
+    ]
 
 
 def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[str]:

@@ -88,8 +88,13 @@ def plot_examples(store: Store, path: Path, *, array: str, per_class: int = 1) -
     lines = math.ceil(len(panels) / columns)
     # constrained layout leaves room for the shared colour bar and the title
     fig, axes = plt.subplots(lines, columns, figsize=(3.6 * columns + 0.8, 2.6 * lines + 0.4), squeeze=False, layout="constrained")
-    data = store.read(array, sorted({row for _, row in panels}))
-    by_row = dict(zip(sorted({row for _, row in panels}), data))
+    wanted = sorted({row for _, row in panels})
+    if store.is_tracks:  # whole tracks: the first 30 s of each, as a fixed-length store shows a clip
+        frames = int(30 * feature["sample_rate"] / feature["hop_length"])
+        data = [store.track(array, row)[..., :frames] for row in wanted]
+    else:
+        data = store.read(array, wanted)
+    by_row = dict(zip(wanted, data))
     image = None
     for axis, (name, row) in zip(axes.flat, panels):
         mel = by_row[row].astype(np.float32)
@@ -124,8 +129,29 @@ def plot_labels(store: Store, path: Path) -> Path:
     return _save(fig, path, title, f"x: {what}; y: clips; counts: {listing}")
 
 
+def plot_lengths(store: Store, path: Path) -> Path:
+    """Histogram of a track store's track lengths (log-spaced bins: tracks run from seconds to an hour)."""
+    from pipeline.inspect import track_seconds
+
+    plt = _pyplot()
+    seconds = track_seconds(store)
+    if not len(seconds):
+        raise MuzarrError(f"store {store.url} has no stored tracks to show")
+    fig, axis = plt.subplots(figsize=(6, 4))
+    low, high = max(seconds.min(), 0.1), max(seconds.max(), seconds.min() * 1.01)
+    axis.hist(seconds, bins=np.geomspace(low, high, 30), color="tab:blue")
+    axis.set_xscale("log")
+    median = float(np.median(seconds))
+    axis.axvline(median, color="tab:orange", label=f"median {median:.1f} s")
+    axis.legend()
+    title = f"{store.dataset}: track lengths ({len(seconds)} tracks, {seconds.sum() / 3600:.2f} h)"
+    axis.set(xlabel="length (s)", ylabel="tracks", title=title)
+    return _save(fig, path, title, f"x: length (s, log scale); y: tracks; min {seconds.min():.1f} s, median {median:.1f} s, max {seconds.max():.1f} s")
+
+
 def plot_store(url: str, out: str | Path, *, per_class: int = 1, array: str | None = None) -> list[Path]:
-    """Write ``examples.png`` (when the store has a log-mel array) and ``labels.png`` into ``out``."""
+    """Write ``examples.png`` (when the store has a log-mel array), ``labels.png`` and, for a track store,
+    ``lengths.png`` into ``out``."""
     if per_class < 1:
         raise MuzarrError(f"--per-class {per_class} must be at least 1")
     _pyplot()  # fail before reading anything when matplotlib is missing
@@ -136,4 +162,6 @@ def plot_store(url: str, out: str | Path, *, per_class: int = 1, array: str | No
     if name is not None:
         written.append(plot_examples(store, out / "examples.png", array=name, per_class=per_class))
     written.append(plot_labels(store, out / "labels.png"))
+    if store.is_tracks:
+        written.append(plot_lengths(store, out / "lengths.png"))
     return written

@@ -152,6 +152,7 @@ class ArrayLayout:
     chunks: tuple[int, ...]
     shards: tuple[int, ...] | None
     attrs: dict
+    extents: str | None = None  # a track store's time array: the array of its clips' [start, length]
     dimension_names: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,14 +161,22 @@ class ArrayLayout:
             "dtype": self.dtype,
             "chunks": list(self.chunks),
             "shards": list(self.shards),
+            **({"extents": self.extents} if self.extents else {}),
         }
 
 
-def plan_layout(config, n_clips: int) -> list[ArrayLayout]:
-    """The arrays a build with ``config`` writes for ``n_clips`` clips."""
+def plan_layout(config, n_clips: int, *, tracks=None) -> list[ArrayLayout]:
+    """The arrays a build with ``config`` writes for ``n_clips`` clips (``tracks``: a track store's
+    :class:`~pipeline.tracks.TrackPlan`, which sizes its time arrays)."""
+    from pipeline import tracks as _tracks
+
     sub = (config.clip.n_subclips,) if config.clip.n_subclips else ()
     layouts = []
+    timed = [f for f in config.features if config.clip.mode == "track" and _tracks.is_time_feature(f)]
     for feature in config.features:
+        if feature in timed:
+            layouts.append(_tracks.time_layout(feature, tracks))
+            continue
         per_item = feature.output_shape(config.clip.n_samples(feature.sample_rate))
         clip_shape = (*sub, *per_item)
         clip_bytes = math.prod(clip_shape) * np.dtype(feature.dtype).itemsize
@@ -188,7 +197,7 @@ def plan_layout(config, n_clips: int) -> list[ArrayLayout]:
                 dimension_names=dimension_names(feature.variant, axes),
             )
         )
-    return layouts
+    return layouts + [_tracks.extents_layout(f, n_clips, config.batch_clips) for f in timed]
 
 
 def _status_layout(n_clips: int, batch_clips: int) -> ArrayLayout:
@@ -235,10 +244,12 @@ def ensure_arrays(loc: Location, layouts: list[ArrayLayout], n_clips: int, batch
             array = group[layout.name]
         except (KeyError, ValueError, TypeError, zarr.errors.BaseZarrError):
             array = None  # missing, or metadata a killed writer left unreadable
+        # a track store's time array grows along time, any other along clips
+        fixed = slice(0, -1) if layout.extents else slice(1, None)
         fits = (
             isinstance(array, zarr.Array)
             and array.dtype == np.dtype(layout.dtype)
-            and tuple(array.shape[1:]) == tuple(layout.shape[1:])
+            and tuple(array.shape[fixed]) == tuple(layout.shape[fixed])
             and tuple(array.chunks) == tuple(layout.chunks)
             and (tuple(array.shards) if array.shards else None) == (tuple(layout.shards) if layout.shards else None)
             and _same_metadata(array, layout)
@@ -246,7 +257,9 @@ def ensure_arrays(loc: Location, layouts: list[ArrayLayout], n_clips: int, batch
         if not fits:
             _create_array(group, layout)
             created.add(layout.name)
-        elif array.shape[0] != n_clips:
+        elif layout.extents and array.shape != layout.shape:
+            array.resize(layout.shape)
+        elif not layout.extents and array.shape[0] != n_clips:
             array.resize((n_clips, *layout.shape[1:]))
     return created
 
@@ -417,12 +430,15 @@ class Store:
             "shards": list(array.shards) if array.shards else None,
         }
         where = f"{self.url}: malformed store: {name}/zarr.json"
-        check_layout(name, opened, n_clips=array.shape[0], where=where)
         # During a grow an array is longer than n_clips until the manifest follows: never shorter.
         wanted = {"shape": [self.n_clips], "dtype": "int8"} if name == "status" else self.manifest["arrays"][name]
+        if "extents" in wanted:
+            opened["extents"] = wanted["extents"]
+        check_layout(name, opened, n_clips=array.shape[0], where=where)
+        grows, fixed = (-1, slice(0, -1)) if "extents" in wanted else (0, slice(1, None))
         fits = (
-            len(opened["shape"]) == len(wanted["shape"]) and opened["shape"][0] >= self.n_clips
-            and opened["shape"][1:] == list(wanted["shape"][1:]) and opened["dtype"] == wanted["dtype"]
+            len(opened["shape"]) == len(wanted["shape"]) and opened["shape"][grows] >= wanted["shape"][grows]
+            and opened["shape"][fixed] == list(wanted["shape"][fixed]) and opened["dtype"] == wanted["dtype"]
             and (name == "status" or (opened["chunks"], opened["shards"]) == (wanted["chunks"], wanted["shards"]))
         )
         if not fits:
@@ -526,7 +542,31 @@ class Store:
     def max_keys(self) -> int:
         """The most keys this store can have: per batch (at most one per clip) a shard per array, a status
         chunk and a marker; plus metadata and tables. A longer key list was not written by muzarr."""
-        return (self.n_clips + 2) * (len(self.arrays) + 2) + 16
+        shards = sum(info["shape"][-1] // info["shards"][-1] for info in self.arrays.values() if "extents" in info)
+        return (self.n_clips + 2) * (len(self.arrays) + 2) + shards + 16
+
+    @property
+    def is_tracks(self) -> bool:
+        """A store of whole tracks (clip mode ``track``): its time arrays concatenate them."""
+        return any("extents" in info for info in self.arrays.values())
+
+    def extents(self, name: str) -> np.ndarray:
+        """int64 ``(n_clips, 2)``: every clip's ``[start, length]`` along the last axis of time array ``name``."""
+        info = self._array_info(name)
+        if "extents" not in info:
+            raise MuzarrError(f"store {self.url}: array {name!r} has one row per clip, not extents")
+        extents = self._open_array(info["extents"])[: self.n_clips]
+        total = self._open_array(name).shape[-1]
+        bad = np.flatnonzero((extents[:, 0] < 0) | (extents[:, 1] < 0) | (extents.sum(axis=1) > total))
+        if len(bad):
+            raise MuzarrError(f"store {self.url}: {info['extents']} row {bad[0]} {extents[bad[0]].tolist()} lies outside {name}: run `pipe verify`")
+        return extents
+
+    def track(self, name: str, row: int) -> np.ndarray:
+        """The whole track of clip ``row`` in time array ``name`` (``[..., length]``); failed or pending is an error."""
+        self._check_ok(np.atleast_1d(row))
+        start, length = (int(v) for v in self.extents(name)[row])
+        return self._open_array(name)[..., start : start + length]
 
     @property
     def digest_algorithm(self) -> str:
@@ -536,7 +576,18 @@ class Store:
     def read(self, name: str, clips: int | slice | Iterable[int]) -> np.ndarray:
         """Data of array ``name`` for the given clip rows; a failed or pending clip is an error."""
         array = self.array(name)
+        if "extents" in self._array_info(name):
+            raise MuzarrError(
+                f"array {name!r} of {self.url} holds whole tracks of different lengths: read one with Store.track(name, row)"
+            )
         rows = np.arange(self.n_clips)[clips] if isinstance(clips, slice) else np.atleast_1d(np.asarray(clips))
+        self._check_ok(rows)
+        if isinstance(clips, (int, np.integer)):
+            return array[int(clips)]
+        return array.get_orthogonal_selection((rows,)) if len(rows) else np.empty((0, *array.shape[1:]), array.dtype)
+
+
+    def _check_ok(self, rows: np.ndarray) -> None:
         status = self.status[rows]
         if (status != STATUS_OK).any():
             bad = rows[status != STATUS_OK][0]
@@ -544,9 +595,6 @@ class Store:
                 f"clip {self.clips['clip_id'].iloc[bad]!r} (row {bad}) of {self.url} is "
                 f"{STATUS_NAMES[int(self.status[bad])]}: it has no data to read"
             )
-        if isinstance(clips, (int, np.integer)):
-            return array[int(clips)]
-        return array.get_orthogonal_selection((rows,)) if len(rows) else np.empty((0, *array.shape[1:]), array.dtype)
 
 
 def _check_manifest(manifest: dict, url: str) -> None:
@@ -568,6 +616,10 @@ def _check_manifest(manifest: dict, url: str) -> None:
         check_key(name, where=f"{where}: array name")
         if name == "status" or name.startswith(("tables/", "_muzarr/")) or not isinstance(info, dict):
             raise MuzarrError(f"{where}: array entry {name!r} is not a feature array description")
+        if "extents" in info:
+            extents = check_key(info["extents"], where=f"{where}: array {name!r} extents")
+            if not isinstance(manifest["arrays"].get(extents), dict):
+                raise MuzarrError(f"{where}: array {name!r} names extents {extents!r}, which the manifest does not hold")
         check_layout(name, info, n_clips=manifest["n_clips"], where=f"{url}: malformed store: the manifest")
         if sub is not None and (len(info["shape"]) < 3 or info["shape"][1] != sub):
             raise MuzarrError(
@@ -641,7 +693,12 @@ def _layout_problem(info: dict, n_clips: int) -> str | None:
             and all(not isinstance(v, bool) and isinstance(v, int) and v >= 1 for v in value)
         )
 
-    if not isinstance(shape, list) or not shape or not sizes([1, *shape[1:]]) or shape[0] != n_clips:
+    timed = "extents" in info  # a track store's time array: its last axis is every track's time, no clip axis
+    if timed:
+        # positive sizes, and a time length (0 when no track was stored)
+        if not isinstance(shape, list) or not shape or not sizes([*shape[:-1], 1]) or not sizes([*shape[:-1], 1 + (shape[-1] if isinstance(shape[-1], int) else -1)]):
+            return f"has shape {shape!r}, not positive sizes and a time length"
+    elif not isinstance(shape, list) or not shape or not sizes([1, *shape[1:]]) or shape[0] != n_clips:
         return f"has shape {shape!r} for {n_clips} clips"
     try:
         dtype = np.dtype(info.get("dtype"))
@@ -653,9 +710,9 @@ def _layout_problem(info: dict, n_clips: int) -> str | None:
         return f"has chunks {chunks!r} and shards {shards!r}, not {len(shape)} positive sizes each"
     if shards is not None and any(s % c for s, c in zip(shards, chunks)):
         return f"has chunks {chunks} that do not divide its shards {shards}"
-    if any(c > n for c, n in zip(chunks[1:], shape[1:])):
+    if not timed and any(c > n for c, n in zip(chunks[1:], shape[1:])):
         return f"has chunks {chunks} larger than a clip of shape {shape[1:]}"
-    for kind, block in (("clip", [1, *shape[1:]]), ("chunk", chunks), ("shard", shards)):
+    for kind, block in (("clip", None if timed else [1, *shape[1:]]), ("chunk", chunks), ("shard", shards)):
         if block is not None and math.prod(block) * dtype.itemsize > MAX_BLOCK_BYTES:
             gib = math.prod(block) * dtype.itemsize / 2**30
             return f"has {kind}s of shape {block} {dtype}: {gib:.1f} GiB decoded, more than the {MAX_BLOCK_BYTES >> 30} GiB a reader can hold"

@@ -258,6 +258,9 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
         return
     if ids is None:
         return
+    if "extents" in store.arrays[name]:
+        _check_track_array(store, name, array, expected, ids, report)
+        return
     fs, root = store.location.fs, store.location.root
     per_shard, per_chunk = array.shards[0], array.chunks[0]
     actual_digests: list[str | None] = [None] * n
@@ -292,6 +295,70 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
                 found(Damage("clip", f"{ids[row]} (row {row}) in {name}", "content differs from its digest in tables/checksums.parquet", name, (row, row + 1)))
     elif None not in actual_digests and combine_digests(actual_digests) != store.arrays[name].get("checksum"):
         found(Damage("array", name, "content differs from the manifest's checksum (no per-clip digests to say where)", name))
+
+
+def _check_track_array(store: Store, name: str, array: zarr.Array, expected: list[str] | None, ids: list[str], report) -> None:
+    """A track store's time array: every shard file, every clip's extent against its digest, zeros between.
+
+    The extents are read through their own array (checked on its own, by its digests): extents that
+    cannot be read or lie outside the array leave this one unchecked beyond its shard files.
+    """
+    found = report.damage.append
+    n, shard, chunk, total = store.n_clips, array.shards[-1], array.chunks[-1], array.shape[-1]
+    batch_clips = int(store.manifest["config"].get("batch_clips") or 1)
+    try:
+        extents = store.extents(name)
+    except Exception as err:  # noqa: BLE001 - damaged extents are reported where they are
+        extents, why = None, _why(err)
+    fs, root = store.location.fs, store.location.root
+    starts = extents[:, 0] if extents is not None else np.zeros(0, np.int64)
+
+    def batch_rows(position: int) -> tuple[int, int]:
+        # the clips of the batch whose region holds ``position`` (its first clip starts at or before it)
+        row = max(0, int(np.searchsorted(starts, position, side="right")) - 1) if len(starts) else 0
+        first = row // batch_clips * batch_clips
+        return first, min(n, first + batch_clips)
+
+    for k in range(total // shard):
+        key = f"{name}/{array.metadata.encode_chunk_key((0,) * (array.ndim - 1) + (k,))}"
+        report.checked["shards"] += 1
+        try:
+            exists, why_missing = fs.exists(f"{root}/{key}"), "the file is missing"
+        except Exception as err:  # noqa: BLE001
+            exists, why_missing = False, _why(err)
+        if not exists:
+            rows = batch_rows(k * shard)
+            found(Damage("shard", f"{name} shard {k}", f"{why_missing} ({key}; {_rows(ids, *rows)})", name, rows))
+    report.checked["chunks"] += -(-total // chunk)
+    if extents is None:
+        found(Damage("array", name, f"its extents cannot be read ({why}): its clips were not checked", name))
+        return
+    algorithm = store.digest_algorithm
+    end = 0
+    for row, (start, length) in enumerate(extents.tolist()):
+        if start > end or row % batch_clips == 0:  # a batch's padding: zeros, as its task wrote them
+            _check_zeros(array, name, end, start, ids, batch_rows(max(0, end - 1)), found)
+        end = start + length
+        try:
+            data = array[..., start:end]
+        except Exception as err:  # noqa: BLE001 - a damaged chunk or shard index fails to decode
+            found(Damage("chunk", f"{name} [{start}, {end})", f"cannot be decoded ({_why(err)}; {_rows(ids, row, row + 1)})", name, (row, row + 1)))
+            continue
+        if expected is not None and clip_digests(data[None], algorithm=algorithm)[0] != expected[row]:
+            found(Damage("clip", f"{ids[row]} (row {row}) in {name}", "content differs from its digest in tables/checksums.parquet", name, (row, row + 1)))
+    _check_zeros(array, name, end, total, ids, batch_rows(max(0, end - 1)), found)
+
+
+def _check_zeros(array: zarr.Array, name: str, start: int, stop: int, ids: list[str], rows: tuple[int, int], found) -> None:
+    if stop <= start:
+        return
+    try:
+        nonzero = np.count_nonzero(array[..., start:stop])
+    except Exception as err:  # noqa: BLE001
+        found(Damage("chunk", f"{name} [{start}, {stop})", f"cannot be decoded ({_why(err)}; {_rows(ids, *rows)})", name, rows))
+        return
+    if nonzero:
+        found(Damage("shard", f"{name} [{start}, {stop})", f"{nonzero} non-zero values in a batch's padding ({_rows(ids, *rows)})", name, rows))
 
 
 def array_damage(store: Store, name: str) -> tuple[zarr.Array | None, list[str]]:
