@@ -204,23 +204,24 @@ def test_kill_during_finalize_resumes(reference, source, tmp_path):
 def test_a_folder_left_by_a_killed_creation_is_recognised_as_ours(tmp_path):
     """A kill can land before the mark is complete (only a temporary file) or while clearing (only the mark)."""
     from pipeline.build import _is_ours, _remove
+    from pipeline.storage import location
 
     early = tmp_path / "early.zarr"
     (early / "_muzarr").mkdir(parents=True)
     (early / "_muzarr" / f"target.json.{'cd' * 16}.partial").write_text("{")
-    assert _is_ours(str(early), None)
+    assert _is_ours(location(early))
     foreign = tmp_path / "foreign"
     (foreign / "_muzarr").mkdir(parents=True)
     (foreign / "thesis.tex").write_text("years of work")
-    assert not _is_ours(str(foreign), None)
+    assert not _is_ours(location(foreign))
     clearing = tmp_path / "clearing.zarr"
     (clearing / "waveform" / "c").mkdir(parents=True)
     (clearing / "waveform" / "c" / "0").write_bytes(b"x")
     (clearing / "_muzarr").mkdir()
     (clearing / "_muzarr" / "target.json").write_text("{}")
-    _remove(str(clearing), None, keep="_muzarr/target.json")
+    _remove(location(clearing), keep="_muzarr/target.json")
     assert [p.relative_to(clearing).as_posix() for p in clearing.rglob("*")] == ["_muzarr", "_muzarr/target.json"]
-    assert _is_ours(str(clearing), None)
+    assert _is_ours(location(clearing))
 
 
 def test_a_different_configuration_is_refused_unless_overwrite(reference, source, tmp_path):
