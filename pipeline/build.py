@@ -63,6 +63,7 @@ from pipeline.store import (
     is_local,
     list_keys,
     manifest_damage,
+    old_layout,
     open_store,
     plan_layout,
     read_json,
@@ -231,6 +232,8 @@ def _check_schema(url: str, manifest: dict) -> None:
             f"{url} was written with store schema version {version!r}; this muzarr writes {SCHEMA_VERSION}: "
             "upgrade muzarr, or pass --overwrite to rebuild it"
         )
+    if version < SCHEMA_VERSION:
+        raise old_layout(url, manifest)
 
 
 def _check_growable(url: str, manifest: dict, target: _Target, storage_options) -> None:

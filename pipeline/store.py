@@ -15,8 +15,10 @@ Layout of a store at ``URL`` (any fsspec URL; a local directory by default)::
     URL/_muzarr/keys.json         every key of the finished store with its size (for copies over HTTP)
     URL/_muzarr/target.json       only while a build or grow is under way: what it is building
 
-Every feature array is chunked for single-clip reads and sharded so that one build task
-owns whole shards: ``batch_clips`` clips per shard.
+Every feature array is sharded so that one build task owns whole shards: ``batch_clips``
+clips per shard. Inside a shard, waveforms and log-mels are chunked along time (store layout 2:
+one clip by :func:`time_chunk` samples or frames, so a crop reads only the chunks it overlaps),
+tabular arrays by whole clips; every chunk ends with its ``crc32c``.
 
 Every file muzarr writes itself (markers, tables, the manifest's ``zarr.json``) appears whole
 or not at all: written to a temporary name and renamed on a local disk, one PUT on an object
@@ -39,7 +41,7 @@ import numpy as np
 import pandas as pd
 import xxhash
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.errors import MuzarrError
 from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O helpers
@@ -81,7 +83,8 @@ from pipeline.storage import (  # noqa: F401 - re-exported: the store's I/O help
     zarr_store,
 )
 
-SCHEMA_VERSION = 1
+#: 2: time-chunked waveforms and log-mels, crc32c per chunk (1: whole-clip chunks)
+SCHEMA_VERSION = 2
 TABLES = ("clips", "labels", "splits", "checksums")
 CHUNK_TARGET_BYTES = 1 << 20
 # Codecs a store may use: decoding any of these runs no code from the store (no pickle, no object dtype).
@@ -107,6 +110,38 @@ def chunk_clips(clip_bytes: int, *, batch_clips: int) -> int:
     ):
         per_chunk *= 2
     return per_chunk
+
+
+#: seconds of audio per time chunk (measured: docs/benchmarks.md, ``benchmarks/loader_throughput.py``)
+TIME_CHUNK_SECONDS = 2.0
+
+
+def time_chunk(length: int | None, *, rate: float) -> int:
+    """Samples or frames per chunk along the time axis of an array of ``length`` per clip
+    (``None``: tracks of any length) at ``rate`` per second.
+
+    About :data:`TIME_CHUNK_SECONDS`: the divisor of ``length`` nearest to it (chunks tile
+    the clip exactly), when one lies within a factor of 2; else (a length with no such
+    divisor, or no fixed length) the power of two nearest to it, and the shard grid reaches
+    past the clip's end as zarr allows. A clip shorter than 1.5 chunks is one chunk.
+    """
+    target = max(1, round(TIME_CHUNK_SECONDS * rate))
+    if length is not None and length <= 1.5 * target:
+        return length
+    if length is not None:
+        divisors = [d for d in range(max(1, target // 2), 2 * target + 1) if length % d == 0]
+        if divisors:
+            return min(divisors, key=lambda d: (abs(d - target), d))
+    return 1 << max(0, round(math.log2(target)))
+
+
+def time_rate(feature) -> float | None:
+    """Samples or frames per second along the last axis of ``feature``'s arrays (``None``: no time axis)."""
+    if feature.kind == "waveform":
+        return float(feature.sample_rate)
+    if feature.kind == "logmel":
+        return feature.sample_rate / feature.hop_length
+    return None
 
 
 #: the per-clip content digest of new stores (the manifest's "digest"); older stores used blake2b-128
@@ -141,7 +176,7 @@ def combine_digests(digests: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class ArrayLayout:
-    """Shape, dtype, chunking and attributes of one feature array in a store."""
+    """Shape, dtype, chunking, codecs and attributes of one feature array in a store."""
 
     name: str
     shape: tuple[int, ...]
@@ -149,6 +184,7 @@ class ArrayLayout:
     chunks: tuple[int, ...]
     shards: tuple[int, ...] | None
     attrs: dict
+    compressed: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +194,16 @@ class ArrayLayout:
             "shards": list(self.shards),
         }
 
+    @property
+    def compressors(self) -> list:
+        # crc32c last: a reader checks every chunk it touches (a crop cannot check its clip's digest)
+        return [compressor(), Crc32cCodec()] if self.compressed else [Crc32cCodec()]
+
+
+#: features whose arrays are stored without blosc (measured: docs/benchmarks.md): a crop is then
+#: a copy out of the mapped shard, nothing to decode
+UNCOMPRESSED = frozenset({"waveform"})
+
 
 def plan_layout(config, n_clips: int) -> list[ArrayLayout]:
     """The arrays a build with ``config`` writes for ``n_clips`` clips."""
@@ -166,16 +212,24 @@ def plan_layout(config, n_clips: int) -> list[ArrayLayout]:
     for feature in config.features:
         per_item = feature.output_shape(config.clip.n_samples(feature.sample_rate))
         clip_shape = (*sub, *per_item)
-        clip_bytes = math.prod(clip_shape) * np.dtype(feature.dtype).itemsize
-        per_chunk = chunk_clips(clip_bytes, batch_clips=config.batch_clips)
+        rate = time_rate(feature)
+        if rate is None:
+            clip_bytes = math.prod(clip_shape) * np.dtype(feature.dtype).itemsize
+            per_chunk = chunk_clips(clip_bytes, batch_clips=config.batch_clips)
+            chunks, shards = (per_chunk, *clip_shape), (config.batch_clips, *clip_shape)
+        else:
+            step = time_chunk(clip_shape[-1], rate=rate)
+            chunks = (1, *clip_shape[:-1], step)
+            shards = (config.batch_clips, *clip_shape[:-1], -(-clip_shape[-1] // step) * step)
         layouts.append(
             ArrayLayout(
                 name=feature.name,
                 shape=(n_clips, *clip_shape),
                 dtype=feature.dtype,
-                chunks=(per_chunk, *clip_shape),
-                shards=(config.batch_clips, *clip_shape),
+                chunks=chunks,
+                shards=shards,
                 attrs={"feature": feature.to_dict(), **feature.attrs()},
+                compressed=feature.kind not in UNCOMPRESSED,
             )
         )
     return layouts
@@ -191,7 +245,7 @@ def _status_layout(n_clips: int, batch_clips: int) -> ArrayLayout:
 def _create_array(group: zarr.Group, layout: ArrayLayout) -> zarr.Array:
     return group.create_array(
         layout.name, shape=layout.shape, chunks=layout.chunks, shards=layout.shards, dtype=layout.dtype,
-        fill_value=STATUS_PENDING if layout.name == "status" else 0, compressors=compressor(), overwrite=True,
+        fill_value=STATUS_PENDING if layout.name == "status" else 0, compressors=layout.compressors, overwrite=True,
         config={"write_empty_chunks": True}, attributes=layout.attrs,
     )
 
@@ -284,6 +338,8 @@ class Store:
                 f"{url} was written with store schema version {version!r}; this muzarr reads up to "
                 f"{SCHEMA_VERSION}: upgrade muzarr"
             )
+        if version < SCHEMA_VERSION:
+            raise old_layout(url, manifest)
         _check_manifest(manifest, url)
         self.manifest: dict[str, Any] = manifest
         status = read_json(url, "status/zarr.json", storage_options=self.storage_options)
@@ -587,6 +643,29 @@ def manifest_damage(url: str, *, storage_options: dict | None = None) -> str | N
     if not isinstance(attributes, dict) or not isinstance(attributes.get("muzarr"), dict):
         return "it holds no muzarr manifest"
     return None
+
+
+#: what each older store layout was, for the line that refuses it
+OLD_LAYOUTS = {1: "whole-clip chunks"}
+
+
+def old_layout(url: str, manifest: dict) -> MuzarrError:
+    """The one error for a store of an older layout: what it is and the ``pipe build`` that rebuilds it."""
+    from pipeline.config import BuildConfig, build_command
+
+    version = manifest.get("schema_version")
+    rebuild = f"pipe build <dataset> --out {shlex.quote(url)} --overwrite"
+    if isinstance(manifest.get("config"), dict):
+        try:
+            config = BuildConfig.from_dict(manifest["config"], where=f"{url} manifest")
+            rebuild = build_command(config, out=url, extra=("--overwrite",))
+        except MuzarrError:
+            pass
+    what = f" ({OLD_LAYOUTS[version]})" if version in OLD_LAYOUTS else ""
+    return MuzarrError(
+        f"{url} was written by muzarr's store layout {version}{what}; this muzarr reads layout {SCHEMA_VERSION}: "
+        f"rebuild it with: {rebuild}"
+    )
 
 
 def damaged_manifest(url: str, reason: str, *, rebuild: str) -> MuzarrError:
