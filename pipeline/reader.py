@@ -174,8 +174,11 @@ class ArrayReader:
             if encoded is None:
                 data = np.full(fmt.chunk_shape, fmt.fill_value, dtype=self.dtype)
             else:
-                payload = fmt.payload(encoded, chunk, where=where) if self.verify else _strip(fmt, encoded)
-                data = fmt.chunk_data(payload, chunk, where=where)
+                try:
+                    payload = fmt.payload(encoded, chunk, where=where) if self.verify else _strip(fmt, encoded)
+                    data = fmt.chunk_data(payload, chunk, where=where)
+                except MuzarrError as err:
+                    raise MuzarrError(f"{err}: run `pipe verify {self.url}`") from None
             for source, target in parts:
                 view[target] = data[source]
         return out
