@@ -55,7 +55,7 @@ def test_the_rebuild_command_rebuilds_it(old_store, tmp_path):
     subprocess.run(["cp", "-r", str(old_store), str(copy)], check=True)
     rebuild = _expected(copy).split("rebuild it with: ")[1].split()
     assert rebuild[:2] == ["pipe", "build"]
-    result = _cli("pipeline.cli", *rebuild[2:], "--workers", "1", "--quiet")
+    result = _cli("pipeline.cli", *rebuild[1:], "--workers", "1", "--quiet")
     assert result.returncode == 0, result.stderr
     assert json.loads((copy / "zarr.json").read_text())["attributes"]["muzarr"]["schema_version"] == 2
     assert _cli("pipeline.cli", "verify", copy).returncode == 0

@@ -161,8 +161,8 @@ def test_a_chunk_with_damaged_bytes_fails_its_crc32c(tmp_path):
 @pytest.mark.parametrize(
     ("length", "rate", "expected"),
     [
-        (465920, 16000, 29120),  # MTAT at 16 kHz: 16 chunks of 1.82 s
-        (1440, 12000 / 256, 90),  # MTAT log-mels (hop 256 at 12 kHz): 16 chunks of 1.92 s
+        (465920, 16000, 33280),  # MTAT at 16 kHz: 14 chunks of 2.08 s
+        (1440, 12000 / 256, 96),  # MTAT log-mels (hop 256 at 12 kHz): 15 chunks of 2.05 s
         (32000, 16000, 32000),  # a 2 s clip is one chunk
         (None, 16000, 32768),  # tracks of any length: a power of two near the target
         (1000003, 16000, 32768),  # a prime length: no divisor near the target, the shard grid is padded
