@@ -1,29 +1,35 @@
-"""Loader throughput: a shuffled epoch from a store vs a sequential read vs one .npy file per clip.
+"""Loader throughput: muzarr's crop stream against Won et al.'s real loader and the old store layout.
 
-Same synthetic log-mel data (MTAT's CRNN input: 96 x 1440 float16 per clip) in one run:
+One run, the same clips (MTAT-like: 29.12 s at 16 kHz), page cache warm for every method:
 
-1. muzarr, shuffled epoch: ``TrainStream`` (chunk order permuted, buffer-shuffled examples),
-   streaming from the store (no RAM cache), batches of 32, random 3 s crops;
-2. muzarr, sequential: the same reader, crops and batches in store order, no shuffling;
-   (1b. the shuffled epoch with ``verify=False``: what checking every clip against its digest costs;
-   1c. the shuffled epoch with 1 and 2 loader workers, ``train --workers N``: the same batches;)
-3. muzarr, naive shuffle: one ``Store.read`` per clip in random order (what a map-style
-   Dataset over a Zarr array does);
-4. ``.npy`` per clip (Won et al.'s layout): a map-style Dataset that ``np.load``-s one file per
-   item in a shuffled order, batched by a DataLoader.
+- (a) waveform crops of 59,049 samples (``short_res``, ``sample_cnn``) of 465,920-sample int16 clips;
+- (b) log-mel crops of 188 frames of 96 x 1440 float16 clips (96 mels at 12 kHz, hop 256, pad 37).
 
-The store is built by ``pipe build``'s own code from the MTAT-like MP3s of
-``build_throughput.py``. Each method is timed for a full epoch after one warm-up epoch (the files are then in the page cache
-for every method alike), then ``--rounds`` times, the methods interleaved; the median is
-reported. Usage: python benchmarks/loader_throughput.py [--clips 2000] [--workers 0] [--rounds 7] [--step-ms 0]
-(``--step-ms 10``: each batch is followed by a 10 ms wait that uses no CPU, as a step on a GPU
-is, so that loader workers can show what they overlap.)
+For each, batches of 32 float32 examples from:
+
+1. muzarr, shuffled: ``TrainStream`` (shards permuted, crops read through ``pipeline.reader``:
+   only the time chunks a crop overlaps, each checked against its crc32c), buffer of 256 clips;
+2. the same with ``--no-verify-reads`` (what the crc32c checks cost);
+3. muzarr, sequential: the same reader and crops in store order;
+4. the old layout (store layout 1's chunking: whole-clip chunks, blosc lz4), shuffled, the same stream;
+5. Won et al.'s loader (``minzwon/sota-music-tagging-models``, ``training/data_loader/mtat_loader.py``):
+   one ``.npy`` per clip as his preprocessing writes it (float32 16 kHz audio; log-mels float16),
+   ``np.load(path, mmap_mode='r')`` per item, a random crop copied out, a ``DataLoader``
+   batching, shuffled; and 6. the same in order.
+
+The store is built by ``pipe build``'s own code; the old layout (and, with ``--candidates``, other
+time-chunk lengths and codecs) are copies of its arrays written by zarr-python. Each method runs
+once to warm up, then ``--rounds`` times, the methods interleaved; medians are reported.
+
+Usage: python benchmarks/loader_throughput.py [--clips 600] [--rounds 5] [--workers 0] [--candidates]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,14 +38,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-N_MELS, N_FRAMES, CROP = 96, 1440, 188
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SECONDS, RATE = 29.12, 16000
+WAVE_CROP, N_MELS, N_FRAMES, MEL_CROP = 59049, 96, 1440, 188
+LOGMEL = "logmel/mel96_sr12000_fft512_hop256_pad37"
+BATCH = 32
 
 
 def make_store(url: Path, n_clips: int, audio: Path) -> None:
-    """A real store built by `pipeline.build.build` from the MTAT-like MP3s (reused to reach n_clips)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    """A real store built by ``pipeline.build.build`` from MTAT-like MP3s (reused to reach ``n_clips``)."""
     from _synth import make_mtat_like
 
     from pipeline.build import build
@@ -52,8 +60,11 @@ def make_store(url: Path, n_clips: int, audio: Path) -> None:
     config = BuildConfig.from_dict(
         {
             "dataset": "synthetic", "recipe": "folder", "task": "multilabel", "splits": ["random"],
-            "clip": {"mode": "full", "seconds": 29.12}, "batch_clips": 32,
-            "features": [{"kind": "logmel", "sample_rate": 12000, "n_mels": N_MELS, "n_fft": 512, "hop_length": 256, "pad_frames": 37}],
+            "clip": {"mode": "full", "seconds": SECONDS}, "batch_clips": 16,
+            "features": [
+                {"kind": "waveform", "sample_rate": RATE},
+                {"kind": "logmel", "sample_rate": 12000, "n_mels": N_MELS, "n_fft": 512, "hop_length": 256, "pad_frames": 37},
+            ],
         }
     )
     index = DatasetIndex(
@@ -64,132 +75,196 @@ def make_store(url: Path, n_clips: int, audio: Path) -> None:
     build(config, source=str(audio), out=str(url), index=index, progress=False)
 
 
-def make_npy(folder: Path, url: Path) -> list[Path]:
+def relayout(src: Path, dst: Path, name: str, *, chunks: tuple, shards: tuple, compressors: list) -> None:
+    """A copy of store ``src`` whose array ``name`` is written by zarr-python with other chunks and codecs
+    (the other feature arrays are left out: only ``name`` is read from the copy)."""
+    import zarr
+
+    from pipeline import open_store
+
+    arrays = open_store(str(src)).arrays
+    big = {n.split("/")[0] for n in arrays}
+    shutil.copytree(src, dst, ignore=lambda folder, names: [n for n in names if Path(folder) == src and n in big])
+    source = zarr.open_array(str(src / name), mode="r")
+    target = zarr.create_array(
+        str(dst / name), shape=source.shape, chunks=chunks, shards=shards, dtype=source.dtype, fill_value=0,
+        compressors=compressors, config={"write_empty_chunks": True}, attributes=dict(source.attrs), overwrite=True,
+    )
+    for start in range(0, source.shape[0], shards[0]):
+        target[start : start + shards[0]] = source[start : start + shards[0]]
+    meta = json.loads((dst / "zarr.json").read_text())
+    meta["attributes"]["muzarr"]["arrays"][name].update(chunks=list(chunks), shards=list(shards))
+    (dst / "zarr.json").write_text(json.dumps(meta))
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def make_npy(folder: Path, url: Path, name: str) -> list[Path]:
+    """Won et al.'s files: ``np.save`` per clip; waveforms as his preprocessing writes them (float32)."""
     from pipeline import open_store
 
     store = open_store(str(url))
-    array = store.array(next(iter(store.arrays)))
+    array = store.array(name)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(store.n_clips):
         path = folder / f"{i}.npy"
-        np.save(path, array[i])
+        clip = array[i]
+        np.save(path, clip.astype(np.float32) / 32768 if clip.dtype == np.int16 else clip)
         paths.append(path)
     return paths
 
 
-class NpyDataset(torch.utils.data.Dataset):
-    """Won et al.'s loader: one file per clip, a random crop per item."""
+class WonDataset(torch.utils.data.Dataset):
+    """``mtat_loader.AudioFolder.get_raw``: mmap the clip's .npy, copy a random crop, float32."""
 
-    def __init__(self, paths, labels):
-        self.paths, self.labels = paths, labels
+    def __init__(self, paths, labels, length: int):
+        self.paths, self.labels, self.length = paths, labels, length
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        data = np.load(self.paths[i])
-        start = np.random.randint(0, data.shape[-1] - CROP)
-        return torch.from_numpy(data[:, start : start + CROP].astype(np.float32)), torch.from_numpy(self.labels[i])
-
-
-STEP_SECONDS = 0.0  # --step-ms: a training step that waits without using the CPU, as one on a GPU does
+        raw = np.load(self.paths[i], mmap_mode="r")
+        random_idx = int(np.floor(np.random.random(1)[0] * (raw.shape[-1] - self.length)))
+        raw = np.array(raw[..., random_idx : random_idx + self.length])
+        return raw.astype("float32"), self.labels[i].astype("float32")
 
 
 def epoch_rate(batches) -> float:
     start = time.perf_counter()
-    n = 0
-    for batch in batches:
-        n += len(batch[0])
-        if STEP_SECONDS:
-            time.sleep(STEP_SECONDS)
+    n = sum(len(batch[0]) for batch in batches)
     return n / (time.perf_counter() - start)
+
+
+def methods_for(url: Path, old: Path, npy: list[Path], name: str, plan, workers: int) -> dict:
+    from pipeline import open_store
+    from training.data import SplitReader, TrainStream
+
+    def reader(at: Path, verify: bool = True) -> SplitReader:
+        store = open_store(str(at))
+        rows = store.split("random", "train")
+        return SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=verify)
+
+    new, unverified, old_reader = reader(url), reader(url, verify=False), reader(old)
+    labels = open_store(str(url)).label_matrix
+
+    def stream(source, shuffle=True):
+        return TrainStream(source, batch_size=BATCH, seed=0, buffer_clips=256, shuffle=shuffle, workers=workers)
+
+    def won(shuffle):
+        dataset = WonDataset(npy, labels, plan.length)
+        return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=shuffle, num_workers=workers)
+
+    return {
+        "muzarr shuffled stream": lambda: stream(new),
+        "muzarr shuffled, reads not verified (--no-verify-reads)": lambda: stream(unverified),
+        "muzarr sequential read": lambda: stream(new, shuffle=False),
+        "old layout (whole-clip chunks, lz4), shuffled stream": lambda: stream(old_reader),
+        "Won et al.'s loader (np.load mmap, crop copy), shuffled": lambda: won(True),
+        "Won et al.'s loader, sequential": lambda: won(False),
+    }
+
+
+def run(methods: dict, rounds: int) -> dict[str, list[float]]:
+    for make in methods.values():  # warm-up: page cache and imports alike for all
+        epoch_rate(make())
+    # Rounds interleave the methods, so a slow spell of a shared machine hits all of them.
+    runs = {label: [] for label in methods}
+    for _ in range(rounds):
+        for label, make in methods.items():
+            runs[label].append(epoch_rate(make()))
+    return runs
+
+
+def table(title: str, runs: dict[str, list[float]], reference: str, sequential: str) -> None:
+    def paired(label, other):
+        return float(np.median(np.array(runs[label]) / np.array(runs[other])))
+
+    print(f"\n{title}\n\n| method | samples/s (median) | rounds | vs Won shuffled | vs muzarr sequential |\n|---|---|---|---|---|")
+    for label, rates in runs.items():
+        spread = ", ".join(f"{r:,.0f}" for r in rates)
+        print(f"| {label} | {np.median(rates):,.0f} | {spread} | {paired(label, reference):.2f}x | {paired(label, sequential):.2f}x |")
+
+
+def candidates(url: Path, work: Path, rounds: int) -> None:
+    """Crop reads/s and bytes on disk of other time-chunk lengths and codecs (what chose the layout)."""
+    from zarr.codecs import Crc32cCodec
+
+    from pipeline import open_store
+    from pipeline.store import compressor
+    from training.data import ExamplePlan, SplitReader, TrainStream
+
+    store = open_store(str(url))
+    print("\n| array | chunk (time) | codecs | bytes on disk | crop reads/s (median) |\n|---|---|---|---|---|")
+    specs = [("waveform", (465920,), WAVE_CROP, [14560, 33280, 116480]),
+             (LOGMEL, (N_MELS, N_FRAMES), MEL_CROP, [48, 96, 288])]  # fmt: skip
+    for name, clip_shape, length, steps in specs:
+        for step in steps:
+            for label, codecs in (("crc32c", [Crc32cCodec()]), ("lz4+crc32c", [compressor(), Crc32cCodec()])):
+                at = work / f"cand_{name.replace('/', '_')}_{step}_{label}.zarr"
+                relayout(url, at, name, chunks=(1, *clip_shape[:-1], step), shards=(16, *clip_shape),
+                         compressors=codecs)  # fmt: skip
+                rows = store.split("random", "train")
+                plan = ExamplePlan(name, clip_shape, length, 1)
+                reader = SplitReader(open_store(str(at)), plan, rows, store.label_matrix[rows], cache=False)
+                runs = run({"x": lambda r=reader: TrainStream(r, batch_size=BATCH, seed=0, buffer_clips=256)}, rounds)
+                seconds = step / (RATE if name == "waveform" else 12000 / 256)
+                print(f"| {name} | {step} ({seconds:.2f} s) | {label} | {folder_bytes(at / name):,} | {np.median(runs['x']):,.0f} |")
+                shutil.rmtree(at)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=2000)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the .npy baseline")
-    parser.add_argument("--rounds", type=int, default=7, help="timed epochs per method (median reported)")
-    parser.add_argument("--step-ms", type=float, default=0.0,
-                        help="after each batch, wait this long (a GPU step): what loader workers overlap")  # fmt: skip
+    parser.add_argument("--clips", type=int, default=600)
+    parser.add_argument("--workers", type=int, default=0, help="loader workers, muzarr's and Won's alike")
+    parser.add_argument("--rounds", type=int, default=5, help="timed epochs per method (median reported)")
+    parser.add_argument("--candidates", action="store_true", help="also measure other time-chunk lengths and codecs")
     parser.add_argument("--audio", type=Path, default=Path(tempfile.gettempdir()) / "muzarr_mtat_like")
     args = parser.parse_args()
-    global STEP_SECONDS
-    STEP_SECONDS = args.step_ms / 1000
+
+    from zarr.codecs import BloscCodec
 
     from pipeline import open_store
-    from training.data import ExamplePlan, SplitReader, TrainStream
+    from training.data import ExamplePlan
 
     work = Path(tempfile.mkdtemp(prefix="muzarr_loader_"))
     try:
         url = work / "synthetic.zarr"
+        started = time.perf_counter()
         make_store(url, args.clips, args.audio)
-        paths = make_npy(work / "npy", url)
-        store = open_store(str(url))
-        name = next(iter(store.arrays))
-        rows = store.split("random", "train")
-        plan = ExamplePlan(name, (N_MELS, N_FRAMES), CROP, 1)
-        reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
-        unverified = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=False)
-
-        def shuffled(source=reader):
-            return TrainStream(source, batch_size=32, seed=0, buffer_clips=256)
-
-        # train --workers N: N processes decode shards ahead, started once and kept for every epoch
-        kept = {n: TrainStream(reader, batch_size=32, seed=0, buffer_clips=256, workers=n) for n in (1, 2)}
-
-        def with_workers(n):
-            kept[n].set_epoch(kept[n].epoch + 1)
-            return kept[n]
-
-        def sequential():  # the same reader, crops and batches, in store order
-            return TrainStream(reader, batch_size=32, seed=0, buffer_clips=256, shuffle=False)
-
-        def naive():
-            order = np.random.default_rng(0).permutation(len(rows))
-            for start in range(0, len(order), 32):
-                batch = [store.read(name, int(rows[i]))[:, :CROP] for i in order[start : start + 32]]
-                yield np.stack(batch).astype(np.float32), None
-
-        def npy():
-            dataset = NpyDataset(paths, store.label_matrix)
-            return torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True, num_workers=args.workers)
-
-        methods = {
-            "muzarr shuffled epoch (chunk-aware)": shuffled,
-            "muzarr shuffled epoch, reads not verified (--no-verify-reads)": lambda: shuffled(unverified),
-            "muzarr shuffled epoch, 1 loader worker (--workers 1)": lambda: with_workers(1),
-            "muzarr shuffled epoch, 2 loader workers (--workers 2)": lambda: with_workers(2),
-            "muzarr sequential read": sequential,
-            "Zarr, one read per clip in random order": naive,
-            ".npy file per clip, shuffled (Won et al.)": npy,
-        }
-        for make in methods.values():  # warm-up: page cache and imports alike for all
-            epoch_rate(make())
-        # Rounds interleave the methods, so a slow spell of a shared machine hits all of them;
-        # each method's figure is its median epoch.
-        runs = {label: [] for label in methods}
-        for _ in range(args.rounds):
-            for label, make in methods.items():
-                runs[label].append(epoch_rate(make()))
-        rates = {label: float(np.median(r)) for label, r in runs.items()}
+        print(f"{args.clips} clips built in {time.perf_counter() - started:.0f} s; batches of {BATCH}, "
+              f"{args.workers} loader workers, {args.rounds} rounds; ratios are medians of per-round ratios")  # fmt: skip
+        arrays = open_store(str(url)).arrays
+        old_lz4 = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]  # layout 1's codecs
+        sizes = []
+        for name, clip_shape, length, old_chunk in (
+            ("waveform", (465920,), WAVE_CROP, 1), (LOGMEL, (N_MELS, N_FRAMES), MEL_CROP, 2)
+        ):  # fmt: skip
+            old = work / f"old_{name.replace('/', '_')}.zarr"
+            relayout(url, old, name, chunks=(old_chunk, *clip_shape), shards=(16, *clip_shape), compressors=old_lz4)
+            npy = make_npy(work / f"npy_{name.replace('/', '_')}", url, name)
+            plan = ExamplePlan(name, clip_shape, length, 1)
+            runs = run(methods_for(url, old, npy, name, plan, args.workers), args.rounds)
+            info = arrays[name]
+            what = f"{length}-{'sample' if name == 'waveform' else 'frame'} crops of {name} {list(info['shape'][1:])} {info['dtype']}"
+            table(f"{what}, chunks {info['chunks']} in shards {info['shards']}", runs,
+                  "Won et al.'s loader (np.load mmap, crop copy), shuffled", "muzarr sequential read")  # fmt: skip
+            sizes += [
+                (f"{name}, layout 2 (as built)", folder_bytes(url / name)),
+                (f"{name}, old layout (whole-clip chunks, lz4)", folder_bytes(old / name)),
+                (f"{name}, Won's .npy per clip", folder_bytes(work / f"npy_{name.replace('/', '_')}")),
+            ]
+            shutil.rmtree(old)
+        print("\n| layout | bytes on disk |\n|---|---|")
+        for label, size in sizes:
+            print(f"| {label} | {size:,} |")
+        if args.candidates:
+            candidates(url, work, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    def paired(label: str, reference: str) -> float:
-        # The ratio within each round (same spell of the machine), then its median.
-        return float(np.median(np.array(runs[label]) / np.array(runs[reference])))
-
-    sequential, npy_label = "muzarr sequential read", ".npy file per clip, shuffled (Won et al.)"
-    print(
-        f"{args.clips} clips of {N_MELS}x{N_FRAMES} float16, crops of {CROP} frames, batch 32, {args.workers} workers, "
-        f"{args.rounds} rounds, {args.step_ms:g} ms step per batch; ratios are medians of the per-round ratios"
-    )
-    print("\n| method | samples/s (median) | epochs | vs sequential | vs .npy |\n|---|---|---|---|---|")
-    for label, rate in rates.items():
-        spread = ", ".join(f"{r:,.0f}" for r in runs[label])
-        print(f"| {label} | {rate:,.0f} | {spread} | {paired(label, sequential):.2f}x | {paired(label, npy_label):.2f}x |")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ from pipeline.store import (
     damaged_manifest,
     ensure_arrays,
     manifest_damage,
+    old_layout,
     open_store,
     plan_layout,
 )
@@ -238,6 +239,8 @@ def _check_schema(loc: Location | str, manifest: dict) -> None:
             f"{loc} was written with store schema version {version!r}; this muzarr writes {SCHEMA_VERSION}: "
             "upgrade muzarr, or pass --overwrite to rebuild it"
         )
+    if version < SCHEMA_VERSION:
+        raise old_layout(str(loc), manifest)
 
 
 def _check_growable(loc: Location, manifest: dict, target: _Target) -> None:

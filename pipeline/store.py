@@ -15,10 +15,13 @@ Layout of a store at ``URL`` (any fsspec URL; a local directory by default)::
     URL/_muzarr/keys.json         every key of the finished store with its size (for copies over HTTP)
     URL/_muzarr/target.json       only while a build or grow is under way: what it is building
 
-Every feature array is chunked for single-clip reads and sharded so that one build task
-owns whole shards: ``batch_clips`` clips per shard. The bracketed names are each array's Zarr
-``dimension_names`` (:func:`dimension_names`); a row no build wrote, or whose clip failed,
-holds NaN in a float array and 0 in an integer one (:func:`fill_value`).
+Every feature array is sharded so that one build task owns whole shards: ``batch_clips``
+clips per shard. Inside a shard, waveforms and log-mels are chunked along time (store layout 2:
+one clip by :func:`time_chunk` samples or frames, so a crop reads only the chunks it overlaps),
+tabular arrays by whole clips; every chunk ends with its ``crc32c``.
+The bracketed names are each array's Zarr ``dimension_names`` (:func:`dimension_names`); a row
+no build wrote, or whose clip failed, holds NaN in a float array and 0 in an integer one
+(:func:`fill_value`).
 
 Every file muzarr writes itself (markers, tables, the manifest's ``zarr.json``) appears whole
 or not at all: written to a temporary name and renamed on a local disk, one PUT on an object
@@ -41,7 +44,7 @@ import numpy as np
 import pandas as pd
 import xxhash
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.errors import MuzarrError
 from pipeline.storage import (
@@ -63,7 +66,8 @@ from pipeline.storage import (
     read_table,
 )
 
-SCHEMA_VERSION = 1
+#: 2: time-chunked waveforms and log-mels, crc32c per chunk (1: whole-clip chunks)
+SCHEMA_VERSION = 2
 TABLES = ("clips", "labels", "splits", "checksums")
 CHUNK_TARGET_BYTES = 1 << 20
 # Codecs a store may use: decoding any of these runs no code from the store (no pickle, no object dtype).
@@ -89,6 +93,40 @@ def chunk_clips(clip_bytes: int, *, batch_clips: int) -> int:
     ):
         per_chunk *= 2
     return per_chunk
+
+
+#: seconds of audio per time chunk. Measured (benchmarks/loader_throughput.py --candidates): crop
+#: reads/s of 59,049-sample waveform crops 5,548 / 5,715 / 5,660 with chunks of 0.91 / 2.08 / 7.28 s,
+#: of 188-frame log-mel crops 4,368 / 11,203 / 10,934 with chunks of 1.02 / 2.05 / 6.14 s.
+TIME_CHUNK_SECONDS = 2.0
+
+
+def time_chunk(length: int | None, *, rate: float) -> int:
+    """Samples or frames per chunk along the time axis of an array of ``length`` per clip
+    (``None``: tracks of any length) at ``rate`` per second.
+
+    About :data:`TIME_CHUNK_SECONDS`: the divisor of ``length`` nearest to it (chunks tile
+    the clip exactly), when one lies within a factor of 2; else (a length with no such
+    divisor, or no fixed length) the power of two nearest to it, and the shard grid reaches
+    past the clip's end as zarr allows. A clip shorter than 1.5 chunks is one chunk.
+    """
+    target = max(1, round(TIME_CHUNK_SECONDS * rate))
+    if length is not None and length <= 1.5 * target:
+        return length
+    if length is not None:
+        divisors = [d for d in range(max(1, target // 2), 2 * target + 1) if length % d == 0]
+        if divisors:
+            return min(divisors, key=lambda d: (abs(d - target), d))
+    return 1 << max(0, round(math.log2(target)))
+
+
+def time_rate(feature) -> float | None:
+    """Samples or frames per second along the last axis of ``feature``'s arrays (``None``: no time axis)."""
+    if feature.kind == "waveform":
+        return float(feature.sample_rate)
+    if feature.kind == "logmel":
+        return feature.sample_rate / feature.hop_length
+    return None
 
 
 #: the per-clip content digest of new stores (the manifest's "digest"); older stores used blake2b-128
@@ -144,7 +182,7 @@ def fill_value(dtype: str) -> float | int:
 
 @dataclass(frozen=True)
 class ArrayLayout:
-    """Shape, dtype, chunking and attributes of one feature array in a store."""
+    """Shape, dtype, chunking, codecs and attributes of one feature array in a store."""
 
     name: str
     shape: tuple[int, ...]
@@ -154,6 +192,7 @@ class ArrayLayout:
     attrs: dict
     extents: str | None = None  # a track store's time array: the array of its clips' [start, length]
     dimension_names: tuple[str, ...] | None = None
+    compressed: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +202,18 @@ class ArrayLayout:
             "shards": list(self.shards),
             **({"extents": self.extents} if self.extents else {}),
         }
+
+    @property
+    def compressors(self) -> list:
+        # crc32c last: a reader checks every chunk it touches (a crop cannot check its clip's digest)
+        return [compressor(), Crc32cCodec()] if self.compressed else [Crc32cCodec()]
+
+
+#: features whose arrays are stored without blosc: a crop is then a copy out of the mapped shard,
+#: nothing to decode. Measured (benchmarks/loader_throughput.py --candidates, 160 MTAT-like clips):
+#: crop reads/s 5,715 raw vs 3,217 lz4 for waveforms (1.07x the bytes), 11,203 vs 7,011 for
+#: 96 x 1440 log-mels (1.24x the bytes); tabular arrays are whole-row reads and stay compressed.
+UNCOMPRESSED = frozenset({"waveform", "logmel"})
 
 
 def plan_layout(config, n_clips: int, *, tracks=None) -> list[ArrayLayout]:
@@ -179,22 +230,30 @@ def plan_layout(config, n_clips: int, *, tracks=None) -> list[ArrayLayout]:
             continue
         per_item = feature.output_shape(config.clip.n_samples(feature.sample_rate))
         clip_shape = (*sub, *per_item)
-        clip_bytes = math.prod(clip_shape) * np.dtype(feature.dtype).itemsize
-        per_chunk = chunk_clips(clip_bytes, batch_clips=config.batch_clips)
+        rate = time_rate(feature)
+        if rate is None:
+            clip_bytes = math.prod(clip_shape) * np.dtype(feature.dtype).itemsize
+            per_chunk = chunk_clips(clip_bytes, batch_clips=config.batch_clips)
+            chunks, shards = (per_chunk, *clip_shape), (config.batch_clips, *clip_shape)
+        else:
+            step = time_chunk(clip_shape[-1], rate=rate)
+            chunks = (1, *clip_shape[:-1], step)
+            shards = (config.batch_clips, *clip_shape[:-1], -(-clip_shape[-1] // step) * step)
         axes = ("clip", *(("subclip",) if sub else ()), *feature.axes)
         layouts.append(
             ArrayLayout(
                 name=feature.name,
                 shape=(n_clips, *clip_shape),
                 dtype=feature.dtype,
-                chunks=(per_chunk, *clip_shape),
-                shards=(config.batch_clips, *clip_shape),
+                chunks=chunks,
+                shards=shards,
                 # "status" names the array that says which rows hold data (CF: ancillary_variables)
                 attrs={
                     "feature": feature.to_dict(), **feature.attrs(), "axes": list(axes),
                     "status": "status", "ancillary_variables": "status",
                 },
                 dimension_names=dimension_names(feature.variant, axes),
+                compressed=feature.kind not in UNCOMPRESSED,
             )
         )
     return layouts + [_tracks.extents_layout(f, n_clips, config.batch_clips) for f in timed]
@@ -214,8 +273,8 @@ def _status_layout(n_clips: int, batch_clips: int) -> ArrayLayout:
 def _create_array(group: zarr.Group, layout: ArrayLayout) -> zarr.Array:
     return group.create_array(
         layout.name, shape=layout.shape, chunks=layout.chunks, shards=layout.shards, dtype=layout.dtype,
-        fill_value=STATUS_PENDING if layout.name == "status" else fill_value(layout.dtype), compressors=compressor(),
-        overwrite=True, config={"write_empty_chunks": True}, attributes=layout.attrs,
+        fill_value=STATUS_PENDING if layout.name == "status" else fill_value(layout.dtype),
+        compressors=layout.compressors, overwrite=True, config={"write_empty_chunks": True}, attributes=layout.attrs,
         dimension_names=layout.dimension_names,
     )
 
@@ -323,6 +382,8 @@ class Store:
                 f"{url} was written with store schema version {version!r}; this muzarr reads up to "
                 f"{SCHEMA_VERSION}: upgrade muzarr"
             )
+        if version < SCHEMA_VERSION:
+            raise old_layout(url, manifest)
         _check_manifest(manifest, url)
         self.manifest: dict[str, Any] = manifest
         status = read_json(loc, "status/zarr.json")
@@ -665,6 +726,29 @@ def manifest_damage(loc: Location) -> str | None:
     if not isinstance(attributes, dict) or not isinstance(attributes.get("muzarr"), dict):
         return "it holds no muzarr manifest"
     return None
+
+
+#: what each older store layout was, for the line that refuses it
+OLD_LAYOUTS = {1: "whole-clip chunks"}
+
+
+def old_layout(url: str, manifest: dict) -> MuzarrError:
+    """The one error for a store of an older layout: what it is and the ``pipe build`` that rebuilds it."""
+    from pipeline.config import BuildConfig, build_command
+
+    version = manifest.get("schema_version")
+    rebuild = f"pipe build <dataset> --out {shlex.quote(url)} --overwrite"
+    if isinstance(manifest.get("config"), dict):
+        try:
+            config = BuildConfig.from_dict(manifest["config"], where=f"{url} manifest")
+            rebuild = build_command(config, out=url, extra=("--overwrite",))
+        except MuzarrError:
+            pass
+    what = f" ({OLD_LAYOUTS[version]})" if version in OLD_LAYOUTS else ""
+    return MuzarrError(
+        f"{url} was written by muzarr's store layout {version}{what}; this muzarr reads layout {SCHEMA_VERSION}: "
+        f"rebuild it with: {rebuild}"
+    )
 
 
 def damaged_manifest(url: str, reason: str, *, rebuild: str) -> MuzarrError:

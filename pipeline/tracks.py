@@ -26,10 +26,9 @@ from pipeline.audio import probe, resampled_length
 from pipeline.errors import MuzarrError
 from pipeline.storage import Location, read_json, write_json
 
-#: one time chunk holds about this much audio (a crop of a few seconds decodes 2-3 chunks)
-CHUNK_SECONDS = 2.0
-#: a shard is this many chunks: a batch's region is padded by less than one shard (8 s of audio)
-CHUNKS_PER_SHARD = 4
+#: a shard is this many time chunks (pipeline.store.time_chunk: ~2 s each): a batch's region is padded
+#: by less than one shard (~16 s of audio); more chunks per shard would mean fewer, larger files
+CHUNKS_PER_SHARD = 8
 PROBE = "_muzarr/tracks.json"
 #: files probed per Dask task (a probe reads a header: tasks of one file would cost more than the work)
 PROBES_PER_TASK = 64
@@ -47,34 +46,27 @@ def extents_name(name: str) -> str:
 
 
 def chunk_length(feature) -> int:
-    """Elements of the time axis per chunk: :data:`CHUNK_SECONDS` of input, in the feature's units."""
-    return int(feature.output_shape(max(1, round(CHUNK_SECONDS * feature.sample_rate)))[-1])
+    """Elements of the time axis per chunk (tracks have no fixed length: a power of two near 2 s)."""
+    from pipeline.store import time_chunk, time_rate
 
-
-def _dimension_names(feature) -> tuple[str, ...]:
-    # Unique per variant where sizes differ: two log-mel variants share mel_<n> but never a frame axis.
-    if feature.kind == "waveform":
-        return ("sample",)
-    prefix = feature.output_shape(1)[:-1]
-    head = [f"mel_{prefix[0]}"] if feature.kind == "logmel" and len(prefix) == 1 else [f"{feature.kind}_{i}" for i in range(len(prefix))]
-    return (*head, f"frame_{feature.variant}")
+    return time_chunk(None, rate=time_rate(feature))
 
 
 def time_layout(feature, plan: TrackPlan | None):
     """The layout of ``feature``'s concatenated array (its length 0 when no plan is given: a batch task
     takes its own region from the driver)."""
-    from pipeline.store import ArrayLayout
+    from pipeline.store import UNCOMPRESSED, ArrayLayout, dimension_names
 
     prefix = tuple(feature.output_shape(1)[:-1])
     chunk = chunk_length(feature)
     total = plan.total(feature.name) if plan is not None else 0
-    dims = _dimension_names(feature)
     extents = extents_name(feature.name)
     return ArrayLayout(
         name=feature.name, shape=(*prefix, total), dtype=feature.dtype, chunks=(*prefix, chunk),
         shards=(*prefix, chunk * CHUNKS_PER_SHARD),
-        attrs={"feature": feature.to_dict(), **feature.attrs(), "axes": ["mel", "frame"] if prefix else ["sample"], "extents": extents},
-        extents=extents, dimension_names=dims,
+        attrs={"feature": feature.to_dict(), **feature.attrs(), "axes": list(feature.axes), "extents": extents},
+        extents=extents, dimension_names=dimension_names(feature.variant, feature.axes),
+        compressed=feature.kind not in UNCOMPRESSED,
     )
 
 

@@ -192,7 +192,7 @@ def test_chunks_inflated_in_the_arrays_metadata_only_are_refused_before_decoding
     verified = pipe("verify", store)
     assert verified.returncode == 1 and "Traceback" not in verified.stderr, verified.stderr
     assert (
-        f"damaged array  {name}: chunks {tuple(huge)} differs from the manifest's (4, 64, 126); "
+        f"damaged array  {name}: chunks {tuple(huge)} differs from the manifest's (1, 64, 63); "
         f"shards {tuple(huge)} differs from the manifest's (4, 64, 126)"
     ) in verified.stdout.splitlines()
 

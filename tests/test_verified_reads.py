@@ -61,7 +61,7 @@ def test_no_verify_reads_trains_on_what_the_shards_hold(tampered, tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
 
 
-def test_every_read_path_checks_and_an_intact_store_passes(small_store, tampered):
+def test_every_whole_clip_read_path_checks_and_an_intact_store_passes(small_store, tampered):
     for url, damaged in ((small_store, False), (str(tampered), True)):
         store = open_store(url)
         rows = np.arange(store.n_clips)[store.ok]
@@ -69,7 +69,6 @@ def test_every_read_path_checks_and_an_intact_store_passes(small_store, tampered
         reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
         readers = (
             lambda reader=reader: list(reader.blocks()),  # sequential (evaluation)
-            lambda reader=reader: list(TrainStream(reader, batch_size=4, seed=0)),  # shuffled crops
             lambda store=store, plan=plan, rows=rows: SplitReader(store, plan, rows, store.label_matrix[rows], cache=True),
         )
         for read in readers:
@@ -78,8 +77,37 @@ def test_every_read_path_checks_and_an_intact_store_passes(small_store, tampered
                     read()
             else:
                 read()  # an intact store reads through every path
+        # crops read only the chunks they overlap: they check each chunk's crc32c, which a valid re-encoding passes
+        assert sum(len(x) for x, _, _ in TrainStream(reader, batch_size=4, seed=0)) == len(rows)
         unchecked = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=False)
         assert sum(len(p) for p, _ in unchecked.blocks()) == len(rows)
+
+
+def test_a_crop_over_a_damaged_chunk_is_refused_naming_the_shard(small_store, tmp_path):
+    copy = tmp_path / "flipped.zarr"
+    shutil.copytree(small_store, copy)
+    store = open_store(str(copy))
+    array = store.array(ARRAY)
+    shard_format = ShardFormat.of(array)
+    key = shard_path(array, 0)
+    blob = bytearray((copy / key).read_bytes())
+    offset, _ = shard_format.index_of(bytes(blob))[(2,) + (0,) * (array.ndim - 1)]
+    blob[int(offset) + 5] ^= 0x10  # frame 2 of mel 0 of row 2 (its first chunk): no digest is consulted by a crop
+    (copy / key).write_bytes(bytes(blob))
+    rows = np.arange(store.n_clips)[store.ok]
+    plan = ExamplePlan(ARRAY, tuple(store.arrays[ARRAY]["shape"][1:]), 16, 1)
+    reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
+    with pytest.raises(MuzarrError) as caught:
+        reader.crops(np.array([2]), np.array([0]), 16)
+    assert str(caught.value) == (
+        f"store {copy}: {key}: chunk 2,{','.join('0' * (array.ndim - 1))} fails its crc32c check (damaged bytes): "
+        f"run `pipe verify {copy}`"
+    )
+    # unchecked, the crop holds the flipped byte
+    unchecked = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=False)
+    intact = open_store(small_store)
+    original = SplitReader(intact, plan, rows, intact.label_matrix[rows], cache=False).crops(np.array([2]), np.array([0]), 16)
+    assert (unchecked.crops(np.array([2]), np.array([0]), 16) != original).sum() == 1
 
 
 def test_a_checksum_table_that_disagrees_with_the_manifest_is_refused(small_store, tmp_path):

@@ -5,10 +5,11 @@ stored sub-clip, or a crop of ``n`` frames/samples. Training draws one random cr
 (or every sub-clip) per epoch; evaluation takes ``eval_crops`` evenly spaced crops per clip and
 the loop averages their predictions per clip, as the seed reports and Won et al. do.
 
-Shuffling reads whole shards (the blocks of clips a build task wrote): their order is
-permuted per epoch, each is fetched in one read and decoded chunk by chunk, keeping only each
-clip's random crop, and the crops of a buffer of shards are shuffled. Each read touches only
-its own shard, so a shuffled epoch costs what a sequential one does. Every random choice comes from
+Shuffling reads shard by shard (the blocks of clips a build task wrote): their order is
+permuted per epoch, each shard's random crops are read through the store's crop reader
+(``pipeline.reader``: only the time chunks a crop overlaps), and the crops of a buffer of
+shards are shuffled. Each read touches only its own shard, so a shuffled epoch costs what a
+sequential one does. Every random choice comes from
 ``numpy.random.default_rng([seed, epoch, worker])``: an epoch is reproducible on its own, which
 is what makes ``--resume`` end with the same numbers as an uninterrupted run.
 """
@@ -22,11 +23,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from pipeline import MuzarrError, Store, open_store
+from pipeline import MuzarrError, Store
 from pipeline.audio import ClipPolicy
 from pipeline.config import build_command, make_feature
-from pipeline.shards import ShardFormat, map_local, shard_path
-from pipeline.store import clip_digests
+from pipeline.features.base import n_frames
+from pipeline.reader import ArrayReader
 from training.models import InputSpec
 
 LOGMEL_MATCH = ("sample_rate", "n_mels", "n_fft", "hop_length", "pad_frames")
@@ -171,7 +172,7 @@ def plan_for(store: Store, spec: InputSpec, protocol) -> ExamplePlan:
     if seconds is None or plan.length is None or spec.kind == "tabular":
         return plan
     samples = round(seconds * spec.sample_rate)
-    span = samples if spec.kind == "waveform" else 1 + samples // spec.hop_length + 2 * spec.pad_frames
+    span = samples if spec.kind == "waveform" else n_frames(samples, hop_length=spec.hop_length, pad_frames=spec.pad_frames)
     return replace(plan, crop_span=span)
 
 
@@ -258,17 +259,17 @@ class SplitReader:
     cache : bool
         Hold the split in RAM (in its stored dtype) instead of reading chunks each epoch.
     verify : bool
-        Check each clip read from the store against its digest in ``tables/checksums.parquet``
+        Check each whole clip read from the store against its digest in ``tables/checksums.parquet``
         (xxh3-128 at memory speed: see docs/benchmarks.md for its cost), so that damaged bytes
-        that still decompress are never trained on. A RAM-cached split is checked once, as it
-        is loaded.
+        that still decompress are never trained on, and each chunk a crop reads against its
+        crc32c (a crop does not hold its whole clip to digest). A RAM-cached split is checked
+        once, as it is loaded.
     """
 
     def __init__(
         self, store: Store, plan: ExamplePlan, rows: np.ndarray, targets: np.ndarray, *, cache: bool, verify: bool = True
     ) -> None:
         self.url = store.url
-        self.location = store.location
         self.plan = plan
         self.rows = np.asarray(rows, dtype=np.int64)
         if len(self.rows) > 1 and (np.diff(self.rows) <= 0).any():
@@ -276,14 +277,12 @@ class SplitReader:
         self.targets = targets
         self.clip_ids = store.clips["clip_id"].to_numpy()[self.rows]
         self.dtype = store.arrays[plan.array]["dtype"]
-        # Streaming reads whole shards (the unit a build writes): one Zarr call per shard
-        # costs a third of one call per chunk, and shards are what the shuffle permutes.
-        info = store.arrays[plan.array]
-        self.chunk_clips = int((info.get("shards") or info["chunks"])[0])
-        self._array = None
-        self._format: ShardFormat | None = None
-        self._digests = store.stored_digests(plan.array)[self.rows] if verify and len(self.rows) else None
-        self._algorithm = store.digest_algorithm
+        # Streaming reads shard by shard: the unit a build writes, and what the shuffle permutes.
+        self.array = ArrayReader(store, plan.array, verify=verify)
+        self.chunk_clips = self.array.rows_per_shard
+        shard_of = self.rows // self.chunk_clips
+        _, first = np.unique(shard_of, return_index=True)
+        self._bounds = np.append(first, len(self.rows))
         self.memory = None
         if cache and len(self.rows):
             # read shard by shard like the stream, so a damaged shard is named, not a zarr traceback
@@ -298,129 +297,43 @@ class SplitReader:
 
     def close(self) -> None:
         """Forget the open store handles (the next read opens them again)."""
-        self._array = self._format = None
-        self.location = self.location.fresh()
+        self.array.close()
 
-    def _zarr(self):
-        if self._array is None:  # opened lazily: each DataLoader worker opens its own handle
-            self._array = open_store(self.location).array(self.plan.array)
-            self._format = ShardFormat.of(self._array)
-        return self._array
-
-    def _shard_bytes(self, start: int):
-        """The encoded shard holding rows ``start : start + chunk_clips``, or ``None`` when
-        the array's shards are not in muzarr's own format (zarr-python reads those)."""
-        array = self._zarr()
-        if self._format is None or self._format.shard_shape[0] != self.chunk_clips:
-            return None
-        key = shard_path(array, start // self.chunk_clips)
-        path = self.location.path(key)
-        blob = map_local(path) if self.location.is_local else _read_remote(self.location.fs, path)
-        if blob is None:
-            raise MuzarrError(f"store {self.url}: shard {key} is missing: run `pipe verify {self.url}`")
-        return blob
-
-    def _zarr_rows(self, start: int, inside: np.ndarray) -> np.ndarray:
-        """Rows ``start + inside`` read by zarr-python (shards not in muzarr's own format)."""
-        try:
-            return self._zarr()[start : start + self.chunk_clips][inside]
-        except (ValueError, OSError, RuntimeError) as err:
-            raise MuzarrError(
-                f"{self._where(start)} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:100]}): "
-                f"run `pipe verify {self.url}`"
-            ) from None
-
-    def _where(self, start: int) -> str:
-        return f"store {self.url}: {shard_path(self._zarr(), start // self.chunk_clips)}"
+    def positions(self, block: int) -> np.ndarray:
+        """Split positions of block ``block``: a store shard's rows (streaming), or ``chunk_clips``
+        consecutive positions (RAM cache)."""
+        if self.memory is not None:
+            return np.arange(block * self.chunk_clips, min((block + 1) * self.chunk_clips, len(self.rows)))
+        return np.arange(self._bounds[block], self._bounds[block + 1])
 
     def blocks(
         self, order: np.ndarray | None = None, *, transform: Callable[[np.ndarray], np.ndarray] | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(positions, data)``: split positions and their stored data, one shard at a time.
+        """Yield ``(positions, data)``: split positions and their whole stored rows, one block at a time.
 
-        ``order`` permutes the shards (shuffled epochs); positions index ``self.rows``.
-        ``transform`` maps stored clips ``[n, *clip_shape]`` to what the caller keeps of them
-        (a training crop); it is applied a chunk at a time as the shard is decoded, so only
-        what it keeps is ever held. Its input can be a view of a reused buffer: it must return
-        a copy. Shards in muzarr's own format are fetched in one read and
-        decoded without zarr-python (``pipeline.shards``), whose machinery costs more than the
-        decoding itself.
+        ``order`` permutes the blocks (shuffled epochs); positions index ``self.rows``.
+        ``transform`` maps the rows ``[n, *clip_shape]`` to what the caller keeps of them.
+        Rows read from the store are checked against their clip digests.
         """
         keep = transform or (lambda data: data)
-        if self.memory is not None:
-            step = self.chunk_clips
-            starts = np.arange(0, len(self.rows), step)
-            for start in starts if order is None else starts[order]:
-                stop = min(start + step, len(self.rows))
-                yield np.arange(start, stop), keep(self.memory[start:stop])
-            return
-        chunk_of = self.rows // self.chunk_clips
-        chunks, first = np.unique(chunk_of, return_index=True)
-        bounds = np.append(first, len(self.rows))
-        sequence = range(len(chunks)) if order is None else order
-        for c in sequence:
-            positions = np.arange(bounds[c], bounds[c + 1])
-            start = chunks[c] * self.chunk_clips
-            inside = self.rows[positions] - start
-            blob = self._shard_bytes(start)
-            if blob is None:
-                data = self._zarr_rows(start, inside)
-                self._check(positions, data, start)
-                yield positions, keep(data)
+        for block in range(self.n_blocks()) if order is None else order:
+            positions = self.positions(int(block))
+            if self.memory is not None:
+                yield positions, keep(self.memory[positions[0] : positions[-1] + 1])
             else:
-                yield positions, self._decoded(blob, start, positions, inside, transform)
+                yield positions, keep(self.array.rows(self.rows[positions]))
 
-    def _decoded(self, blob, start: int, positions: np.ndarray, inside: np.ndarray, transform) -> np.ndarray:
-        """Rows ``inside`` (split ``positions``) of the shard at ``start``, each through ``transform``
-        and checked against its digest first; damage names the shard and the command that checks
-        the whole store."""
-        where = self._where(start)
-        try:
-            if transform is None:
-                data = _take_rows(self._format.decode(blob, where=where), inside)
-                self._check(positions, data, start)
-                return data
-            kept = []
-            for first_row, chunk in self._format.iter_chunks(blob, where=where):
-                lo, hi = np.searchsorted(inside, [first_row, first_row + len(chunk)])
-                if hi > lo:
-                    data = _take_rows(chunk, inside[lo:hi] - first_row)
-                    self._check(positions[lo:hi], data, start)
-                    kept.append(transform(data))
-            return np.concatenate(kept)
-        except _DamagedClip:
-            raise
-        except MuzarrError as err:
-            raise MuzarrError(f"{err}: run `pipe verify {self.url}`") from None
-
-    def _check(self, positions: np.ndarray, data: np.ndarray, start: int) -> None:
-        """Every clip of ``data`` (split ``positions``) equals its stored digest."""
-        if self._digests is None:
-            return
-        actual = np.array(clip_digests(data, algorithm=self._algorithm), dtype=object)
-        bad = np.flatnonzero(actual != self._digests[positions])
-        if len(bad):
-            p = positions[bad[0]]
-            raise _DamagedClip(
-                f"{self._where(start)}: clip {self.clip_ids[p]!r} (row {self.rows[p]}) of {self.plan.array} differs "
-                f"from its digest in tables/checksums.parquet (damaged bytes): run `pipe verify {self.url}`"
-            )
+    def crops(self, positions: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+        """Crops of ``length`` from ``starts`` of the clips at split ``positions`` (one each, no
+        sub-clip axis), reading only the chunks they overlap (each passes its crc32c)."""
+        if self.memory is not None:
+            return crop(self.memory[positions], starts, length)
+        return self.array.crops(self.rows[positions], starts, length)
 
     def n_blocks(self) -> int:
         if self.memory is not None:
             return math.ceil(len(self.rows) / self.chunk_clips)
-        return len(np.unique(self.rows // self.chunk_clips))
-
-
-class _DamagedClip(MuzarrError):
-    """A clip whose bytes decode but differ from its digest (the message is complete)."""
-
-
-def _take_rows(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``block[rows]`` for sorted ``rows``; a view when they are consecutive (the usual case)."""
-    if rows[-1] - rows[0] == len(rows) - 1:
-        return block[rows[0] : rows[-1] + 1]
-    return block[rows]
+        return len(self._bounds) - 1
 
 
 class TrainStream:
@@ -553,19 +466,21 @@ class CroppedShards(torch.utils.data.Dataset):
 
     def __getitem__(self, job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         epoch, shard = job
-        plan = self.reader.plan
+        reader = self.reader
+        plan = reader.plan
         total, length = plan.item_shape[-1], plan.length
         rng = np.random.default_rng([self.seed, epoch, 1, shard])
-
-        def one_crop_each(data: np.ndarray) -> np.ndarray:
-            # One example per (clip, sub-clip), cropped as soon as it is read: only crops are held.
-            items = data.reshape(-1, *plan.item_shape)
-            if length is None:
-                return items.copy()  # ``data`` may be a view of the reader's reused buffer
-            offsets = crop_offsets(rng, len(items), total=total, length=length, span=plan.crop_span)
-            return crop(items, offsets, length)
-
-        return next(self.reader.blocks(np.array([shard]), transform=one_crop_each))
+        positions = reader.positions(shard)
+        if length is not None and length <= total and not plan._has_subclips:
+            offsets = crop_offsets(rng, len(positions), total=total, length=length, span=plan.crop_span)
+            return positions, reader.crops(positions, offsets, length)
+        # whole (sub-)clips, or crops of sub-clips (each its own offset): whole rows, cropped here
+        _, data = next(reader.blocks(np.array([shard])))
+        items = data.reshape(-1, *plan.item_shape)
+        if length is None:
+            return positions, items.copy()
+        offsets = crop_offsets(rng, len(items), total=total, length=length, span=plan.crop_span)
+        return positions, crop(items, offsets, length)
 
 
 def _fresh_handles(_worker: int) -> None:
@@ -573,13 +488,6 @@ def _fresh_handles(_worker: int) -> None:
     pool is not safe to share)."""
     info = torch.utils.data.get_worker_info()
     info.dataset.reader.close()
-
-
-def _read_remote(fs, path: str) -> bytes | None:
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        return None
 
 
 def eval_batches(
@@ -592,6 +500,8 @@ def eval_batches(
     """
     plan = reader.plan
     offsets = eval_offsets(plan.item_shape[-1], plan.length, plan.eval_crops, plan.placement)
+    # each crop reads only its chunks; whole (sub-)clips and padded short clips are read whole
+    cropping = plan.length is not None and plan.length <= plan.item_shape[-1] and not plan._has_subclips
     pending_x, pending_p = [], []
     count = 0
 
@@ -600,12 +510,19 @@ def eval_batches(
         positions = np.concatenate(pending_p)
         pending_x.clear()
         pending_p.clear()
+        if cropping:
+            return to_tensor(data, reader.dtype), positions
         items = data.reshape(-1, *plan.item_shape)  # (clips * subclips, ...)
         items = np.repeat(items, plan.eval_crops, axis=0)
         starts = np.tile(offsets, len(items) // plan.eval_crops)
         return to_tensor(crop(items, starts, plan.length), reader.dtype), positions
 
-    for positions, data in reader.blocks(shards):
+    for block in range(reader.n_blocks()) if shards is None else shards:
+        positions = reader.positions(int(block))
+        if cropping:
+            data = reader.crops(np.repeat(positions, plan.eval_crops), np.tile(offsets, len(positions)), plan.length)
+        else:
+            _, data = next(reader.blocks(np.array([block])))
         pending_x.append(data)
         pending_p.append(positions)
         count += len(positions)
