@@ -26,9 +26,12 @@ from pipeline.audio import probe, resampled_length
 from pipeline.errors import MuzarrError
 from pipeline.storage import Location, read_json, write_json
 
-#: a shard is this many time chunks (pipeline.store.time_chunk: ~2 s each): a batch's region is padded
-#: by less than one shard (~16 s of audio); more chunks per shard would mean fewer, larger files
-CHUNKS_PER_SHARD = 8
+#: a batch's region is padded to whole shards: a shard holds the most time chunks (pipeline.store.time_chunk,
+#: ~2 s each; a power of two, at most MAX_SHARD_CHUNKS) that keep that rounding within PADDING of a batch of
+#: median length. Fewer, larger shard files for long tracks (MTG-Jamendo: 64 s shards, ~200,000 files of
+#: waveform), small ones for short tracks. Chosen when a store is first planned; a grow keeps it.
+PADDING = 0.02
+MAX_SHARD_CHUNKS = 64
 PROBE = "_muzarr/tracks.json"
 #: files probed per Dask task (a probe reads a header: tasks of one file would cost more than the work)
 PROBES_PER_TASK = 64
@@ -63,7 +66,8 @@ def time_layout(feature, plan: TrackPlan | None):
     extents = extents_name(feature.name)
     return ArrayLayout(
         name=feature.name, shape=(*prefix, total), dtype=feature.dtype, chunks=(*prefix, chunk),
-        shards=(*prefix, chunk * CHUNKS_PER_SHARD),
+        # a batch task is given its regions, not the plan: its layout's shards are not used
+        shards=(*prefix, plan.shard(feature) if plan is not None else chunk),
         attrs={"feature": feature.to_dict(), **feature.attrs(), "axes": list(feature.axes), "extents": extents},
         extents=extents, dimension_names=dimension_names(feature.variant, feature.axes),
         compressed=feature.kind not in UNCOMPRESSED,
@@ -88,6 +92,7 @@ class TrackPlan:
 
     config: Any
     probes: tuple[dict, ...]
+    kept_shards: tuple[tuple[str, int], ...] = ()  # (array, chunks per shard) of the store as first planned
 
     @property
     def n(self) -> int:
@@ -117,13 +122,31 @@ class TrackPlan:
         return int(feature.output_shape(resampled_length(p["frames"], orig_sr=p["rate"], target_sr=feature.sample_rate))[-1])
 
     @cached_property
+    def shard_chunks(self) -> dict[str, int]:
+        """Time chunks per shard of each time array: the store's own, or chosen from the batches' lengths."""
+        kept, size, out = dict(self.kept_shards), self.config.batch_clips, {}
+        for feature in self.features:
+            if feature.name in kept:
+                out[feature.name] = kept[feature.name]
+                continue
+            lengths = [self.length(feature, r) for r in range(self.n)]
+            batches = [sum(lengths[b : b + size]) for b in range(0, self.n, size)]
+            room = PADDING * float(np.median(batches)) / chunk_length(feature) if batches else 1.0
+            out[feature.name] = 1 << max(0, min(int(np.log2(max(room, 1.0))), int(np.log2(MAX_SHARD_CHUNKS))))
+        return out
+
+    def shard(self, feature) -> int:
+        """Elements of the time axis per shard of ``feature``'s array."""
+        return chunk_length(feature) * self.shard_chunks[feature.name]
+
+    @cached_property
     def _regions(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per array: every clip's length, and every batch's region start (one more entry: the total)."""
         size = self.config.batch_clips
         out = {}
         for feature in self.features:
             lengths = np.array([self.length(feature, r) for r in range(self.n)], dtype=np.int64)
-            shard = chunk_length(feature) * CHUNKS_PER_SHARD
+            shard = self.shard(feature)
             used = [int(lengths[b : b + size].sum()) for b in range(0, self.n, size)]
             starts = np.concatenate([[0], np.cumsum([-(-u // shard) * shard for u in used])]).astype(np.int64)
             out[feature.name] = (lengths, starts)
@@ -183,6 +206,8 @@ def plan_tracks(
     ``_muzarr/tracks.json``; a row is reused when its clip id and path, relative to the source, are
     the same); ``open_path`` maps those paths to the files the workers open."""
     old = read_json(loc, PROBE) if reuse else None
+    kept = old.get("shard_chunks") if isinstance(old, dict) else None
+    kept = tuple((k, v) for k, v in kept.items() if _power_of_two(v)) if isinstance(kept, dict) else ()
     probes: list[dict | None] = [None] * len(paths)
     if isinstance(old, dict) and all(isinstance(old.get(k), list) for k in ("clips", "paths", "probes")):
         for i, (clip, path, p) in enumerate(zip(old["clips"], old["paths"], old["probes"])):
@@ -195,12 +220,17 @@ def plan_tracks(
         for group, future in zip(groups, futures):
             for i, p in zip(group, future.result()):
                 probes[i] = p
-    return TrackPlan(config, tuple(probes))
+    return TrackPlan(config, tuple(probes), kept)
 
 
 def save_probes(loc: Location, plan: TrackPlan, clip_ids: list[str], paths: list[str]) -> None:
-    """Keep the probes in the store (one atomic write): a resumed build or a grow plans from them."""
-    write_json(loc, PROBE, {"clips": clip_ids, "paths": paths, "probes": list(plan.probes)})
+    """Keep the probes and the shard sizes in the store (one atomic write): a resumed build or a grow plans
+    from them."""
+    write_json(loc, PROBE, {"clips": clip_ids, "paths": paths, "probes": list(plan.probes), "shard_chunks": plan.shard_chunks})
+
+
+def _power_of_two(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SHARD_CHUNKS and value & (value - 1) == 0
 
 
 def _valid_probe(p: Any) -> bool:

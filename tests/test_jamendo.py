@@ -10,23 +10,30 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile
+import torch
 import yaml
+import zarr
 from test_download import Server
 
 from pipeline import open_store
+from pipeline.audio import float_to_int16
 from pipeline.datasets import get_recipe
 from pipeline.datasets.jamendo import index_jamendo
 from pipeline.download import download_dataset
 from pipeline.errors import MuzarrError
 from pipeline.inspect import source_notes
+from training.inference import load_run
+from training.metrics import compute_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP50 = "autotagging_top50tags"
@@ -43,9 +50,16 @@ def fields(line: str) -> list[str]:
     return line.rstrip("\r\n").split("\t")
 
 
-def shortest(lines: list[str], n: int) -> list[str]:
-    """The ``n`` rows with the shortest DURATION, in file order."""
-    chosen = set(sorted(range(len(lines)), key=lambda i: (float(fields(lines[i])[4]), i))[:n])
+#: the real rows chosen per part are those nearest these durations: tracks of different lengths, short
+#: enough to keep the test fast (MTG-Jamendo's raw_30s tracks are all longer than 30 s)
+DURATIONS = (30.0, 44.0, 61.0, 95.0)
+
+
+def nearest(lines: list[str], durations=DURATIONS) -> list[str]:
+    """For each of ``durations``, the real row whose DURATION is nearest to it, in file order."""
+    chosen: set[int] = set()
+    for want in durations:
+        chosen.add(min((i for i in range(len(lines)) if i not in chosen), key=lambda i: (abs(float(fields(lines[i])[4]) - want), i)))
     return [line for i, line in enumerate(lines) if i in chosen]
 
 
@@ -64,9 +78,9 @@ def header(path: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def split0(fixtures_dir) -> dict[str, list[str]]:
-    """Four of the shortest real rows of each split-0 top-50 file."""
+    """Four real rows of each split-0 top-50 file, 30 s to 95 s long."""
     folder = fixtures_dir / "jamendo" / "data" / "splits" / "split-0"
-    return {part: shortest(real_rows(folder / f"{TOP50}-{part}.tsv"), 4) for part in PARTS}
+    return {part: nearest(real_rows(folder / f"{TOP50}-{part}.tsv")) for part in PARTS}
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +137,10 @@ def test_whole_real_split_files_with_a_dozen_tracks_count_the_rest_missing(fixtu
 def test_moodtheme_subset_reads_its_own_file(fixtures_dir, tmp_path):
     metadata = fixtures_dir / "jamendo" / "data"
     lines = real_rows(metadata / "splits" / "split-0" / "autotagging_moodtheme-test.tsv")
-    for line in shortest(lines, 3):
+    for line in nearest(lines, (30.0, 30.0, 30.0)):
         write_audio(tmp_path, line)
     index = index_jamendo(tmp_path, subset="moodtheme", metadata=metadata)
-    chosen = [fields(line) for line in shortest(lines, 3)]
+    chosen = [fields(line) for line in nearest(lines, (30.0, 30.0, 30.0))]
     assert index.clips["clip_id"].tolist() == [r[0] for r in chosen]
     all_tags = sorted({tag for line in lines for tag in fields(line)[5:]})
     assert list(index.classes) == all_tags and len(all_tags) == 56  # the 56 mood/theme tags of the splits
@@ -279,18 +293,22 @@ def test_category_subset_refuses_another_categorys_tags(fixtures_dir, tree, tmp_
 # ----------------------------------------------------------------------------- pipe build
 
 
-def test_pipe_build_jamendo(split0, tree, tmp_path):
-    out = tmp_path / "jamendo.zarr"
+@pytest.fixture(scope="module")
+def jamendo_store(tree, tmp_path_factory) -> Path:
+    """``pipe build jamendo`` of the Jamendo-like tree: whole tracks (the catalog's clip mode track)."""
+    out = tmp_path_factory.mktemp("built") / "jamendo.zarr"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "build", "jamendo", "--source", str(tree), "--out", str(out),
-         "--workers", "1", "--quiet", "--set", "batch_clips=4",
-         "--set", "clip.mode=pad_crop", "--set", "clip.seconds=30.0",  # until clip.mode=track lands
-         ],
+         "--workers", "1", "--quiet", "--set", "batch_clips=4"],
         check=False, capture_output=True, text=True, cwd=ROOT,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{out}: 12 of 12 clips stored, 0 failed" in result.stdout
-    store = open_store(out)
+    return out
+
+
+def test_pipe_build_jamendo(split0, tree, jamendo_store):
+    store = open_store(jamendo_store)
     rows = [fields(line) for part in PARTS for line in split0[part]]
     assert store.complete and store.task == "multilabel" and len(store.classes) == 50
     assert store.clips["clip_id"].tolist() == [r[0] for r in rows]
@@ -300,7 +318,51 @@ def test_pipe_build_jamendo(split0, tree, tmp_path):
     assert tags == [sorted(r[5:]) for r in rows]
     for part, value in PARTS.items():
         assert [store.clips["clip_id"][i] for i in store.split("split-0", value)] == [fields(x)[0] for x in split0[part]]
-    assert store.read("waveform", 0).shape[-1] == 30 * 16000
+    # every track whole, at its own length: the row's DURATION at 16 kHz (MP3 decoding adds under 0.1 s)
+    lengths = store.extents("waveform")[:, 1]
+    durations = np.array([float(r[4]) for r in rows])
+    assert len(set(lengths.tolist())) >= 4
+    assert np.all(np.abs(lengths / 16000 - durations) < 0.1), (lengths / 16000, durations)
+    for row in (0, 11):  # the track as librosa decodes and resamples the whole file, quantised to int16
+        decoded, _ = librosa.load(tree / rows[row][3], sr=16000, mono=True)
+        np.testing.assert_array_equal(store.track("waveform", row), float_to_int16(decoded))
+
+
+@pytest.mark.parametrize("model, array, shape", [
+    ("short_res", "waveform", [59049]),
+    ("crnn", "logmel/mel96_sr12000_fft512_hop256_pad37", [96, 1440]),
+])  # fmt: skip
+def test_trains_on_random_crops_and_scores_whole_tracks(jamendo_store, model, array, shape, tmp_path):
+    """short_res (3.69 s crops) and crnn (29.12 s, the MTAT clip it was made for) train on crops of whole
+    tracks; each test track is scored by 16 crops spread over all of it (Won et al.'s MTG-Jamendo
+    eval.py takes 16 per track), averaged: recomputed here from the checkpoint and zarr-python's read."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "training.cli", "--store", str(jamendo_store), "--model", model, "--split-scheme", "split-0",
+         "--epochs", "1", "--batch-size", "4", "--no-emissions", "--no-tensorboard", "--quiet", "--out", str(out)],
+        check=False, capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["input"]["array"] == array and config["input"]["example_shape"] == shape
+    assert config["input"]["eval_crops"] == 16
+    metrics = json.loads((out / "metrics.json").read_text())
+    run = load_run(out)
+    store = open_store(jamendo_store)
+    rows = store.split("split-0", "test")
+    scores = []
+    for row in rows:
+        track = zarr.open_array(str(jamendo_store / array), mode="r")[..., slice(*np.cumsum(store.extents(array)[row]))]
+        starts = np.linspace(0, track.shape[-1] - shape[-1], 16).round().astype(int)
+        crops = np.stack([track[..., s : s + shape[-1]] for s in starts]).astype(np.float32)
+        if array == "waveform":
+            crops /= 32768
+        with torch.no_grad():
+            scores.append(torch.sigmoid(run.model(torch.from_numpy(crops))).mean(dim=0).numpy())
+    expected = compute_metrics("multilabel", store.label_matrix[rows], np.stack(scores), store.classes)
+    assert metrics["test"]["n_clips"] == len(rows) == 4
+    for name in ("roc_auc", "pr_auc"):
+        assert metrics["test"][name] == pytest.approx(expected[name], abs=1e-6), name
 
 
 # ----------------------------------------------------------------------------- pipe download

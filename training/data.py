@@ -90,6 +90,10 @@ class ExamplePlan:
     crop_span : int or None
         Training crops start so that they end within the first ``crop_span`` frames/samples
         (Won et al.'s loader: the first 29 s); ``None`` = anywhere in the (sub-)clip.
+    tracks : bool
+        The array holds whole tracks of any length (a track store): ``clip_shape`` ends in ``-1``,
+        each clip's length is its extent, training crops fall anywhere within it and evaluation
+        takes ``eval_crops`` crops spread over each whole track.
     """
 
     array: str
@@ -99,6 +103,7 @@ class ExamplePlan:
     placement: str = "spread"
     group_subclips: bool = False
     crop_span: int | None = None
+    tracks: bool = False
 
     @property
     def n_subclips(self) -> int:
@@ -144,6 +149,8 @@ def plan_examples(
     makes the sub-clips.
     """
     array = resolve_array(store, spec)
+    if "extents" in store.arrays[array]:
+        return _track_plan(store, spec, array, eval_crops=eval_crops, placement=placement, sub_clips=sub_clips)
     clip_shape = tuple(store.arrays[array]["shape"][1:])
     plan = ExamplePlan(array, clip_shape, None, 1, placement)
     if sub_clips is not None:
@@ -161,6 +168,24 @@ def plan_examples(
     return ExamplePlan(array, clip_shape, length, crops, placement)
 
 
+#: evaluation crops per track of a track store (Won et al.'s MTG-Jamendo ``eval.py``: 16 per track)
+TRACK_EVAL_CROPS = 16
+#: the crop of a whole-clip model (crnn, cnn5, ...) on a track store: the 29.12 s of the MTAT clips it was made for
+TRACK_WHOLE_CLIP_SECONDS = 29.12
+
+
+def _track_plan(store: Store, spec: InputSpec, array: str, *, eval_crops, placement: str, sub_clips) -> ExamplePlan:
+    """Examples of a track store's time array: crops of the model's input length within each track."""
+    if sub_clips is not None:
+        raise MuzarrError(
+            f"this protocol trains on {sub_clips} stored sub-clips per clip, but {store.url} holds whole tracks "
+            "(clip mode track): train on random crops with --sub-clips 0, or build a store of sub-clips"
+        )
+    inner = tuple(store.arrays[array]["shape"][:-1])
+    length = spec.example_shape(spec.seconds or TRACK_WHOLE_CLIP_SECONDS)[-1]
+    return ExamplePlan(array, (*inner, -1), length, eval_crops or TRACK_EVAL_CROPS, placement, tracks=True)
+
+
 def plan_for(store: Store, spec: InputSpec, protocol) -> ExamplePlan:
     """:func:`plan_examples` with a :class:`~training.protocol.Protocol`'s evaluation, sub-clip
     and training-crop settings."""
@@ -176,10 +201,13 @@ def plan_for(store: Store, spec: InputSpec, protocol) -> ExamplePlan:
     return replace(plan, crop_span=span)
 
 
-def crop_offsets(rng: np.random.Generator, n: int, *, total: int, length: int, span: int | None = None) -> np.ndarray:
+def crop_offsets(rng: np.random.Generator, n: int, *, total, length: int, span: int | None = None) -> np.ndarray:
     """``n`` random training-crop starts in ``[0, total - length]``; with ``span``, Won et al.'s
     ``floor(U * (span - length))`` (``mtat_loader.py``: the crop ends within the first
-    ``span``), capped by the clip's own length."""
+    ``span``), capped by the clip's own length. ``total`` may be one length per crop (tracks)."""
+    if not np.isscalar(total):  # a length per crop
+        high = np.asarray(total, dtype=np.int64) if span is None else np.minimum(span, total)
+        return rng.integers(0, np.maximum(1, high - length + (span is None)), size=n)
     if span is None:
         return rng.integers(0, max(1, total - length + 1), size=n)
     return rng.integers(0, max(1, min(span, total) - length), size=n)
@@ -278,8 +306,19 @@ class SplitReader:
         self.clip_ids = store.clips["clip_id"].to_numpy()[self.rows]
         self.dtype = store.arrays[plan.array]["dtype"]
         # Streaming reads shard by shard: the unit a build writes, and what the shuffle permutes.
-        self.array = ArrayReader(store, plan.array, verify=verify)
-        self.chunk_clips = self.array.rows_per_shard
+        self.array = ArrayReader(store, plan.array, verify=verify, clip_axis=not plan.tracks)
+        self.extents = None
+        if plan.tracks:
+            if cache:
+                raise MuzarrError(
+                    f"{plan.array} of {store.url} holds whole tracks of any length: they are streamed, not cached; "
+                    "train with --cache none (or auto)"
+                )
+            # a block is a build batch's tracks (one extents shard): what its task wrote together
+            self.extents = store.extents(plan.array)[self.rows]
+            self.chunk_clips = int(store.arrays[store.arrays[plan.array]["extents"]]["shards"][0])
+        else:
+            self.chunk_clips = self.array.rows_per_shard
         shard_of = self.rows // self.chunk_clips
         _, first = np.unique(shard_of, return_index=True)
         self._bounds = np.append(first, len(self.rows))
@@ -293,7 +332,13 @@ class SplitReader:
 
     @property
     def nbytes(self) -> int:
+        if self.extents is not None:
+            return int(np.prod(self.plan.clip_shape[:-1]) * self.extents[:, 1].sum()) * np.dtype(self.dtype).itemsize
         return int(np.prod(self.plan.clip_shape)) * np.dtype(self.dtype).itemsize * len(self.rows)
+
+    def shorter_than(self, length: int) -> int:
+        """How many tracks of a track store are shorter than ``length`` (their crops are zero-padded)."""
+        return 0 if self.extents is None else int((self.extents[:, 1] < length).sum())
 
     def close(self) -> None:
         """Forget the open store handles (the next read opens them again)."""
@@ -318,7 +363,11 @@ class SplitReader:
         keep = transform or (lambda data: data)
         for block in range(self.n_blocks()) if order is None else order:
             positions = self.positions(int(block))
-            if self.memory is not None:
+            if self.extents is not None:  # tracks of any length: the block's tracks one after another
+                starts, lengths = self.extents[positions, 0], self.extents[positions, 1]
+                tracks = [self.array.crops(None, [s], n)[0] for s, n in zip(starts, lengths) if n]
+                yield positions, keep(np.concatenate(tracks, axis=-1)[None] if tracks else np.zeros((0,), self.dtype))
+            elif self.memory is not None:
                 yield positions, keep(self.memory[positions[0] : positions[-1] + 1])
             else:
                 yield positions, keep(self.array.rows(self.rows[positions]))
@@ -328,7 +377,21 @@ class SplitReader:
         sub-clip axis), reading only the chunks they overlap (each passes its crc32c)."""
         if self.memory is not None:
             return crop(self.memory[positions], starts, length)
+        if self.extents is not None:
+            return self._track_crops(positions, starts, length)
         return self.array.crops(self.rows[positions], starts, length)
+
+    def _track_crops(self, positions: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+        """Crops within each track (``starts`` relative to it); a track shorter than ``length`` is read
+        whole and zero-padded."""
+        first, lengths = self.extents[positions, 0], self.extents[positions, 1]
+        whole = lengths >= length
+        out = np.zeros((len(positions), *self.plan.clip_shape[:-1], length), dtype=self.dtype)
+        if whole.any():
+            out[whole] = self.array.crops(None, first[whole] + starts[whole], length)
+        for i in np.flatnonzero(~whole & (lengths > 0)):
+            out[i, ..., : lengths[i]] = self.array.crops(None, [first[i]], int(lengths[i]))[0]
+        return out
 
     def n_blocks(self) -> int:
         if self.memory is not None:
@@ -471,6 +534,10 @@ class CroppedShards(torch.utils.data.Dataset):
         total, length = plan.item_shape[-1], plan.length
         rng = np.random.default_rng([self.seed, epoch, 1, shard])
         positions = reader.positions(shard)
+        if plan.tracks:  # anywhere within each track (Won et al.'s jamendo_loader.py)
+            totals = reader.extents[positions, 1]
+            offsets = crop_offsets(rng, len(positions), total=totals, length=length, span=plan.crop_span)
+            return positions, reader.crops(positions, offsets, length)
         if length is not None and length <= total and not plan._has_subclips:
             offsets = crop_offsets(rng, len(positions), total=total, length=length, span=plan.crop_span)
             return positions, reader.crops(positions, offsets, length)
@@ -501,7 +568,7 @@ def eval_batches(
     plan = reader.plan
     offsets = eval_offsets(plan.item_shape[-1], plan.length, plan.eval_crops, plan.placement)
     # each crop reads only its chunks; whole (sub-)clips and padded short clips are read whole
-    cropping = plan.length is not None and plan.length <= plan.item_shape[-1] and not plan._has_subclips
+    cropping = plan.tracks or (plan.length is not None and plan.length <= plan.item_shape[-1] and not plan._has_subclips)
     pending_x, pending_p = [], []
     count = 0
 
@@ -519,7 +586,10 @@ def eval_batches(
 
     for block in range(reader.n_blocks()) if shards is None else shards:
         positions = reader.positions(int(block))
-        if cropping:
+        if plan.tracks:  # spread over each whole track
+            starts = [eval_offsets(int(n), plan.length, plan.eval_crops, plan.placement) for n in reader.extents[positions, 1]]
+            data = reader.crops(np.repeat(positions, plan.eval_crops), np.concatenate(starts), plan.length)
+        elif cropping:
             data = reader.crops(np.repeat(positions, plan.eval_crops), np.tile(offsets, len(positions)), plan.length)
         else:
             _, data = next(reader.blocks(np.array([block])))

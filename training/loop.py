@@ -165,12 +165,18 @@ class Run:
             part: SplitReader(self.store, self.plan, rows, targets[rows], cache=cache != "none", verify=self.config.verify_reads)
             for part, rows in parts.items()
         }
+        short = {part: reader.shorter_than(self.plan.length) for part, reader in readers.items() if self.plan.tracks}
+        if any(short.values()):
+            counts = ", ".join(f"{n} of {part}" for part, n in short.items() if n)
+            print(f"note: {counts} tracks are shorter than the model's {self.plan.length}-step input: their crops are zero-padded")
         return readers, cache
 
     def _cache_choice(self, n_rows: int) -> str:
         choice = self.config.cache
         if choice == "gpu" and self.device.type == "cpu":
             choice = "ram"
+        if self.plan.tracks and choice == "auto":
+            return "none"  # whole tracks of any length are streamed
         if choice != "auto":
             return choice
         info = self.store.arrays[self.plan.array]

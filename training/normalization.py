@@ -40,13 +40,14 @@ def fit_normalization(reader: SplitReader, *, max_clips: int = 1000) -> tuple[np
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
     total, total_sq, count = 0.0, 0.0, 0
     seen = 0
-    for _, data in reader.blocks():
-        values = to_float(data, reader.dtype).reshape(-1, *plan.item_shape).astype(np.float64)
+    for positions, data in reader.blocks():
+        # (clips, ..., time): a track store's block is its tracks joined along time
+        values = to_float(data, reader.dtype).reshape(-1, *plan.item_shape[:-1], data.shape[-1]).astype(np.float64)
         axes = (0, 2) if values.ndim == 3 else (0,)
         total = total + values.sum(axis=axes)
         total_sq = total_sq + (values**2).sum(axis=axes)
         count += values.size // values.shape[1]
-        seen += len(data)
+        seen += len(positions)
         if seen >= max_clips:
             break
     mean = total / count
