@@ -194,7 +194,7 @@ def candidates(url: Path, work: Path, rounds: int) -> None:
     from zarr.codecs import Crc32cCodec
 
     from pipeline import open_store
-    from pipeline.store import compressor
+    from pipeline.store.layout import compressor
     from training.data import ExamplePlan, SplitReader, TrainStream
 
     store = open_store(str(url))

@@ -4,6 +4,6 @@ The public reader is :func:`open_store`; everything else reads stores through it
 """
 
 from pipeline.errors import MuzarrError
-from pipeline.store import Store, open_store
+from pipeline.store.reader import Store, open_store
 
 __all__ = ["MuzarrError", "Store", "open_store"]

@@ -14,10 +14,11 @@ import numpy as np
 from pipeline.audio import DecodeError, load_clip
 from pipeline.config import BuildConfig
 from pipeline.errors import MuzarrError
-from pipeline.shards import ShardFormat, shard_path
-from pipeline.storage import STATUS_FAILED, STATUS_OK, Location, clips_digest, marker_key, remove_key, write_json
-from pipeline.store import clip_digests, fill_value, plan_layout
-from pipeline.tracks import EXTENTS, BatchTracks
+from pipeline.store.io import STATUS_FAILED, STATUS_OK, clips_digest, marker_key, remove_key, write_json
+from pipeline.store.layout import EXTENTS, clip_digests, fill_value, plan_layout
+from pipeline.store.location import Location
+from pipeline.store.shards import ShardFormat, shard_path
+from pipeline.tracks import BatchTracks
 
 
 def run_batch(

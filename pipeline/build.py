@@ -44,23 +44,19 @@ from pipeline.config import TASK_AUTO, BuildConfig, build_command, expected_type
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError, write_errors, write_failure
 from pipeline.index import DatasetIndex
-from pipeline.lock import writer_lock
 from pipeline.repair import undo_damage
-from pipeline.storage import (
+from pipeline.store.io import (
     KEYS,
     LOCK,
     STATUS_FAILED,
     STATUS_NAMES,
     STATUS_OK,
     TARGET,
-    Location,
     check_contained,
     check_marker,
     clips_digest,
     folder_listing,
-    is_local,
     list_keys,
-    location,
     read_json,
     read_manifest,
     read_markers,
@@ -71,17 +67,10 @@ from pipeline.storage import (
     write_manifest,
     write_table,
 )
-from pipeline.store import (
-    DIGEST,
-    SCHEMA_VERSION,
-    combine_digests,
-    damaged_manifest,
-    ensure_arrays,
-    manifest_damage,
-    old_layout,
-    open_store,
-    plan_layout,
-)
+from pipeline.store.layout import DIGEST, SCHEMA_VERSION, combine_digests, ensure_arrays, plan_layout
+from pipeline.store.location import Location, is_local, location
+from pipeline.store.lock import writer_lock
+from pipeline.store.reader import damaged_manifest, manifest_damage, old_layout, open_store
 from pipeline.tracks import plan_tracks, save_probes
 
 VERSIONED = ("muzarr", "numpy", "scipy", "soundfile", "soxr", "librosa", "zarr", "numcodecs", "av", "dask")

@@ -89,7 +89,7 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     """
     from pipeline.build import build as run_build
     from pipeline.config import config_from_command
-    from pipeline.inspect import storage_notes
+    from pipeline.describe import storage_notes
 
     config, entry = config_from_command(
         name, catalog=catalog, waveforms=waveforms, logmels=logmels, tabulars=tabulars, only=only, settings=settings
@@ -135,7 +135,7 @@ def info(store, show_failures):
     Exit status: 0 a finished store, 1 its build has not finished or it shows damage (an array that
     cannot be opened, a table that cannot be read: run `pipe verify`), 2 not a store.
     """
-    from pipeline.inspect import describe_store
+    from pipeline.describe import describe_store
 
     text, healthy = describe_store(store, max_failures=show_failures)
     click.echo(text)
@@ -214,7 +214,7 @@ def export(store, features, fmt, out):
       pipe export gtzan.zarr --features summary --format parquet --out summary.parquet
     """
     from pipeline.export import export_table
-    from pipeline.store import open_store
+    from pipeline.store.reader import open_store
 
     table = export_table(open_store(store), features, out=out, fmt=fmt)
     click.echo(f"{out}: {len(table)} rows x {table.shape[1]} columns ({features})")
@@ -238,7 +238,7 @@ def verify(store):
       pipe verify s3://bucket/mtat.zarr
     Exit status: 0 clean, 1 damage found (each damaged clip, chunk, shard or table is listed), 2 not a store.
     """
-    from pipeline.verify import verify_store
+    from pipeline.store.verify import verify_store
 
     report = verify_store(store)
     for line in report.lines():
@@ -260,7 +260,7 @@ def copy(src, dst, overwrite):
       pipe copy https://lab.example/mtat.zarr mtat.zarr
     Exit status: 0 copied and verified, 1 the copy does not verify (damage listed), 2 bad input.
     """
-    from pipeline.remote import copy_store
+    from pipeline.store.copy import copy_store
 
     report = copy_store(src, dst, overwrite=overwrite)
     click.echo(f"copied {report.n_keys} objects ({report.n_bytes / 2**20:.1f} MiB) from {src} to {dst}")

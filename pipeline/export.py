@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import MuzarrError
-from pipeline.store import Store
+from pipeline.store.reader import Store
 
 FORMATS = ("csv", "parquet")
 

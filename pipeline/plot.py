@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import MuzarrError
-from pipeline.store import Store, open_store
+from pipeline.store.reader import Store, open_store
 
 
 def _pyplot():
@@ -131,7 +131,7 @@ def plot_labels(store: Store, path: Path) -> Path:
 
 def plot_lengths(store: Store, path: Path) -> Path:
     """Histogram of a track store's track lengths (log-spaced bins: tracks run from seconds to an hour)."""
-    from pipeline.inspect import track_seconds
+    from pipeline.describe import track_seconds
 
     plt = _pyplot()
     seconds = track_seconds(store)

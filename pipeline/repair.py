@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline.storage import Location, marker_key, read_manifest, remove_key
+from pipeline.store.io import marker_key, read_manifest, remove_key
+from pipeline.store.location import Location
 
 
 def undo_damage(
     loc: Location, *, batch_clips: int, n_batches: int, echo: Callable[[str], None] | None = None
 ) -> None:
     """Verify the store at ``loc`` and remove the claims of what is damaged; ``echo`` is told what."""
-    from pipeline.verify import verify_store
+    from pipeline.store.verify import verify_store
 
     echo = echo or (lambda line: None)
     manifest = read_manifest(loc) or {}

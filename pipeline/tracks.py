@@ -24,7 +24,9 @@ import numpy as np
 
 from pipeline.audio import probe, resampled_length
 from pipeline.errors import MuzarrError
-from pipeline.storage import Location, read_json, write_json
+from pipeline.store.io import read_json, write_json
+from pipeline.store.layout import chunk_length, is_time_feature
+from pipeline.store.location import Location
 
 #: a batch's region is padded to whole shards: a shard holds the most time chunks (pipeline.store.time_chunk,
 #: ~2 s each; a power of two, at most MAX_SHARD_CHUNKS) that keep that rounding within PADDING of a batch of
@@ -35,55 +37,6 @@ MAX_SHARD_CHUNKS = 64
 PROBE = "_muzarr/tracks.json"
 #: files probed per Dask task (a probe reads a header: tasks of one file would cost more than the work)
 PROBES_PER_TASK = 64
-EXTENTS = "extents"
-
-
-def is_time_feature(feature) -> bool:
-    """Whether ``feature``'s output grows with its input along the last axis (waveform, log-mel)."""
-    a, b = feature.output_shape(1 << 16), feature.output_shape(1 << 17)
-    return len(a) == len(b) and a[:-1] == b[:-1] and a[-1] != b[-1]
-
-
-def extents_name(name: str) -> str:
-    return f"{EXTENTS}/{name}"
-
-
-def chunk_length(feature) -> int:
-    """Elements of the time axis per chunk (tracks have no fixed length: a power of two near 2 s)."""
-    from pipeline.store import time_chunk, time_rate
-
-    return time_chunk(None, rate=time_rate(feature))
-
-
-def time_layout(feature, plan: TrackPlan | None):
-    """The layout of ``feature``'s concatenated array (its length 0 when no plan is given: a batch task
-    takes its own region from the driver)."""
-    from pipeline.store import UNCOMPRESSED, ArrayLayout, dimension_names
-
-    prefix = tuple(feature.output_shape(1)[:-1])
-    chunk = chunk_length(feature)
-    total = plan.total(feature.name) if plan is not None else 0
-    extents = extents_name(feature.name)
-    return ArrayLayout(
-        name=feature.name, shape=(*prefix, total), dtype=feature.dtype, chunks=(*prefix, chunk),
-        # a batch task is given its regions, not the plan: its layout's shards are not used
-        shards=(*prefix, plan.shard(feature) if plan is not None else chunk),
-        attrs={"feature": feature.to_dict(), **feature.attrs(), "axes": list(feature.axes), "extents": extents},
-        extents=extents, dimension_names=dimension_names(feature.variant, feature.axes),
-        compressed=feature.kind not in UNCOMPRESSED,
-    )
-
-
-def extents_layout(feature, n_clips: int, batch_clips: int):
-    from pipeline.store import ArrayLayout
-
-    units = f"samples at {feature.sample_rate} Hz" if feature.kind == "waveform" else "frames"
-    return ArrayLayout(
-        name=extents_name(feature.name), shape=(n_clips, 2), dtype="int64", chunks=(batch_clips, 2), shards=(batch_clips, 2),
-        attrs={"feature": {"kind": EXTENTS, "of": feature.name}, "axes": ["clip", "extent"], "columns": ["start", "length"],
-               "units": units},
-        dimension_names=("clip", "extent"),
-    )
 
 
 @dataclass(frozen=True)
@@ -278,14 +231,14 @@ class BatchTracks:
 
     def blank(self, name: str, buffer: np.ndarray, rows) -> None:
         """The tracks ``rows`` of ``buffer`` hold the array's fill value (NaN in a float array): they failed."""
-        from pipeline.store import fill_value
+        from pipeline.store.layout import fill_value
 
         for i in rows:
             start = self.offsets[name][i]
             buffer[..., start : start + self.regions[name]["lengths"][i]] = fill_value(buffer.dtype)
 
     def digests(self, name: str, buffer: np.ndarray) -> list[str]:
-        from pipeline.store import clip_digests
+        from pipeline.store.layout import clip_digests
 
         return [
             clip_digests(buffer[None, ..., s : s + n])[0] for s, n in zip(self.offsets[name], self.regions[name]["lengths"])

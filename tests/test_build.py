@@ -109,7 +109,7 @@ def test_manifest_records_how_the_store_was_made(built):
 
 
 def test_checksums_table_matches_the_data(built):
-    from pipeline.store import clip_digests, combine_digests
+    from pipeline.store.layout import clip_digests, combine_digests
 
     store = open_store(built[2].url)
     table = store.table("checksums")
@@ -263,8 +263,8 @@ def test_loud_clips_are_stored_clipped_and_the_store_says_so(tmp_path):
     import soundfile
 
     from pipeline.config import BuildConfig
+    from pipeline.describe import describe
     from pipeline.index import DatasetIndex
-    from pipeline.inspect import describe
 
     sr, n = 16000, 8000
     t = np.arange(n) / sr

@@ -23,7 +23,7 @@ pds = pytest.importorskip("pyarrow.dataset")
 import zarr
 
 from pipeline import open_store
-from pipeline.store import clip_digests, dimension_names, fill_value
+from pipeline.store.layout import clip_digests, dimension_names, fill_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,8 +156,8 @@ def test_failed_clip_is_nan_in_float_arrays_and_zero_in_int16(gtzan_url):
 
 def test_rows_no_build_wrote_read_as_nan(tmp_path):
     from pipeline.config import config_for, load_catalog
-    from pipeline.storage import location
-    from pipeline.store import create_arrays, plan_layout
+    from pipeline.store.layout import create_arrays, plan_layout
+    from pipeline.store.location import location
 
     config = config_for("demo", load_catalog()["demo"])
     layouts = plan_layout(config, 8)
@@ -171,7 +171,7 @@ def test_rows_no_build_wrote_read_as_nan(tmp_path):
 
 def test_axes_have_a_subclip_axis_only_when_the_clip_policy_splits():
     from pipeline.config import apply_overrides, config_for, load_catalog
-    from pipeline.store import plan_layout
+    from pipeline.store.layout import plan_layout
 
     config = config_for("gtzan", load_catalog()["gtzan"])
     split = apply_overrides(config, settings={"clip.mode": "split", "clip.seconds": 3.0, "clip.total_seconds": 30.0})

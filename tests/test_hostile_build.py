@@ -310,8 +310,8 @@ def test_the_lock_on_an_object_store_refuses_a_second_writer_and_takes_over_a_de
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     import s3fs
 
-    from pipeline.lock import writer_lock
-    from pipeline.storage import location
+    from pipeline.store.location import location
+    from pipeline.store.lock import writer_lock
 
     fs = s3fs.S3FileSystem(**options)
     try:

@@ -29,9 +29,9 @@ from pipeline import open_store
 from pipeline.audio import float_to_int16
 from pipeline.datasets import get_recipe
 from pipeline.datasets.jamendo import index_jamendo
+from pipeline.describe import source_notes
 from pipeline.download import download_dataset
 from pipeline.errors import MuzarrError
-from pipeline.inspect import source_notes
 from training.inference import load_run
 from training.metrics import compute_metrics
 

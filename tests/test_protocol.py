@@ -296,7 +296,7 @@ def test_macro_metrics_average_over_present_classes():
 
 
 def test_pipe_info_names_classes_without_clips(gtzan_cli_build):
-    from pipeline.inspect import describe
+    from pipeline.describe import describe
 
     result, out = gtzan_cli_build  # the fixture's GTZAN tree holds 5 of the 10 genres
     assert result.returncode in (0, 1), result.stderr

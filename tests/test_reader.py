@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from pipeline import MuzarrError, open_store
-from pipeline.reader import ArrayReader
+from pipeline.store.arrays import ArrayReader
 
 TIMED = ("waveform", "logmel/mel96_sr12000_fft512_hop256_pad37")
 

@@ -32,7 +32,7 @@ from pipeline import MuzarrError, open_store
 from pipeline.audio import float_to_int16, resample, to_mono
 from pipeline.build import build, build_index, make_client
 from pipeline.config import BuildConfig, apply_overrides, config_for, load_catalog
-from pipeline.inspect import describe
+from pipeline.describe import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 MTAT_CLIP = "e/joram-moments_of_clarity-08-solipsism-59-88.mp3"

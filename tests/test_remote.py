@@ -26,8 +26,8 @@ from click.testing import CliRunner
 
 from pipeline import MuzarrError, open_store
 from pipeline.cli import main
-from pipeline.remote import copy_store
-from pipeline.verify import verify_store
+from pipeline.store.copy import copy_store
+from pipeline.store.verify import verify_store
 
 BIN = Path(sys.executable).parent
 BUCKET = "muzarr-test"

@@ -204,7 +204,7 @@ def test_kill_during_finalize_resumes(reference, source, tmp_path):
 def test_a_folder_left_by_a_killed_creation_is_recognised_as_ours(tmp_path):
     """A kill can land before the mark is complete (only a temporary file) or while clearing (only the mark)."""
     from pipeline.build import _is_ours, _remove
-    from pipeline.storage import location
+    from pipeline.store.location import location
 
     early = tmp_path / "early.zarr"
     (early / "_muzarr").mkdir(parents=True)

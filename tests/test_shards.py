@@ -8,8 +8,8 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from pipeline.errors import MuzarrError
-from pipeline.shards import ShardFormat, map_local, morton_order, shard_path
-from pipeline.store import compressor, time_chunk
+from pipeline.store.layout import compressor, time_chunk
+from pipeline.store.shards import ShardFormat, map_local, morton_order, shard_path
 
 
 def _array(tmp_path, *, dtype, clip_shape, n_clips=21, shard=8, chunk=2, compressors="muzarr"):

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from pipeline.storage import STATUS_FAILED, STATUS_OK, check_marker, clips_digest
+from pipeline.store.io import STATUS_FAILED, STATUS_OK, check_marker, clips_digest
 
 IDS = ["a", "b", "c"]
 DIGEST = "0123456789abcdef0123456789abcdef"

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from pipeline import MuzarrError, open_store
 from pipeline.cli import main
-from pipeline.store import SCHEMA_VERSION, check_key
+from pipeline.store.io import check_key
+from pipeline.store.layout import SCHEMA_VERSION
 
 # A source folder that never exists: every build below must stop before computing anything.
 MISSING_SOURCE = str(Path(tempfile.gettempdir()) / f"muzarr-missing-source-{os.getpid()}")

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import MuzarrError, open_store
-from pipeline.shards import ShardFormat, shard_path
+from pipeline.store.shards import ShardFormat, shard_path
 from training.cli import main
 from training.data import ExamplePlan, SplitReader, TrainStream
 

@@ -19,7 +19,7 @@ import zarr
 from pipeline import open_store
 from pipeline.build import build
 from pipeline.config import apply_overrides, config_for, load_catalog
-from pipeline.verify import verify_store
+from pipeline.store.verify import verify_store
 
 N_CLIPS, BATCH = 24, 8
 SEED = 7
@@ -166,7 +166,7 @@ def test_a_store_from_before_the_digest_field_verifies_with_blake2b(store):
 
     import pandas as pd
 
-    from pipeline.store import clip_digests, combine_digests
+    from pipeline.store.layout import clip_digests, combine_digests
 
     meta = json.loads((store / "zarr.json").read_text())
     manifest = meta["attributes"]["muzarr"]

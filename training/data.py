@@ -27,7 +27,7 @@ from pipeline import MuzarrError, Store
 from pipeline.audio import ClipPolicy
 from pipeline.config import build_command, make_feature
 from pipeline.features.base import n_frames
-from pipeline.reader import ArrayReader
+from pipeline.store.arrays import ArrayReader
 from training.models import InputSpec
 
 LOGMEL_MATCH = ("sample_rate", "n_mels", "n_fft", "hop_length", "pad_frames")

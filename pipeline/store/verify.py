@@ -17,18 +17,19 @@ import zarr
 
 from pipeline.config import build_command
 from pipeline.errors import MuzarrError
-from pipeline.storage import (
+from pipeline.store.io import (
     KEYS,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_PENDING,
-    Location,
     list_keys,
     read_json,
     read_table,
     store_keys,
 )
-from pipeline.store import CLIP_DIGESTS, TABLES, Store, array_problems, clip_digests, combine_digests, open_store
+from pipeline.store.layout import CLIP_DIGESTS, TABLES, array_problems, clip_digests, combine_digests
+from pipeline.store.location import Location
+from pipeline.store.reader import Store, open_store
 
 
 @dataclass(frozen=True)

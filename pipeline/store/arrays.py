@@ -22,9 +22,10 @@ import numpy as np
 import zarr
 
 from pipeline.errors import MuzarrError
-from pipeline.shards import EMPTY, ShardFormat, map_local, shard_path
-from pipeline.storage import STATUS_NAMES, STATUS_OK
-from pipeline.store import Store, clip_digests, open_store
+from pipeline.store.io import STATUS_NAMES, STATUS_OK
+from pipeline.store.layout import clip_digests
+from pipeline.store.reader import Store, open_store
+from pipeline.store.shards import EMPTY, ShardFormat, map_local, shard_path
 
 
 class ArrayReader:

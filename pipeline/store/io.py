@@ -1,4 +1,4 @@
-"""Low-level I/O on a store URL: filesystems, atomic writes, tables, markers and key lists.
+"""Low-level I/O of a store at a :class:`~pipeline.store.location.Location`: tables, JSON, markers and key lists.
 
 Every file muzarr writes itself appears whole or not at all: a temporary name renamed on a
 local disk, one PUT on an object store.
@@ -11,17 +11,14 @@ import io
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
-import zarr
 
 from pipeline.errors import MuzarrError
-from pipeline.http import http_filesystem
+from pipeline.store.location import Location, is_local, put_bytes
 
 #: per-clip status values of the ``status`` array
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
@@ -48,100 +45,6 @@ MAX_JSON_BYTES = 64 << 20
 FRESH_COPY = "get a fresh copy of the store, or rebuild it"
 
 
-def is_http(url: str) -> bool:
-    return str(url).split("://", 1)[0].lower() in ("http", "https") if "://" in str(url) else False
-
-
-class Location:
-    """Where a store is: its URL and fsspec options, with the filesystem resolved once.
-
-    Every reader and writer of a store takes one (make it with :func:`location`). It pickles
-    as its URL and options: a Dask worker resolves the filesystem anew.
-    """
-
-    def __init__(self, url: str, options: dict | None = None) -> None:
-        self.url = str(url)
-        self.options = dict(options or {})
-        self._resolved = None
-
-    def __reduce__(self):
-        return (Location, (self.url, self.options))
-
-    def __repr__(self) -> str:
-        return f"Location({self.url!r})"
-
-    def __str__(self) -> str:
-        return self.url
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Location) and (self.url, self.options) == (other.url, other.options)
-
-    def __hash__(self) -> int:
-        return hash(self.url)
-
-    @property
-    def is_http(self) -> bool:
-        return is_http(self.url)
-
-    def fresh(self) -> Location:
-        """The same place, its filesystem resolved anew (a forked process must not share a connection pool)."""
-        return Location(self.url, self.options)
-
-    def _resolve(self):
-        if self._resolved is None:
-            if self.is_http:  # a range-checking filesystem (pipeline/http.py)
-                self._resolved = http_filesystem(self.options), self.url.rstrip("/")
-            else:
-                fs, path = fsspec.core.url_to_fs(self.url, **self.options)
-                self._resolved = fs, path.rstrip("/")
-        return self._resolved
-
-    @property
-    def fs(self):
-        """The fsspec filesystem of the store."""
-        return self._resolve()[0]
-
-    @property
-    def root(self) -> str:
-        """The store's path on :attr:`fs` (no trailing slash)."""
-        return self._resolve()[1]
-
-    @property
-    def is_local(self) -> bool:
-        return is_local(self.fs)
-
-    def path(self, key: str) -> str:
-        """The filesystem path of store-relative ``key``."""
-        return f"{self.root}/{key}"
-
-    def put(self, key: str, data: bytes) -> None:
-        """Write ``key`` whole or not at all (:func:`put_bytes`)."""
-        put_bytes(self.fs, self.path(key), data)
-
-    def zarr_store(self, *, read_only: bool = True):
-        """What ``zarr.open_group(store=...)`` needs: the URL itself, or a store object for HTTP."""
-        if self.is_http:
-            from zarr.storage import FsspecStore
-
-            return FsspecStore(http_filesystem(self.options, asynchronous=True), path=self.url.rstrip("/"), read_only=True)
-        return self.url
-
-    def open_group(self, *, mode: str = "r") -> zarr.Group:
-        store = self.zarr_store(read_only=mode == "r")
-        options = None if not isinstance(store, str) else (self.options or None)
-        # Zarr v3 only: a v2 group could hold arrays with a pickle filter, whose decoding runs code.
-        return zarr.open_group(store=store, mode=mode, storage_options=options, zarr_format=3)
-
-
-def location(url: str | Location, storage_options: dict | None = None) -> Location:
-    """``url`` (a path or any fsspec URL) with its options as a :class:`Location`; a Location as it is."""
-    if isinstance(url, Location):
-        if storage_options and storage_options != url.options:
-            raise MuzarrError(f"{url.url}: storage options given twice (with the location and apart)")
-        return url
-    return Location(os.fspath(url) if hasattr(url, "__fspath__") else str(url), storage_options)
-
-
 def check_key(key: Any, *, where: str) -> str:
     """A store-relative key that stays inside the store: no ``..``, no absolute path, no scheme."""
     if not isinstance(key, str) or not key or len(key) > 1024:
@@ -153,12 +56,6 @@ def check_key(key: Any, *, where: str) -> str:
             "no '..', no absolute path): refusing it"
         )
     return key
-
-
-def is_local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
 
 
 def check_contained(loc: Location) -> None:
@@ -207,31 +104,6 @@ def folder_listing(fs, root: str, *, shown: int = 4) -> str:
     """A few of the file names under ``root`` (relative), for a message naming what a folder holds."""
     names = sorted(p[len(root) + 1 :] for p in fs.find(root) if p[len(root) + 1 :] != LOCK)
     return ", ".join(names[:shown]) + (f", ... ({len(names)} files)" if len(names) > shown else "")
-
-
-def put_bytes(fs, path: str, data: bytes) -> None:
-    """Write one file so that a reader (or a killed writer) never leaves half of it.
-
-    Local disk: a temporary name in the same folder, then ``os.replace`` (atomic on POSIX).
-    Object stores: a single PUT, which is atomic by itself.
-    """
-    if is_local(fs):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        temporary = f"{path}.{uuid.uuid4().hex}.partial"
-        try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, path)
-        except OSError as error:
-            if error.errno is None:
-                raise
-            # name the file being written (a full disk's write error names none, or the temporary)
-            raise OSError(error.errno, error.strerror, path) from None
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-    else:
-        fs.pipe_file(path, data)
 
 
 def remove_temporaries(loc: Location) -> int:

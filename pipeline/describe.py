@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 
 from pipeline.errors import MuzarrError
-from pipeline.store import Store, open_store
+from pipeline.store.reader import Store, open_store
 
 
 def _size_on_disk(store: Store, name: str) -> int:
@@ -40,7 +40,7 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
     never raised.
     """
     from pipeline.config import build_command
-    from pipeline.verify import array_damage
+    from pipeline.store.verify import array_damage
 
     store = open_store(url)
     store.check_tables()
@@ -113,7 +113,7 @@ def _clip_line(clip: dict, store: Store) -> str:
 
 def track_seconds(store: Store) -> np.ndarray:
     """The length in seconds of every stored (``ok``) track of a track store, from the build's probe of each file."""
-    from pipeline.storage import read_json
+    from pipeline.store.io import read_json
     from pipeline.tracks import PROBE
 
     probes = read_json(store.location, PROBE)

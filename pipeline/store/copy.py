@@ -11,19 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.errors import MuzarrError
-from pipeline.storage import (
-    KEYS,
-    LOCK,
-    TARGET,
-    Location,
-    check_contained,
-    folder_listing,
-    location,
-    read_json,
-    store_keys,
-)
-from pipeline.store import open_store
-from pipeline.verify import verify_store
+from pipeline.store.io import KEYS, LOCK, TARGET, check_contained, folder_listing, read_json, store_keys
+from pipeline.store.location import Location, location
+from pipeline.store.reader import open_store
+from pipeline.store.verify import verify_store
 
 COPY_BATCH = 32
 

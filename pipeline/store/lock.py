@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pipeline.errors import MuzarrError
-from pipeline.storage import LOCK, Location, is_local
+from pipeline.store.io import LOCK
+from pipeline.store.location import Location, is_local
 
 
 @contextmanager

@@ -1,0 +1,138 @@
+"""Where a store is: :class:`Location` (a URL and its fsspec options, the filesystem resolved once),
+which every reader and writer of a store takes, and the one atomic write (:func:`put_bytes`)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import fsspec
+import zarr
+
+from pipeline.errors import MuzarrError
+from pipeline.store.http import http_filesystem
+
+
+def is_http(url: str) -> bool:
+    return str(url).split("://", 1)[0].lower() in ("http", "https") if "://" in str(url) else False
+
+
+class Location:
+    """Where a store is: its URL and fsspec options, with the filesystem resolved once.
+
+    Every reader and writer of a store takes one (make it with :func:`location`). It pickles
+    as its URL and options: a Dask worker resolves the filesystem anew.
+    """
+
+    def __init__(self, url: str, options: dict | None = None) -> None:
+        self.url = str(url)
+        self.options = dict(options or {})
+        self._resolved = None
+
+    def __reduce__(self):
+        return (Location, (self.url, self.options))
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Location) and (self.url, self.options) == (other.url, other.options)
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    @property
+    def is_http(self) -> bool:
+        return is_http(self.url)
+
+    def fresh(self) -> Location:
+        """The same place, its filesystem resolved anew (a forked process must not share a connection pool)."""
+        return Location(self.url, self.options)
+
+    def _resolve(self):
+        if self._resolved is None:
+            if self.is_http:  # a range-checking filesystem (pipeline/http.py)
+                self._resolved = http_filesystem(self.options), self.url.rstrip("/")
+            else:
+                fs, path = fsspec.core.url_to_fs(self.url, **self.options)
+                self._resolved = fs, path.rstrip("/")
+        return self._resolved
+
+    @property
+    def fs(self):
+        """The fsspec filesystem of the store."""
+        return self._resolve()[0]
+
+    @property
+    def root(self) -> str:
+        """The store's path on :attr:`fs` (no trailing slash)."""
+        return self._resolve()[1]
+
+    @property
+    def is_local(self) -> bool:
+        return is_local(self.fs)
+
+    def path(self, key: str) -> str:
+        """The filesystem path of store-relative ``key``."""
+        return f"{self.root}/{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``key`` whole or not at all (:func:`put_bytes`)."""
+        put_bytes(self.fs, self.path(key), data)
+
+    def zarr_store(self, *, read_only: bool = True):
+        """What ``zarr.open_group(store=...)`` needs: the URL itself, or a store object for HTTP."""
+        if self.is_http:
+            from zarr.storage import FsspecStore
+
+            return FsspecStore(http_filesystem(self.options, asynchronous=True), path=self.url.rstrip("/"), read_only=True)
+        return self.url
+
+    def open_group(self, *, mode: str = "r") -> zarr.Group:
+        store = self.zarr_store(read_only=mode == "r")
+        options = None if not isinstance(store, str) else (self.options or None)
+        # Zarr v3 only: a v2 group could hold arrays with a pickle filter, whose decoding runs code.
+        return zarr.open_group(store=store, mode=mode, storage_options=options, zarr_format=3)
+
+
+def location(url: str | Location, storage_options: dict | None = None) -> Location:
+    """``url`` (a path or any fsspec URL) with its options as a :class:`Location`; a Location as it is."""
+    if isinstance(url, Location):
+        if storage_options and storage_options != url.options:
+            raise MuzarrError(f"{url.url}: storage options given twice (with the location and apart)")
+        return url
+    return Location(os.fspath(url) if hasattr(url, "__fspath__") else str(url), storage_options)
+
+
+def is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def put_bytes(fs, path: str, data: bytes) -> None:
+    """Write one file so that a reader (or a killed writer) never leaves half of it.
+
+    Local disk: a temporary name in the same folder, then ``os.replace`` (atomic on POSIX).
+    Object stores: a single PUT, which is atomic by itself.
+    """
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        temporary = f"{path}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        except OSError as error:
+            if error.errno is None:
+                raise
+            # name the file being written (a full disk's write error names none, or the temporary)
+            raise OSError(error.errno, error.strerror, path) from None
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    else:
+        fs.pipe_file(path, data)
