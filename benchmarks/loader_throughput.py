@@ -7,7 +7,7 @@ One run, the same clips (MTAT-like: 29.12 s at 16 kHz), page cache warm for ever
 
 For each, batches of 32 float32 examples from:
 
-1. muzarr, shuffled: ``TrainStream`` (shards permuted, crops read through ``pipeline.reader``:
+1. muzarr, shuffled: ``TrainStream`` (shards permuted, crops read through ``pipeline.store.arrays``:
    only the time chunks a crop overlaps, each checked against its crc32c), buffer of 256 clips;
 2. the same with ``--no-verify-reads`` (what the crc32c checks cost);
 3. muzarr, sequential: the same reader and crops in store order;
@@ -21,7 +21,11 @@ The store is built by ``pipe build``'s own code; the old layout (and, with ``--c
 time-chunk lengths and codecs) are copies of its arrays written by zarr-python. Each method runs
 once to warm up, then ``--rounds`` times, the methods interleaved; medians are reported.
 
-Usage: python benchmarks/loader_throughput.py [--clips 600] [--rounds 5] [--workers 0] [--candidates]
+Then whole tracks (a track store, clip mode ``track``, of ``--tracks`` WAV files of 30 s to 10 min): the
+same ``short_res`` crops from muzarr's stream against Won et al.'s MTG-Jamendo loader
+(``training/data_loader/jamendo_loader.py``: one float32 ``.npy`` per track, mmap, random crop copied).
+
+Usage: python benchmarks/loader_throughput.py [--clips 600] [--rounds 5] [--workers 0] [--tracks 48] [--candidates]
 """
 
 from __future__ import annotations
@@ -216,6 +220,104 @@ def candidates(url: Path, work: Path, rounds: int) -> None:
                 shutil.rmtree(at)
 
 
+TRACK_EPOCHS = 8  # a track store's epoch is one crop per track: several epochs make one timed pass
+
+
+def make_track_store(url: Path, audio: Path, n_tracks: int) -> np.ndarray:
+    """A track store (clip mode track, waveforms at 16 kHz) of ``n_tracks`` WAV files of 30 s to 10 min
+    (log-uniform lengths), built by ``pipe build``'s own code; returns the lengths in seconds."""
+    import soundfile
+
+    from pipeline.build import build
+    from pipeline.config import BuildConfig
+    from pipeline.index import DatasetIndex
+
+    rng = np.random.default_rng(0)
+    seconds = np.exp(rng.uniform(np.log(30), np.log(600), n_tracks)).round(1)
+    audio.mkdir(parents=True, exist_ok=True)
+    for i, length in enumerate(seconds):
+        noise = np.random.default_rng([2, i]).standard_normal(int(length * RATE)).astype(np.float32)
+        soundfile.write(audio / f"t{i:04d}.wav", 0.1 * noise, RATE, subtype="PCM_16")
+    config = BuildConfig.from_dict({
+        "dataset": "tracks", "recipe": "folder", "task": "multilabel", "splits": ["random"],
+        "clip": {"mode": "track"}, "batch_clips": 16, "features": [{"kind": "waveform", "sample_rate": RATE}],
+    })  # fmt: skip
+    index = DatasetIndex(
+        root=str(audio), clips=pd.DataFrame({"clip_id": [f"t{i}" for i in range(n_tracks)],
+                                             "path": [f"t{i:04d}.wav" for i in range(n_tracks)]}),
+        task="multilabel", classes=tuple(f"t{j}" for j in range(50)),
+        labels=(rng.random((n_tracks, 50)) < 0.1).astype(np.uint8), splits=pd.DataFrame({"random": ["train"] * n_tracks}),
+    )  # fmt: skip
+    build(config, source=str(audio), out=str(url), index=index, progress=False)
+    return seconds
+
+
+class WonTracks(torch.utils.data.Dataset):
+    """``jamendo_loader.AudioFolder.get_npy``: mmap the track's .npy, copy a random crop, float32."""
+
+    def __init__(self, paths, labels, length: int):
+        self.paths, self.labels, self.length = paths, labels, length
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        npy = np.load(self.paths[i], mmap_mode="r")
+        random_idx = int(np.floor(np.random.random(1)[0] * (len(npy) - self.length)))
+        npy = np.array(npy[random_idx : random_idx + self.length])
+        return npy.astype("float32"), self.labels[i].astype("float32")
+
+
+def tracks(work: Path, n_tracks: int, rounds: int, workers: int) -> None:
+    """Waveform crops of whole tracks (30 s to 10 min): muzarr's track store against one .npy per track."""
+    from pipeline import open_store
+    from training.data import SplitReader, TrainStream, plan_examples
+    from training.models import MODELS
+
+    url = work / "tracks.zarr"
+    seconds = make_track_store(url, work / "track_audio", n_tracks)
+    store = open_store(str(url))
+    folder = work / "npy_tracks"
+    folder.mkdir()
+    paths = []
+    for row in range(store.n_clips):  # Won's preprocessing: float32 audio at 16 kHz, one file per track
+        paths.append(folder / f"{row}.npy")
+        np.save(paths[-1], store.track("waveform", row).astype(np.float32) / 32768)
+    plan = plan_examples(store, MODELS["short_res"].input)
+    rows = store.split("random", "train")
+    reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
+
+    def epochs(make):
+        def timed():
+            for epoch in range(TRACK_EPOCHS):
+                yield from make(epoch)
+        return timed
+
+    def stream(epoch, shuffle=True):
+        s = TrainStream(reader, batch_size=BATCH, seed=0, buffer_clips=256, shuffle=shuffle, workers=workers)
+        s.set_epoch(epoch)
+        return s
+
+    def won(_epoch, shuffle=True):
+        dataset = WonTracks(paths, store.label_matrix, plan.length)
+        return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=shuffle, num_workers=workers)
+
+    methods = {
+        "muzarr track store, shuffled stream": epochs(stream),
+        "muzarr track store, sequential read": epochs(lambda e: stream(e, shuffle=False)),
+        "Won et al.'s jamendo loader (.npy per track, mmap crop), shuffled": epochs(won),
+        "Won et al.'s jamendo loader, sequential": epochs(lambda e: won(e, shuffle=False)),
+    }
+    runs = run(methods, rounds)
+    padding = 1 - store.extents("waveform")[:, 1].sum() / store.arrays["waveform"]["shape"][-1]
+    table(f"{plan.length}-sample crops of {n_tracks} whole tracks ({seconds.min():.0f} s to {seconds.max():.0f} s, "
+          f"median {np.median(seconds):.0f} s, {seconds.sum() / 3600:.1f} h; padding {padding:.2%}), {TRACK_EPOCHS} epochs "
+          "per round", runs, "Won et al.'s jamendo loader (.npy per track, mmap crop), shuffled",
+          "muzarr track store, sequential read")  # fmt: skip
+    print(f"\n| whole tracks | bytes on disk |\n|---|---|\n| muzarr track store (waveform) | {folder_bytes(url / 'waveform'):,} |"
+          f"\n| Won's .npy per track (float32) | {folder_bytes(folder):,} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=600)
@@ -223,6 +325,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per method (median reported)")
     parser.add_argument("--candidates", action="store_true", help="also measure other time-chunk lengths and codecs")
     parser.add_argument("--audio", type=Path, default=Path(tempfile.gettempdir()) / "muzarr_mtat_like")
+    parser.add_argument("--tracks", type=int, default=48, help="whole tracks of 30 s to 10 min (0: skip that part)")
     args = parser.parse_args()
 
     from zarr.codecs import BloscCodec
@@ -261,6 +364,8 @@ def main() -> None:
         print("\n| layout | bytes on disk |\n|---|---|")
         for label, size in sizes:
             print(f"| {label} | {size:,} |")
+        if args.tracks:
+            tracks(work, args.tracks, args.rounds, args.workers)
         if args.candidates:
             candidates(url, work, args.rounds)
     finally:

@@ -170,7 +170,7 @@ def _write_shard(loc: Location, array, batch: int, start: int, stop: int, data) 
     The old shard stays readable until it is replaced: readers of the store as it was (a
     grow rewrites the last, partial shard) never see it missing. Shards in muzarr's own
     format are encoded here, byte for byte what zarr-python writes, at a fraction of its
-    cost (``pipeline.shards``); anything else goes through zarr. There, a shard that cannot
+    cost (``pipeline.store.shards``); anything else goes through zarr. There, a shard that cannot
     be decoded (zarr merges into a partial edge shard) is deleted first, then written anew.
     """
     shard_format = ShardFormat.of(array)

@@ -81,3 +81,27 @@ def test_the_pipeline_has_no_import_circle():
 def test_a_circle_is_found_when_there_is_one():
     graph = {"a": [("b", [], 1)], "b": [("c", [], 1)], "c": [("a", [], 1)], "d": [("a", [], 1)]}
     assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def _store_imports(top: str):
+    """``(file, module, name)`` of every import from the store package in files under ``top`` outside it."""
+    for path in sorted((ROOT / top).rglob("*.py")):
+        if path.is_relative_to(ROOT / "pipeline" / "store"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline.store"):
+                yield from ((path.relative_to(ROOT), node.module, alias.name) for alias in node.names)
+
+
+def test_nothing_outside_the_store_package_imports_a_private_name_of_it():
+    found = [(str(f), m, n) for top in ("pipeline", "training", "benchmarks") for f, m, n in _store_imports(top)]
+    assert len(found) > 20  # build, batch, cli... import the store layer
+    assert [x for x in found if x[2].startswith("_")] == []
+
+
+def test_training_reads_stores_only_through_the_store_packages_public_names():
+    import pipeline.store
+
+    found = list(_store_imports("training"))
+    assert found  # training/data.py reads through ArrayReader
+    assert {(m, n) for _, m, n in found} <= {("pipeline.store", n) for n in pipeline.store.__all__}

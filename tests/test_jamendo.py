@@ -328,6 +328,37 @@ def test_pipe_build_jamendo(split0, tree, jamendo_store):
         np.testing.assert_array_equal(store.track("waveform", row), float_to_int16(decoded))
 
 
+def test_xarray_tensorstore_and_zarr_read_the_track_store_as_muzarr_does(jamendo_store):
+    """Every group of a track store opens in xarray with no options (no shared dimension but ``clip``);
+    each track read through xarray, tensorstore and zarr-python equals muzarr's reader."""
+    import warnings
+
+    import tensorstore as ts
+    import xarray as xr
+
+    store = open_store(jamendo_store)
+    logmel = "logmel/mel96_sr12000_fft512_hop256_pad37"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no consolidated metadata: xarray says so
+        root = xr.open_zarr(jamendo_store)
+        mels = xr.open_zarr(jamendo_store, group="logmel")
+        extents = xr.open_zarr(jamendo_store, group="extents")
+        mel_extents = xr.open_zarr(jamendo_store, group="extents/logmel")
+    assert sorted(root.data_vars) == ["status", "waveform"] and root.waveform.dims == ("time_waveform",)
+    assert extents.waveform.dims == ("clip", "extent")
+    np.testing.assert_array_equal(extents.waveform.values, store.extents("waveform"))
+    np.testing.assert_array_equal(mel_extents[logmel.split("/")[1]].values, store.extents(logmel))
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(jamendo_store / "waveform")}}
+    wave = ts.open(spec).result()
+    for row in (0, 5, 11):
+        start, length = store.extents("waveform")[row]
+        track = store.track("waveform", row)
+        np.testing.assert_array_equal(root.waveform.values[start : start + length], track / 32768)  # CF scale_factor
+        np.testing.assert_array_equal(wave[start : start + length].read().result(), track)
+        start, length = store.extents(logmel)[row]
+        np.testing.assert_array_equal(mels[logmel.split("/")[1]].values[:, start : start + length], store.track(logmel, row))
+
+
 @pytest.mark.parametrize("model, array, shape", [
     ("short_res", "waveform", [59049]),
     ("crnn", "logmel/mel96_sr12000_fft512_hop256_pad37", [96, 1440]),

@@ -1,4 +1,4 @@
-"""pipeline.reader: crops and whole rows of time-chunked arrays (store layout 2, issue #13 items 1-2),
+"""pipeline.store.arrays: crops and whole rows of time-chunked arrays (store layout 2, issue #13 items 1-2),
 equal to what zarr-python reads, locally and from S3 by byte ranges; damage is one line naming the shard."""
 
 from __future__ import annotations

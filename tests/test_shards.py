@@ -1,4 +1,4 @@
-"""pipeline.shards writes exactly the bytes zarr-python writes and reads what zarr-python wrote."""
+"""pipeline.store.shards writes exactly the bytes zarr-python writes and reads what zarr-python wrote."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ the loop averages their predictions per clip, as the seed reports and Won et al.
 
 Shuffling reads shard by shard (the blocks of clips a build task wrote): their order is
 permuted per epoch, each shard's random crops are read through the store's crop reader
-(``pipeline.reader``: only the time chunks a crop overlaps), and the crops of a buffer of
+(``pipeline.store.arrays``: only the time chunks a crop overlaps), and the crops of a buffer of
 shards are shuffled. Each read touches only its own shard, so a shuffled epoch costs what a
 sequential one does. Every random choice comes from
 ``numpy.random.default_rng([seed, epoch, worker])``: an epoch is reproducible on its own, which
@@ -27,7 +27,7 @@ from pipeline import MuzarrError, Store
 from pipeline.audio import ClipPolicy
 from pipeline.config import build_command, make_feature
 from pipeline.features.base import n_frames
-from pipeline.store.arrays import ArrayReader
+from pipeline.store import ArrayReader
 from training.models import InputSpec
 
 LOGMEL_MATCH = ("sample_rate", "n_mels", "n_fft", "hop_length", "pad_frames")

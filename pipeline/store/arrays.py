@@ -146,7 +146,7 @@ class ArrayReader:
         """``regions[i]`` (a ``(lo, hi)`` per axis) into ``out[i]`` (the regions' shapes, squeezed of the row axis)."""
         _, array, fmt, fs, root = self._open()
         out = np.empty(shape, dtype=self.dtype)
-        if fmt is None:  # a layout pipeline.shards does not handle: zarr-python reads it
+        if fmt is None:  # a layout pipeline.store.shards does not handle: zarr-python reads it
             for i, region in enumerate(regions):
                 out[i] = self._zarr(array, region).reshape(shape[1:])
             return out

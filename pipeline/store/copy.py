@@ -27,7 +27,7 @@ class CopyReport:
     dst: str
     n_keys: int
     n_bytes: int
-    verify: object  # pipeline.verify.VerifyReport
+    verify: object  # pipeline.store.verify.VerifyReport
 
     @property
     def ok(self) -> bool:

@@ -1,6 +1,6 @@
 """Whole shards of muzarr's feature arrays, encoded and decoded without zarr-python's machinery.
 
-A build task writes whole shards and readers (``pipeline.reader``) read whole shards or just
+A build task writes whole shards and readers (``pipeline.store.arrays``) read whole shards or just
 the chunks a crop overlaps. For both, zarr-python's asynchronous codec pipeline costs more
 than the work itself (a 16-clip batch spent ~3.5 ms per clip there, besides compression).
 This module handles the one byte format muzarr writes — Zarr v3 ``sharding_indexed``, a
