@@ -366,7 +366,8 @@ def test_xarray_tensorstore_and_zarr_read_the_track_store_as_muzarr_does(jamendo
 def test_trains_on_random_crops_and_scores_whole_tracks(jamendo_store, model, array, shape, tmp_path):
     """short_res (3.69 s crops) and crnn (29.12 s, the MTAT clip it was made for) train on crops of whole
     tracks; each test track is scored by 16 crops spread over all of it (Won et al.'s MTG-Jamendo
-    eval.py takes 16 per track), averaged: recomputed here from the checkpoint and zarr-python's read."""
+    eval.py takes 16 per track, at ``i * ((len - input) // 16)`` in his protocol), averaged: recomputed
+    here from the checkpoint and zarr-python's read."""
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "training.cli", "--store", str(jamendo_store), "--model", model, "--split-scheme", "split-0",
@@ -377,6 +378,8 @@ def test_trains_on_random_crops_and_scores_whole_tracks(jamendo_store, model, ar
     config = json.loads((out / "config.json").read_text())
     assert config["input"]["array"] == array and config["input"]["example_shape"] == shape
     assert config["input"]["eval_crops"] == 16
+    placement = config["input"]["eval_placement"]
+    assert placement == {"short_res": "won", "crnn": "spread"}[model]  # Won's eval.py: i * ((len - input) // 16)
     metrics = json.loads((out / "metrics.json").read_text())
     run = load_run(out)
     store = open_store(jamendo_store)
@@ -384,7 +387,8 @@ def test_trains_on_random_crops_and_scores_whole_tracks(jamendo_store, model, ar
     scores = []
     for row in rows:
         track = zarr.open_array(str(jamendo_store / array), mode="r")[..., slice(*np.cumsum(store.extents(array)[row]))]
-        starts = np.linspace(0, track.shape[-1] - shape[-1], 16).round().astype(int)
+        hop = track.shape[-1] - shape[-1]  # where the 16 crops start: the model protocol's placement
+        starts = np.arange(16) * (hop // 16) if placement == "won" else np.linspace(0, hop, 16).round().astype(int)
         crops = np.stack([track[..., s : s + shape[-1]] for s in starts]).astype(np.float32)
         if array == "waveform":
             crops /= 32768

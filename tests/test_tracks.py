@@ -19,10 +19,10 @@ import librosa
 import numpy as np
 import pytest
 import soundfile
+from test_resume import kill_when, markers, snapshot
 
 from pipeline import open_store
 from pipeline.audio import float_to_int16
-from tests.test_resume import kill_when, markers, snapshot
 
 BIN = Path(sys.executable).parent
 SECONDS = [5, 8, 12, 20, 31, 47, 70, 105, 160, 240, 400, 600]  # one per track, 5 s to 10 min
