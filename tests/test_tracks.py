@@ -143,7 +143,8 @@ def test_extents_are_contiguous_shard_aligned_and_padding_is_small(built, name):
     print(f"{name}: padding {padding:.2%} of {array.shape[-1]} (shard {shard})")
     assert 0 <= padding <= 0.02
     meta = json.loads((built / name / "zarr.json").read_text())
-    assert meta["dimension_names"] == (["sample"] if name == "waveform" else ["mel_16", "frame_mel16_sr2000_fft256_hop128"])
+    variant = "mel16_sr2000_fft256_hop128"
+    assert meta["dimension_names"] == (["time_waveform"] if name == "waveform" else [f"mel_{variant}", f"frame_{variant}"])
     assert json.loads((built / "extents" / name / "zarr.json").read_text())["dimension_names"] == ["clip", "extent"]
 
 
@@ -206,7 +207,12 @@ def test_a_grow_appends_tracks(built, source, tmp_path):
     for row in np.flatnonzero(reference.ok):
         np.testing.assert_array_equal(store.track("waveform", row), reference.track("waveform", row))
     for name in reference.arrays:
-        assert store.arrays[name]["checksum"] == reference.arrays[name]["checksum"], name
+        if name.startswith("extents/"):
+            # a grow keeps the shard size the store was planned with (a from-scratch build of all 13 tracks
+            # may choose another): the tracks are the same, where their regions start may differ
+            np.testing.assert_array_equal(store.extents(name[8:])[:, 1], reference.extents(name[8:])[:, 1])
+        else:  # per-clip digests: every track's own bytes
+            assert store.arrays[name]["checksum"] == reference.arrays[name]["checksum"], name
     assert pipe("verify", str(out)).returncode == 0
 
 
