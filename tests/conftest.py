@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# librosa compiles numba code with cache=True: pytest-xdist workers compiling the same function at once
+# corrupt a shared cache and a later process segfaults on it (librosa #1998, numba #10128; seen in a CI
+# dry run on a fresh venv). Each worker, and what it starts, caches in a folder of its own, as Dask
+# workers do (pipeline.cluster.PrivateNumbaCache). Set before anything imports numba.
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"muzarr-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MUZARR_FIXTURES", ROOT.parent / "shared" / "fixtures"))
