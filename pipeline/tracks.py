@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.audio import probe, resampled_length
 from pipeline.errors import MuzarrError
 from pipeline.store.io import read_json, write_json
-from pipeline.store.layout import chunk_length, is_time_feature
+from pipeline.store.layout import chunk_length, clip_digests, fill_value, is_time_feature
 from pipeline.store.location import Location
 
 #: a batch's region is padded to whole shards: a shard holds the most time chunks (pipeline.store.time_chunk,
@@ -231,15 +231,11 @@ class BatchTracks:
 
     def blank(self, name: str, buffer: np.ndarray, rows) -> None:
         """The tracks ``rows`` of ``buffer`` hold the array's fill value (NaN in a float array): they failed."""
-        from pipeline.store.layout import fill_value
-
         for i in rows:
             start = self.offsets[name][i]
             buffer[..., start : start + self.regions[name]["lengths"][i]] = fill_value(buffer.dtype)
 
     def digests(self, name: str, buffer: np.ndarray) -> list[str]:
-        from pipeline.store.layout import clip_digests
-
         return [
             clip_digests(buffer[None, ..., s : s + n])[0] for s, n in zip(self.offsets[name], self.regions[name]["lengths"])
         ]
