@@ -31,7 +31,9 @@ class PrivateNumbaCache(WorkerPlugin):
 
         logging.getLogger("distributed.worker").addFilter(ReportedByTheDriver())
 
-        folder = os.path.join(tempfile.gettempdir(), f"muzarr-numba-{os.getpid()}")
+        # A fresh folder, never a reused one: a worker killed while writing its cache (a build
+        # stopped with SIGKILL) would leave a torn entry to the next process given the same name.
+        folder = self._folder = tempfile.mkdtemp(prefix="muzarr-numba-")
         os.environ["NUMBA_CACHE_DIR"] = folder
         numba = sys.modules.get("numba")
         if numba is not None:  # already imported: its config was read, so set it there too
@@ -51,6 +53,11 @@ class PrivateNumbaCache(WorkerPlugin):
         from pipeline.features import load_all
 
         load_all()
+
+    def teardown(self, worker) -> None:
+        import shutil
+
+        shutil.rmtree(getattr(self, "_folder", ""), ignore_errors=True)
 
 
 class ReportedByTheDriver(logging.Filter):

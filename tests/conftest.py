@@ -8,13 +8,27 @@ from pathlib import Path
 
 import pytest
 
-# librosa compiles numba code with cache=True: pytest-xdist workers compiling the same function at once
-# corrupt a shared cache and a later process segfaults on it (librosa #1998, numba #10128; seen in a CI
-# dry run on a fresh venv). Each worker, and what it starts, caches in a folder of its own, as Dask
-# workers do (pipeline.cluster.PrivateNumbaCache). Set before anything imports numba.
-os.environ.setdefault(
-    "NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"muzarr-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
+# librosa compiles numba code with cache=True: processes compiling the same function at once corrupt
+# a shared cache and a later process segfaults on it (librosa #1998, numba #10128; seen in CI). Each
+# pytest-xdist worker, and what it starts, caches in a folder of its own, in a folder fresh for this
+# run (Dask workers get their own too: pipeline.cluster.PrivateNumbaCache). The controller's folder
+# is set first and inherited, so a worker overrides it. Set before anything imports numba.
+_NUMBA_ROOT_MADE_HERE = "MUZARR_TEST_NUMBA_ROOT" not in os.environ  # the controller, or `pytest -n0`
+if _NUMBA_ROOT_MADE_HERE:
+    os.environ["MUZARR_TEST_NUMBA_ROOT"] = tempfile.mkdtemp(prefix="muzarr-test-numba-")
+os.environ["NUMBA_CACHE_DIR"] = os.path.join(
+    os.environ["MUZARR_TEST_NUMBA_ROOT"], os.environ.get("PYTEST_XDIST_WORKER", "main")
 )
+
+
+
+
+def pytest_unconfigure(config) -> None:
+    if _NUMBA_ROOT_MADE_HERE:  # after every worker has stopped
+        import shutil
+
+        shutil.rmtree(os.environ["MUZARR_TEST_NUMBA_ROOT"], ignore_errors=True)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MUZARR_FIXTURES", ROOT.parent / "shared" / "fixtures"))
