@@ -19,13 +19,15 @@ For each, batches of 32 float32 examples from:
 
 The store is built by ``pipe build``'s own code; the old layout (and, with ``--candidates``, other
 time-chunk lengths and codecs) are copies of its arrays written by zarr-python. Each method runs
-once to warm up, then ``--rounds`` times, the methods interleaved; medians are reported.
+once to warm up, then ``--rounds`` times, the methods interleaved; each time it runs whole epochs
+until ``--min-seconds`` have passed (an epoch of the default store takes ~0.1 s: timed alone, one
+stall of the machine halves a figure); medians are reported.
 
 Then whole tracks (a track store, clip mode ``track``, of ``--tracks`` WAV files of 30 s to 10 min): the
 same ``short_res`` crops from muzarr's stream against Won et al.'s MTG-Jamendo loader
 (``training/data_loader/jamendo_loader.py``: one float32 ``.npy`` per track, mmap, random crop copied).
 
-Usage: python benchmarks/loader_throughput.py [--clips 600] [--rounds 5] [--workers 0] [--tracks 48] [--candidates]
+Usage: python benchmarks/loader_throughput.py [--clips 600] [--rounds 5] [--workers 0] [--tracks 48] [--min-seconds 2] [--candidates]
 """
 
 from __future__ import annotations
@@ -137,10 +139,27 @@ class WonDataset(torch.utils.data.Dataset):
         return raw.astype("float32"), self.labels[i].astype("float32")
 
 
-def epoch_rate(batches) -> float:
-    start = time.perf_counter()
-    n = sum(len(batch[0]) for batch in batches)
-    return n / (time.perf_counter() - start)
+MIN_SECONDS = 2.0  # one measurement: whole epochs, repeated until this long (an epoch of 600 clips is ~0.1 s)
+
+
+def epoch_rate(make, min_seconds: float = 0.0) -> float:
+    """Examples/s of whole epochs of ``make()``, repeated until ``min_seconds`` have passed.
+
+    One epoch of the default store takes about 0.1 s: timed alone, a single stall of the
+    machine (a page reclaim, a collection) halves a round's figure. An untimed epoch comes
+    first: the first epoch after another method's pays for the switch (the methods share one
+    process; a training run keeps to one loader), whichever method runs next.
+    """
+    if min_seconds:
+        sum(len(batch[0]) for batch in make())
+    n, elapsed = 0, 0.0
+    while True:
+        batches = make()
+        start = time.perf_counter()
+        n += sum(len(batch[0]) for batch in batches)
+        elapsed += time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return n / elapsed
 
 
 def methods_for(url: Path, old: Path, npy: list[Path], name: str, plan, workers: int) -> dict:
@@ -172,14 +191,14 @@ def methods_for(url: Path, old: Path, npy: list[Path], name: str, plan, workers:
     }
 
 
-def run(methods: dict, rounds: int) -> dict[str, list[float]]:
+def run(methods: dict, rounds: int, min_seconds: float = MIN_SECONDS) -> dict[str, list[float]]:
     for make in methods.values():  # warm-up: page cache and imports alike for all
-        epoch_rate(make())
+        epoch_rate(make)
     # Rounds interleave the methods, so a slow spell of a shared machine hits all of them.
     runs = {label: [] for label in methods}
     for _ in range(rounds):
         for label, make in methods.items():
-            runs[label].append(epoch_rate(make()))
+            runs[label].append(epoch_rate(make, min_seconds))
     return runs
 
 
@@ -268,7 +287,7 @@ class WonTracks(torch.utils.data.Dataset):
         return npy.astype("float32"), self.labels[i].astype("float32")
 
 
-def tracks(work: Path, n_tracks: int, rounds: int, workers: int) -> None:
+def tracks(work: Path, n_tracks: int, rounds: int, workers: int, min_seconds: float = MIN_SECONDS) -> None:
     """Waveform crops of whole tracks (30 s to 10 min): muzarr's track store against one .npy per track."""
     from pipeline import open_store
     from training.data import SplitReader, TrainStream, plan_examples
@@ -308,7 +327,7 @@ def tracks(work: Path, n_tracks: int, rounds: int, workers: int) -> None:
         "Won et al.'s jamendo loader (.npy per track, mmap crop), shuffled": epochs(won),
         "Won et al.'s jamendo loader, sequential": epochs(lambda e: won(e, shuffle=False)),
     }
-    runs = run(methods, rounds)
+    runs = run(methods, rounds, min_seconds)
     padding = 1 - store.extents("waveform")[:, 1].sum() / store.arrays["waveform"]["shape"][-1]
     table(f"{plan.length}-sample crops of {n_tracks} whole tracks ({seconds.min():.0f} s to {seconds.max():.0f} s, "
           f"median {np.median(seconds):.0f} s, {seconds.sum() / 3600:.1f} h; padding {padding:.2%}), {TRACK_EPOCHS} epochs "
@@ -323,6 +342,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=600)
     parser.add_argument("--workers", type=int, default=0, help="loader workers, muzarr's and Won's alike")
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per method (median reported)")
+    parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS, help="each measurement: whole epochs for this long")
     parser.add_argument("--candidates", action="store_true", help="also measure other time-chunk lengths and codecs")
     parser.add_argument("--audio", type=Path, default=Path(tempfile.gettempdir()) / "muzarr_mtat_like")
     parser.add_argument("--tracks", type=int, default=48, help="whole tracks of 30 s to 10 min (0: skip that part)")
@@ -350,7 +370,7 @@ def main() -> None:
             relayout(url, old, name, chunks=(old_chunk, *clip_shape), shards=(16, *clip_shape), compressors=old_lz4)
             npy = make_npy(work / f"npy_{name.replace('/', '_')}", url, name)
             plan = ExamplePlan(name, clip_shape, length, 1)
-            runs = run(methods_for(url, old, npy, name, plan, args.workers), args.rounds)
+            runs = run(methods_for(url, old, npy, name, plan, args.workers), args.rounds, args.min_seconds)
             info = arrays[name]
             what = f"{length}-{'sample' if name == 'waveform' else 'frame'} crops of {name} {list(info['shape'][1:])} {info['dtype']}"
             table(f"{what}, chunks {info['chunks']} in shards {info['shards']}", runs,
@@ -365,7 +385,7 @@ def main() -> None:
         for label, size in sizes:
             print(f"| {label} | {size:,} |")
         if args.tracks:
-            tracks(work, args.tracks, args.rounds, args.workers)
+            tracks(work, args.tracks, args.rounds, args.workers, args.min_seconds)
         if args.candidates:
             candidates(url, work, args.rounds)
     finally:

@@ -239,6 +239,27 @@ def to_tensor(block: np.ndarray, dtype: str) -> torch.Tensor:
     return values
 
 
+def gather_tensor(parts: list[np.ndarray], part: np.ndarray, row: np.ndarray, dtype: str) -> torch.Tensor:
+    """:func:`to_tensor` of the rows ``parts[part[i]][row[i]]``, converted straight into the batch.
+
+    One pass over the examples: no concatenated buffer, no gathered copy in the stored dtype
+    (with a 256-clip buffer of waveform crops these two copies cost a shuffled stream a fifth of
+    its throughput; store order gathered them faster only because its rows were contiguous).
+    """
+    first = parts[0]
+    out = torch.empty((len(part), *first.shape[1:]), dtype=torch.float32)
+    target = out.numpy()
+    for i, (p, r) in enumerate(zip(part.tolist(), row.tolist())):
+        source = parts[p][r]
+        if source.dtype == np.float16:  # torch converts float16 5x faster than numpy
+            out[i].copy_(torch.from_numpy(np.ascontiguousarray(source) if source.flags.writeable else source.copy()))
+        else:
+            np.copyto(target[i], source, casting="unsafe")
+    if dtype == "int16":
+        out.mul_(1 / 32768)  # as to_tensor: the same float32 values
+    return out
+
+
 def to_float(block: np.ndarray, dtype: str) -> np.ndarray:
     """:func:`to_tensor` as a numpy array."""
     return to_tensor(block, dtype).numpy()
@@ -478,8 +499,10 @@ class TrainStream:
         """Shuffle the buffered examples and yield full batches; keep the remainder buffered."""
         if not pending_p:
             return
-        examples = np.concatenate(pending_x)
         positions = np.concatenate(pending_p)
+        # example k of the buffer is row row[k] of pending_x[part[k]] (the shards are not concatenated)
+        part = np.repeat(np.arange(len(pending_x)), [len(x) for x in pending_x])
+        row = np.concatenate([np.arange(len(x)) for x in pending_x])
         group = self.reader.plan.n_subclips if self.reader.plan.group_subclips else 1
         # grouped: whole clips are shuffled, each keeping its sub-clips together (clip-major)
         clips = rng.permutation(len(positions) // group) if self.shuffle else np.arange(len(positions) // group)
@@ -491,15 +514,16 @@ class TrainStream:
             if len(take) < 2 * group:
                 break  # a last batch of one example (or clip) would break BatchNorm's training statistics
             yield (
-                to_tensor(examples[take], self.reader.dtype),
+                gather_tensor(pending_x, part[take], row[take], self.reader.dtype),
                 torch.from_numpy(self.reader.targets[positions[take]]),
                 torch.from_numpy(positions[take]),
             )
         rest = order[usable:]
+        kept = [pending_x[p][r] for p, r in zip(part[rest].tolist(), row[rest].tolist())]
         pending_x.clear()
         pending_p.clear()
-        if len(rest):
-            pending_x.append(examples[rest])
+        if kept:
+            pending_x.append(np.stack(kept))
             pending_p.append(positions[rest])
 
 
