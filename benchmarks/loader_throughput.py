@@ -33,6 +33,7 @@ Usage: python benchmarks/loader_throughput.py [--clips 600] [--rounds 5] [--work
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -174,8 +175,12 @@ def methods_for(url: Path, old: Path, npy: list[Path], name: str, plan, workers:
     new, unverified, old_reader = reader(url), reader(url, verify=False), reader(old)
     labels = open_store(str(url)).label_matrix
 
-    def stream(source, shuffle=True):
-        return TrainStream(source, batch_size=BATCH, seed=0, buffer_clips=256, shuffle=shuffle, workers=workers)
+    epochs = itertools.count()
+
+    def stream(source, shuffle=True):  # a new epoch each time: new crops, as Won's loader draws
+        s = TrainStream(source, batch_size=BATCH, seed=0, buffer_clips=256, shuffle=shuffle, workers=workers)
+        s.set_epoch(next(epochs))
+        return s
 
     def won(shuffle):
         dataset = WonDataset(npy, labels, plan.length)
@@ -306,10 +311,12 @@ def tracks(work: Path, n_tracks: int, rounds: int, workers: int, min_seconds: fl
     rows = store.split("random", "train")
     reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
 
+    counter = itertools.count()
+
     def epochs(make):
-        def timed():
-            for epoch in range(TRACK_EPOCHS):
-                yield from make(epoch)
+        def timed():  # new epochs every time: new crops
+            for _ in range(TRACK_EPOCHS):
+                yield from make(next(counter))
         return timed
 
     def stream(epoch, shuffle=True):

@@ -86,6 +86,40 @@ def test_a_truncated_shard_is_one_line_naming_it(store_url, tmp_path):
     )
 
 
+def test_a_reader_keeps_its_last_shards_mapped_until_closed(store_url, tmp_path, monkeypatch):
+    """Kept mappings (no page faults on later reads) read the file they mapped; close() forgets them."""
+    import pipeline.store.arrays as arrays
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store_url, copy)
+    reference = zarr.open_array(f"{copy}/waveform", mode="r")[:]
+    monkeypatch.setattr(arrays, "MAPPED_SHARDS", 2)
+    reader = ArrayReader(open_store(str(copy)), "waveform")
+
+    def replace_shard_0_with_a_damaged_copy():  # as muzarr rewrites a shard: a new file renamed over it
+        path = copy / "waveform" / "c" / "0" / "0"
+        data = bytearray(path.read_bytes())
+        data[1000] ^= 0xFF
+        (path.parent / "new").write_bytes(data)
+        os.replace(path.parent / "new", path)
+
+    np.testing.assert_array_equal(reader.crops([1], [100], 50000)[0], reference[1, 100:50100])
+    replace_shard_0_with_a_damaged_copy()
+    np.testing.assert_array_equal(reader.crops([2], [0], 40000)[0], reference[2, :40000])  # still mapped
+    reader.close()
+    with pytest.raises(MuzarrError, match=r"waveform/c/0/0: chunk 0,0 fails its crc32c check"):
+        reader.crops([0], [0], 100)
+    # only the last MAPPED_SHARDS shards stay mapped: shard 0, read before shards 1 and 2, is mapped anew
+    shutil.rmtree(copy)
+    shutil.copytree(store_url, copy)
+    reader = ArrayReader(open_store(str(copy)), "waveform")
+    reader.crops([0], [0], 10)
+    reader.crops([4, 8], [0, 0], 10)  # shards 1 and 2 push shard 0 out
+    replace_shard_0_with_a_damaged_copy()
+    with pytest.raises(MuzarrError, match=r"waveform/c/0/0: chunk 0,0 fails its crc32c check"):
+        reader.crops([0], [0], 100)
+
+
 def test_crops_from_s3_read_byte_ranges_and_equal_local_ones(store_url):
     """A moto S3 server: the index and only the chunks a crop needs are fetched."""
     from moto.server import ThreadedMotoServer

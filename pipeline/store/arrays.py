@@ -16,7 +16,7 @@ along time) take absolute windows along their last axis (``rows=None``).
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 import numpy as np
 import zarr
@@ -26,6 +26,9 @@ from pipeline.store.io import STATUS_NAMES, STATUS_OK
 from pipeline.store.layout import clip_digests
 from pipeline.store.reader import Store, open_store
 from pipeline.store.shards import EMPTY, ShardFormat, map_local, shard_path
+
+
+MAPPED_SHARDS = 1024  # local shards a reader keeps mapped (1024 waveform shards of MTAT: 15 GB of address space)
 
 
 class ArrayReader:
@@ -59,9 +62,10 @@ class ArrayReader:
         self._digest_algorithm = store.digest_algorithm
         self._digests = None
         self._handles = None
+        self._maps: OrderedDict = OrderedDict()  # path -> (mapped bytes, index): see _mapped
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handles": None}
+        return {**self.__dict__, "_handles": None, "_maps": OrderedDict()}
 
     @property
     def rows_per_shard(self) -> int:
@@ -70,6 +74,7 @@ class ArrayReader:
     def close(self) -> None:
         """Forget the open handles (the next read opens them again: a forked process must not share them)."""
         self._handles = None
+        self._maps = OrderedDict()
         self.location = self.location.fresh()
 
     def _open(self):
@@ -112,12 +117,54 @@ class ArrayReader:
             if len(rows) != len(starts):
                 raise MuzarrError(f"crops: {len(rows)} rows but {len(starts)} starts")
             self._check_rows(rows)
+            fmt = self._open()[2]
+            if fmt is not None and _whole_but_time(fmt, self.shape):
+                return self._crops_along_time(fmt, rows, starts, length)
             regions = [((int(r), int(r) + 1), *inner, (int(s), int(s) + length)) for r, s in zip(rows, starts)]
             shape = (len(starts), *self.shape[1:-1], length)
         else:
             regions = [(*inner, (int(s), int(s) + length)) for s in starts]
             shape = (len(starts), *self.shape[:-1], length)
         return self._read(regions, shape, populate=False)
+
+    def _crops_along_time(self, fmt: ShardFormat, rows: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+        """:meth:`crops` of an array whose shards hold whole rows and whose chunks split rows along
+        time only (every store layout 2 writes for clips): each crop is a few slice copies, one
+        per time chunk it overlaps, each chunk checked once however many crops share it."""
+        rows_per_shard, chunk_rows, step = fmt.shard_shape[0], fmt.chunk_shape[0], fmt.chunk_shape[-1]
+        middle = (0,) * (len(fmt.chunk_shape) - 2)
+        out = np.empty((len(rows), *self.shape[1:-1], length), dtype=self.dtype)
+        firsts, lasts = (starts // step).tolist(), ((starts + length - 1) // step).tolist()
+        wanted = []  # per crop: (shard, row within its chunk, [chunk, ...])
+        by_shard = defaultdict(dict)
+        for row, first, last in zip(rows.tolist(), firsts, lasts):
+            shard, inside = divmod(row, rows_per_shard)
+            shard = (shard, *middle, 0)
+            chunks = [(inside // chunk_rows, *middle, t) for t in range(first, last + 1)]
+            by_shard[shard].update(dict.fromkeys(chunks))
+            wanted.append((shard, inside % chunk_rows, chunks))
+        _, _, _, fs, root = self._open()
+        fetched = self._fetch(fmt, fs, root, {shard: list(chunks) for shard, chunks in by_shard.items()}, False)
+        decoded = {}
+        for i, ((shard, sub, chunks), start) in enumerate(zip(wanted, starts.tolist())):
+            for chunk in chunks:
+                data = decoded.get((shard, chunk))
+                if data is None:
+                    data = decoded[shard, chunk] = self._chunk(fmt, chunk, *fetched[shard, chunk])
+                origin = chunk[-1] * step
+                lo, hi = max(start, origin), min(start + length, origin + step)
+                out[i, ..., lo - start : hi - start] = data[sub, ..., lo - origin : hi - origin]
+        return out
+
+    def _chunk(self, fmt: ShardFormat, coords: tuple, encoded, where: str) -> np.ndarray:
+        """A chunk's values from its encoded bytes (``None``: never written, the fill value)."""
+        if encoded is None:
+            return np.full(fmt.chunk_shape, fmt.fill_value, dtype=self.dtype)
+        try:
+            payload = fmt.payload(encoded, coords, where=where) if self.verify else _strip(fmt, encoded)
+            return fmt.chunk_data(payload, coords, where=where)
+        except MuzarrError as err:
+            raise MuzarrError(f"{err}: run `pipe verify {self.url}`") from None
 
     def rows(self, rows) -> np.ndarray:
         """Whole rows ``[n, *shape[1:]]``, each also checked against its clip digest (with ``verify``)."""
@@ -172,15 +219,7 @@ class ArrayReader:
             by_shard[shard].append(chunk)
         fetched = self._fetch(fmt, fs, root, by_shard, populate)
         for (shard, chunk), parts in pieces.items():
-            encoded, where = fetched[shard, chunk]
-            if encoded is None:
-                data = np.full(fmt.chunk_shape, fmt.fill_value, dtype=self.dtype)
-            else:
-                try:
-                    payload = fmt.payload(encoded, chunk, where=where) if self.verify else _strip(fmt, encoded)
-                    data = fmt.chunk_data(payload, chunk, where=where)
-                except MuzarrError as err:
-                    raise MuzarrError(f"{err}: run `pipe verify {self.url}`") from None
+            data = self._chunk(fmt, chunk, *fetched[shard, chunk])
             for source, target in parts:
                 view[target] = data[source]
         return out
@@ -195,8 +234,10 @@ class ArrayReader:
             where = f"store {self.url}: {key}"
             path = f"{root}/{key}"
             try:
-                if local:
-                    blob = map_local(path, populate=populate)
+                if local and not populate:
+                    blob, index = self._mapped(fmt, path, where)
+                elif local:
+                    blob = map_local(path, populate=True)
                     if blob is None:
                         raise FileNotFoundError(path)
                     blob = np.frombuffer(blob, dtype=np.uint8)
@@ -233,6 +274,29 @@ class ArrayReader:
                 fetched[shard, chunk] = blob, where
         return fetched
 
+    def _mapped(self, fmt: ShardFormat, path: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(bytes, index)`` of the local shard at ``path``, mapped once and kept (the
+        :data:`MAPPED_SHARDS` last used).
+
+        Each first touch of a page of a mapping is a page fault, even with the page cached: about
+        half the cost of reading a crop's chunks when a shard is mapped anew for every read. A
+        kept mapping faults each page once in its life, so later epochs read without faults.
+        The pages stay the page cache's (counted in RSS, reclaimable). A shard replaced since
+        (muzarr renames a new file over it) is still read as mapped: :meth:`close` forgets them.
+        """
+        hit = self._maps.get(path)
+        if hit is not None:
+            self._maps.move_to_end(path)
+            return hit
+        blob = map_local(path, populate=False)
+        if blob is None:
+            raise FileNotFoundError(path)
+        blob = np.frombuffer(blob, dtype=np.uint8)
+        hit = self._maps[path] = blob, fmt.index_of(blob, where=where)
+        if len(self._maps) > MAPPED_SHARDS:
+            self._maps.popitem(last=False)
+        return hit
+
     def _zarr(self, array: zarr.Array, region: tuple) -> np.ndarray:
         try:
             return np.asarray(array[tuple(slice(lo, hi) for lo, hi in region)])
@@ -242,6 +306,11 @@ class ArrayReader:
                 f"store {self.url}: {self.shard_key(shard)} cannot be read ({type(err).__name__}: "
                 f"{str(err).splitlines()[0][:100]}): run `pipe verify {self.url}`"
             ) from None
+
+
+def _whole_but_time(fmt: ShardFormat, shape: tuple[int, ...]) -> bool:
+    """Shards hold whole rows and chunks split them along the last axis (time) only."""
+    return fmt.shard_shape[1:] == tuple(shape[1:]) and fmt.chunk_shape[1:-1] == tuple(shape[1:-1])
 
 
 def _strip(fmt: ShardFormat, encoded) -> np.ndarray:
