@@ -88,7 +88,7 @@ def test_a_truncated_shard_is_one_line_naming_it(store_url, tmp_path):
 
 def test_a_reader_keeps_its_last_shards_mapped_until_closed(store_url, tmp_path, monkeypatch):
     """Kept mappings (no page faults on later reads) read the file they mapped; close() forgets them."""
-    import pipeline.store.arrays as arrays
+    from pipeline.store import arrays
 
     copy = tmp_path / "copy.zarr"
     shutil.copytree(store_url, copy)

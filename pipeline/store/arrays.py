@@ -27,7 +27,6 @@ from pipeline.store.layout import clip_digests
 from pipeline.store.reader import Store, open_store
 from pipeline.store.shards import EMPTY, ShardFormat, map_local, shard_path
 
-
 MAPPED_SHARDS = 1024  # local shards a reader keeps mapped (1024 waveform shards of MTAT: 15 GB of address space)
 
 
