@@ -19,7 +19,8 @@ For each, batches of 32 float32 examples from:
 
 The store is built by ``pipe build``'s own code; the old layout (and, with ``--candidates``, other
 time-chunk lengths and codecs) are copies of its arrays written by zarr-python. Each method runs
-once to warm up, then ``--rounds`` times, the methods interleaved; each time it runs whole epochs
+once to warm up, then ``--rounds`` times, the methods interleaved (each round starting one method
+later); each time it runs whole epochs
 until ``--min-seconds`` have passed (an epoch of the default store takes ~0.1 s: timed alone, one
 stall of the machine halves a figure); medians are reported.
 
@@ -27,7 +28,7 @@ Then whole tracks (a track store, clip mode ``track``, of ``--tracks`` WAV files
 same ``short_res`` crops from muzarr's stream against Won et al.'s MTG-Jamendo loader
 (``training/data_loader/jamendo_loader.py``: one float32 ``.npy`` per track, mmap, random crop copied).
 
-Usage: python benchmarks/loader_throughput.py [--clips 600] [--rounds 5] [--workers 0] [--tracks 48] [--min-seconds 2] [--candidates]
+Usage: python benchmarks/loader_throughput.py [--clips 600] [--rounds 7] [--workers 0] [--tracks 48] [--min-seconds 3] [--candidates]
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class WonDataset(torch.utils.data.Dataset):
         return raw.astype("float32"), self.labels[i].astype("float32")
 
 
-MIN_SECONDS = 2.0  # one measurement: whole epochs, repeated until this long (an epoch of 600 clips is ~0.1 s)
+MIN_SECONDS = 3.0  # one measurement: whole epochs, repeated until this long (an epoch of 600 clips is ~0.1 s)
 
 
 def epoch_rate(make, min_seconds: float = 0.0) -> float:
@@ -199,11 +200,13 @@ def methods_for(url: Path, old: Path, npy: list[Path], name: str, plan, workers:
 def run(methods: dict, rounds: int, min_seconds: float = MIN_SECONDS) -> dict[str, list[float]]:
     for make in methods.values():  # warm-up: page cache and imports alike for all
         epoch_rate(make)
-    # Rounds interleave the methods, so a slow spell of a shared machine hits all of them.
+    # Rounds interleave the methods, so a slow spell of a shared machine hits all of them, and each
+    # round starts one method later, so no method always runs after the same other one.
     runs = {label: [] for label in methods}
-    for _ in range(rounds):
-        for label, make in methods.items():
-            runs[label].append(epoch_rate(make, min_seconds))
+    labels = list(methods)
+    for k in range(rounds):
+        for label in labels[k % len(labels) :] + labels[: k % len(labels)]:
+            runs[label].append(epoch_rate(methods[label], min_seconds))
     return runs
 
 
@@ -348,7 +351,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=600)
     parser.add_argument("--workers", type=int, default=0, help="loader workers, muzarr's and Won's alike")
-    parser.add_argument("--rounds", type=int, default=5, help="timed epochs per method (median reported)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed epochs per method (median reported)")
     parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS, help="each measurement: whole epochs for this long")
     parser.add_argument("--candidates", action="store_true", help="also measure other time-chunk lengths and codecs")
     parser.add_argument("--audio", type=Path, default=Path(tempfile.gettempdir()) / "muzarr_mtat_like")
