@@ -87,6 +87,28 @@ def gtzan_cli_build(fixtures_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("gtzan_cli") / "g.zarr"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "build", "gtzan", "--source", source, "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True, text=True, cwd=ROOT, check=False,
     )
     return result, out
+
+
+@pytest.fixture()
+def s3():
+    """A real S3-compatible server (moto) on 127.0.0.1 with a bucket ``tracks``: the environment to reach it."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIATRACKS", "AWS_SECRET_ACCESS_KEY": "tracks-secret",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    import s3fs
+
+    s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"], endpoint_url=env["AWS_ENDPOINT_URL"]).mkdir("tracks")
+    try:
+        yield env
+    finally:
+        server.stop()

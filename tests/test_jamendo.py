@@ -24,6 +24,7 @@ import torch
 import yaml
 import zarr
 from test_download import Server
+from test_resume import assert_same_store, kill_when, markers
 
 from pipeline import open_store
 from pipeline.audio import float_to_int16
@@ -326,6 +327,33 @@ def test_pipe_build_jamendo(split0, tree, jamendo_store):
     for row in (0, 11):  # the track as librosa decodes and resamples the whole file, quantised to int16
         decoded, _ = librosa.load(tree / rows[row][3], sr=16000, mono=True)
         np.testing.assert_array_equal(store.track("waveform", row), float_to_int16(decoded))
+
+
+def test_a_killed_jamendo_build_resumes_to_the_same_bytes_verifies_and_copies_to_s3_and_back(
+    tree, jamendo_store, s3, tmp_path
+):
+    """SIGKILL after the first batch, then the same command: the store of an uninterrupted build, byte for
+    byte; `pipe verify` passes; `pipe copy` to a real S3 server (moto) and back changes no byte."""
+    pipe = str(Path(sys.executable).parent / "pipe")
+    out = tmp_path / "killed.zarr"
+    command = [pipe, "build", "jamendo", "--source", str(tree), "--out", str(out), "--workers", "1", "--quiet",
+               "--set", "batch_clips=4"]  # fmt: skip
+    run = kill_when(command, lambda: len(markers(out)) >= 1)
+    assert run["killed"], run
+    assert len(markers(out)) < 3  # 12 tracks, batches of 4: killed with work left
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_store(out, jamendo_store)
+    verified = subprocess.run([pipe, "verify", str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    back = tmp_path / "back.zarr"
+    for source, target in ((out, "s3://tracks/jamendo.zarr"), ("s3://tracks/jamendo.zarr", back)):
+        copied = subprocess.run([pipe, "copy", str(source), str(target)], capture_output=True, text=True,
+                                timeout=300, env=s3, check=False)  # fmt: skip
+        assert copied.returncode == 0, copied.stderr
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    home = {p.relative_to(back).as_posix(): p.read_bytes() for p in back.rglob("*") if p.is_file()}
+    assert sorted(home) == sorted(files) and [k for k in files if files[k] != home[k]] == []
 
 
 def test_xarray_tensorstore_and_zarr_read_the_track_store_as_muzarr_does(jamendo_store):

@@ -8,8 +8,6 @@ both resampled to 2 kHz) plus one a little over ``clip.max_seconds``. Every buil
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -214,25 +212,6 @@ def test_a_grow_appends_tracks(built, source, tmp_path):
         else:  # per-clip digests: every track's own bytes
             assert store.arrays[name]["checksum"] == reference.arrays[name]["checksum"], name
     assert pipe("verify", str(out)).returncode == 0
-
-
-@pytest.fixture()
-def s3():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIATRACKS", "AWS_SECRET_ACCESS_KEY": "tracks-secret",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-    import s3fs
-
-    s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"], endpoint_url=env["AWS_ENDPOINT_URL"]).mkdir("tracks")
-    try:
-        yield env
-    finally:
-        server.stop()
 
 
 def test_copy_to_s3_and_back_is_byte_identical(built, s3, tmp_path):
