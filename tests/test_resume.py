@@ -36,7 +36,7 @@ def build_command(source: Path, out: Path, *extra: str) -> list[str]:
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
 
 def markers(out: Path) -> dict[str, tuple[int, bytes]]:
@@ -45,6 +45,14 @@ def markers(out: Path) -> dict[str, tuple[int, bytes]]:
     if not folder.is_dir():
         return {}
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.glob("*.json")}
+
+
+def marker_count(out: Path) -> int:
+    """How many completion markers are on disk (a cheap poll: names only)."""
+    try:
+        return sum(1 for entry in os.scandir(out / "_muzarr" / "batches") if entry.name.endswith(".json"))
+    except FileNotFoundError:
+        return 0
 
 
 def snapshot(out: Path) -> tuple[dict[str, bytes], dict]:
@@ -68,7 +76,7 @@ def assert_same_store(out: Path, reference: Path) -> None:
     assert a.complete and (a.status == 1).all()
 
 
-def kill_when(command: list[str], condition, *, poll: float = 0.005) -> dict:
+def kill_when(command: list[str], condition, *, poll: float = 0.002) -> dict:
     """Start ``command`` in its own session; SIGKILL its whole process group once ``condition()`` holds."""
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     killed = False
@@ -122,10 +130,12 @@ def killed_chain(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("killed") / "demo.zarr"
     command = build_command(source, out, "--workers", "2")
     rng = random.Random(20261120)  # one kill in each half of the build, at a seeded batch count
-    thresholds = [rng.randint(2, N_BATCHES // 2 - 1), rng.randint(N_BATCHES // 2, N_BATCHES - 2)]
+    # At least 4 batches left after the second kill: two workers write their markers ~15 ms apart, and
+    # on 2 busy cores the polling test may not run for longer than that (a CI run saw 10 become 12).
+    thresholds = [rng.randint(2, N_BATCHES // 2 - 1), rng.randint(N_BATCHES // 2, N_BATCHES - 4)]
     runs = []
     stages = [("creation", lambda: out.exists())] + [
-        (f"after {t} batches", lambda t=t: len(markers(out)) >= t) for t in thresholds
+        (f"after {t} batches", lambda t=t: marker_count(out) >= t) for t in thresholds
     ]
     for stage, condition in stages:
         before = markers(out)
