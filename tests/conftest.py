@@ -103,6 +103,10 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    import requests
+
+    # moto keeps its buckets per process, not per server: start from none (another test's are still there)
+    requests.post(f"http://{host}:{port}/moto-api/reset", timeout=30).raise_for_status()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIATRACKS", "AWS_SECRET_ACCESS_KEY": "tracks-secret",
            "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
     import s3fs
