@@ -20,9 +20,8 @@ For each, batches of 32 float32 examples from:
 The store is built by ``pipe build``'s own code; the old layout (and, with ``--candidates``, other
 time-chunk lengths and codecs) are copies of its arrays written by zarr-python. Each method runs
 once to warm up, then ``--rounds`` times, the methods interleaved (each round starting one method
-later); each time it runs whole epochs
-until ``--min-seconds`` have passed (an epoch of the default store takes ~0.1 s: timed alone, one
-stall of the machine halves a figure); medians are reported.
+later); each time it runs whole epochs until ``--min-seconds`` have passed (an epoch of the default
+store takes ~0.1 s: timed alone, one stall of the machine halves a figure); medians are reported.
 
 Then whole tracks (a track store, clip mode ``track``, of ``--tracks`` WAV files of 30 s to 10 min): the
 same ``short_res`` crops from muzarr's stream against Won et al.'s MTG-Jamendo loader
@@ -149,8 +148,7 @@ def epoch_rate(make, min_seconds: float = 0.0) -> float:
 
     One epoch of the default store takes about 0.1 s: timed alone, a single stall of the
     machine (a page reclaim, a collection) halves a round's figure. An untimed epoch comes
-    first: the first epoch after another method's pays for the switch (the methods share one
-    process; a training run keeps to one loader), whichever method runs next.
+    first, so each measurement starts warm whichever method ran before it in this process.
     """
     if min_seconds:
         sum(len(batch[0]) for batch in make())

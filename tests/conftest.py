@@ -21,8 +21,6 @@ os.environ["NUMBA_CACHE_DIR"] = os.path.join(
 )
 
 
-
-
 def pytest_unconfigure(config) -> None:
     if _NUMBA_ROOT_MADE_HERE:  # after every worker has stopped
         import shutil

@@ -55,9 +55,14 @@ def marker_count(out: Path) -> int:
         return 0
 
 
+def store_files(out: Path) -> dict[str, bytes]:
+    """Every file of a store: its path inside the store -> its bytes."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
 def snapshot(out: Path) -> tuple[dict[str, bytes], dict]:
     """Every file of a store, and its manifest without the one field allowed to differ."""
-    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    files = store_files(out)
     manifest = json.loads(files.pop("zarr.json"))["attributes"]["muzarr"]
     manifest.pop("finished")
     return files, manifest

@@ -17,7 +17,7 @@ import librosa
 import numpy as np
 import pytest
 import soundfile
-from test_resume import kill_when, markers, snapshot
+from test_resume import kill_when, markers, snapshot, store_files
 
 from pipeline import open_store
 from pipeline.audio import float_to_int16
@@ -220,7 +220,6 @@ def test_copy_to_s3_and_back_is_byte_identical(built, s3, tmp_path):
     back = tmp_path / "back.zarr"
     home = pipe("copy", "s3://tracks/store.zarr", str(back), env=s3)
     assert home.returncode == 0, home.stderr
-    files = {p.relative_to(built).as_posix(): p.read_bytes() for p in built.rglob("*") if p.is_file()}
-    copied = {p.relative_to(back).as_posix(): p.read_bytes() for p in back.rglob("*") if p.is_file()}
+    files, copied = store_files(built), store_files(back)
     assert sorted(copied) == sorted(files)
     assert [k for k in files if files[k] != copied[k]] == []

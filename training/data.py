@@ -253,7 +253,7 @@ def gather_tensor(parts: list[np.ndarray], part: np.ndarray, row: np.ndarray, dt
     for i, (p, r) in enumerate(zip(part.tolist(), row.tolist())):
         source = parts[p][r]
         if source.dtype == np.float16:  # torch converts float16 5x faster than numpy
-            out[i].copy_(torch.from_numpy(np.ascontiguousarray(source) if source.flags.writeable else source.copy()))
+            out[i].copy_(torch.from_numpy(source if source.flags.writeable else source.copy()))
         elif dtype == "int16":
             np.multiply(source, scale, out=target[i], dtype=np.float32)  # converted and scaled in one pass
         else:
