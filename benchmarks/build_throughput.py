@@ -42,7 +42,7 @@ def _decode_resample(path: str) -> int:
     from pipeline.audio import ClipPolicy, load_clip
 
     clips = load_clip(path, rates=(12000, 16000), policy=ClipPolicy(mode="full", seconds=29.1))
-    return len(clips[12000])
+    return len(clips.audio[12000])
 
 
 def in_processes(work, paths: list[Path], workers: int) -> float:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import stat
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -13,6 +18,7 @@ import soundfile
 import soxr
 
 from pipeline.errors import MuzarrError
+from pipeline.mpeg import looks_like_mpeg, mpeg_length
 
 ClipMode = Literal["pad_crop", "split", "full", "track"]
 
@@ -21,11 +27,33 @@ class DecodeError(Exception):
     """A file that could not be decoded by any backend; the message names both attempts."""
 
 
+class ClipError(MuzarrError):
+    """A file that decoded but cannot be stored under the clip policy (a track longer than ``max_seconds``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """A decoded file: float32 ``samples [shape=(channels, n)]``, its sample rate, and what a person should
+    know about how it decoded (a file that ends before its header says, the decoder's own warnings)."""
+
+    samples: np.ndarray
+    rate: int
+    notes: tuple[str, ...] = ()
+
+
 def decode(path: str) -> tuple[np.ndarray, int]:
-    """Read an audio file as float32 ``[shape=(channels, n)]`` and its sample rate.
+    """Read an audio file as float32 ``[shape=(channels, n)]`` and its sample rate (:func:`read_audio`)."""
+    audio = read_audio(path)
+    return audio.samples, audio.rate
+
+
+def read_audio(path: str) -> Decoded:
+    """Read an audio file, every sample it holds, with notes on how it decoded.
 
     soundfile (libsndfile) first; PyAV (FFmpeg) for what libsndfile cannot open, such as
-    M4A/AAC or Ogg-FLAC. Integer PCM is scaled exactly: ``int16 / 32768``.
+    M4A/AAC or Ogg-FLAC, and for an MP3 whose frames hold more than libsndfile would return
+    (:mod:`pipeline.mpeg`: libsndfile stops at a length it estimated). Integer PCM is scaled
+    exactly: ``int16 / 32768``.
 
     A file with no samples is an error: a clip of silence would be indistinguishable
     from a real one downstream. So is a file libsndfile would only read as header-less
@@ -47,24 +75,31 @@ def decode(path: str) -> tuple[np.ndarray, int]:
     if not stat.S_ISREG(info.st_mode):
         raise DecodeError("not a regular file (a folder, device or pipe)")
     size = info.st_size
+    notes: tuple[str, ...] = ()
     try:
-        samples, rate = _decode_soundfile(path)
+        samples, rate, notes = _decode_soundfile(path)
     except Exception as sf_error:  # noqa: BLE001 - any libsndfile failure means "try FFmpeg"
         try:
             samples, rate = _decode_pyav(path)
         except Exception as av_error:  # noqa: BLE001
             reasons = f"soundfile: {_reason(sf_error, path)}; PyAV: {_reason(av_error, path)}"
             raise DecodeError(f"empty file (0 bytes): {reasons}" if size == 0 else reasons) from None
+        if isinstance(sf_error, _ShortLength):
+            notes = (str(sf_error),)
     if samples.shape[-1] == 0:
         raise DecodeError("file holds no audio samples (0 frames)")
     if not np.isfinite(samples).all():
         raise DecodeError("decoded audio contains NaN or infinite samples")
-    return np.ascontiguousarray(samples), int(rate)
+    return Decoded(np.ascontiguousarray(samples), int(rate), notes)
 
 
-def _decode_soundfile(path: str) -> tuple[np.ndarray, int]:
+class _ShortLength(Exception):
+    """libsndfile would stop short of the audio an MP3 holds: decode it with FFmpeg instead (the message is the note)."""
+
+
+def _decode_soundfile(path: str) -> tuple[np.ndarray, int, tuple[str, ...]]:
     # libsndfile keeps a global error state: one handle per call, never shared.
-    with soundfile.SoundFile(path) as handle:
+    with _decoder_messages(path) as said, soundfile.SoundFile(path) as handle:
         if handle.format == "RAW":
             # No header was found; libsndfile guessed the encoding from the extension
             # (.au/.snd -> mu-law, .vox -> ADPCM, .gsm -> GSM 6.10): any bytes "decode".
@@ -72,8 +107,54 @@ def _decode_soundfile(path: str) -> tuple[np.ndarray, int]:
                 f"no audio header (libsndfile would guess header-less {handle.subtype} at "
                 f"{handle.samplerate} Hz from the file name)"
             )
+        reported = handle.frames
+        length = mpeg_length(path, reported=reported) if handle.subtype.startswith("MPEG_LAYER") else None
+        if length is not None and length.beyond_reported:
+            raise _ShortLength(
+                f"libsndfile reads {reported} samples of this MP3 ({length.reason}), its frames hold up to "
+                f"{length.samples}: decoded with FFmpeg (PyAV)"
+            )
         samples = handle.read(dtype="float32", always_2d=True).T
-        return samples, handle.samplerate
+    notes = [f"libmpg123: {line}" for line in said]
+    if length is not None and length.header and samples.shape[-1] < reported:
+        notes.insert(0, (
+            f"decoded {samples.shape[-1]} of the {reported} samples its header announces "
+            f"({samples.shape[-1] / reported:.0%}): the file ends early (a stopped download?)"
+        ))
+    return samples, handle.samplerate, tuple(notes)
+
+
+# libmpg123 (inside libsndfile) prints its warnings straight to the process's stderr
+_DECODER_PREFIXES = ("Warning:", "Note:", "Error:", "[src/libmpg123", "[libmpg123")
+_STDERR = threading.Lock()
+
+
+@contextlib.contextmanager
+def _decoder_messages(path: str) -> Iterator[list[str]]:
+    """What libmpg123 prints while an MPEG file is opened and read, taken off the terminal (file
+    descriptor 2, where C code writes) into the list yielded; other files are not watched."""
+    said: list[str] = []
+    if not looks_like_mpeg(path):
+        yield said
+        return
+    with _STDERR, tempfile.TemporaryFile() as sink:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            others = []
+            for line in sink.read().decode(errors="replace").splitlines():
+                line = line.strip()
+                if line:
+                    (said if line.startswith(_DECODER_PREFIXES) else others).append(line)
+            if others:  # another thread's output in that moment belongs on the terminal
+                print("\n".join(others), file=sys.stderr)
 
 
 _PCM_SCALE = {"s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
@@ -161,18 +242,22 @@ def resampled_length(n: int, *, orig_sr: int, target_sr: int) -> int:
 
 
 def probe(path: str) -> tuple[int, int]:
-    """``(frames, sample_rate)`` of a file as :func:`decode` reads it, without decoding where the header says.
+    """``(frames, sample_rate)`` of a file, where ``frames`` is the most :func:`read_audio` can return,
+    read from its header where it can be (nothing is decoded).
 
-    libsndfile's header count is the count its decoder returns (WAV, FLAC, MP3 through mpg123);
-    a file it cannot open is decoded whole with PyAV, as :func:`decode` does. A build checks
-    every decoded length against its probe, so a header that lies fails that track, never shifts
-    another.
+    libsndfile's header count is exact for WAV, FLAC and MP3s with a length header covering the file
+    (a file cut short decodes to less); an MP3 without one is counted frame by frame (:mod:`pipeline.mpeg`);
+    a file libsndfile cannot open is decoded whole with PyAV, as :func:`read_audio` does. A track store plans
+    with this bound and places every track at the length it decodes to.
     """
     try:
-        with soundfile.SoundFile(path) as handle:
+        with _decoder_messages(path), soundfile.SoundFile(path) as handle:  # messages: the build notes them
             if handle.format != "RAW" and handle.frames > 0:
-                return int(handle.frames), int(handle.samplerate)
-    except Exception:  # noqa: BLE001, S110 - decode() gives both backends' reasons for the record
+                frames = int(handle.frames)
+                if handle.subtype.startswith("MPEG_LAYER"):
+                    frames = mpeg_length(path, reported=frames).most
+                return frames, int(handle.samplerate)
+    except Exception:  # noqa: BLE001, S110 - read_audio() gives both backends' reasons for the record
         pass
     samples, rate = decode(path)
     return int(samples.shape[-1]), int(rate)
@@ -317,11 +402,24 @@ class ClipPolicy:
         return spec
 
 
-def load_clip(path: str, *, rates: tuple[int, ...], policy: ClipPolicy) -> dict[int, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """A file ready for the features: mono float32 audio at every rate asked for (the clip policy applied),
+    what the file decoded to (``frames`` at ``rate``) and the notes on how it decoded."""
+
+    audio: dict[int, np.ndarray]
+    frames: int
+    rate: int
+    notes: tuple[str, ...] = ()
+
+
+def load_clip(path: str, *, rates: tuple[int, ...], policy: ClipPolicy) -> Clip:
     """Decode once, mix to mono, resample to every rate in ``rates`` and apply the clip policy."""
-    samples, rate = decode(path)
-    problem = policy.track_problem(samples.shape[-1], rate) if policy.mode == "track" else None
+    decoded = read_audio(path)
+    frames, rate = decoded.samples.shape[-1], decoded.rate
+    problem = policy.track_problem(frames, rate) if policy.mode == "track" else None
     if problem:
-        raise MuzarrError(problem)
-    mono = to_mono(samples)
-    return {sr: policy.apply(resample(mono, orig_sr=rate, target_sr=sr), sample_rate=sr) for sr in rates}
+        raise ClipError(problem)
+    mono = to_mono(decoded.samples)
+    audio = {sr: policy.apply(resample(mono, orig_sr=rate, target_sr=sr), sample_rate=sr) for sr in rates}
+    return Clip(audio, frames, rate, decoded.notes)

@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import DecodeError, load_clip
+from pipeline.audio import ClipError, DecodeError, load_clip
 from pipeline.config import BuildConfig
 from pipeline.errors import MuzarrError
-from pipeline.store.io import STATUS_FAILED, STATUS_OK, clips_digest, marker_key, remove_key, write_json
+from pipeline.store.io import DECODE_NOTE, STATUS_FAILED, STATUS_OK, clips_digest, marker_key, remove_key, write_json
 from pipeline.store.layout import EXTENTS, clip_digests, fill_value, plan_layout
 from pipeline.store.location import Location
 from pipeline.store.shards import ShardFormat, shard_path
-from pipeline.tracks import BatchTracks
+from pipeline.tracks import BatchTracks, write_region
 
 
 def run_batch(
@@ -51,7 +51,7 @@ def run_batch(
     n = len(rows)
     start, stop = rows[0], rows[-1] + 1
     tracks = BatchTracks(track, layouts, todo) if track else None
-    timed = set(tracks.regions) if tracks else set()
+    timed = set(track["arrays"]) if track else set()
     todo_rows = [name for name in todo if name not in timed and not name.startswith(f"{EXTENTS}/")]
     # A failed clip's rows hold the array's fill value (NaN in a float array), as rows never written do.
     buffers = {
@@ -63,32 +63,35 @@ def run_batch(
     earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
     failures: dict[int, dict] = {}
     notes: list[dict] = []
+    decoded: list = [None] * n  # track stores: [frames, rate] (or the error) of each file, as read here
     for i, path in enumerate(paths):
         if status[i] == STATUS_FAILED:  # failed in an earlier pass: it would fail here the same way
             failures[i] = earlier[clip_ids[i]]
             continue
         stage = "decode"
         try:
-            if tracks and tracks.problems[i]:  # known from the probe: not decoded again
-                stage, problem = tracks.problems[i]
-                raise MuzarrError(problem)
-            audio = load_clip(path, rates=rates, policy=config.clip)
+            clip = load_clip(path, rates=rates, policy=config.clip)
+            decoded[i] = [clip.frames, clip.rate]
+            if tracks and tracks.overflowing:
+                continue  # only the lengths are needed now: the batch runs again in a larger region
+            if clip.notes:
+                notes.append({"clip_id": clip_ids[i], "array": DECODE_NOTE, "message": "; ".join(clip.notes)})
             for feature in features:
                 stage = feature.name
-                if feature.name in timed:
-                    tracks.check_length(i, feature, audio[feature.sample_rate])
-                values = feature.extract(audio[feature.sample_rate], sampling_rate=feature.sample_rate)
+                audio = clip.audio[feature.sample_rate]
+                values = feature.extract(audio, sampling_rate=feature.sample_rate)
                 if not _all_finite(values):
                     raise ValueError("computed values are not finite (NaN or infinity)")
                 if feature.name in timed:
                     tracks.put(feature.name, i, values)
                 else:
                     buffers[feature.name][i] = values
-                note = feature.storage_note(audio[feature.sample_rate])
+                note = feature.storage_note(audio)
                 if note:
                     notes.append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
         except Exception as error:  # noqa: BLE001 - one bad clip must not stop the build
             status[i] = STATUS_FAILED
+            stage = "clip" if isinstance(error, ClipError) else stage
             notes = [x for x in notes if x["clip_id"] != clip_ids[i]]
             for buffer in buffers.values():
                 buffer[i] = fill_value(buffer.dtype)
@@ -98,6 +101,10 @@ def run_batch(
             if not isinstance(error, (DecodeError, MuzarrError)):
                 message = f"{type(error).__name__}: {message}"
             failures[i] = {"clip_id": clip_ids[i], "path": path, "stage": stage, "message": message.splitlines()[0]}
+            decoded[i] = decoded[i] or failures[i]["message"]
+    if tracks and tracks.overflowing:
+        # Nothing is written: the driver gives this batch regions sized from what was decoded here.
+        return {"batch": batch, "overflow": decoded}
     digests = {}
     for name, buffer in buffers.items():
         _write_shard(loc, group[name], batch, start, stop, buffer)
@@ -107,11 +114,8 @@ def run_batch(
     newly_failed = np.flatnonzero((status == STATUS_FAILED) & (before == STATUS_OK))
     for name, old in kept.items():
         if len(newly_failed) and name in timed:
-            data = tracks.read(group[name], name)
-            tracks.blank(name, data, newly_failed)
-            tracks.write(group[name], name, data)
-            old = tracks.digests(name, data)
-        elif len(newly_failed) and not name.startswith(f"{EXTENTS}/"):  # extents stay the plan
+            old = _blank_track_rows(loc, group, name, track["arrays"][name], start, stop, newly_failed)
+        elif len(newly_failed) and not name.startswith(f"{EXTENTS}/"):  # extents stay where the tracks were
             # A clip that fails a new feature is a failed clip: no array may keep data for it.
             data = group[name][start:stop]
             data[newly_failed] = fill_value(data.dtype)
@@ -130,6 +134,9 @@ def run_batch(
         "digests": {name: digests[name] for name in layouts},
         "notes": _kept_notes(base, kept, clip_ids, status) + notes,
     }
+    if track:  # where its tracks went, and how long each one decoded (seconds)
+        marker["regions"] = {name: [r["start"], r["size"]] for name, r in track["arrays"].items()}
+        marker["seconds"] = [got[0] / got[1] if isinstance(got, list) and s == STATUS_OK else None for got, s in zip(decoded, status)]
     # The marker is written last, in one atomic write: its presence means every shard it
     # lists is on disk.
     write_json(loc, marker_key(batch), marker)
@@ -139,16 +146,29 @@ def run_batch(
 def _write_tracks(loc: Location, group, batch: int, start: int, stop: int, tracks: BatchTracks, todo) -> dict:
     """Write the batch's regions of the time arrays and its rows of their extents; their clip digests."""
     digests = {}
+    n = stop - start
     for name in tracks.names:
-        tracks.write(group[name], name, tracks.buffers[name])
-        digests[name] = tracks.digests(name, tracks.buffers[name])
-    for name in tracks.regions:
+        tracks.write(loc, group[name], name)
+        digests[name] = tracks.digests(name, n)
         extents = f"{EXTENTS}/{name}"
         if extents in todo:
-            data = tracks.extents(name)
+            data = tracks.extents(name, n)
             _write_shard(loc, group[extents], batch, start, stop, data)
             digests[extents] = clip_digests(data)
     return digests
+
+
+def _blank_track_rows(loc: Location, group, name: str, region: dict, start: int, stop: int, rows) -> list[str]:
+    """Tracks ``rows`` of the batch (rows ``start:stop``) hold the fill value in time array ``name``, which
+    this pass keeps; the clip digests of the batch's rows after that."""
+    extents = group[f"{EXTENTS}/{name}"][start:stop]
+    lo, hi = region["start"], region["start"] + region["size"]
+    data = group[name][..., lo:hi]
+    for row in rows:
+        s, z = (int(v) for v in extents[row])
+        data[..., s - lo : s - lo + z] = fill_value(data.dtype)
+    write_region(loc, group[name], lo, data)
+    return [clip_digests(data[None, ..., s - lo : s - lo + z])[0] for s, z in extents.tolist()]
 
 
 def _kept_notes(base: dict | None, kept: dict, clip_ids: list[str], status: np.ndarray) -> list[dict]:

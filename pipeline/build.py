@@ -53,6 +53,7 @@ from pipeline.store.io import (
     STATUS_OK,
     TARGET,
     check_contained,
+    check_metadata_size,
     check_marker,
     clips_digest,
     folder_listing,
@@ -71,7 +72,7 @@ from pipeline.store.layout import DIGEST, SCHEMA_VERSION, combine_digests, ensur
 from pipeline.store.location import Location, is_local, location
 from pipeline.store.lock import writer_lock
 from pipeline.store.reader import damaged_manifest, manifest_damage, old_layout, open_store
-from pipeline.tracks import plan_tracks, save_probes
+from pipeline.tracks import MAX_REPLANS, TrackPlan, plan_tracks, remove_left_regions, save_plan
 
 VERSIONED = ("muzarr", "numpy", "scipy", "soundfile", "soxr", "librosa", "zarr", "numcodecs", "av", "dask")
 # Recipe options that only choose how many clips the index holds: changing one grows the
@@ -121,6 +122,7 @@ class _Target:
     config: BuildConfig
     index: DatasetIndex
     layouts: list
+    plan: TrackPlan | None = None  # a track store's regions
 
     @property
     def n(self) -> int:
@@ -150,7 +152,21 @@ class _Target:
         if marker is None:
             return None
         failed = [ids[i] for i, s in enumerate(marker["status"]) if s == STATUS_FAILED]
-        return marker if [f["clip_id"] for f in marker["failures"]] == failed else None
+        if [f["clip_id"] for f in marker["failures"]] != failed:
+            return None
+        if self.plan is not None:
+            # a batch is done where its tracks are: in the regions this plan gives it, at recorded lengths
+            regions, seconds = marker.get("regions"), marker.get("seconds")
+            wanted = self.plan.batch_regions(batch)
+            if not isinstance(regions, dict) or any(regions.get(n) != r for n, r in wanted.items() if n in marker["digests"]):
+                return None
+            if not (isinstance(seconds, list) and len(seconds) == len(rows) and all(_seconds(v) for v in seconds)):
+                return None
+        return marker
+
+
+def _seconds(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf"))
 
 
 def _manifest(config: BuildConfig, index: DatasetIndex, layouts, *, state: str, extra: dict | None = None) -> dict:
@@ -397,6 +413,8 @@ def _finalize(loc: Location, target: _Target, markers: dict[int, dict]) -> dict[
     for x in notes:
         noted.setdefault(x["clip_id"], []).append(f"{x['array']}: {x['message']}")
     clips.insert(5, "note", ["; ".join(noted[c]) if c in noted else None for c in clips["clip_id"]])
+    if target.plan is not None:  # a track's length as decoded (its file's header may have said otherwise)
+        clips.insert(6, "seconds", np.array([np.nan if v is None else v for m in ordered for v in m["seconds"]], dtype=np.float64))
 
     checksum_rows = []
     arrays = {}
@@ -430,6 +448,8 @@ def _finalize(loc: Location, target: _Target, markers: dict[int, dict]) -> dict[
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
+    if target.plan is not None:
+        remove_left_regions(loc, target.plan)
     _write_key_list(loc)
     # The manifest is the commit point: readers see the new arrays and clips from here on.
     write_manifest(loc, manifest)
@@ -552,59 +572,55 @@ def build(
             if client is None:
                 client = make_client(workers=workers, scheduler=scheduler)
                 cleanup.callback(close_client, client)
-            plan, target = _plan_tracks(loc, config, index, abs_paths, client, overwrite=overwrite)
+            plan, target = _plan_tracks(loc, config, index, abs_paths, client, overwrite=overwrite, repair=repair)
         markers = _prepare_store(loc, target, overwrite=overwrite, repair=repair, echo=echo)
+        relative = index.clips["path"].astype(str).tolist()
         if plan is not None:
-            save_probes(loc, plan, target.clip_ids, index.clips["path"].astype(str).tolist())
+            save_plan(loc, plan, target.clip_ids, relative)
         ids = target.clip_ids
-        work = []  # (batch, arrays to compute or None for all, marker to build on or None)
+        work = {}  # batch -> (arrays to compute or None for all, marker to build on or None)
         for b in range(target.n_batches):
             marker = markers.get(b)
             todo = [name for name in target.names if marker is None or name not in marker["digests"]]
             if todo:
-                work.append((b, None if marker is None else todo, marker))
+                work[b] = (None if marker is None else todo, marker)
         reused = target.n_batches - len(work)
         config_dict = config.to_dict()
 
         own_client = client is None and bool(work)
-        done_clips = sum(len(target.rows(b)) for b in range(target.n_batches)) - sum(len(target.rows(b)) for b, _, _ in work)
+        done_clips = target.n - sum(len(target.rows(b)) for b in work)
         bar = _progress_bar(total=target.n, initial=done_clips, enabled=progress, label=config.dataset)
         try:
             client = make_client(workers=workers, scheduler=scheduler) if own_client else client
-            futures = {}
-            for b, arrays, base in work:
-                rows = list(target.rows(b))
-                future = client.submit(
-                    run_batch, loc, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
-                    arrays, base, track=plan.batch(b) if plan else None,
-                    key=f"muzarr-batch-{b}-{os.getpid()}", pure=False,
-                )
-                futures[future] = b
-            if futures:
-                from dask.distributed import as_completed
-
-                for future in as_they_finish(as_completed(list(futures)), interrupted):
-                    try:
-                        marker = future.result()
-                    except MuzarrError:
-                        raise
-                    except Exception as error:  # noqa: BLE001 - a task that died (worker lost, disk full)
-                        raise write_failure(error, out) or MuzarrError(
-                            f"batch {futures[future]} of {out} failed: {type(error).__name__}: {error}; "
-                            "run the same command again to resume"
-                        ) from None
-                    # What the task returned is what it wrote: trust it over a re-read of the marker.
-                    markers[futures[future]] = marker
-                    bar.update(len(marker["status"]))
-                    if on_batch:
-                        on_batch(marker)
-                    if strict and marker["failures"]:
-                        for other in futures:
-                            other.cancel()
-                        first = marker["failures"][0]
+            batches, rounds = list(work), 0
+            while batches:
+                jobs = {}
+                for b in batches:
+                    rows = list(target.rows(b))
+                    jobs[b] = client.submit(
+                        run_batch, loc, b, config_dict, rows, [ids[r] for r in rows], [abs_paths[r] for r in rows],
+                        *work[b], track=plan.batch(b) if plan else None,
+                        key=f"muzarr-batch-{b}-{rounds}-{os.getpid()}", pure=False,
+                    )
+                done, overflowing = _collect(jobs, interrupted, out=out, bar=bar, on_batch=on_batch, strict=strict)
+                markers.update(done)
+                batches = sorted(overflowing)
+                if batches:
+                    rounds += 1
+                    if rounds > MAX_REPLANS:
                         raise MuzarrError(
-                            f"--strict: clip {first['clip_id']} ({first['path']}) failed at {first['stage']}: "
-                            f"{first['message']}"
+                            f"batch(es) {batches} of {out}: their files decode to other lengths every time they are read "
+                            f"({MAX_REPLANS} tries): are they being written while the build runs? Run the same command "
+                            "again when they are complete"
+                        )
+                    plan = plan.replanned(overflowing)
+                    target = _Target(config, index, plan_layout(config, len(index), tracks=plan), plan)
+                    ensure_arrays(loc, target.layouts, target.n, config.batch_clips)  # grown before the plan says so
+                    save_plan(loc, plan, ids, relative)
+                    if echo:
+                        echo(
+                            f"{len(batches)} batch(es) decoded longer than their files' headers said: placed again, "
+                            "at the end of the time arrays"
                         )
         finally:
             bar.close()
@@ -626,13 +642,73 @@ def build(
     )
 
 
-def _plan_tracks(loc: Location, config: BuildConfig, index: DatasetIndex, paths: list[str], client, *, overwrite: bool):
-    """A track store's plan (every file probed, or its earlier probe reused) and the target it implies."""
+def _collect(jobs: dict, interrupted, *, out: str, bar, on_batch, strict: bool) -> tuple[dict[int, dict], dict[int, list]]:
+    """The markers of the batch tasks ``jobs`` (batch -> future) as they finish, and what each batch whose
+    tracks did not fit its regions decoded (batch -> per clip ``[frames, rate]`` or the error)."""
+    from dask.distributed import as_completed
+
+    batch_of = {future: b for b, future in jobs.items()}
+    markers, overflowing = {}, {}
+    if not jobs:
+        return markers, overflowing
+    for future in as_they_finish(as_completed(list(batch_of)), interrupted):
+        try:
+            marker = future.result()
+        except MuzarrError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a task that died (worker lost, disk full)
+            raise write_failure(error, out) or MuzarrError(
+                f"batch {batch_of[future]} of {out} failed: {type(error).__name__}: {error}; "
+                "run the same command again to resume"
+            ) from None
+        if "overflow" in marker:
+            overflowing[batch_of[future]] = marker["overflow"]
+            continue
+        # What the task returned is what it wrote: trust it over a re-read of the marker.
+        markers[batch_of[future]] = marker
+        bar.update(len(marker["status"]))
+        if on_batch:
+            on_batch(marker)
+        if strict and marker["failures"]:
+            for other in batch_of:
+                other.cancel()
+            first = marker["failures"][0]
+            raise MuzarrError(
+                f"--strict: clip {first['clip_id']} ({first['path']}) failed at {first['stage']}: {first['message']}"
+            )
+    return markers, overflowing
+
+
+def _plan_tracks(
+    loc: Location, config: BuildConfig, index: DatasetIndex, paths: list[str], client, *, overwrite: bool, repair: bool
+):
+    """A track store's plan (every file probed, or its earlier probe reused; all probed again for a repair)
+    and the target it implies."""
     ids = index.clips["clip_id"].astype(str).tolist()
     relative = index.clips["path"].astype(str).tolist()
+    lengths = {}
+    if not overwrite:
+        for layout in plan_layout(config, len(index), tracks=None):
+            if layout.extents:
+                lengths[layout.name] = _stored_length(loc, layout.name)
     # probed by path: a probe kept in the store names the files relative to the source
-    plan = plan_tracks(loc, config, ids, relative, client, reuse=not overwrite, open_path=dict(zip(relative, paths)))
-    return plan, _Target(config, index, plan_layout(config, len(index), tracks=plan))
+    plan = plan_tracks(
+        loc, config, ids, relative, client, reuse=not overwrite, open_path=dict(zip(relative, paths)),
+        lengths=lengths, reprobe=repair,
+    )
+    return plan, _Target(config, index, plan_layout(config, len(index), tracks=plan), plan)
+
+
+def _stored_length(loc: Location, name: str) -> int:
+    """The time length of track array ``name`` in the store now (0 when it cannot be opened)."""
+    import zarr
+
+    try:
+        check_metadata_size(loc, f"{name}/zarr.json")
+        array = loc.open_group(mode="r")[name]
+    except (KeyError, ValueError, TypeError, OSError, MuzarrError, zarr.errors.BaseZarrError):
+        return 0
+    return int(array.shape[-1]) if isinstance(array, zarr.Array) and array.ndim else 0
 
 
 def _progress_bar(*, total: int, initial: int, enabled: bool, label: str):

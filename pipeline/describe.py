@@ -112,39 +112,47 @@ def _clip_line(clip: dict, store: Store) -> str:
 
 
 def track_seconds(store: Store) -> np.ndarray:
-    """The length in seconds of every stored (``ok``) track of a track store, from the build's probe of each file."""
-    from pipeline.store.io import read_json
-    from pipeline.tracks import PROBE
-
-    probes = read_json(store.location, PROBE)
-    rows = probes.get("probes") if isinstance(probes, dict) else None
-    if not isinstance(rows, list) or len(rows) < store.n_clips:
-        raise MuzarrError(f"{PROBE} is missing or holds fewer than {store.n_clips} tracks")
-    ok = store.ok
-    return np.array([p["frames"] / p["rate"] for p, good in zip(rows, ok) if good], dtype=np.float64)
+    """The length in seconds of every stored (``ok``) track of a track store, as it decoded (the clips table)."""
+    clips = store.clips
+    if "seconds" not in clips.columns:
+        raise MuzarrError("tables/clips.parquet has no seconds column")
+    seconds = clips["seconds"].to_numpy(dtype=np.float64)[store.ok]
+    if not np.isfinite(seconds).all() or (seconds <= 0).any():
+        raise MuzarrError("tables/clips.parquet holds a stored track without a positive length")
+    return seconds
 
 
 def track_lines(store: Store) -> list[str]:
     """A track store's length distribution and the share of each time array that is padding."""
     if not store.is_tracks:
         return []
-    from pipeline.tracks import length_summary
+    from pipeline.tracks import length_summary, stored_regions
 
     try:
         s = length_summary(track_seconds(store))
-        padding = {
-            name: 1 - int(store.extents(name)[:, 1].sum()) / max(1, info["shape"][-1])
-            for name, info in store.arrays.items() if "extents" in info
-        }
+        padding, left = {}, {}
+        batches = -(-store.n_clips // int(store.manifest["config"]["batch_clips"]))
+        for name, info in store.arrays.items():
+            if "extents" not in info:
+                continue
+            total = info["shape"][-1]
+            regions = stored_regions(store.location, name, shard=info["shards"][-1], length=total, n_batches=batches)
+            held = sum(z for _, z in regions) if regions is not None else total
+            padding[name] = 1 - int(store.extents(name)[:, 1].sum()) / max(1, held)
+            left[name] = 1 - held / max(1, total)
     except (MuzarrError, KeyError, TypeError, ValueError) as err:
         return [f"tracks    cannot be shown ({err}): run pipe verify"]
     if not s["count"]:
         return ["tracks    none stored"]
     shares = ", ".join(f"{share:.2%} of {name}" for name, share in padding.items())
-    return [
+    lines = [
         f"tracks    {s['count']} stored: {s['min']:.1f} s min, {s['median']:.1f} s median, {s['max']:.1f} s max, {s['hours']:.2f} h",
-        f"padding   {shares} (shard rounding at the end of each batch)",
+        f"padding   {shares} (shard rounding at the end of each batch, and tracks shorter than their headers said)",
     ]
+    if any(share > 0 for share in left.values()):
+        gaps = ", ".join(f"{share:.2%} of {name}" for name, share in left.items())
+        lines.append(f"moved     {gaps}: regions batches left when their tracks outgrew them (no files)")
+    return lines
 
 
 def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[str]:

@@ -83,7 +83,7 @@ def test_load_clip_matches_librosa_load(fixtures_dir):
 
     path = str(fixtures_dir / "mtat" / "e" / "joram-moments_of_clarity-08-solipsism-59-88.mp3")
     policy = ClipPolicy(mode="full", seconds=29.12)
-    audio = load_clip(path, rates=(12000, 16000), policy=policy)
+    audio = load_clip(path, rates=(12000, 16000), policy=policy).audio
     for sr in (12000, 16000):
         reference, _ = librosa.load(path, sr=sr)
         expected = np.pad(reference, (0, max(0, policy.n_samples(sr) - len(reference))))[: policy.n_samples(sr)]

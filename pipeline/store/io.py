@@ -27,6 +27,8 @@ MARKERS = "_muzarr/batches"
 KEYS = "_muzarr/keys.json"
 TARGET = "_muzarr/target.json"
 LOCK = "_muzarr/lock.json"  # only while a build writes the store (pipeline/lock.py)
+#: the "array" of a note on how a clip's file decoded (not on one array: every array holds what was decoded)
+DECODE_NOTE = "decode"
 _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
 #: the most a chunk or a shard may take decoded: a reader holds a whole one in memory
@@ -315,7 +317,7 @@ def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, 
         values = digests.get(name)
         if isinstance(values, list) and len(values) == n and all(_is_digest(v) for v in values):
             kept[name] = values
-    return {**marker, "digests": kept, "notes": [x for x in notes if x["array"] in kept]}
+    return {**marker, "digests": kept, "notes": [x for x in notes if x["array"] in kept or x["array"] == DECODE_NOTE]}
 
 
 def _records(value: Any, keys: tuple[str, ...]) -> bool:

@@ -34,8 +34,9 @@ from pipeline.store.io import (
     read_json,
     read_table,
 )
-from pipeline.store.layout import SCHEMA_VERSION, TABLES, array_problems, check_layout, combine_digests
+from pipeline.store.layout import SCHEMA_VERSION, TABLES, array_problems, check_layout, clip_digests, combine_digests
 from pipeline.store.location import Location, location
+from pipeline.store.shards import ShardFormat, shard_path
 
 
 class Store:
@@ -297,16 +298,66 @@ class Store:
         return any("extents" in info for info in self.arrays.values())
 
     def extents(self, name: str) -> np.ndarray:
-        """int64 ``(n_clips, 2)``: every clip's ``[start, length]`` along the last axis of time array ``name``."""
+        """int64 ``(n_clips, 2)``: every clip's ``[start, length]`` along the last axis of time array ``name``.
+
+        Read shard by shard, no file more than its chunks can take, each chunk against its crc32c and the
+        rows against their digests; the extents must lie inside the array and not overlap. Anything else is
+        one :class:`MuzarrError` naming the damage and ``pipe verify``.
+        """
         info = self._array_info(name)
         if "extents" not in info:
             raise MuzarrError(f"store {self.url}: array {name!r} has one row per clip, not extents")
-        extents = self._open_array(info["extents"])[: self.n_clips]
+        extents = self._read_rows(info["extents"])
         total = self._open_array(name).shape[-1]
-        bad = np.flatnonzero((extents[:, 0] < 0) | (extents[:, 1] < 0) | (extents.sum(axis=1) > total))
+        where = f"store {self.url}: {info['extents']}"
+        if extents.ndim != 2 or extents.shape[1] != 2:
+            raise MuzarrError(f"{where} has shape {extents.shape}, not one [start, length] per clip: run `pipe verify`")
+        bad = np.flatnonzero((extents[:, 0] < 0) | (extents[:, 1] < 0) | (extents[:, 0] > total - extents[:, 1]))
         if len(bad):
-            raise MuzarrError(f"store {self.url}: {info['extents']} row {bad[0]} {extents[bad[0]].tolist()} lies outside {name}: run `pipe verify`")
+            raise MuzarrError(f"{where} row {bad[0]} {extents[bad[0]].tolist()} lies outside {name}: run `pipe verify`")
+        used = np.flatnonzero(extents[:, 1] > 0)
+        order = used[np.argsort(extents[used, 0], kind="stable")]
+        overlap = np.flatnonzero(extents[order[1:], 0] < extents[order[:-1]].sum(axis=1))
+        if len(overlap):
+            a, b = order[overlap[0]], order[overlap[0] + 1]
+            raise MuzarrError(f"{where}: rows {a} and {b} overlap ({extents[a].tolist()}, {extents[b].tolist()}): run `pipe verify`")
         return extents
+
+    def _read_rows(self, name: str) -> np.ndarray:
+        """Every row of a small per-clip array (the extents), whatever the clips' status: each shard file read
+        whole but never more than it can hold, every chunk checked, the rows against their digests."""
+        array = self._open_array(name)
+        fmt = ShardFormat.of(array)
+        where = f"store {self.url}: {name}"
+        if fmt is None or fmt.shard_shape[1:] != tuple(array.shape[1:]):
+            raise MuzarrError(f"{where}: not in the layout muzarr writes ({array.shards}, {array.chunks}): {FRESH_COPY}")
+        fs, root, per = self.location.fs, self.location.root, fmt.shard_shape[0]
+        out = np.empty((self.n_clips, *array.shape[1:]), dtype=fmt.dtype)
+        for k in range(-(-self.n_clips // per)):
+            key = shard_path(array, k)
+            try:
+                blob = fs.cat_file(f"{root}/{key}", start=0, end=fmt.max_bytes + 1)
+            except FileNotFoundError:
+                raise MuzarrError(f"store {self.url}: shard {key} is missing: run `pipe verify {self.url}`") from None
+            except OSError as err:
+                raise MuzarrError(f"store {self.url}: {key} cannot be read ({type(err).__name__}): run `pipe verify {self.url}`") from None
+            if len(blob) > fmt.max_bytes:
+                raise MuzarrError(
+                    f"store {self.url}: {key} holds more than the {fmt.max_bytes} bytes its chunks can take (a damaged "
+                    f"file): run `pipe verify {self.url}`"
+                )
+            try:
+                data = fmt.decode(blob, where=f"store {self.url}: {key}")
+            except MuzarrError as err:
+                raise MuzarrError(f"{err}: run `pipe verify {self.url}`") from None
+            out[k * per : (k + 1) * per] = data[: min(per, self.n_clips - k * per)]
+        wrong = np.flatnonzero(np.array(clip_digests(out, algorithm=self.digest_algorithm), dtype=object) != self.stored_digests(name))
+        if len(wrong):
+            raise MuzarrError(
+                f"store {self.url}: row {wrong[0]} of {name} differs from its digest in tables/checksums.parquet (damaged "
+                f"bytes): run `pipe verify {self.url}`"
+            )
+        return out
 
     def track(self, name: str, row: int) -> np.ndarray:
         """The whole track of clip ``row`` in time array ``name`` (``[..., length]``); failed or pending is an error."""

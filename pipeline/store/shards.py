@@ -134,6 +134,12 @@ class ShardFormat:
         """Bytes of one decoded chunk."""
         return math.prod(self.chunk_shape) * self.dtype.itemsize
 
+    @property
+    def max_bytes(self) -> int:
+        """The most bytes a shard of this format takes: every chunk at its largest encoding (blosc adds at most
+        16 bytes to incompressible data; 32 allowed), its checksum, and the index. A longer file is damaged."""
+        return self.n_chunks * (self.chunk_bytes + 32 + 4) + self.index_bytes
+
     def encode(self, data: np.ndarray) -> bytes:
         """The shard holding ``data``.
 

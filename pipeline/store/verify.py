@@ -299,28 +299,28 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
 
 
 def _check_track_array(store: Store, name: str, array: zarr.Array, expected: list[str] | None, ids: list[str], report) -> None:
-    """A track store's time array: every shard file, every clip's extent against its digest, zeros between.
+    """A track store's time array, batch by batch: every shard file of the batch's region (from
+    ``_muzarr/tracks.json``), every clip's extent inside that region and clear of the others, its content
+    against its digest, and zeros in the rest of the region.
 
     The extents are read through their own array (checked on its own, by its digests): extents that
-    cannot be read or lie outside the array leave this one unchecked beyond its shard files.
+    cannot be read leave this array unchecked beyond its shard files.
     """
+    from pipeline.tracks import stored_regions
+
     found = report.damage.append
     n, shard, chunk, total = store.n_clips, array.shards[-1], array.chunks[-1], array.shape[-1]
     batch_clips = int(store.manifest["config"].get("batch_clips") or 1)
-    try:
-        extents = store.extents(name)
-    except Exception as err:  # noqa: BLE001 - damaged extents are reported where they are
-        extents, why = None, _why(err)
+    n_batches = -(-n // batch_clips)
+    regions = stored_regions(store.location, name, shard=shard, length=total, n_batches=n_batches)
+    if regions is None:
+        found(Damage(
+            "store", "tracks", f"_muzarr/tracks.json is missing or does not give whole-shard regions of {name} inside "
+            "the array for every batch: a repair plans them again",
+        ))
+        regions = [(k * shard, shard) for k in range(total // shard)] if n_batches else []  # every shard, below
     fs, root = store.location.fs, store.location.root
-    starts = extents[:, 0] if extents is not None else np.zeros(0, np.int64)
-
-    def batch_rows(position: int) -> tuple[int, int]:
-        # the clips of the batch whose region holds ``position`` (its first clip starts at or before it)
-        row = max(0, int(np.searchsorted(starts, position, side="right")) - 1) if len(starts) else 0
-        first = row // batch_clips * batch_clips
-        return first, min(n, first + batch_clips)
-
-    for k in range(total // shard):
+    for k in sorted({k for s, z in regions for k in range(s // shard, (s + z) // shard)}):
         key = f"{name}/{array.metadata.encode_chunk_key((0,) * (array.ndim - 1) + (k,))}"
         report.checked["shards"] += 1
         try:
@@ -328,26 +328,39 @@ def _check_track_array(store: Store, name: str, array: zarr.Array, expected: lis
         except Exception as err:  # noqa: BLE001
             exists, why_missing = False, _why(err)
         if not exists:
-            rows = batch_rows(k * shard)
-            found(Damage("shard", f"{name} shard {k}", f"{why_missing} ({key}; {_rows(ids, *rows)})", name, rows))
+            b = next((b for b, (s, z) in enumerate(regions) if s <= k * shard < s + z), None)
+            rows = (b * batch_clips, min(n, (b + 1) * batch_clips)) if b is not None and b < n_batches else None
+            found(Damage("shard", f"{name} shard {k}", f"{why_missing} ({key}" + (f"; {_rows(ids, *rows)})" if rows else ")"), name, rows))
     report.checked["chunks"] += -(-total // chunk)
-    if extents is None:
-        found(Damage("array", name, f"its extents cannot be read ({why}): its clips were not checked", name))
+    try:
+        extents = store.extents(name)
+    except Exception as err:  # noqa: BLE001 - damaged extents are reported where they are
+        found(Damage("array", name, f"its extents cannot be read ({_why(err)}): its clips were not checked", name))
         return
+    if len(regions) != n_batches:
+        return  # no regions to hold the clips to: the shard files were checked
     algorithm = store.digest_algorithm
-    end = 0
-    for row, (start, length) in enumerate(extents.tolist()):
-        if start > end or row % batch_clips == 0:  # a batch's padding: zeros, as its task wrote them
-            _check_zeros(array, name, end, start, ids, batch_rows(max(0, end - 1)), found)
-        end = start + length
-        try:
-            data = array[..., start:end]
-        except Exception as err:  # noqa: BLE001 - a damaged chunk or shard index fails to decode
-            found(Damage("chunk", f"{name} [{start}, {end})", f"cannot be decoded ({_why(err)}; {_rows(ids, row, row + 1)})", name, (row, row + 1)))
-            continue
-        if expected is not None and clip_digests(data[None], algorithm=algorithm)[0] != expected[row]:
-            found(Damage("clip", f"{ids[row]} (row {row}) in {name}", "content differs from its digest in tables/checksums.parquet", name, (row, row + 1)))
-    _check_zeros(array, name, end, total, ids, batch_rows(max(0, end - 1)), found)
+    for b, (lo, size) in enumerate(regions):
+        rows = range(b * batch_clips, min(n, (b + 1) * batch_clips))
+        end = lo
+        for row in sorted(rows, key=lambda r: (int(extents[r, 0]), r)):
+            start, length = (int(v) for v in extents[row])
+            if length and (start < end or start + length > lo + size):
+                why = "overlaps another track" if start < end else f"lies outside its batch's region [{lo}, {lo + size})"
+                found(Damage("clip", f"{ids[row]} (row {row}) in {name}", f"its extent [{start}, {start + length}) {why}", name, (row, row + 1)))
+                continue
+            if not length:
+                continue
+            _check_zeros(array, name, end, start, ids, (rows.start, rows.stop), found)
+            end = start + length
+            try:
+                data = array[..., start:end]
+            except Exception as err:  # noqa: BLE001 - a damaged chunk or shard index fails to decode
+                found(Damage("chunk", f"{name} [{start}, {end})", f"cannot be decoded ({_why(err)}; {_rows(ids, row, row + 1)})", name, (row, row + 1)))
+                continue
+            if expected is not None and clip_digests(data[None], algorithm=algorithm)[0] != expected[row]:
+                found(Damage("clip", f"{ids[row]} (row {row}) in {name}", "content differs from its digest in tables/checksums.parquet", name, (row, row + 1)))
+        _check_zeros(array, name, end, lo + size, ids, (rows.start, rows.stop), found)
 
 
 def _check_zeros(array: zarr.Array, name: str, start: int, stop: int, ids: list[str], rows: tuple[int, int], found) -> None:
