@@ -55,13 +55,15 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
         except MuzarrError:
             again = ""
         state += f": the build has not finished; run the same pipe build command again{again}"
+    tracks = track_lines(store)
+    healthy = healthy and not any("cannot be shown" in line for line in tracks)
     lines = [
         f"store     {store.url}",
         f"dataset   {config['dataset']} (recipe {config['recipe']}, {store.task}, {len(store.classes)} classes)",
         state,
         f"clips     {store.n_clips} total, {counts.get('ok', '?')} ok, {counts.get('failed', '?')} failed",
         _clip_line(config["clip"], store),
-        *track_lines(store),
+        *tracks,
         "arrays",
     ]
     width = max((len(name) for name in store.arrays), default=0)

@@ -24,6 +24,7 @@ records its regions, and counts only for the regions the plan gives it. A region
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -31,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import probe, resampled_length
-from pipeline.errors import MuzarrError
 from pipeline.store.io import read_json, write_json
 from pipeline.store.layout import chunk_length, clip_digests, fill_value, is_time_feature
 from pipeline.store.location import Location
@@ -264,7 +264,7 @@ def _valid_regions(regions: Any, *, shard: int, length: int) -> bool:
     ):
         return False
     used = sorted((s, s + z) for s, z in regions if z)
-    return all(a[1] <= b[0] for a, b in zip(used, used[1:])) and all(stop <= length for _, stop in used)
+    return all(a[1] <= b[0] for a, b in itertools.pairwise(used)) and all(stop <= length for _, stop in used)
 
 
 class BatchTracks:

@@ -114,3 +114,33 @@ def s3():
         yield env
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """An external Dask cluster (1 worker) for the guarded builds: the cap is on the driver, the process that
+    reads the store's sizes; a worker computes batches sized by the build's own configuration."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path_factory.mktemp("cluster")
+    scheduler_file = folder / "scheduler.json"
+    dask = str(Path(sys.executable).parent / "dask")
+    common = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    cluster = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                 "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            assert time.monotonic() < deadline, "the dask scheduler did not start"
+            time.sleep(0.1)
+        cluster.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
+                                         "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"], **common))  # fmt: skip
+        yield json.loads(scheduler_file.read_text())["address"]
+    finally:
+        for process in reversed(cluster):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)

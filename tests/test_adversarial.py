@@ -28,29 +28,23 @@ minutes on two cores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers_hostile import check, fingerprint, guarded, outside_folder
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.slow
 
-GUARD = Path(__file__).with_name("_guarded.py")
-LIMIT = 2 << 30  # address space of each command
-# glibc reserves 64 MiB of address space per thread's malloc arena: with one arena the cap bounds what is
-# allocated, not how many threads torch, Dask and zarr start
-ARENAS = {"MALLOC_ARENA_MAX": "1"}
 SCALE = int(os.environ.get("MUZARR_HOSTILE_EXAMPLES", "0"))
 PIPE_EXAMPLES = SCALE or 12
 TRAIN_EXAMPLES = max(1, SCALE // 3) if SCALE else 4
@@ -69,33 +63,6 @@ def base(tmp_path_factory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
-
-
-@pytest.fixture(scope="module")
-def scheduler(tmp_path_factory):
-    """An external Dask cluster (1 worker) for the guarded builds: the cap is on the driver, the process that
-    reads the store's sizes; a worker computes batches sized by the build's own configuration."""
-    import signal
-    import time
-
-    folder = tmp_path_factory.mktemp("cluster")
-    scheduler_file = folder / "scheduler.json"
-    dask = str(Path(sys.executable).parent / "dask")
-    common = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    cluster = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                 "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
-            assert time.monotonic() < deadline, "the dask scheduler did not start"
-            time.sleep(0.1)
-        cluster.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
-                                         "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"], **common))  # fmt: skip
-        yield json.loads(scheduler_file.read_text())["address"]
-    finally:
-        for process in reversed(cluster):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 # ---------------------------------------------------------------- what can be done to a store
@@ -271,55 +238,11 @@ def content_changed(tamper: Tamper, base: Path, store: Path) -> set[str]:
 # ---------------------------------------------------------------- running the commands under guard
 
 
-def _fingerprint(folder: Path) -> dict[str, tuple]:
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            found[str(path.relative_to(folder))] = (path.stat().st_size, hashlib.blake2b(path.read_bytes()).hexdigest())
-    return found
-
-
-def _outside(root: Path, base: Path) -> Path:
-    outside = root / "outside"
-    (outside / "copies" / "tables").mkdir(parents=True)
-    (outside / "secret").write_bytes(f"SECRET-{uuid.uuid4().hex}".encode())
-    for key in ("tables/labels.parquet",):
-        shutil.copyfile(base / key, outside / "copies" / key)
-    return outside
-
-
-def guarded(commands: list[list[str]], outside: Path, work: Path, *, limit: int = LIMIT) -> dict:
-    report = work / "report.json"
-    words = [w for command in commands for w in (*command, ";;")][:-1]
-    process = subprocess.run(
-        [sys.executable, str(GUARD), str(report), str(outside), str(limit), "--", *words],
-        capture_output=True, text=True, check=False, timeout=600, cwd=work, env={**os.environ, **ARENAS},
-    )  # fmt: skip
-    assert process.returncode == 0 and report.exists(), f"the guard itself died ({process.returncode}): {process.stderr[-2000:]}"
-    return _read(report)
-
-
-def check(result: dict, *, must_fail: bool, tamper: Tamper, secret: bytes) -> None:
-    command, code, out, err = result["command"], result["code"], result["stdout"], result["stderr"]
-    shown = f"{tamper} -> {' '.join(command[:2])}: exit {code}\nstdout: {out[-1500:]}\nstderr: {err[-3000:]}"
-    assert "Traceback" not in out + err, shown
-    assert secret.decode() not in out + err, shown
-    errors = [line for line in err.splitlines() if line.strip()]
-    if code == 2:
-        assert len(errors) == 1 and errors[0].startswith("error: "), shown
-    elif code == 1:
-        tool = command[1] if command[0] == "pipe" else command[0]
-        assert tool in ("verify", "copy", "info", "build"), shown  # damage reports (and a build's failed clips)
-        assert not errors or (len(errors) == 1 and errors[0].startswith("error: ")), shown
-    else:
-        assert code == 0 and not must_fail, shown
-
-
 def _fresh(base: Path, tamper: Tamper) -> tuple[Path, Path, Path, bytes]:
     work = Path(tempfile.mkdtemp(prefix="muzarr_hostile_"))
     store = work / "store.zarr"
     shutil.copytree(base, store)
-    outside = _outside(work, base)
+    outside = outside_folder(work, base)
     apply(tamper, store, outside)
     return work, store, outside, (outside / "secret").read_bytes()
 
@@ -334,14 +257,14 @@ def _fresh(base: Path, tamper: Tamper) -> tuple[Path, Path, Path, bytes]:
 def test_pipe_commands_on_hostile_stores(base, tamper):
     work, store, outside, secret = _fresh(base, tamper)
     try:
-        before = _fingerprint(outside)
+        before = fingerprint(outside)
         changed = content_changed(tamper, base, store)
         copy = work / "copy.zarr"
         for name, command in (("info", ["info", store]), ("verify", ["verify", store]), ("copy", ["copy", store, copy])):
             report = guarded([["pipe", *map(str, command)]], outside, work)  # a process of its own each
             check(report["results"][0], must_fail=tamper.must_fail(name, changed), tamper=tamper, secret=secret)
             assert report["opened_outside"] == [], f"{tamper}: {name} opened files outside the store: {report['opened_outside'][:5]}"
-        assert _fingerprint(outside) == before, f"{tamper}: something was written outside the store"
+        assert fingerprint(outside) == before, f"{tamper}: something was written outside the store"
         if copy.exists():
             for path in copy.rglob("*"):
                 assert not path.is_symlink(), f"{tamper}: the copy holds a link {path}"
@@ -358,7 +281,7 @@ def test_pipe_commands_on_hostile_stores(base, tamper):
 def test_build_and_train_on_hostile_stores(base, scheduler, tamper):
     work, store, outside, secret = _fresh(base, tamper)
     try:
-        before = _fingerprint(outside)
+        before = fingerprint(outside)
         changed = content_changed(tamper, base, store)
         trained = guarded(
             [["train", "--store", str(store), "--model", "mlp", "--epochs", "1", "--out", str(work / "run"),
@@ -373,7 +296,7 @@ def test_build_and_train_on_hostile_stores(base, scheduler, tamper):
         check(trained, must_fail=tamper.must_fail("train", changed), tamper=tamper, secret=secret)
         check(built, must_fail=tamper.must_fail("build", changed), tamper=tamper, secret=secret)
         assert opened == [], f"{tamper}: files opened outside the store: {opened[:5]}"
-        assert _fingerprint(outside) == before, f"{tamper}: something was written outside --out"
+        assert fingerprint(outside) == before, f"{tamper}: something was written outside --out"
         TRIED["train_build"] += 1
     finally:
         shutil.rmtree(work, ignore_errors=True)

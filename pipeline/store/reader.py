@@ -304,6 +304,9 @@ class Store:
         rows against their digests; the extents must lie inside the array and not overlap. Anything else is
         one :class:`MuzarrError` naming the damage and ``pipe verify``.
         """
+        cached = self.__dict__.setdefault("_extents", {})
+        if name in cached:
+            return cached[name]
         info = self._array_info(name)
         if "extents" not in info:
             raise MuzarrError(f"store {self.url}: array {name!r} has one row per clip, not extents")
@@ -321,6 +324,8 @@ class Store:
         if len(overlap):
             a, b = order[overlap[0]], order[overlap[0] + 1]
             raise MuzarrError(f"{where}: rows {a} and {b} overlap ({extents[a].tolist()}, {extents[b].tolist()}): run `pipe verify`")
+        extents.flags.writeable = False
+        cached[name] = extents
         return extents
 
     def _read_rows(self, name: str) -> np.ndarray:

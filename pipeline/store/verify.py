@@ -27,7 +27,7 @@ from pipeline.store.io import (
     read_table,
     store_keys,
 )
-from pipeline.store.layout import CLIP_DIGESTS, TABLES, array_problems, clip_digests, combine_digests
+from pipeline.store.layout import CLIP_DIGESTS, TABLES, array_problems, clip_digests, combine_digests, plan_layout
 from pipeline.store.location import Location
 from pipeline.store.reader import Store, open_store
 
@@ -393,7 +393,28 @@ def array_damage(store: Store, name: str) -> tuple[zarr.Array | None, list[str]]
         wanted = tuple(wanted) if isinstance(wanted, list) else wanted
         if actual != wanted:
             problems.append(f"{key} {actual} differs from the manifest's {wanted}")
+    implied = _implied_shapes(store).get(name)
+    if implied is not None and not problems:
+        fixed = slice(0, -1) if "extents" in info else slice(1, None)  # the axis that grows: time in a track store
+        if tuple(array.shape[fixed]) != tuple(implied[fixed]):
+            problems.append(
+                f"shape {array.shape} is not what the store's own configuration gives ({', '.join(map(str, implied[fixed]))} "
+                f"{'before the time axis' if 'extents' in info else 'per clip'})"
+            )
     return array, problems
+
+
+def _implied_shapes(store: Store) -> dict[str, tuple[int, ...]]:
+    """Each array's shape as the store's configuration plans it (time arrays of a track store: their other axes);
+    empty when the configuration does not validate (reported elsewhere)."""
+    cached = store.__dict__.get("_implied_shapes")
+    if cached is None:
+        try:
+            cached = {layout.name: tuple(layout.shape) for layout in plan_layout(store.config(), store.n_clips)}
+        except (MuzarrError, KeyError, TypeError, ValueError):
+            cached = {}
+        store.__dict__["_implied_shapes"] = cached
+    return cached
 
 
 def _rows(ids: list[str], start: int, stop: int) -> str:
