@@ -27,6 +27,7 @@ MARKERS = "_muzarr/batches"
 KEYS = "_muzarr/keys.json"
 TARGET = "_muzarr/target.json"
 LOCK = "_muzarr/lock.json"  # only while a build writes the store (pipeline/lock.py)
+COPYING = "_muzarr/copy.json"  # only while a copy writes the store (pipeline/store/copy.py)
 _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
 #: the most a chunk or a shard may take decoded: a reader holds a whole one in memory
