@@ -539,6 +539,7 @@ def build(
     started = time.perf_counter()
     loc = location(out, storage_options)
     out = loc.url
+    loc.check_writable(verb="build")  # an http(s) URL, a path under a file: refused before the indexing
     if repair and overwrite:
         raise MuzarrError("--repair keeps the store's good batches, --overwrite rebuilds them all: choose one")
     # A link planted in the store would take reads, the lock and every write elsewhere: refused before any.

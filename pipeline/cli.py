@@ -258,12 +258,16 @@ def copy(src, dst, overwrite):
     Examples:
       pipe copy demo.zarr s3://bucket/demo.zarr
       pipe copy https://lab.example/mtat.zarr mtat.zarr
+    An interrupted copy resumes: run the same command again and it keeps what was copied.
     Exit status: 0 copied and verified, 1 the copy does not verify (damage listed), 2 bad input.
     """
     from pipeline.store.copy import copy_store
 
     report = copy_store(src, dst, overwrite=overwrite)
-    click.echo(f"copied {report.n_keys} objects ({report.n_bytes / 2**20:.1f} MiB) from {src} to {dst}")
+    resumed = f"; {report.n_kept} more kept from the interrupted copy" if report.n_kept else ""
+    click.echo(
+        f"copied {report.n_keys - report.n_kept} objects ({report.n_bytes / 2**20:.1f} MiB) from {src} to {dst}{resumed}"
+    )
     for line in report.verify.lines():
         click.echo(line)
     sys.exit(report.verify.exit_code)

@@ -17,30 +17,32 @@ class MuzarrError(Exception):
 _REMEDIES = {
     errno.ENOSPC: "free some space there and run the same command again to resume",
     errno.EDQUOT: "free some space (or raise the quota) there and run the same command again to resume",
-    errno.EROFS: "remount it read-write, or choose another --out",
-    errno.EACCES: "make it writable by this user, or choose another --out",
-    errno.EPERM: "make it writable by this user, or choose another --out",
+    errno.EROFS: "remount it read-write, or choose {other}",
+    errno.EACCES: "make it writable by this user, or choose {other}",
+    errno.EPERM: "make it writable by this user, or choose {other}",
 }
 
 
-def write_failure(error: BaseException, where: str) -> MuzarrError | None:
+def write_failure(error: BaseException, where: str, *, other: str = "another --out") -> MuzarrError | None:
     """The one-line error for an OSError that means ``where`` cannot be written (full, read-only,
-    forbidden), naming the file when the error does; None for any other error."""
+    forbidden), naming the file when the error does; None for any other error. ``other`` is what
+    the user can choose instead (the command's option for the place)."""
     if not isinstance(error, OSError):
         return None
     code = errno.EACCES if isinstance(error, PermissionError) and error.errno is None else error.errno
     if code not in _REMEDIES:
         return None
-    return MuzarrError(f"cannot write {error.filename or where}: {os.strerror(code)}: {_REMEDIES[code]}")
+    remedy = _REMEDIES[code].format(other=other)
+    return MuzarrError(f"cannot write {error.filename or where}: {os.strerror(code)}: {remedy}")
 
 
 @contextmanager
-def write_errors(where: str) -> Iterator[None]:
+def write_errors(where: str, *, other: str = "another --out") -> Iterator[None]:
     """Turn an OSError meaning ``where`` cannot be written (see :func:`write_failure`) into its one line."""
     try:
         yield
     except OSError as error:
-        failure = write_failure(error, where)
+        failure = write_failure(error, where, other=other)
         if failure is None:
             raise
         raise failure from None

@@ -9,12 +9,14 @@ here, when a figure is drawn. Each PNG carries its title and axes in its text ch
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import MuzarrError
+from pipeline.errors import MuzarrError, write_errors
+from pipeline.store.location import location
 from pipeline.store.reader import Store, open_store
 
 
@@ -32,11 +34,13 @@ def _pyplot():
 def _save(fig, path: Path, title: str, description: str) -> Path:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Title": title, "Description": description, "Software": "muzarr"})
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100, metadata={"Title": title, "Description": description, "Software": "muzarr"})
     plt.close(fig)
+    # whole or not at all: a full disk leaves the figure of an earlier run, never half a PNG
+    location(str(path.parent)).put(path.name, image.getvalue())
     return path
 
 
@@ -159,9 +163,10 @@ def plot_store(url: str, out: str | Path, *, per_class: int = 1, array: str | No
     out = Path(out)
     written = []
     name = logmel_array(store, array)
-    if name is not None:
-        written.append(plot_examples(store, out / "examples.png", array=name, per_class=per_class))
-    written.append(plot_labels(store, out / "labels.png"))
-    if store.is_tracks:
-        written.append(plot_lengths(store, out / "lengths.png"))
+    with write_errors(str(out)):  # a full or read-only --out: one line
+        if name is not None:
+            written.append(plot_examples(store, out / "examples.png", array=name, per_class=per_class))
+        written.append(plot_labels(store, out / "labels.png"))
+        if store.is_tracks:
+            written.append(plot_lengths(store, out / "lengths.png"))
     return written

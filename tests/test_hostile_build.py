@@ -285,6 +285,21 @@ def test_a_lock_from_another_host_is_not_taken_over(source, tmp_path):
     assert sorted(p.name for p in out.rglob("*")) == ["_muzarr", "lock.json"]
 
 
+def test_an_unreadable_lock_is_named_as_read_not_written(source, tmp_path):
+    """Issue #21 item 13: it said "cannot write lock.json" when it could not read it."""
+    needs_setpriv()
+    out = tmp_path / "d.zarr"
+    (out / "_muzarr").mkdir(parents=True)
+    lock = out / "_muzarr" / "lock.json"
+    lock.write_text("{}")
+    lock.chmod(0)
+    result = pipe(*build_args(source, out), unprivileged=True)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: cannot read the lock {lock}: Permission denied: make it readable by this user, "
+                             "or if no build is writing the store, remove it\n")
+    assert sorted(p.name for p in out.rglob("*")) == ["_muzarr", "lock.json"]
+
+
 def test_overwrite_refusing_a_foreign_folder_leaves_no_lock_behind(source, tmp_path):
     out = tmp_path / "notes"
     out.mkdir()

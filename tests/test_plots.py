@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from click.testing import CliRunner
 from PIL import Image
+from test_hostile_build import tmpfs  # noqa: F401 - the fixture mounting a real tmpfs
 
 from pipeline import open_store
 from pipeline.cli import main as pipe
@@ -108,3 +109,19 @@ def test_embedding_map_lists_its_groups_largest_first(tmp_path):
     size, info = _png(plot_embedding(points, groups, tmp_path / "t.png", title="t-SNE of cnn"))
     assert info["Title"] == "t-SNE of cnn" and size[0] > 500
     assert info["Description"] == "x: t-SNE 1; y: t-SNE 2; colour: class; groups: rock, jazz, pop, (unlabelled)"
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_works_once_there_is_space(small_store, tmpfs):  # noqa: F811
+    """Issue #21 item 9: a full --out was a matplotlib traceback and left half a PNG."""
+    out = tmpfs("size=64k") / "figures"
+    command = [str(Path(sys.executable).parent / "pipe"), "plot", small_store, "--out", str(out)]
+    full = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert full.returncode == 2
+    assert full.stderr == (f"error: cannot write {out / 'examples.png'}: No space left on device: "
+                           "free some space there and run the same command again to resume\n")
+    assert list(out.iterdir()) == []  # no half-written figure
+    tmpfs("size=16m")
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    assert _png(out / "examples.png")[1]["Title"].startswith("demo: log-mel examples per tag")
+    assert _png(out / "labels.png")[1]["Title"] == "demo: label distribution (40 clips)"

@@ -54,13 +54,17 @@ if HTTPFileSystem is not None:
             headers = kw.pop("headers", {}).copy()
             headers["Range"] = await self._process_limits(url, start, end)
             session = await self.set_session()
+            from_front = start is not None and start >= 0 and end is not None and end >= 0
             async with session.get(self.encode_url(url), headers=headers, **kw) as response:
-                body = await response.read()
                 self._raise_not_found_for_status(response, url)
-                ranged = response.status == 206
-            if ranged:
-                return body
-            self._remember(url, body)
+                if response.status == 206:
+                    return await _read_at_most(response, end - start if from_front else None)
+                # A whole-file answer: a range from the front needs only its first `end` bytes, and a
+                # file far larger than asked for (a planted one) is never read whole.
+                body = await _read_at_most(response, end if from_front else None)
+                whole = not from_front or len(body) < end or not await response.content.read(1)
+            if whole:
+                self._remember(url, body)
             return body[slice(start, end)]
 
         async def _exists(self, path, **kwargs):
@@ -80,6 +84,20 @@ if HTTPFileSystem is not None:
                 self._whole.move_to_end(url)
                 while sum(len(b) for b in self._whole.values()) > WHOLE_FILE_CACHE_BYTES and len(self._whole) > 1:
                     self._whole.popitem(last=False)
+
+
+async def _read_at_most(response, limit: int | None) -> bytes:
+    """The body of ``response``, or its first ``limit`` bytes (read in blocks: nothing more is held)."""
+    if limit is None:
+        return await response.read()
+    blocks, size = [], 0
+    while size < limit:
+        block = await response.content.read(min(limit - size, 1 << 20))
+        if not block:
+            break
+        blocks.append(block)
+        size += len(block)
+    return b"".join(blocks)
 
 
 def http_filesystem(storage_options: dict | None = None, *, asynchronous: bool = False):

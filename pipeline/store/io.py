@@ -27,6 +27,7 @@ MARKERS = "_muzarr/batches"
 KEYS = "_muzarr/keys.json"
 TARGET = "_muzarr/target.json"
 LOCK = "_muzarr/lock.json"  # only while a build writes the store (pipeline/lock.py)
+COPYING = "_muzarr/copy.json"  # only while a copy writes the store (pipeline/store/copy.py)
 #: the "array" of a note on how a clip's file decoded (not on one array: every array holds what was decoded)
 DECODE_NOTE = "decode"
 _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")

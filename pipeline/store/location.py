@@ -4,6 +4,7 @@ which every reader and writer of a store takes, and the one atomic write (:func:
 from __future__ import annotations
 
 import os
+import posixpath
 import uuid
 
 import fsspec
@@ -57,7 +58,17 @@ class Location:
             if self.is_http:  # a range-checking filesystem (pipeline/http.py)
                 self._resolved = http_filesystem(self.options), self.url.rstrip("/")
             else:
-                fs, path = fsspec.core.url_to_fs(self.url, **self.options)
+                try:
+                    fs, path = fsspec.core.url_to_fs(self.url, **self.options)
+                except (ValueError, ImportError) as error:  # fsspec: "Protocol not known", "Please install gcsfs"
+                    raise MuzarrError(
+                        f"{self.url}: unsupported URL ({_first_line(error)}): use a local path, s3:// or http(s)://"
+                    ) from None
+                except OSError as error:  # a filesystem that connects when made (ftp://, sftp://)
+                    raise MuzarrError(
+                        f"cannot reach {self.url}: {type(error).__name__}: {_first_line(error)}: "
+                        "check the address and that its server is running"
+                    ) from None
                 self._resolved = fs, path.rstrip("/")
         return self._resolved
 
@@ -74,6 +85,39 @@ class Location:
     @property
     def is_local(self) -> bool:
         return is_local(self.fs)
+
+    @property
+    def place(self) -> str:
+        """The store's place in one comparable form: a local path with ``..``, symbolic links, trailing
+        slashes and ``file:`` forms resolved (as far as it exists: a destination may not yet), or
+        ``protocol://path`` normalised for any other filesystem."""
+        fs, root = self._resolve()
+        if is_local(fs):
+            return os.path.realpath(root)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        return f"{protocol}://{posixpath.normpath(root.split('://', 1)[-1])}"
+
+    def contains(self, other: Location) -> bool:
+        """Whether ``other`` is this place or inside it (see :attr:`place`)."""
+        mine, theirs = self.place, other.place
+        return theirs == mine or theirs.startswith(mine.rstrip("/") + "/")
+
+    def check_writable(self, *, verb: str) -> None:
+        """Refuse a place no store can be written to, before anything is read or written: an http(s) URL
+        (muzarr reads HTTP only), or a local path whose deepest existing part is not a folder.
+
+        ``verb`` names the command in the message (``copy``, ``build``).
+        """
+        if self.is_http:
+            raise MuzarrError(f"cannot write to http(s) URLs ({self.url}): {verb} to a local path or s3:// instead")
+        if not self.is_local:
+            return
+        existing = self.root
+        while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            what = "it" if existing == self.root else existing
+            raise MuzarrError(f"cannot write {self.url}: {what} exists and is not a folder: choose another destination")
 
     def path(self, key: str) -> str:
         """The filesystem path of store-relative ``key``."""
@@ -105,6 +149,10 @@ def location(url: str | Location, storage_options: dict | None = None) -> Locati
             raise MuzarrError(f"{url.url}: storage options given twice (with the location and apart)")
         return url
     return Location(os.fspath(url) if hasattr(url, "__fspath__") else str(url), storage_options)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0]
 
 
 def is_local(fs) -> bool:

@@ -121,6 +121,12 @@ def _read(fs, path: str) -> dict | str | None:
         data = fs.cat_file(path)
     except FileNotFoundError:
         return None
+    except OSError as error:  # raised here, not in the build's write_errors: this is a read
+        reason = os.strerror(error.errno) if error.errno else f"{type(error).__name__}: {error}"
+        raise MuzarrError(
+            f"cannot read the lock {path}: {reason}: make it readable by this user, "
+            "or if no build is writing the store, remove it"
+        ) from None
     try:
         held = json.loads(data)
     except (ValueError, UnicodeDecodeError):
