@@ -142,8 +142,10 @@ class MpegLength:
 
     @property
     def most(self) -> int:
-        """The most samples any decoder returns for this file."""
-        return max(self.reported, self.samples or 0)
+        """The most samples any decoder returns for this file: its frames' samples where they were counted (a
+        decoder returns no more; libsndfile's estimate can be larger, counting an ID3 tag as audio), else the
+        header's count."""
+        return self.samples if self.samples is not None else self.reported
 
     @property
     def reason(self) -> str:

@@ -89,15 +89,15 @@ def tampers() -> st.SearchStrategy[Tamper]:
         st.tuples(st.just("probe"), st.integers(0, len(SECONDS) - 1), st.sampled_from(["frames", "rate"]), VALUES),
         st.tuples(st.just("probe_error"), st.integers(0, len(SECONDS) - 1)),
         st.tuples(st.just("region"), st.sampled_from(ARRAYS), st.integers(0, 2),
-                  st.sampled_from(["shift_left", "shift_right", "far", "overlap", "empty", "grow", "negative"])),  # fmt: skip
+                  st.sampled_from(["shift_left", "shift_right", "far", "overlap", "empty", "grow", "negative"])),
         st.tuples(st.just("plan_key"), st.sampled_from(["regions", "probes", "shard_chunks", "clips", "paths"]),
-                  st.sampled_from(["delete", "null", "string", "empty"])),  # fmt: skip
+                  st.sampled_from(["delete", "null", "string", "empty"])),
         st.tuples(st.just("shard_chunks"), st.sampled_from(ARRAYS), st.sampled_from([0, 3, 2, 128, "x"])),
         st.tuples(st.just("plan_file"), st.sampled_from(["garbage", "empty", "delete", "sparse"])),
         st.tuples(st.just("extents_flip"), st.sampled_from(ARRAYS), st.integers(0, 2), st.floats(0.0, 1.0)),
         st.tuples(st.just("extents_sparse"), st.sampled_from(ARRAYS), st.integers(0, 2), st.sampled_from([2**31, 2**34])),
         st.tuples(st.just("extents_values"), st.sampled_from(ARRAYS), st.integers(0, len(SECONDS) - 1),
-                  st.sampled_from(["overlap", "outside", "negative", "longer"])),  # fmt: skip
+                  st.sampled_from(["overlap", "outside", "negative", "longer"])),
     )
     return draws.map(lambda t: Tamper(t[0], t[1:]))
 
