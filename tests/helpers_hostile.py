@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 GUARD = Path(__file__).with_name("_guarded.py")
@@ -18,6 +19,17 @@ LIMIT = 2 << 30  # address space of each command
 # glibc reserves 64 MiB of address space per thread's malloc arena: with one arena the cap bounds what is
 # allocated, not how many threads torch, Dask and zarr start
 ARENAS = {"MALLOC_ARENA_MAX": "1"}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One hostile change: ``kind`` says what, ``detail`` the drawn parameters (shown on failure)."""
+
+    kind: str
+    detail: tuple
+
+    def __str__(self) -> str:
+        return f"{self.kind}{self.detail}"
 
 
 def _read(path: Path) -> dict:

@@ -34,12 +34,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers_hostile import check, fingerprint, guarded, outside_folder
+from helpers_hostile import Change, check, fingerprint, guarded, outside_folder
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -68,15 +67,8 @@ def base(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- what can be done to a store
 
 
-@dataclass(frozen=True)
-class Tamper:
-    """One hostile change: ``kind`` says what, ``detail`` the drawn parameters (shown on failure)."""
-
-    kind: str
-    detail: tuple
-
-    def __str__(self) -> str:
-        return f"{self.kind}{self.detail}"
+class Tamper(Change):
+    """One hostile change to any store (see :class:`helpers_hostile.Change`)."""
 
     @property
     def structural(self) -> bool:

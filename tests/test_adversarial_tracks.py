@@ -25,13 +25,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from helpers_hostile import check, fingerprint, guarded, outside_folder
+from helpers_hostile import Change, check, fingerprint, guarded, outside_folder
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -72,13 +71,7 @@ def base(tmp_path_factory) -> tuple[Path, Path]:
     return source, store
 
 
-@dataclass(frozen=True)
-class Tamper:
-    kind: str
-    detail: tuple
-
-    def __str__(self) -> str:
-        return f"{self.kind}{self.detail}"
+Tamper = Change
 
 
 VALUES = st.sampled_from([0, -5, 1, 100, 10**15, 2**63, "x", 2.5, None])
