@@ -61,7 +61,17 @@ def main() -> None:
                 code = -1
         results.append({"command": [tool, *args], "code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
     with open(report_path, "w") as handle:
-        json.dump({"results": results, "opened_outside": opened_outside}, handle)
+        json.dump({"results": results, "opened_outside": opened_outside, "peak_rss": _peak_rss()}, handle)
+
+
+def _peak_rss() -> int:
+    """Bytes this process's memory held at its peak since it started (``VmHWM``: a fork's ``ru_maxrss`` would count
+    the parent's memory too, a pytest worker's gigabytes)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 if __name__ == "__main__":
