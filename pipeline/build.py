@@ -407,7 +407,10 @@ def _finalize(loc: Location, target: _Target, markers: dict[int, dict]) -> dict[
     missing: dict[str, list[str]] = {}
     for x in lost:
         missing.setdefault(x["clip_id"], []).append(f"failed {failure_text(x)}")
-    clips["error"] = [e if e is not None else ("; ".join(missing[c]) if c in missing else None) for c, e in zip(clips["clip_id"], clips["error"])]
+    clips["error"] = [
+        error if error is not None else ("; ".join(missing[c]) if c in missing else None)
+        for c, error in zip(clips["clip_id"], clips["error"])
+    ]
     notes = [x for m in ordered for x in m.get("notes", [])]
     noted: dict[str, list[str]] = {}
     for x in notes:
@@ -569,14 +572,23 @@ def build(
     root = Path(index.root)
     abs_paths = [str(root / p) for p in index.clips["path"]]
     # Features that cannot work and layouts nobody can hold are refused before anything is written.
-    memory = preflight.worker_memory(client=client, workers=workers, scheduler=scheduler)
     added = preflight.added_features(config, existing)
-    preflight.check_features(config, added, clip_ids=index.clips["clip_id"].astype(str).tolist(), paths=abs_paths)
+    preflight.check_parameters(added)
+    memory = preflight.worker_memory(client=client, workers=workers, scheduler=scheduler)
     if target is not None:
         preflight.check_sizes(config, target.layouts, n_clips=target.n, memory=memory)
+    owned = ExitStack()  # a cluster started for the first-clip check runs the batches too
+    if added and client is None:
+        client = make_client(workers=workers, scheduler=scheduler)
+        owned.callback(close_client, client)
+    try:
+        preflight.first_clip_on(client, config, added, clip_ids=index.clips["clip_id"].astype(str).tolist(), paths=abs_paths)
+    except BaseException:
+        owned.close()
+        raise
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
     # Ctrl-C is raised between batch results (see pipeline.cluster.as_they_finish), not inside a Dask call.
-    with write_errors(out), writer_lock(loc), deferred_interrupt() as interrupted, ExitStack() as cleanup:
+    with owned, write_errors(out), writer_lock(loc), deferred_interrupt() as interrupted, ExitStack() as cleanup:
         plan = None
         if tracked:
             if client is None:

@@ -39,18 +39,21 @@ def added_features(config: BuildConfig, manifest: dict | None) -> list[Feature]:
     return [f for f in config.features if f.name not in held]
 
 
-def check_features(
-    config: BuildConfig, features: Sequence[Feature], *, clip_ids: Sequence[str], paths: Sequence[str]
-) -> None:
-    """Refuse ``features`` if their parameters cannot work or they fail on the first clip that decodes.
-
-    Each feature's :meth:`~pipeline.features.base.Feature.check_computable` first; then the first
-    clip of ``paths`` that decodes (a clip that does not is skipped, as the build would record
-    it) goes through every feature, as a batch would compute it: a feature that raises, gives
-    another shape than the store plans, or values that are not finite is refused in one line.
-    """
+def check_parameters(features: Sequence[Feature]) -> None:
+    """Each feature's :meth:`~pipeline.features.base.Feature.check_computable`: parameters that cannot work."""
     for feature in features:
         feature.check_computable()
+
+
+def check_first_clip(
+    config: BuildConfig, features: Sequence[Feature], *, clip_ids: Sequence[str], paths: Sequence[str]
+) -> None:
+    """Refuse ``features`` if one of them fails on the first clip of ``paths`` that decodes.
+
+    That clip (a clip that does not decode is skipped, as the build would record it) goes through
+    every feature as a batch computes it: a feature that raises, gives another shape than the store
+    plans, or values that are not finite is refused in one line, naming it and its options.
+    """
     if not features:
         return
     rates = tuple(sorted({f.sample_rate for f in features}))
@@ -64,13 +67,29 @@ def check_features(
             try:
                 problem = _problem(config, feature, samples)
             except Exception as error:  # noqa: BLE001 - whatever the computation raised is the reason
-                problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                text = str(error).strip().splitlines()
+                problem = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
             if problem:
                 raise MuzarrError(
-                    f"feature {feature.name} fails on the first clip, {clip_id} ({path}): {problem.rstrip(': ')}; "
+                    f"feature {feature.name} fails on the first clip, {clip_id} ({path}): {problem}; "
                     f"nothing was written: change its options ({_options(feature)})"
                 )
         return
+
+
+def first_clip_on(client, config: BuildConfig, features: Sequence[Feature], *, clip_ids, paths) -> None:
+    """:func:`check_first_clip` as a task of ``client``: a worker of the build's own cluster computes it, so
+    what the features compile or load on the way (numba kernels, filter banks) serves its batches too."""
+    if not features:
+        return
+    future = client.submit(
+        check_first_clip, config, list(features), clip_ids=list(clip_ids[:PROBE_TRIES]), paths=list(paths[:PROBE_TRIES]),
+        key=f"muzarr-preflight-{os.getpid()}", pure=False,
+    )  # fmt: skip
+    try:
+        future.result()
+    finally:
+        future.release()
 
 
 def _problem(config: BuildConfig, feature: Feature, samples: np.ndarray) -> str | None:
