@@ -334,3 +334,14 @@ def test_a_failed_read_leaves_no_decoding_task_behind(store):
         with pytest.raises((MuzarrError, MemoryError)):
             open_store(store).status  # noqa: B018
         assert asyncio.run_coroutine_threadsafe(others(), loop[0]).result(timeout=30) == []
+
+
+def test_eval_crops_beyond_the_limit_is_an_option_error(built, tmp_path):
+    """`train --eval-crops 1000000` ended in "out of memory ... run on a machine with more memory"."""
+    result = _run(["training.cli", "--store", str(built[0]), "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "run"),
+                   "--device", "cpu", "--no-emissions", "--workers", "0", "--eval-crops", "1000000"], TRAIN_MEMORY)  # fmt: skip
+    assert one_line_error(result) == (
+        "eval_crops=1000000 is more than 1024 crops per clip (an evaluation batch holds every crop of its clips at once; "
+        "Won et al. score 16): use --eval-crops 1024 or fewer"
+    )
+    assert not (tmp_path / "run").exists()
