@@ -582,6 +582,9 @@ def build(
         client = make_client(workers=workers, scheduler=scheduler)
         owned.callback(close_client, client)
     try:
+        if memory[0] is None and client is not None and target is not None:  # another scheduler's workers, now known
+            memory = preflight.worker_memory(client=client)
+            preflight.check_sizes(config, target.layouts, n_clips=target.n, memory=memory)
         preflight.first_clip_on(client, config, added, clip_ids=index.clips["clip_id"].astype(str).tolist(), paths=abs_paths)
     except BaseException:
         owned.close()
