@@ -374,9 +374,10 @@ class ClipPolicy:
         seconds = frames / sample_rate
         if seconds <= self.max_seconds:
             return None
+        # every digit the length needs: 80001 samples at 16000 Hz are 5.0000625 s, over a maximum of 5
         return (
-            f"track is {seconds:.1f} s long, over clip.max_seconds={self.max_seconds:g}: "
-            f"raise it with --set clip.max_seconds={math.ceil(seconds / 600) * 600}"
+            f"track is {frames} samples at {sample_rate} Hz = {seconds:.10g} s long, over clip.max_seconds="
+            f"{self.max_seconds:g}: raise it with --set clip.max_seconds={math.ceil(seconds / 600) * 600}"
         )
 
     def apply(self, y: np.ndarray, *, sample_rate: int) -> np.ndarray:

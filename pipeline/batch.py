@@ -18,7 +18,7 @@ from pipeline.store.io import DECODE_NOTE, STATUS_FAILED, STATUS_OK, clips_diges
 from pipeline.store.layout import EXTENTS, clip_digests, fill_value, plan_layout
 from pipeline.store.location import Location
 from pipeline.store.shards import ShardFormat, shard_path
-from pipeline.tracks import BatchTracks, write_region
+from pipeline.tracks import BatchTracks
 
 
 def run_batch(
@@ -36,8 +36,10 @@ def run_batch(
 
     ``arrays`` limits the work to those arrays (a grow); ``base`` is then the batch's
     existing valid marker, whose status, failures and digests stand for the other arrays.
-    Returns the marker: batch number, rows, clip-id digest, per-clip status, failures,
-    per-array clip digests and notes (what storage lost of a clip that was stored, e.g. int16
+    Returns the marker: batch number, rows, clip-id digest, per-clip status, failures (of clips
+    that could not be decoded: no array holds them), ``array_failures`` (a clip that failed one feature only,
+    ``{"clip_id", "path", "stage", "message", "array"}``: that array holds its fill value there, the
+    others hold the clip), per-array clip digests and notes (what storage lost of a clip that was stored, e.g. int16
     clipping: ``{"clip_id", "array", "message"}``). ``track`` is a track store's plan of this
     batch (:meth:`pipeline.tracks.TrackPlan.batch`).
     """
@@ -62,46 +64,58 @@ def run_batch(
     status = before.copy()
     earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
     failures: dict[int, dict] = {}
+    lost: list[dict] = []  # failures of one array only: the clip stays stored in the others
     notes: list[dict] = []
     decoded: list = [None] * n  # track stores: [frames, rate] (or the error) of each file, as read here
+
+    def blank(i: int, name: str) -> None:  # a track not placed in a time array takes no room there
+        if name in buffers:
+            buffers[name][i] = fill_value(buffers[name].dtype)
+
     for i, path in enumerate(paths):
         if status[i] == STATUS_FAILED:  # failed in an earlier pass: it would fail here the same way
             failures[i] = earlier[clip_ids[i]]
             continue
-        stage = "decode"
         try:
             clip = load_clip(path, rates=rates, policy=config.clip)
-            decoded[i] = [clip.frames, clip.rate]
-            if tracks and tracks.overflowing:
-                continue  # only the lengths are needed now: the batch runs again in a larger region
-            if clip.notes:
-                notes.append({"clip_id": clip_ids[i], "array": DECODE_NOTE, "message": "; ".join(clip.notes)})
-            for feature in features:
-                stage = feature.name
-                audio = clip.audio[feature.sample_rate]
+        except Exception as error:  # noqa: BLE001 - one bad clip must not stop the build
+            failure = _failure(clip_ids[i], path, "clip" if isinstance(error, ClipError) else "decode", error)
+            decoded[i] = failure["message"]
+            if base is None:
+                status[i] = STATUS_FAILED
+                failures[i] = failure
+                for name in todo:
+                    blank(i, name)
+            else:
+                # A grow never takes a stored clip away (its file changed or went since): only the
+                # arrays this pass adds have nothing for it.
+                for feature in features:
+                    blank(i, feature.name)
+                    lost.append({**failure, "array": feature.name})
+            continue
+        decoded[i] = [clip.frames, clip.rate]
+        if tracks and tracks.overflowing:
+            continue  # only the lengths are needed now: the batch runs again in a larger region
+        if clip.notes:
+            notes.append({"clip_id": clip_ids[i], "array": DECODE_NOTE, "message": "; ".join(clip.notes)})
+        for feature in features:
+            audio = clip.audio[feature.sample_rate]
+            try:
                 values = feature.extract(audio, sampling_rate=feature.sample_rate)
                 if not _all_finite(values):
                     raise ValueError("computed values are not finite (NaN or infinity)")
-                if feature.name in timed:
-                    tracks.put(feature.name, i, values)
-                else:
-                    buffers[feature.name][i] = values
-                note = feature.storage_note(audio)
-                if note:
-                    notes.append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
-        except Exception as error:  # noqa: BLE001 - one bad clip must not stop the build
-            status[i] = STATUS_FAILED
-            stage = "clip" if isinstance(error, ClipError) else stage
-            notes = [x for x in notes if x["clip_id"] != clip_ids[i]]
-            for buffer in buffers.values():
-                buffer[i] = fill_value(buffer.dtype)
-            if tracks:
-                tracks.clear(i)
-            message = str(error).strip() or type(error).__name__
-            if not isinstance(error, (DecodeError, MuzarrError)):
-                message = f"{type(error).__name__}: {message}"
-            failures[i] = {"clip_id": clip_ids[i], "path": path, "stage": stage, "message": message.splitlines()[0]}
-            decoded[i] = decoded[i] or failures[i]["message"]
+            except Exception as error:  # noqa: BLE001 - a feature that fails on one clip is that array's failure
+                # The clip keeps what the other features gave it; this array holds its fill value there.
+                blank(i, feature.name)
+                lost.append({**_failure(clip_ids[i], path, feature.name, error), "array": feature.name})
+                continue
+            if feature.name in timed:
+                tracks.put(feature.name, i, values)
+            else:
+                buffers[feature.name][i] = values
+            note = feature.storage_note(audio)
+            if note:
+                notes.append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
     if tracks and tracks.overflowing:
         # Nothing is written: the driver gives this batch regions sized from what was decoded here.
         return {"batch": batch, "overflow": decoded}
@@ -111,19 +125,11 @@ def run_batch(
         digests[name] = clip_digests(buffer)
     if tracks:
         digests.update(_write_tracks(loc, group, batch, start, stop, tracks, todo))
-    newly_failed = np.flatnonzero((status == STATUS_FAILED) & (before == STATUS_OK))
-    for name, old in kept.items():
-        if len(newly_failed) and name in timed:
-            old = _blank_track_rows(loc, group, name, track["arrays"][name], start, stop, newly_failed)
-        elif len(newly_failed) and not name.startswith(f"{EXTENTS}/"):  # extents stay where the tracks were
-            # A clip that fails a new feature is a failed clip: no array may keep data for it.
-            data = group[name][start:stop]
-            data[newly_failed] = fill_value(data.dtype)
-            _write_shard(loc, group[name], batch, start, stop, data)
-            old = clip_digests(data)
-        digests[name] = old
-    if base is None or len(newly_failed):
+    # The arrays this pass keeps are not touched: a grow never changes what an existing array holds.
+    digests.update(kept)
+    if base is None:
         _write_shard(loc, group["status"], batch, start, stop, status)
+    kept_failures = [x for x in (base or {}).get("array_failures", []) if x["array"] in kept]
     marker = {
         "batch": batch,
         "start": start,
@@ -131,6 +137,7 @@ def run_batch(
         "clips": clips_digest(clip_ids),
         "status": status.tolist(),
         "failures": [failures[i] for i in sorted(failures)],
+        "array_failures": kept_failures + lost,
         "digests": {name: digests[name] for name in layouts},
         "notes": _kept_notes(base, kept, clip_ids, status) + notes,
     }
@@ -158,17 +165,12 @@ def _write_tracks(loc: Location, group, batch: int, start: int, stop: int, track
     return digests
 
 
-def _blank_track_rows(loc: Location, group, name: str, region: dict, start: int, stop: int, rows) -> list[str]:
-    """Tracks ``rows`` of the batch (rows ``start:stop``) hold the fill value in time array ``name``, which
-    this pass keeps; the clip digests of the batch's rows after that."""
-    extents = group[f"{EXTENTS}/{name}"][start:stop]
-    lo, hi = region["start"], region["start"] + region["size"]
-    data = group[name][..., lo:hi]
-    for row in rows:
-        s, z = (int(v) for v in extents[row])
-        data[..., s - lo : s - lo + z] = fill_value(data.dtype)
-    write_region(loc, group[name], lo, data)
-    return [clip_digests(data[None, ..., s - lo : s - lo + z])[0] for s, z in extents.tolist()]
+def _failure(clip_id: str, path: str, stage: str, error: BaseException) -> dict:
+    """A failure record: the clip, its file, the stage (``decode`` or an array name) and one line of why."""
+    message = str(error).strip() or type(error).__name__
+    if not isinstance(error, (DecodeError, MuzarrError)):
+        message = f"{type(error).__name__}: {message}"
+    return {"clip_id": clip_id, "path": path, "stage": stage, "message": message.splitlines()[0]}
 
 
 def _kept_notes(base: dict | None, kept: dict, clip_ids: list[str], status: np.ndarray) -> list[dict]:

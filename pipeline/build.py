@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline import preflight
 from pipeline.batch import run_batch
 from pipeline.cluster import as_they_finish, close_client, deferred_interrupt, make_client
-from pipeline.config import TASK_AUTO, BuildConfig, build_command, expected_type
+from pipeline.config import TASK_AUTO, BuildConfig, build_command, clip_settings, expected_type
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError, write_errors, write_failure
 from pipeline.index import DatasetIndex
@@ -68,7 +69,7 @@ from pipeline.store.io import (
     write_manifest,
     write_table,
 )
-from pipeline.store.layout import DIGEST, SCHEMA_VERSION, combine_digests, ensure_arrays, plan_layout
+from pipeline.store.layout import DIGEST, SCHEMA_VERSION, combine_digests, ensure_arrays, failure_text, plan_layout
 from pipeline.store.location import Location, is_local, location
 from pipeline.store.lock import writer_lock
 from pipeline.store.reader import damaged_manifest, manifest_damage, old_layout, open_store
@@ -97,9 +98,15 @@ class BuildReport:
     unreadable_folders: list[dict] = field(default_factory=list)  # source folders the index could not list
 
     @property
+    def array_failures(self) -> list[dict[str, Any]]:
+        """Stored clips that failed one array: ``{"array", "row", "clip_id", "stage", "message"}``."""
+        return [{"array": name, **x} for name, info in self.arrays.items() for x in info.get("failures", [])]
+
+    @property
     def exit_code(self) -> int:
-        """0: every clip stored; 1: the store is complete but some clips (or source folders) failed."""
-        return 0 if self.n_failed == 0 and not self.unreadable_folders else 1
+        """0: every clip stored in every array; 1: the store is complete but some clips (or source folders,
+        or a clip in one array) failed."""
+        return 0 if self.n_failed == 0 and not self.unreadable_folders and not self.array_failures else 1
 
 
 def library_versions() -> dict[str, str]:
@@ -255,8 +262,11 @@ def _check_growable(loc: Location, manifest: dict, target: _Target) -> None:
     new = target.config.to_dict()
     lines = []
     for key in sorted((set(old) | set(new)) - {"features", "options"}):
-        if old.get(key) != new.get(key):
-            lines.append(_config_diff({key: old.get(key)}, {key: new.get(key)}))
+        a, b = old.get(key), new.get(key)
+        if key == "clip" and isinstance(a, dict):  # what a track store does not use cannot differ
+            a, b = clip_settings(a), clip_settings(b)
+        if a != b:
+            lines.append(_config_diff({key: a}, {key: b}))
     lines.extend(_feature_diff(old.get("features"), new["features"]))
     old_options, new_options = old.get("options") or {}, new["options"]
     changed = {k for k in set(old_options) | set(new_options) if old_options.get(k) != new_options.get(k)}
@@ -408,6 +418,15 @@ def _finalize(loc: Location, target: _Target, markers: dict[int, dict]) -> dict[
     clips.insert(2, "status", [STATUS_NAMES[int(s)] for s in status])
     clips.insert(3, "stage", [by_id.get(c, {}).get("stage") for c in clips["clip_id"]])
     clips.insert(4, "error", [by_id.get(c, {}).get("message") for c in clips["clip_id"]])
+    # A clip that failed one feature only is stored in the others: its error names the array it is missing from.
+    lost = [x for m in ordered for x in m.get("array_failures", [])]
+    missing: dict[str, list[str]] = {}
+    for x in lost:
+        missing.setdefault(x["clip_id"], []).append(f"failed {failure_text(x)}")
+    clips["error"] = [
+        error if error is not None else ("; ".join(missing[c]) if c in missing else None)
+        for c, error in zip(clips["clip_id"], clips["error"])
+    ]
     notes = [x for m in ordered for x in m.get("notes", [])]
     noted: dict[str, list[str]] = {}
     for x in notes:
@@ -418,9 +437,16 @@ def _finalize(loc: Location, target: _Target, markers: dict[int, dict]) -> dict[
 
     checksum_rows = []
     arrays = {}
+    row_of = {c: i for i, c in enumerate(clips["clip_id"])}
     for layout in layouts:
         digests = [d for m in ordered for d in m["digests"][layout.name]]
         arrays[layout.name] = {**layout.to_dict(), "checksum": combine_digests(digests), "feature": layout.attrs["feature"]}
+        failed_here = [
+            {"row": row_of[x["clip_id"]], "clip_id": x["clip_id"], "stage": x["stage"], "message": x["message"]}
+            for x in lost if x["array"] == layout.name
+        ]
+        if failed_here:  # rows of stored clips this array holds no data for (Store.array_failures)
+            arrays[layout.name]["failures"] = failed_here
         checksum_rows.append(pd.DataFrame({"array": layout.name, "row": np.arange(len(digests)), "digest": digests}))
 
     splits = index.splits_table()
@@ -544,6 +570,7 @@ def build(
         raise MuzarrError("--repair keeps the store's good batches, --overwrite rebuilds them all: choose one")
     # A link planted in the store would take reads, the lock and every write elsewhere: refused before any.
     check_contained(loc)
+    existing = None
     if not overwrite:
         # A store this muzarr cannot write is refused before the (possibly long) indexing.
         try:
@@ -563,17 +590,36 @@ def build(
     unreadable = index.info.get("unreadable_folders") or []
     if strict and unreadable:
         raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
+    root = Path(index.root)
+    abs_paths = [str(root / p) for p in index.clips["path"]]
+    # Features that cannot work and layouts nobody can hold are refused before anything is written.
+    added = preflight.added_features(config, existing)
+    preflight.check_parameters(added)
+    memory = preflight.worker_memory(client=client, workers=workers, scheduler=scheduler)
+    if target is not None:
+        preflight.check_sizes(config, target.layouts, n_clips=target.n, memory=memory)
+    owned = ExitStack()  # a cluster started for the first-clip check runs the batches too
+    if added and client is None:
+        client = make_client(workers=workers, scheduler=scheduler)
+        owned.callback(close_client, client)
+    try:
+        if memory[0] is None and client is not None and target is not None:  # another scheduler's workers, now known
+            memory = preflight.worker_memory(client=client)
+            preflight.check_sizes(config, target.layouts, n_clips=target.n, memory=memory)
+        preflight.first_clip_on(client, config, added, clip_ids=index.clips["clip_id"].astype(str).tolist(), paths=abs_paths)
+    except BaseException:
+        owned.close()
+        raise
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
     # Ctrl-C is raised between batch results (see pipeline.cluster.as_they_finish), not inside a Dask call.
-    with write_errors(out), writer_lock(loc), deferred_interrupt() as interrupted, ExitStack() as cleanup:
-        root = Path(index.root)
-        abs_paths = [str(root / p) for p in index.clips["path"]]
+    with owned, write_errors(out), writer_lock(loc), deferred_interrupt() as interrupted, ExitStack() as cleanup:
         plan = None
         if tracked:
             if client is None:
                 client = make_client(workers=workers, scheduler=scheduler)
                 cleanup.callback(close_client, client)
             plan, target = _plan_tracks(loc, config, index, abs_paths, client, overwrite=overwrite, repair=repair)
+            preflight.check_sizes(config, target.layouts, n_clips=target.n, memory=memory)
         markers = _prepare_store(loc, target, overwrite=overwrite, repair=repair, echo=echo)
         relative = index.clips["path"].astype(str).tolist()
         if plan is not None:
@@ -670,10 +716,10 @@ def _collect(jobs: dict, interrupted, *, out: str, bar, on_batch, strict: bool) 
         bar.update(len(marker["status"]))
         if on_batch:
             on_batch(marker)
-        if strict and marker["failures"]:
+        if strict and (marker["failures"] or marker.get("array_failures")):
             for other in batch_of:
                 other.cancel()
-            first = marker["failures"][0]
+            first = (marker["failures"] or marker["array_failures"])[0]
             raise MuzarrError(
                 f"--strict: clip {first['clip_id']} ({first['path']}) failed at {first['stage']}: {first['message']}"
             )

@@ -90,6 +90,7 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     from pipeline.build import build as run_build
     from pipeline.config import config_from_command
     from pipeline.describe import storage_notes
+    from pipeline.store.layout import failure_text
 
     config, entry = config_from_command(
         name, catalog=catalog, waveforms=waveforms, logmels=logmels, tabulars=tabulars, only=only, settings=settings
@@ -105,8 +106,10 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     )
     rate = report.n_clips / report.seconds if report.seconds else 0.0
     unreadable = report.unreadable_folders
+    lost = report.array_failures
     click.echo(
         f"{out}: {report.n_ok} of {report.n_clips} clips stored, {report.n_failed} failed"
+        + (f", {len(lost)} missing from one array" if lost else "")
         + (f", {len(unreadable)} source folder(s) unreadable" if unreadable else "")
         + f" ({report.batches_run} batches run, {report.batches_reused} reused, {report.seconds:.1f} s, {rate:.1f} clips/s)"
     )
@@ -116,6 +119,10 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
         click.echo(f"  failed {failure['clip_id']} ({failure['path']}) at {failure['stage']}: {failure['message']}")
     if len(report.failures) > 20:
         click.echo(f"  ... and {len(report.failures) - 20} more: see `pipe info {out}`")
+    for failure in lost[:20]:
+        click.echo(f"  failed {failure['clip_id']} in {failure_text(failure)}")
+    if len(lost) > 20:
+        click.echo(f"  ... and {len(lost) - 20} more: see `pipe info {out}`")
     for line in storage_notes(report.notes):
         click.echo(f"  note {line}")
     sys.exit(report.exit_code)
@@ -221,6 +228,8 @@ def export(store, features, fmt, out):
 
 
 def _clip_text(clip) -> str:
+    if clip.mode == "track":
+        return f"track (whole files, at most {clip.max_seconds:g} s each)"
     if clip.mode == "split":
         return f"split {clip.total_seconds:g} s into {clip.n_subclips} x {clip.seconds:g} s"
     return f"{clip.mode} {clip.seconds:g} s"

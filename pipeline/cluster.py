@@ -62,7 +62,8 @@ class PrivateNumbaCache(WorkerPlugin):
 
 class ReportedByTheDriver(logging.Filter):
     """Drops the worker log records of failures the build's driver reports itself, in one line:
-    a batch or sweep-trial task that raised ("Compute Failed", with the task's traceback, e.g. a full disk) and
+    a batch, first-clip check or sweep-trial task that raised ("Compute Failed", with the task's traceback,
+    e.g. a full disk) and
     a heartbeat cut off because the scheduler closed first (the embedded cluster shutting down;
     a scheduler lost mid-build fails the driver's own connection too)."""
 
@@ -70,7 +71,7 @@ class ReportedByTheDriver(logging.Filter):
         from distributed.comm import CommClosedError
 
         if str(record.msg).startswith("Compute Failed"):
-            return not (record.args and str(record.args[0]).startswith(("muzarr-batch-", "muzarr-trial-")))
+            return not (record.args and str(record.args[0]).startswith(("muzarr-batch-", "muzarr-trial-", "muzarr-preflight-")))
         if str(record.msg).startswith("Failed to communicate with scheduler during heartbeat"):
             return not (record.exc_info and isinstance(record.exc_info[1], CommClosedError))
         return True

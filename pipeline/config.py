@@ -125,6 +125,15 @@ class BuildConfig:
         return config
 
 
+#: clip settings a store of whole tracks (clip.mode=track) does not use: each file is stored at its own length
+TRACK_UNUSED = ("seconds", "anchor", "hop_seconds", "total_seconds", "partial")
+
+
+def clip_settings(clip: dict[str, Any]) -> dict[str, Any]:
+    """The clip policy's settings that decide a store's bytes (a track store's without :data:`TRACK_UNUSED`)."""
+    return {k: v for k, v in clip.items() if not (clip.get("mode") == "track" and k in TRACK_UNUSED)}
+
+
 # Bounds that keep a typo from asking for absurd arrays (a day-long clip, a million sub-clips).
 MAX_CLIP_SECONDS = 24 * 3600
 MAX_SUBCLIPS = 100_000
@@ -342,6 +351,13 @@ def apply_overrides(
                 raise MuzarrError(f"--set {key}: no feature named {head!r}; features here: {known}")
             for i in targets:
                 data["features"][i] = {**data["features"][i], param: value}
+    if data["clip"].get("mode") == "track":
+        unused = [key for key in settings or {} if key.startswith("clip.") and key[5:] in TRACK_UNUSED]
+        if unused:
+            raise MuzarrError(
+                f"--set {unused[0]}={settings[unused[0]]}: clip.mode=track stores every file whole, at its own length, "
+                f"so {unused[0]} does nothing there: drop it (clip.max_seconds is the longest track kept)"
+            )
     by_name: dict[str, dict] = {}  # keeps the first position, takes the last spec
     for spec in data["features"]:
         by_name[make_feature(spec, where="--feature").name] = spec
@@ -420,7 +436,7 @@ def _args_from_catalog(target: BuildConfig) -> list[str] | None:
         return None
     if set(base.options) - set(target.options):
         return None  # no option of the command line removes a catalog option
-    old_clip, new_clip = base.clip.to_dict(), target.clip.to_dict()
+    old_clip, new_clip = base.clip.to_dict(), clip_settings(target.clip.to_dict())
     changes = [(f"clip.{k}", v) for k, v in new_clip.items() if not _same(v, old_clip.get(k))]
     if target.batch_clips != base.batch_clips:
         changes.append(("batch_clips", target.batch_clips))
@@ -439,7 +455,7 @@ def _args_from_catalog(target: BuildConfig) -> list[str] | None:
 
 def _explicit_args(target: BuildConfig) -> list[str]:
     """Every field and feature of ``target`` the command line can give (the rest is the catalog's)."""
-    changes = [(f"clip.{k}", v) for k, v in target.clip.to_dict().items()]
+    changes = [(f"clip.{k}", v) for k, v in clip_settings(target.clip.to_dict()).items()]
     changes += [("batch_clips", target.batch_clips), *((f"options.{k}", v) for k, v in target.options.items())]
     settings = [arg for change in changes for arg in (_set_args([change]) or [])]
     return [*settings, "--only", *_feature_args(target.features)]

@@ -104,6 +104,14 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
             lines.append(f"      [{failure['stage']}] {failure['message']}")
         if len(failures) > max_failures:
             lines.append(f"  ... {len(failures) - max_failures} more (pipe info --failures N)")
+    for name in store.arrays:
+        lost = list(store.array_failures(name).items())
+        if lost:
+            lines.append(f"failed in {name} only ({len(lost)} stored clip(s): no data in this array, the others hold them)")
+            for row, x in lost[:max_failures]:
+                lines.append(f"  {x['clip_id']} (row {row})  " + ("" if x["stage"] == name else f"[{x['stage']}] ") + x["message"])
+            if len(lost) > max_failures:
+                lines.append(f"  ... {len(lost) - max_failures} more (pipe info --failures N)")
     return "\n".join(lines), healthy
 
 

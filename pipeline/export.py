@@ -19,7 +19,8 @@ def feature_table(store: Store, features: str) -> pd.DataFrame:
     The layout of GTZAN's Kaggle tables: ``filename`` is the file's name (``blues.00000.wav``;
     sub-clip ``k`` of a split store becomes ``blues.00000.k.wav`` as in ``features_3_sec.csv``),
     ``length`` the number of samples the features were computed over, ``label`` the class
-    (multiclass) or the tags joined by ``;`` (multilabel). Failed clips are left out.
+    (multiclass) or the tags joined by ``;`` (multilabel). Failed clips, and clips that failed
+    this set only, are left out.
     """
     name = features if features.startswith("tabular/") else f"tabular/{features}"
     if name not in store.arrays:
@@ -30,7 +31,7 @@ def feature_table(store: Store, features: str) -> pd.DataFrame:
         )
     array = store.array(name)
     columns = list(array.attrs.get("columns") or [f"f{i}" for i in range(array.shape[-1])])
-    rows = np.flatnonzero(store.ok)
+    rows = np.setdiff1d(np.flatnonzero(store.ok), list(store.array_failures(name)))  # stored in this array
     values = store.read(name, rows) if len(rows) else np.empty((0, *array.shape[1:]), np.float32)
     config = store.manifest["config"]
     feature = store.feature(name)

@@ -54,10 +54,13 @@ def logmel_array(store: Store, name: str | None = None) -> str | None:
     return name
 
 
-def class_examples(store: Store, per_class: int) -> list[tuple[str, list[int]]]:
-    """For each class (or tag) with stored clips, the rows of its first ``per_class`` clips in store order."""
+def class_examples(store: Store, per_class: int, *, array: str | None = None) -> list[tuple[str, list[int]]]:
+    """For each class (or tag) with stored clips, the rows of its first ``per_class`` clips in store order
+    (with ``array``: clips that array holds, leaving out those that failed it only)."""
     targets = store.label_matrix
-    ok = store.ok
+    ok = store.ok.copy()
+    if array is not None:
+        ok[list(store.array_failures(array))] = False
     examples = []
     for index, name in enumerate(store.classes):
         member = targets[:, index] > 0 if store.task == "multilabel" else targets == index
@@ -81,7 +84,7 @@ def label_counts(store: Store) -> dict[str, int]:
 def plot_examples(store: Store, path: Path, *, array: str, per_class: int = 1) -> Path:
     """One log-mel panel per example clip, titled with its class; time in seconds, mel bands upward."""
     plt = _pyplot()
-    examples = class_examples(store, per_class)
+    examples = class_examples(store, per_class, array=array)
     if not examples:
         raise MuzarrError(f"store {store.url} has no labelled clips to show")
     feature = store.arrays[array]["feature"]

@@ -33,7 +33,7 @@ import numpy as np
 
 from pipeline.audio import probe, resampled_length
 from pipeline.store.io import read_json, write_json
-from pipeline.store.layout import chunk_length, clip_digests, fill_value, is_time_feature
+from pipeline.store.layout import chunk_length, clip_digests, is_time_feature
 from pipeline.store.location import Location
 from pipeline.store.shards import ShardFormat, shard_path
 
@@ -292,13 +292,6 @@ class BatchTracks:
         self.buffers[name][..., start : start + length] = values
         self.placed[name][i] = (start, length)
         self.used[name] = start + length
-
-    def clear(self, i: int) -> None:
-        """Track ``i`` (the last one put) failed: its place is given back and holds the fill value again."""
-        for name, buffer in self.buffers.items():
-            start, length = self.placed[name].pop(i, (self.used[name], 0))
-            buffer[..., start : start + length] = fill_value(buffer.dtype)
-            self.used[name] = start
 
     def _spans(self, name: str, n: int) -> list[tuple[int, int]]:
         """``(offset in the region, length)`` of every row; a row not placed takes no room where it would be."""

@@ -156,6 +156,15 @@ class TestClipPolicy:
         with pytest.raises(MuzarrError, match=match):
             ClipPolicy(**kwargs)
 
+    def test_a_track_over_the_maximum_says_by_how_much(self):
+        """Issue #21 item 13: "track is 5.0 s long, over clip.max_seconds=5" hid the one sample too many."""
+        policy = ClipPolicy(mode="track", max_seconds=5)
+        assert policy.track_problem(80000, 16000) is None
+        assert policy.track_problem(80001, 16000) == (
+            "track is 80001 samples at 16000 Hz = 5.0000625 s long, over clip.max_seconds=5: "
+            "raise it with --set clip.max_seconds=600"
+        )
+
 
 def test_pyav_fallback_decodes_what_libsndfile_cannot(fixtures_dir):
     path = fixtures_dir / "edge_cases" / "pydub" / "wrong_extension.aac"

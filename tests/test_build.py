@@ -255,6 +255,8 @@ def test_pipe_ls_lists_the_catalog():
     for name in ("demo", "mtat", "gtzan", "fma_small", "folder", "csv"):
         assert f"{name}  (" in result.stdout
     assert "logmel/mel96_sr12000_fft512_hop256_pad37" in result.stdout
+    # a track store has no clip length (issue #21 item 13: it said "clip track 3 s")
+    assert "clip track (whole files, at most 1800 s each)" in result.stdout and "clip track 3 s" not in result.stdout
 
 
 def test_loud_clips_are_stored_clipped_and_the_store_says_so(tmp_path):
@@ -305,3 +307,67 @@ def test_loud_clips_are_stored_clipped_and_the_store_says_so(tmp_path):
     report, store = store_with("float32")
     assert report.notes == {} and store.clips["note"].isna().all()
     assert store.read("waveform", 1).max() == pytest.approx(1.5, abs=1e-4)
+
+
+# Issue #21 items 3, 6, 13 and 14: each was accepted and then failed every clip (or wrote a store no reader
+# takes); each must now be one line, exit 2, before anything is written.
+REFUSED = [
+    (["--logmel", "top_db=-10"], "feature logmel/mel96_sr16000_fft512_hop256_topdb-10: top_db=-10 must be a positive number of dB"),
+    (["--logmel", "n_fft=3,n_mels=1"], "n_fft=3 must be even (a power of two is fastest), e.g. n_fft=4"),
+    (["--logmel", "n_fft=1000000000"], "n_fft=1000000000 is more than 65536 samples per frame (4.1 s at 16000 Hz)"),
+    (["--logmel", "log_compression=-1,log=log1p"], ("log_compression=-1 must be a positive number no larger than 3.37e+33, "
+     "which keeps log(1 + C·x) finite in float32")),
+    (["--logmel", "hop_length=4096"], "hop_length=4096 is longer than n_fft=512: frames would skip 3584 samples"),
+    (["--logmel", "n_fft=64,n_mels=128,hop_length=32"], ("n_mels=128 leaves 70 mel band(s) empty (no FFT bin of n_fft=64 "
+     "at 16000 Hz falls inside them, between 0 and 8000 Hz): use n_mels <= 23")),
+    (["--logmel", "n_mels=4096"], "n_mels=4096 leaves 3586 mel band(s) empty"),
+    (["--set", "clip.seconds=10000", "--only", "--waveform", "sample_rate=48000,storage=float32"],
+     ("batch_clips=4 makes every shard of waveform 7.2 GiB (4 clips of 1.8 GiB), more than the 4.0 GiB a reader holds in "
+     "memory: use --set batch_clips=")),
+    (["--set", "batch_clips=1000000000000"], "batch_clips=1000000000000 makes every shard of waveform 29103.8 TiB (1000000000000 clips of 32000 bytes)"),
+    (["--set", "clip.mode=track", "--set", "clip.seconds=3"], ("--set clip.seconds=3: clip.mode=track stores every file "
+     "whole, at its own length, so clip.seconds does nothing there: drop it")),
+]  # fmt: skip
+
+
+def test_options_that_cannot_work_are_refused_before_anything_is_written(tmp_path):
+    import soundfile
+
+    from pipeline.datasets.demo import index_demo
+
+    guard = Path(__file__).with_name("_guarded.py")
+    source, out = tmp_path / "audio", tmp_path / "tg.zarr"
+    common = ["--source", str(source), "--set", "options.n_clips=16", "--set", "options.seconds=1", "--set", "clip.seconds=1",
+              "--set", "batch_clips=4", "--workers", "1", "--quiet"]  # fmt: skip
+    assert run_pipe("build", "demo", "--out", str(out), *common).returncode == 0
+    # A second source whose first clip does not decode and whose second (a float WAV) overflows every log-mel.
+    loud_source = tmp_path / "loud"
+    index = index_demo(str(loud_source), n_clips=16, seconds=1.0)
+    first, second = (loud_source / p for p in index.clips["path"].iloc[:2])
+    first.write_bytes(b"not audio")
+    samples, rate = soundfile.read(second, dtype="float32")
+    soundfile.write(second, samples * np.float32(1e30), rate, subtype="FLOAT")
+    fresh = tmp_path / "fresh.zarr"
+    commands = [["pipe", "build", "demo", "--out", str(out), *common, *args] for args, _ in REFUSED]
+    commands += [["pipe", "build", "demo", "--out", str(fresh), *common, *args] for args, _ in REFUSED[:1] + REFUSED[7:9]]
+    probe = ["--source", str(loud_source), *common[2:], "--only", "--waveform", "sample_rate=16000", "--logmel", "n_mels=32,sample_rate=16000"]
+    commands += [["pipe", "build", "demo", "--out", str(target), *probe] for target in (out, fresh)]
+    before = {p.relative_to(out).as_posix(): (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    report = tmp_path / "report.json"
+    words = [w for command in commands for w in (*command, ";;")][:-1]
+    guarded = subprocess.run([sys.executable, str(guard), str(report), str(tmp_path / "outside"), str(64 << 30), "--", *words],
+                             capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+    assert guarded.returncode == 0, guarded.stderr[-2000:]
+    import json
+
+    results = json.loads(report.read_text())["results"]
+    probe_message = (f"feature logmel/mel32_sr16000_fft512_hop256 fails on the first clip, {index.clips['clip_id'].iloc[1]} "
+                     f"({second}): its values are not finite (NaN or infinity); nothing was written")  # fmt: skip
+    messages = [m for _, m in REFUSED] + [m for _, m in REFUSED[:1] + REFUSED[7:9]] + [probe_message] * 2
+    for result, message in zip(results, messages, strict=True):
+        lines = result["stderr"].strip().splitlines()
+        assert result["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), result
+        assert message in lines[0], (message, lines[0])
+    after = {p.relative_to(out).as_posix(): (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    assert after == before  # not a byte, not an mtime: not even the lock was taken
+    assert not fresh.exists()

@@ -302,9 +302,23 @@ def test_info_shows_an_array_without_metadata_as_damaged(store, reference):
 
 
 def test_info_after_a_build_that_never_started_says_it_has_not_finished(source, tmp_path):
+    from test_resume import kill_when
+
     out = tmp_path / "never.zarr"
     failed = build(source, out, "--scheduler", "tcp://127.0.0.1:1")
     assert failed.returncode == 2 and failed.stderr.startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:1")
+    assert not out.exists()  # the cluster is reached before anything is written (the first-clip check runs on it)
+    # killed as soon as its manifest says "building", before any batch is done
+    command = [sys.executable, "-m", "pipeline.cli", "build", "demo", "--source", str(source), "--out", str(out), *SETTINGS,
+               "--workers", "1", "--quiet"]  # fmt: skip
+    def building() -> bool:
+        try:
+            return "muzarr" in json.loads((out / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            return False
+
+    assert kill_when(command, building)["killed"]
+    assert not list((out / "_muzarr").glob("batches/*.json"))
     result = pipe("info", str(out))
     assert result.returncode == 1, result.stderr
     assert result.stderr == ""

@@ -9,6 +9,8 @@ readers keep seeing the old store until the grow is finished.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +163,76 @@ def test_the_source_must_start_with_the_stored_clips(grown, tmp_path):
     with pytest.raises(MuzarrError, match="row 3.*someone_else"):
         build(cfg, source=grown["source"], out=grown["out"], index=shuffled, progress=False)
     assert files(Path(grown["out"])) == before
+
+
+def _cli(tool: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"{tool}.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+
+
+LOUD = 5  # the clip whose file is a float WAV with samples of 1e30: its log-mel overflows float32
+MLP_MEL = "n_mels=64,sample_rate=16000,n_fft=1024,hop_length=512"  # the input `train --model mlp` reads
+MLP_ARRAY = "logmel/mel64_sr16000_fft1024_hop512"
+
+
+def test_a_clip_that_fails_only_an_added_feature_stays_stored_everywhere_else(client, tmp_path):
+    """Issue #21 item 3: a grow never changes what an existing array holds nor takes a stored clip away; the
+    new feature's failure is the new array's, recorded and refused by every read of that array."""
+    import soundfile
+
+    from pipeline.config import parse_spec
+    from pipeline.datasets.demo import index_demo
+    from pipeline.store.verify import verify_store
+
+    source, out = tmp_path / "audio", tmp_path / "s.zarr"
+    index = index_demo(str(source), n_clips=16, seconds=1.0)
+    loud = source / index.clips["path"].iloc[LOUD]
+    samples, rate = soundfile.read(loud, dtype="float32")
+    soundfile.write(loud, samples * np.float32(1e30), rate, subtype="FLOAT")  # finite samples, far beyond ±1
+    assert loud.suffix == ".wav" and np.isfinite(soundfile.read(loud, dtype="float32")[0]).all()
+    waveform = {"kind": "waveform", "sample_rate": 16000}
+
+    def only(*features):
+        return apply_overrides(config(16, **{"options.seed": 0}), add_features=list(features), only=True,
+                               settings={"batch_clips": 4})  # fmt: skip
+
+    first = build(only(waveform), source=str(source), out=str(out), client=client, progress=False)
+    assert (first.n_failed, len(first.notes)) == (0, 1)  # stored, clipped by int16 (noted)
+    before = files(out)
+    grow = build(only(waveform, {"kind": "logmel", **parse_spec(MLP_MEL, what="test")}), source=str(source), out=str(out),
+                 client=client, progress=False)  # fmt: skip
+    clip_id = index.clips["clip_id"].iloc[LOUD]
+    message = "ValueError: computed values are not finite (NaN or infinity)"
+    assert (grow.n_ok, grow.n_failed, grow.exit_code) == (16, 0, 1)
+    assert grow.array_failures == [{"array": MLP_ARRAY, "row": LOUD, "clip_id": clip_id, "stage": MLP_ARRAY, "message": message}]
+    after = files(out)
+    # the waveform's and status's files are not rewritten: same bytes, same mtime
+    kept = [k for k in before if k.startswith(("waveform/", "status/"))]
+    assert len(kept) == 2 * 4 + 2 and {k: after[k] for k in kept} == {k: before[k] for k in kept}
+
+    store = open_store(str(out))
+    assert (store.status == 1).all()
+    assert store.array_failures(MLP_ARRAY) == {LOUD: {"row": LOUD, "clip_id": clip_id, "stage": MLP_ARRAY, "message": message}}
+    assert np.isnan(store.array(MLP_ARRAY)[LOUD]).all()  # the fill value, never a value a clip could hold
+    assert store.read("waveform", LOUD).shape == (16000,)
+    assert np.isfinite(store.read(MLP_ARRAY, LOUD + 1)).all()
+    refused = f"clip '{clip_id}' \\(row {LOUD}\\) of .* failed {MLP_ARRAY}"
+    with pytest.raises(MuzarrError, match=refused):
+        store.read(MLP_ARRAY, [LOUD - 1, LOUD])
+    from pipeline.store import ArrayReader
+
+    with pytest.raises(MuzarrError, match=refused):
+        ArrayReader(store, MLP_ARRAY).crops([LOUD], [0], 8)
+    clips = store.clips.set_index("clip_id")
+    assert clips.loc[clip_id, "status"] == "ok" and pd.isna(clips.loc[clip_id, "stage"])
+    assert clips.loc[clip_id, "error"] == f"failed {MLP_ARRAY}: {message}"
+    assert verify_store(str(out)).ok
+    info = _cli("pipeline", "info", out)
+    assert f"failed in {MLP_ARRAY} only (1 stored clip(s)" in info.stdout and f"{clip_id} (row {LOUD})" in info.stdout
+    # training on that array leaves the clip out, saying so in one line; the waveform still holds it
+    run = _cli("training", "--store", out, "--model", "mlp", "--epochs", "1", "--out", tmp_path / "run", "--device", "cpu",
+               "--no-emissions", "--workers", "0")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    split = store.splits().set_index("clip_id")["random"][clip_id]
+    assert f"note: 1 clip(s) failed {MLP_ARRAY} when it was computed (1 {split}): left out" in run.stdout
+    assert LOUD in store.split("random", split)

@@ -228,9 +228,10 @@ def test_a_second_build_into_the_same_store_is_refused_naming_the_first(source, 
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     while first.poll() is None and not lock.exists():
         time.sleep(0.01)
-    time.sleep(1)
     # the first build and its workers are paused while the second tries: however fast this machine
-    # is, the first is still under way (a 48-clip build can end before a second `pipe` has started)
+    # is, the first is still under way (a 48-clip build can end before a second `pipe` has started;
+    # its cluster is up before it takes the lock, for the first-clip check: its batches then take
+    # well under a second)
     os.killpg(first.pid, signal.SIGSTOP)
     try:
         second = pipe(*build_args(source, out, "--overwrite", "--set", "clip.seconds=0.5"))

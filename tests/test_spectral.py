@@ -116,3 +116,60 @@ def test_bad_feature_specs_are_clear_errors(spec, match):
 def test_wrong_rate_is_refused():
     with pytest.raises(MuzarrError, match="expects audio at 16000 Hz"):
         LogMel(sample_rate=16000).extract(np.zeros(1000, np.float32), sampling_rate=22050)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"top_db": -10.0}, "top_db=-10 must be a positive number of dB"),
+        ({"top_db": 0.0}, "top_db=0 must be a positive number"),
+        ({"n_fft": 3, "n_mels": 1, "hop_length": 2}, "n_fft=3 must be even"),
+        ({"n_fft": 1 << 17}, "n_fft=131072 is more than 65536"),
+        ({"hop_length": 4096}, "hop_length=4096 is longer than n_fft=512"),
+        ({"log": "log1p", "log_compression": -1.0}, "log_compression=-1 must be a positive number no larger than"),
+        ({"log": "log1p", "log_compression": 1e36}, "log_compression=1e\\+36 must be a positive number no larger than 3.37e\\+33"),
+        ({"n_fft": 64, "hop_length": 32, "n_mels": 128}, "n_mels=128 leaves 70 mel band\\(s\\) empty.*use n_mels <= 23"),
+        ({"n_mels": 4096}, "n_mels=4096 leaves 3586 mel band\\(s\\) empty.*use n_mels <= 192"),
+    ],
+)
+def test_parameters_that_fail_or_waste_every_clip_are_refused(params, match):
+    """Issue #21 items 3 and 14: each of these was accepted and then failed every clip, or stored bands of zeros."""
+    with pytest.raises(MuzarrError, match=match):
+        LogMel(**params).check_computable()
+
+
+def test_the_catalogs_features_and_the_largest_n_mels_pass():
+    from pipeline.config import config_for, load_catalog
+
+    for name, entry in load_catalog().items():
+        for feature in config_for(name, entry).features:
+            feature.check_computable()
+    LogMel(n_mels=192).check_computable()
+    LogMel(n_fft=64, hop_length=32, n_mels=23).check_computable()
+
+
+@pytest.mark.parametrize("sr, n_fft", [(8000, 64), (16000, 256), (16000, 512), (22050, 1024)])
+def test_empty_bands_are_counted_as_librosa_builds_the_bank(sr, n_fft):
+    import warnings
+
+    from pipeline.features.spectral import empty_mel_bands, largest_n_mels, mel_basis, mel_edges
+
+    for n_mels in (8, 40, 96, 128, 200, 300):
+        for f_min in (0.0, 50.0):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # the bank is built without librosa's warning reaching the user
+                bank = mel_basis(sr, n_fft, n_mels, f_min, None)
+            assert empty_mel_bands(sr, n_fft, mel_edges(sr, n_mels, f_min, None)) == int((~bank.any(axis=1)).sum())
+    most = largest_n_mels(sr, n_fft, 0.0, None)
+    assert mel_basis(sr, n_fft, most, 0.0, None).any(axis=1).all()
+    assert not mel_basis(sr, n_fft, most + 1, 0.0, None).any(axis=1).all()
+
+
+def test_the_largest_log_compression_keeps_the_loudest_clip_finite():
+    from pipeline.features.spectral import HEADROOM, max_log_compression, mel_edges
+
+    most = max_log_compression(16000, 512, mel_edges(16000, 96, 0.0, None))
+    square = np.full(16000, HEADROOM, np.float32)
+    square[::2] *= -1  # all the energy at the top bin; a constant puts it all at 0 Hz
+    for y in (square, np.full(16000, HEADROOM, np.float32)):
+        assert np.isfinite(LogMel(log="log1p", log_compression=most, storage="float32").extract(y, sampling_rate=16000)).all()

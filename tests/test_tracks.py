@@ -121,7 +121,9 @@ def test_the_too_long_track_fails_with_the_reason(built):
     row = int(np.flatnonzero(~store.ok)[0])
     failed = store.clips.iloc[row]
     assert failed["clip_id"] == "a/t12" and failed["status"] == "failed" and failed["stage"] == "clip"
-    assert failed["error"] == "track is 610.0 s long, over clip.max_seconds=600: raise it with --set clip.max_seconds=1200"
+    assert failed["error"] == (
+        "track is 2440000 samples at 4000 Hz = 610 s long, over clip.max_seconds=600: raise it with --set clip.max_seconds=1200"
+    )
     assert store.extents("waveform")[row, 1] == 0 and store.extents(LOGMEL)[row, 1] == 0
     with pytest.raises(Exception, match="is failed: it has no data to read"):
         store.track("waveform", row)

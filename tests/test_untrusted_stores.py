@@ -286,3 +286,62 @@ def test_links_that_stay_inside_the_store_are_allowed(built, tmp_path):
     result = pipe("info", linked)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"store     {linked}\n")
+
+
+# --- issue #21 items 8 and 12: a 16-byte chunk claiming a terabyte --------------------------------------------------
+
+
+def claim_a_terabyte(store: Path) -> None:
+    """Every chunk of ``status`` becomes a zstd frame (an allowed codec) whose header declares 1 TiB of content."""
+    edit_json(store / "status" / "zarr.json",
+              lambda meta: meta.update(codecs=[{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 0, "checksum": False}}]))  # fmt: skip
+    # magic, a descriptor saying "single segment, 8-byte content size", the size, an empty last raw block
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0b11100000]) + (1 << 40).to_bytes(8, "little") + b"\x01\x00\x00"
+    for chunk in (store / "status" / "c").iterdir():
+        chunk.write_bytes(frame)
+
+
+def test_a_tiny_chunk_claiming_a_terabyte_is_named_as_damage(store, tmp_path):
+    """It was "out of memory ... run on a machine with more memory" (info, train), with a stray asyncio traceback
+    now and then; it is the array and what is wrong with it, and `pipe verify` names each chunk."""
+    claim_a_terabyte(store)
+    damaged = (f"store {store}: array 'status' is damaged: a 16-byte zstd chunk claims 1099511627776 bytes decoded, more "
+               f"than a chunk of shape ({BATCH},) holds: it is damaged; run `pipe verify {store}`")  # fmt: skip
+    assert one_line_error(pipe("info", store)) == damaged
+    assert one_line_error(train(store, tmp_path / "run")) == damaged
+    verify = pipe("verify", store)
+    assert verify.returncode == 1, verify.stderr
+    for chunk in range(N_CLIPS // BATCH):
+        assert (f"damaged chunk  status chunk {chunk}: cannot be decoded (DamagedChunk: a 16-byte zstd chunk claims "
+                "1099511627776 bytes decoded") in verify.stdout  # fmt: skip
+
+
+def test_a_failed_read_leaves_no_decoding_task_behind(store):
+    """The stray traceback came from zarr-python's decoding tasks, still running when the read had raised and the
+    process exited: a failed read now waits for them. Twenty reads, each checked right after it raised."""
+    import asyncio
+
+    from zarr.core.sync import loop
+
+    from pipeline import MuzarrError, open_store
+
+    claim_a_terabyte(store)
+
+    async def others() -> list[str]:
+        return [repr(t) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    for _ in range(20):
+        with pytest.raises((MuzarrError, MemoryError)):
+            open_store(store).status  # noqa: B018
+        assert asyncio.run_coroutine_threadsafe(others(), loop[0]).result(timeout=30) == []
+
+
+def test_eval_crops_beyond_the_limit_is_an_option_error(built, tmp_path):
+    """`train --eval-crops 1000000` ended in "out of memory ... run on a machine with more memory"."""
+    result = _run(["training.cli", "--store", str(built[0]), "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "run"),
+                   "--device", "cpu", "--no-emissions", "--workers", "0", "--eval-crops", "1000000"], TRAIN_MEMORY)  # fmt: skip
+    assert one_line_error(result) == (
+        "eval_crops=1000000 is more than 1024 crops per clip (an evaluation batch holds every crop of its clips at once; "
+        "Won et al. score 16): use --eval-crops 1024 or fewer"
+    )
+    assert not (tmp_path / "run").exists()

@@ -153,6 +153,14 @@ class Run:
     def _readers(self, scheme: str) -> tuple[dict[str, SplitReader], str]:
         targets = self.store.label_matrix
         parts = {part: self.store.split(scheme, part) for part in ("train", "valid", "test")}
+        failed = self.store.array_failures(self.plan.array)
+        if failed:  # stored clips that failed this array only: nothing to train or score on here
+            lost = np.fromiter(failed, dtype=np.int64)
+            counts = {part: int(np.isin(rows, lost).sum()) for part, rows in parts.items()}
+            parts = {part: rows[~np.isin(rows, lost)] for part, rows in parts.items()}
+            print(f"note: {sum(counts.values())} clip(s) failed {self.plan.array} when it was computed "
+                  f"({', '.join(f'{n} {part}' for part, n in counts.items() if n)}): left out, see `pipe info {self.store.url}`",
+                  flush=True)  # fmt: skip
         if self.task == "multiclass":
             parts = {part: rows[targets[rows] >= 0] for part, rows in parts.items()}  # unlabelled clips can't be scored
         if self.config.max_clips is not None:

@@ -106,6 +106,10 @@ def _coerce(hint: Any, value: Any, *, where: str) -> Any:
     return value
 
 
+#: the most evaluation crops per clip: a 10-minute track in 1024 crops of 3 s overlaps each crop five times
+MAX_EVAL_CROPS = 1024
+
+
 def _check_positive(where: str, **values: Any) -> None:
     for name, value in values.items():
         if value is not None and not value > 0:
@@ -357,6 +361,11 @@ class Protocol:
             raise MuzarrError(f"eval_placement={self.eval_placement!r} must be one of {', '.join(EVAL_PLACEMENTS)}")
         _check_positive("protocol", early_stopping=self.early_stopping, eval_crops=self.eval_crops, sub_clips=self.sub_clips,
                         train_crop_seconds=self.train_crop_seconds)  # fmt: skip
+        if self.eval_crops is not None and self.eval_crops > MAX_EVAL_CROPS:
+            raise MuzarrError(
+                f"eval_crops={self.eval_crops} is more than {MAX_EVAL_CROPS} crops per clip (an evaluation batch holds "
+                f"every crop of its clips at once; Won et al. score 16): use --eval-crops {MAX_EVAL_CROPS} or fewer"
+            )
 
     @classmethod
     def make(cls, where: str, **fields: Any) -> Protocol:

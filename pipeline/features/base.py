@@ -79,6 +79,12 @@ class Feature:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **dataclasses.asdict(self)}
 
+    def check_computable(self) -> None:
+        """Raise :class:`MuzarrError` (naming the parameter and what would work) when these parameters
+        fail, or silently waste, every clip: a build calls it before it adds this feature's array to a
+        store, before anything is written. Not called when a stored feature is read back: an array a
+        store already holds stays readable."""
+
     def check_rate(self, sampling_rate: int) -> None:
         if sampling_rate != self.sample_rate:
             raise MuzarrError(f"{self.name} expects audio at {self.sample_rate} Hz, got {sampling_rate} Hz")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import threading
+import warnings
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -141,6 +143,11 @@ class LogMel(Feature):
 
     def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
         self.check_rate(sampling_rate)
+        # samples far beyond full scale overflow float32: the build refuses non-finite values itself, in one line
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._extract(samples)
+
+    def _extract(self, samples: np.ndarray) -> np.ndarray:
         power = mel_power(
             samples,
             sr=self.sample_rate,
@@ -162,6 +169,98 @@ class LogMel(Feature):
     def attrs(self) -> dict[str, Any]:
         return self.to_dict()
 
+    def check_computable(self) -> None:
+        """Refuse parameters that fail, or silently waste, every clip (see :meth:`Feature.check_computable`)."""
+        where = f"feature {self.name}"
+        if self.n_fft % 2:
+            # centred frames take n_fft // 2 samples of padding each side: an odd n_fft gives one frame
+            # fewer than the 1 + n // hop every store and model plans with
+            raise MuzarrError(f"{where}: n_fft={self.n_fft} must be even (a power of two is fastest), e.g. n_fft={self.n_fft + 1}")
+        if self.n_fft > MAX_N_FFT:
+            raise MuzarrError(
+                f"{where}: n_fft={self.n_fft} is more than {MAX_N_FFT} samples per frame "
+                f"({MAX_N_FFT / self.sample_rate:.1f} s at {self.sample_rate} Hz): choose a smaller n_fft"
+            )
+        if self.hop_length > self.n_fft:
+            raise MuzarrError(
+                f"{where}: hop_length={self.hop_length} is longer than n_fft={self.n_fft}: frames would skip "
+                f"{self.hop_length - self.n_fft} samples between them; use hop_length <= n_fft (n_fft / 2 or n_fft / 4 is usual)"
+            )
+        if self.log == "db" and self.top_db is not None and not (math.isfinite(self.top_db) and self.top_db > 0):
+            raise MuzarrError(
+                f"{where}: top_db={self.top_db:g} must be a positive number of dB (the range kept below each clip's "
+                "peak), or none for no floor"
+            )
+        edges = mel_edges(self.sample_rate, self.n_mels, self.f_min, self.f_max)
+        empty = empty_mel_bands(self.sample_rate, self.n_fft, edges)
+        if empty:
+            most = largest_n_mels(self.sample_rate, self.n_fft, self.f_min, self.f_max)
+            f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
+            raise MuzarrError(
+                f"{where}: n_mels={self.n_mels} leaves {empty} mel band(s) empty (no FFT bin of n_fft={self.n_fft} at "
+                f"{self.sample_rate} Hz falls inside them, between {self.f_min:g} and {f_max:g} Hz): use n_mels <= {most}, "
+                "or a larger n_fft"
+            )
+        if self.log == "log1p":
+            most = max_log_compression(self.sample_rate, self.n_fft, edges)
+            if not (math.isfinite(self.log_compression) and 0 < self.log_compression <= most):
+                raise MuzarrError(
+                    f"{where}: log_compression={self.log_compression:g} must be a positive number no larger than "
+                    f"{most:.3g}, which keeps log(1 + C·x) finite in float32 for samples up to ±{HEADROOM:g} "
+                    f"(n_fft={self.n_fft})"
+                )
+
+
+#: the longest frame a log-mel takes (4.1 s at 16 kHz): a frame, its spectrum and its filter bank stay in memory
+MAX_N_FFT = 1 << 16
+#: the sample magnitude a log-mel's log1p must stay finite for (decoded MP3s and float WAVs overshoot ±1)
+HEADROOM = 4.0
+
+
+def mel_edges(sr: int, n_mels: int, f_min: float, f_max: float | None) -> np.ndarray:
+    """The ``n_mels + 2`` corner frequencies of the Slaney filter bank :func:`mel_basis` builds (librosa's own)."""
+    import librosa
+
+    return librosa.mel_frequencies(n_mels + 2, fmin=f_min, fmax=sr / 2 if f_max is None else f_max, htk=False)
+
+
+def empty_mel_bands(sr: int, n_fft: int, edges: np.ndarray) -> int:
+    """How many bands of the filter bank with corners ``edges`` (:func:`mel_edges`) hold no FFT bin of ``n_fft``.
+
+    librosa's band ``m`` weighs bin ``f`` by ``max(0, min(f - e[m], e[m+2] - f))`` (scaled): it is
+    empty, all zeros in every clip, when no bin lies strictly between ``e[m]`` and ``e[m + 2]``.
+    Counted from the corners, without building the bank (n_mels x n_fft / 2 weights).
+    """
+    bins = np.arange(n_fft // 2 + 1) * (sr / n_fft)  # librosa.fft_frequencies
+    inside = np.searchsorted(bins, edges[2:], side="left") - np.searchsorted(bins, edges[:-2], side="right")
+    return int((inside <= 0).sum())
+
+
+def largest_n_mels(sr: int, n_fft: int, f_min: float, f_max: float | None) -> int:
+    """The most mel bands with no empty one (:func:`empty_mel_bands`) for ``n_fft`` at ``sr``."""
+    lo, hi = 1, 2 * (n_fft // 2 + 1)  # a bin lies inside at most two triangles: no more bands can all be filled
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if empty_mel_bands(sr, n_fft, mel_edges(sr, mid, f_min, f_max)):
+            hi = mid - 1
+        else:
+            lo = mid
+    while lo > 1 and empty_mel_bands(sr, n_fft, mel_edges(sr, lo, f_min, f_max)):
+        lo -= 1  # bands narrow as n_mels grows, but their corners move: make sure of the one named
+    return lo
+
+
+def max_log_compression(sr: int, n_fft: int, edges: np.ndarray) -> float:
+    """The largest ``C`` for which ``C`` times any mel band's power stays below float32's maximum.
+
+    ``|X_k|`` is at most the window's sum (``n_fft / 2`` for the periodic Hann) times the largest
+    sample, :data:`HEADROOM`; a band's power is at most its weights' sum times the largest ``|X_k|²``,
+    and a Slaney band (a triangle of area 1 and height ``2 / (e[m+2] - e[m])``) sums to at most
+    ``2 n_fft / sr`` plus its height.
+    """
+    weight = 2 * n_fft / sr + float((2 / (edges[2:] - edges[:-2])).max())
+    return float(np.finfo(np.float32).max) / ((HEADROOM * n_fft / 2) ** 2 * weight)
+
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -177,7 +276,10 @@ def mel_basis(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float | Non
     """librosa's Slaney mel filter bank ``[shape=(n_mels, 1 + n_fft // 2)]`` in float32."""
     import librosa  # imported here: the filter bank is built once per process
 
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max).astype(np.float32)
+    with warnings.catch_warnings():
+        # "Empty filters detected": a build refuses such a bank itself, in one line (LogMel.check_computable)
+        warnings.simplefilter("ignore", UserWarning)
+        return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)

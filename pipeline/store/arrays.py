@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import MuzarrError
+from pipeline.store.codecs import zarr_reads
 from pipeline.store.io import STATUS_NAMES, STATUS_OK
 from pipeline.store.layout import clip_digests
 from pipeline.store.reader import Store, open_store
@@ -58,6 +59,7 @@ class ArrayReader:
         self.clip_axis = clip_axis
         self._clip_ids = store.clips["clip_id"].to_numpy() if clip_axis else None
         self._status = store.status if clip_axis else None
+        self._failed = store.array_failures(name)  # stored clips this array has no data for
         self._digest_algorithm = store.digest_algorithm
         self._digests = None
         self._handles = None
@@ -97,6 +99,13 @@ class ArrayReader:
             raise MuzarrError(
                 f"clip {self._clip_ids[bad[0]]!r} (row {bad[0]}) of {self.url} is "
                 f"{STATUS_NAMES[int(self._status[bad[0]])]}: it has no data to read"
+            )
+        lost = [int(r) for r in rows if int(r) in self._failed] if self._failed else []
+        if lost:
+            x = self._failed[lost[0]]
+            raise MuzarrError(
+                f"clip {x['clip_id']!r} (row {lost[0]}) of {self.url} failed {self.name} at {x['stage']} ({x['message']}): "
+                f"that array has no data for it (`pipe info {self.url}` lists such clips)"
             )
 
     def crops(self, rows, starts, length: int) -> np.ndarray:
@@ -298,7 +307,8 @@ class ArrayReader:
 
     def _zarr(self, array: zarr.Array, region: tuple) -> np.ndarray:
         try:
-            return np.asarray(array[tuple(slice(lo, hi) for lo, hi in region)])
+            with zarr_reads(self.url, self.name):
+                return np.asarray(array[tuple(slice(lo, hi) for lo, hi in region)])
         except (ValueError, OSError, RuntimeError) as err:
             shard = region[0][0] // self.rows_per_shard
             raise MuzarrError(

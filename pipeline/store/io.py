@@ -306,11 +306,13 @@ def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, 
     if not (isinstance(status, list) and len(status) == n and all(s in (STATUS_OK, STATUS_FAILED) for s in status)):
         return None
     notes = marker.get("notes", [])  # markers written before notes existed have none
+    lost = marker.get("array_failures", [])  # nor failures of one array only
     if not (
         isinstance(digests, dict)
         and _records(failures, ("clip_id", "path", "stage", "message"))
         and len(failures) == status.count(STATUS_FAILED)
         and _records(notes, ("clip_id", "array", "message"))
+        and _records(lost, ("clip_id", "path", "stage", "message", "array"))
     ):
         return None
     kept = {}
@@ -318,7 +320,10 @@ def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, 
         values = digests.get(name)
         if isinstance(values, list) and len(values) == n and all(_is_digest(v) for v in values):
             kept[name] = values
-    return {**marker, "digests": kept, "notes": [x for x in notes if x["array"] in kept or x["array"] == DECODE_NOTE]}
+    return {
+        **marker, "digests": kept, "notes": [x for x in notes if x["array"] in kept or x["array"] == DECODE_NOTE],
+        "array_failures": [x for x in lost if x["array"] in kept],
+    }
 
 
 def _records(value: Any, keys: tuple[str, ...]) -> bool:

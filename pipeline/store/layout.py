@@ -151,6 +151,12 @@ def dimension_names(variant: str, axes: Sequence[str]) -> tuple[str, ...]:
     return tuple(axis if axis in SHARED_DIMENSIONS else f"{axis}_{variant}" for axis in axes)
 
 
+def failure_text(failure: dict) -> str:
+    """One line for a stored clip that failed one array (``{"array", "stage", "message"}``)."""
+    at = "" if failure["stage"] == failure["array"] else f" at {failure['stage']}"
+    return f"{failure['array']}{at}: {failure['message']}"
+
+
 def fill_value(dtype: str) -> float | int:
     """What a row no build wrote, or whose clip failed, holds: NaN in a float array, never a value a
     clip could have (zeros are digital silence); 0 in an integer one (int16 audio has no spare value)."""

@@ -20,6 +20,7 @@ import pandas as pd
 import zarr
 
 from pipeline.errors import MuzarrError
+from pipeline.store.codecs import zarr_reads
 from pipeline.store.io import (
     FRESH_COPY,
     LOCK,
@@ -229,7 +230,9 @@ class Store:
         """int8 status per clip (0 pending, 1 ok, 2 failed)."""
         # n_clips is the manifest's word: the clips table (a byte or more per row) confirms it before it is allocated.
         self.clips  # noqa: B018
-        return self._open_array("status")[: self.n_clips]
+        array = self._open_array("status")
+        with zarr_reads(self.url, "status"):
+            return array[: self.n_clips]
 
     @property
     def ok(self) -> np.ndarray:
@@ -364,11 +367,30 @@ class Store:
             )
         return out
 
+    def array_failures(self, name: str) -> dict[int, dict[str, Any]]:
+        """Rows of stored (``ok``) clips that array ``name`` holds no data for: the clip failed this
+        feature only (``{"clip_id", "stage", "message"}`` by row). Such a row holds the fill value."""
+        return {int(x["row"]): x for x in self._array_info(name).get("failures", [])}
+
+    def check_stored(self, name: str, rows: np.ndarray) -> None:
+        """Refuse ``rows`` that are not ``ok``, or that failed array ``name`` (:meth:`array_failures`)."""
+        self._check_ok(rows)
+        failed = self.array_failures(name)
+        bad = [int(r) for r in np.atleast_1d(rows) if int(r) in failed]
+        if bad:
+            x = failed[bad[0]]
+            raise MuzarrError(
+                f"clip {x['clip_id']!r} (row {bad[0]}) of {self.url} failed {name} at {x['stage']} ({x['message']}): "
+                f"that array has no data for it (`pipe info {self.url}` lists such clips)"
+            )
+
     def track(self, name: str, row: int) -> np.ndarray:
         """The whole track of clip ``row`` in time array ``name`` (``[..., length]``); failed or pending is an error."""
-        self._check_ok(np.atleast_1d(row))
+        self.check_stored(name, np.atleast_1d(row))
         start, length = (int(v) for v in self.extents(name)[row])
-        return self._open_array(name)[..., start : start + length]
+        array = self._open_array(name)
+        with zarr_reads(self.url, name):
+            return array[..., start : start + length]
 
     @property
     def digest_algorithm(self) -> str:
@@ -383,10 +405,11 @@ class Store:
                 f"array {name!r} of {self.url} holds whole tracks of different lengths: read one with Store.track(name, row)"
             )
         rows = np.arange(self.n_clips)[clips] if isinstance(clips, slice) else np.atleast_1d(np.asarray(clips))
-        self._check_ok(rows)
-        if isinstance(clips, (int, np.integer)):
-            return array[int(clips)]
-        return array.get_orthogonal_selection((rows,)) if len(rows) else np.empty((0, *array.shape[1:]), array.dtype)
+        self.check_stored(name, rows)
+        with zarr_reads(self.url, name):
+            if isinstance(clips, (int, np.integer)):
+                return array[int(clips)]
+            return array.get_orthogonal_selection((rows,)) if len(rows) else np.empty((0, *array.shape[1:]), array.dtype)
 
 
     def _check_ok(self, rows: np.ndarray) -> None:
@@ -423,6 +446,13 @@ def _check_manifest(manifest: dict, url: str) -> None:
             if not isinstance(manifest["arrays"].get(extents), dict):
                 raise MuzarrError(f"{where}: array {name!r} names extents {extents!r}, which the manifest does not hold")
         check_layout(name, info, n_clips=manifest["n_clips"], where=f"{url}: malformed store: the manifest")
+        failures = info.get("failures", [])
+        if not isinstance(failures, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("row"), int) and not isinstance(x.get("row"), bool)
+            and 0 <= x["row"] < manifest["n_clips"] and all(isinstance(x.get(k), str) for k in ("clip_id", "stage", "message"))
+            for x in failures
+        ):
+            raise MuzarrError(f"{where}: array {name!r} 'failures' must list rows of its clips with clip_id, stage and message")
         if sub is not None and (len(info["shape"]) < 3 or info["shape"][1] != sub):
             raise MuzarrError(
                 f"{url}: malformed store: the manifest's array {name!r} has shape {info['shape']}, not {sub} "

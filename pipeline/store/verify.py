@@ -17,6 +17,7 @@ import zarr
 
 from pipeline.config import build_command
 from pipeline.errors import MuzarrError
+from pipeline.store.codecs import zarr_reads
 from pipeline.store.io import (
     KEYS,
     STATUS_NAMES,
@@ -201,14 +202,27 @@ def _check_tables(store: Store, found) -> dict[str, pd.DataFrame]:
 
 def _check_status(store: Store, tables, ids: list[str], found) -> np.ndarray | None:
     """The status array decodes, has no pending clip in a complete store, and agrees with clips.parquet."""
+    array = None
     try:
         array = store._open_array("status")  # refuses a non-numeric dtype, a codec not allowed, an absurd chunk
         if array.shape != (store.n_clips,):
             found(Damage("array", "status", f"shape {array.shape}, the manifest has {store.n_clips} clips", "status"))
             return None
-        status = array[:]
+        with zarr_reads(store.url, "status", explain=False):
+            status = array[:]
     except Exception as err:  # noqa: BLE001 - any decoding failure is damage to report
-        found(Damage("array", "status", f"cannot be read ({_why(err)})", "status"))
+        whole = f"cannot be read ({_why(err)})"
+        step = array.chunks[0] if isinstance(array, zarr.Array) and ids is not None else 0
+        for start in range(0, store.n_clips, step) if step else ():  # which chunks: each read alone
+            try:
+                with zarr_reads(store.url, "status", explain=False):
+                    array[start : start + step]
+            except Exception as chunk_err:  # noqa: BLE001
+                found(Damage("chunk", f"status chunk {start // step}", f"cannot be decoded ({_why(chunk_err)}; "
+                             f"{_rows(ids, start, min(start + step, store.n_clips))})", "status", (start, start + step)))  # fmt: skip
+                whole = None
+        if whole:
+            found(Damage("array", "status", whole, "status"))
         return None
     if store.complete:
         for row in np.flatnonzero(status == STATUS_PENDING)[:50]:
