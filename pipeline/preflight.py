@@ -59,7 +59,7 @@ def check_first_clip(
     rates = tuple(sorted({f.sample_rate for f in features}))
     for clip_id, path in list(zip(clip_ids, paths))[:PROBE_TRIES]:
         try:
-            audio = load_clip(path, rates=rates, policy=config.clip)
+            audio = load_clip(path, rates=rates, policy=config.clip).audio
         except Exception:  # noqa: BLE001, S112 - a clip that does not decode is the build's to record
             continue
         for feature in features:
