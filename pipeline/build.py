@@ -40,7 +40,7 @@ import pandas as pd
 
 from pipeline.batch import run_batch
 from pipeline.cluster import as_they_finish, close_client, deferred_interrupt, make_client
-from pipeline.config import TASK_AUTO, BuildConfig, build_command, expected_type
+from pipeline.config import TASK_AUTO, BuildConfig, build_command, expected_type, recorded_source
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError, write_errors, write_failure
 from pipeline.index import DatasetIndex
@@ -121,6 +121,7 @@ class _Target:
     config: BuildConfig
     index: DatasetIndex
     layouts: list
+    source: str | None = None  # where the audio came from, as the manifest records it (recorded_source)
 
     @property
     def n(self) -> int:
@@ -153,12 +154,16 @@ class _Target:
         return marker if [f["clip_id"] for f in marker["failures"]] == failed else None
 
 
-def _manifest(config: BuildConfig, index: DatasetIndex, layouts, *, state: str, extra: dict | None = None) -> dict:
+def _manifest(
+    config: BuildConfig, index: DatasetIndex, layouts, *, state: str, source: str | None, extra: dict | None = None
+) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "state": state,
         "digest": DIGEST,
         "config": config.to_dict(),
+        # outside "config": the same audio in another folder is the same store, byte for byte
+        **({"source": source} if source else {}),
         "task": index.task,
         "classes": list(index.classes),
         "n_clips": len(index),
@@ -199,7 +204,8 @@ def _prepare_store(
                     "choose another --out, or a new folder"
                 )
             if not overwrite:
-                raise damaged_manifest(loc.url, damage, rebuild=build_command(config, out=loc.url, extra=("--overwrite",)))
+                rebuild = build_command(config, out=loc.url, source=target.source, extra=("--overwrite",))
+                raise damaged_manifest(loc.url, damage, rebuild=rebuild)
         write_json(loc, TARGET, mark)
         _remove(loc, keep=TARGET)
         manifest = None
@@ -207,7 +213,7 @@ def _prepare_store(
     created = ensure_arrays(loc, target.layouts, target.n, config.batch_clips)
     if manifest is None:
         write_manifest(
-            loc, _manifest(config, target.index, target.layouts, state="building")
+            loc, _manifest(config, target.index, target.layouts, state="building", source=target.source)
         )
     if "status" in created:
         return {}  # no status to stand on: every batch runs again
@@ -420,7 +426,7 @@ def _finalize(loc: Location, target: _Target, markers: dict[int, dict]) -> dict[
         for scheme in index.splits.columns
     }
     manifest = _manifest(
-        config, index, layouts, state="complete",
+        config, index, layouts, state="complete", source=target.source,
         extra={
             "arrays": arrays,
             "counts": {"ok": int(ok.sum()), "failed": int((status == STATUS_FAILED).sum())},
@@ -519,6 +525,7 @@ def build(
     started = time.perf_counter()
     loc = location(out, storage_options)
     out = loc.url
+    recorded = recorded_source(source)
     if repair and overwrite:
         raise MuzarrError("--repair keeps the store's good batches, --overwrite rebuilds them all: choose one")
     # A link planted in the store would take reads, the lock and every write elsewhere: refused before any.
@@ -534,11 +541,11 @@ def build(
         elif repair:
             damage = manifest_damage(loc)
             if damage is not None:
-                raise damaged_manifest(out, damage, rebuild=build_command(config, out=out, extra=("--overwrite",)))
+                raise damaged_manifest(out, damage, rebuild=build_command(config, out=out, source=recorded, extra=("--overwrite",)))
             raise MuzarrError(f"--repair: there is no store at {out} to repair: build it without --repair")
     index = index if index is not None else build_index(config, source)
     tracked = config.clip.mode == "track"  # a track store's layout needs every file's length: probed under the lock
-    target = None if tracked else _Target(config, index, plan_layout(config, len(index)))
+    target = None if tracked else _Target(config, index, plan_layout(config, len(index)), recorded)
     unreadable = index.info.get("unreadable_folders") or []
     if strict and unreadable:
         raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
@@ -552,7 +559,7 @@ def build(
             if client is None:
                 client = make_client(workers=workers, scheduler=scheduler)
                 cleanup.callback(close_client, client)
-            plan, target = _plan_tracks(loc, config, index, abs_paths, client, overwrite=overwrite)
+            plan, target = _plan_tracks(loc, config, index, abs_paths, client, overwrite=overwrite, source=recorded)
         markers = _prepare_store(loc, target, overwrite=overwrite, repair=repair, echo=echo)
         if plan is not None:
             save_probes(loc, plan, target.clip_ids, index.clips["path"].astype(str).tolist())
@@ -626,13 +633,15 @@ def build(
     )
 
 
-def _plan_tracks(loc: Location, config: BuildConfig, index: DatasetIndex, paths: list[str], client, *, overwrite: bool):
+def _plan_tracks(
+    loc: Location, config: BuildConfig, index: DatasetIndex, paths: list[str], client, *, overwrite: bool, source: str
+):
     """A track store's plan (every file probed, or its earlier probe reused) and the target it implies."""
     ids = index.clips["clip_id"].astype(str).tolist()
     relative = index.clips["path"].astype(str).tolist()
     # probed by path: a probe kept in the store names the files relative to the source
     plan = plan_tracks(loc, config, ids, relative, client, reuse=not overwrite, open_path=dict(zip(relative, paths)))
-    return plan, _Target(config, index, plan_layout(config, len(index), tracks=plan))
+    return plan, _Target(config, index, plan_layout(config, len(index), tracks=plan), source)
 
 
 def _progress_bar(*, total: int, initial: int, enabled: bool, label: str):

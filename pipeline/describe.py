@@ -51,7 +51,7 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
     state = f"state     {m.get('state')}" + (f", finished {m['finished']}" if m.get("finished") else "")
     if not store.complete:
         try:
-            again = f": {build_command(store.config(), out=store.url)}"
+            again = f": {build_command(store.config(), out=store.url, source=store.source)}"
         except MuzarrError:
             again = ""
         state += f": the build has not finished; run the same pipe build command again{again}"

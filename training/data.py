@@ -63,10 +63,11 @@ def _add_hint(store: Store, spec: InputSpec) -> str:
     feature = make_feature(spec.feature_spec(), where="model input")
     config = store.config()
     if feature.name not in store.arrays:
-        return f"add it with: {build_command(config, out=store.url, add=[spec.feature_spec()])}"
+        return f"add it with: {build_command(config, out=store.url, source=store.source, add=[spec.feature_spec()])}"
     # A store has one array per name (one waveform): another variant of it goes into a second store.
     out = f"{store.url.rstrip('/').removesuffix('.zarr')}-{feature.kind}{feature.sample_rate}.zarr"
-    return f"its {feature.name} is another variant; build a store of this one: {build_command(replace(config, features=(feature,)), out=out)}"
+    command = build_command(replace(config, features=(feature,)), out=out, source=store.source)
+    return f"its {feature.name} is another variant; build a store of this one: {command}"
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def _subclip_hint(store: Store, spec: InputSpec, array: str, plan: ExamplePlan, 
     base = store.url.rstrip("/").removesuffix(".zarr")
     return (
         f"this protocol trains on {sub_clips} sub-clips per clip, but {array} of {store.url} holds {has}; "
-        f"build a store of sub-clips: {build_command(split, out=f'{base}-split.zarr')} "
+        f"build a store of sub-clips: {build_command(split, out=f'{base}-split.zarr', source=store.source)} "
         "(or train on random crops with --sub-clips 0)"
     )
 
