@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batch import run_batch
-from pipeline.cluster import as_they_finish, close_client, deferred_interrupt, make_client
+from pipeline.cluster import as_they_finish, check_scheduler_address, close_client, deferred_interrupt, make_client
 from pipeline.config import TASK_AUTO, BuildConfig, build_command, expected_type, recorded_source
 from pipeline.datasets import get_recipe
 from pipeline.errors import MuzarrError, write_errors, write_failure
@@ -528,6 +528,8 @@ def build(
     recorded = recorded_source(source)
     if repair and overwrite:
         raise MuzarrError("--repair keeps the store's good batches, --overwrite rebuilds them all: choose one")
+    if scheduler:
+        check_scheduler_address(scheduler)  # before the store is touched
     # A link planted in the store would take reads, the lock and every write elsewhere: refused before any.
     check_contained(loc)
     if not overwrite:

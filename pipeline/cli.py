@@ -88,9 +88,12 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     Exit status: 0 every clip stored, 1 some clips failed (listed), 2 bad input.
     """
     from pipeline.build import build as run_build
+    from pipeline.cluster import check_scheduler_address
     from pipeline.config import config_from_command
     from pipeline.describe import storage_notes
 
+    if scheduler:
+        check_scheduler_address(scheduler)  # before the catalog, the index and the store
     config, entry = config_from_command(
         name, catalog=catalog, waveforms=waveforms, logmels=logmels, tabulars=tabulars, only=only, settings=settings
     )

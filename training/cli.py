@@ -391,8 +391,8 @@ def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, 
         emissions=not no_emissions, country=country,
     )  # fmt: skip
     folder = Path(out) if out else _default_out(store, f"sweep-{model}")
-    click.echo(f"{spec.method} sweep of {model} on {store}: {trials} trials in {folder} (rerun with --out {folder} to resume)")
     cluster = Cluster(parallel=parallel, scheduler=scheduler, threads=threads)
+    click.echo(f"{spec.method} sweep of {model} on {store}: {trials} trials in {folder} (rerun with --out {folder} to resume)")
     table = run_sweep(spec, base, folder, trials=trials, cluster=cluster, storage=storage, echo=click.echo)
     click.echo((folder / "leaderboard.md").read_text().rstrip())
     click.echo(f"leaderboard: {folder / 'leaderboard.csv'} ({len(table)} trials)")
