@@ -42,7 +42,7 @@ from pipeline.batch import run_batch
 from pipeline.cluster import as_they_finish, check_scheduler_address, close_client, deferred_interrupt, make_client
 from pipeline.config import TASK_AUTO, BuildConfig, build_command, expected_type, recorded_source
 from pipeline.datasets import get_recipe
-from pipeline.errors import MuzarrError, write_errors, write_failure
+from pipeline.errors import MuzarrError, printable, write_errors, write_failure
 from pipeline.index import DatasetIndex
 from pipeline.repair import undo_damage
 from pipeline.store.io import (
@@ -550,7 +550,8 @@ def build(
     target = None if tracked else _Target(config, index, plan_layout(config, len(index)), recorded)
     unreadable = index.info.get("unreadable_folders") or []
     if strict and unreadable:
-        raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
+        raise MuzarrError(f"--strict: folder {printable(unreadable[0]['path'])}/ of {source} failed at index: "
+                          f"{printable(unreadable[0]['message'])}")  # fmt: skip
     # Everything that writes holds the store's lock; a full or read-only destination is one line.
     # Ctrl-C is raised between batch results (see pipeline.cluster.as_they_finish), not inside a Dask call.
     with write_errors(out), writer_lock(loc), deferred_interrupt() as interrupted, ExitStack() as cleanup:
@@ -612,8 +613,8 @@ def build(
                             other.cancel()
                         first = marker["failures"][0]
                         raise MuzarrError(
-                            f"--strict: clip {first['clip_id']} ({first['path']}) failed at {first['stage']}: "
-                            f"{first['message']}"
+                            f"--strict: clip {printable(first['clip_id'])} ({printable(first['path'])}) failed at "
+                            f"{first['stage']}: {printable(first['message'])}"
                         )
         finally:
             bar.close()

@@ -17,7 +17,7 @@ import pandas as pd
 import zarr
 
 from pipeline.config import build_command
-from pipeline.errors import MuzarrError
+from pipeline.errors import MuzarrError, printable
 from pipeline.store.io import (
     KEYS,
     STATUS_NAMES,
@@ -44,7 +44,8 @@ class Damage:
     rows: tuple[int, int] | None = None  # [start, stop) of the clips concerned
 
     def line(self) -> str:
-        return f"damaged {self.kind:<6} {self.where}: {self.message}"
+        # clip ids come from the store (a user's CSV): a newline in one must not break the report's lines
+        return f"damaged {self.kind:<6} {printable(self.where)}: {printable(self.message)}"
 
 
 @dataclass
