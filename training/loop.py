@@ -42,7 +42,7 @@ from pipeline.errors import write_failure
 from training.augment import Augmenter
 from training.checkpoint import load_checkpoint, read_json, save_checkpoint, write_atomic, write_text_atomic
 from training.config import TrainConfig, split_scheme_for
-from training.data import SplitReader, TrainStream, plan_for
+from training.data import SplitReader, TrainStream, plan_for, useful_workers
 from training.device import autocast, pick_device
 from training.distributed import LostRank, RankError, context, lost_rank_message
 from training.emissions import start_tracker, stop_tracker, summed_emissions
@@ -85,6 +85,7 @@ class Run:
         self.rank_batch = self._rank_batch()
         self.plan = plan_for(self.store, entry.input, self.protocol)
         self.readers, self.cache = self._readers(self.protocol.split_scheme)
+        self.workers = self._loader_workers()
         torch.manual_seed(config.seed)  # the initial weights are part of what --seed fixes
         model = build_model(config.model, n_classes=len(self.classes), input_shape=self.plan.example_shape, **config.model_opts)
         mean, std = self.dist.on_main(fit_normalization, self.readers["train"])
@@ -172,6 +173,15 @@ class Run:
             print(f"note: {counts} tracks are shorter than the model's {self.plan.length}-step input: their crops are zero-padded")
         return readers, cache
 
+    def _loader_workers(self) -> int:
+        """``--workers``, capped at what the streamed train split can use (said in one line when capped)."""
+        if self.cache != "none":
+            return 0  # a cached split is read from memory: no loader processes
+        workers, capped = useful_workers(self.config.workers, self.readers["train"], world=self.dist.world)
+        if capped and self.dist.is_main:
+            print(f"note: {capped}", flush=True)
+        return workers
+
     def _cache_choice(self, n_rows: int) -> str:
         choice = self.config.cache
         if choice == "gpu" and self.device.type == "cpu":
@@ -203,6 +213,8 @@ class Run:
             "train_seconds": self.train_seconds,
             "phase": self.phase,
             "steps": self.steps,
+            # what the weights are of: a resume checks config.json still asks for it
+            "architecture": {"model": self.config.model, "model_opts": _as_json(self.config.model_opts)},
         }
 
     def _save(self, epoch: int) -> None:
@@ -214,8 +226,6 @@ class Run:
     def _load_best(self) -> None:
         """``best.pt`` into the model on every rank (rank 0 reads it)."""
         self.model.load_state_dict(self.dist.on_main(load_checkpoint, self.out / "best.pt"))
-            # what the weights are of: a resume checks config.json still asks for it
-            "architecture": {"model": self.config.model, "model_opts": _as_json(self.config.model_opts)},
 
     @classmethod
     def resume(cls, out: Path, *, progress: bool = True) -> Run:
@@ -224,7 +234,9 @@ class Run:
         dist = context()
         config, state, history, protocol = dist.on_main(_read_run, out)  # rank 0 reads, the others are told
         if state is not None:
+            _check_architecture(config, state, out)
             config = dataclasses.replace(config, model_opts=legacy_model_opts(config.model, config.model_opts, state["model"]))
+        protocol = _requested_epochs(config, protocol, state, out, note=dist.is_main)
         run = cls(config, out, progress=progress, protocol=protocol)
         if state is None:
             return run
@@ -234,7 +246,6 @@ class Run:
             settings = dataclasses.replace(settings, name=state["optimizer_name"])
         run.optimizer = make_optimizer(settings, run.model.parameters())
         run.scheduler = make_scheduler(run.protocol, run.optimizer)
-            _check_architecture(config, state, out)
         try:
             run.model.load_state_dict(state["model"])
         except RuntimeError:  # a run saved before last.pt recorded its architecture, config.json edited since
@@ -244,7 +255,6 @@ class Run:
                 f"{out}/last.pt holds weights of another model or options: a run cannot change its model; restore "
                 "config.json, or train the new model with another --out"
             ) from None
-        protocol = _requested_epochs(config, protocol, state, out, note=dist.is_main)
         run.optimizer.load_state_dict(state["optimizer"])
         if run.scheduler and state["scheduler"]:
             run.scheduler.load_state_dict(state["scheduler"])
@@ -266,7 +276,7 @@ class Run:
         if self.stream is None:  # one stream for the run: its loader workers live from epoch to epoch
             self.stream = TrainStream(
                 self.readers["train"], batch_size=self.rank_batch, seed=self.config.seed, rank=dist.rank,
-                world=dist.world, workers=self.config.workers if self.cache == "none" else 0,
+                world=dist.world, workers=self.workers,
             )  # fmt: skip
         stream = self.stream
         stream.set_epoch(epoch)
@@ -444,6 +454,8 @@ class Run:
         if main:
             self.board.finish(metrics)
             self._plots(metrics)
+            # last: a run with metrics.json is finished, so whatever fails before it is done again by the same command
+            write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
         return metrics
 
     def _write_config(self) -> None:
@@ -454,8 +466,6 @@ class Run:
                       "eval_crops": self.plan.eval_crops, "eval_placement": self.plan.placement,
                       "n_subclips": self.plan.n_subclips, "group_subclips": self.plan.group_subclips},
             "cache": self.cache,
-            # last: a run with metrics.json is finished, so whatever fails before it is done again by the same command
-            write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
             "ranks": {"world": self.dist.world, "batch_per_rank": self.rank_batch, "backend": self.dist.backend},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
@@ -515,13 +525,6 @@ def _log_examples(reader: SplitReader, seen: list[np.ndarray], epoch: int, rank:
     (Path(folder) / f"epoch-{epoch + 1}-rank-{rank}.txt").write_text("".join(f"{i}\n" for i in ids))
 
 
-def _read_run(out: Path) -> tuple[TrainConfig, dict | None, pd.DataFrame | None, Protocol]:
-    """What ``Run.resume`` needs of ``out``: the request, ``last.pt``, the history, the protocol."""
-    saved, config = read_run_config(out)
-    last = out / "last.pt"
-    state = load_checkpoint(last) if last.exists() else None
-    history = pd.read_csv(out / "history.csv", dtype={"reloaded_best_epoch": "Int64"}) if state else None  # blank, or an epoch
-    return config, state, history, saved_protocol(saved, config, out)
 def _as_json(value: Any) -> Any:
     """``value`` as JSON holds it (tuples are lists there): settings compare alike however they were read."""
     return json.loads(json.dumps(value))
@@ -570,3 +573,10 @@ def _requested_epochs(config: TrainConfig, protocol: Protocol, state: dict | Non
     return protocol
 
 
+def _read_run(out: Path) -> tuple[TrainConfig, dict | None, pd.DataFrame | None, Protocol]:
+    """What ``Run.resume`` needs of ``out``: the request, ``last.pt``, the history, the protocol."""
+    saved, config = read_run_config(out)
+    last = out / "last.pt"
+    state = load_checkpoint(last) if last.exists() else None
+    history = pd.read_csv(out / "history.csv", dtype={"reloaded_best_epoch": "Int64"}) if state else None  # blank, or an epoch
+    return config, state, history, saved_protocol(saved, config, out)
