@@ -57,7 +57,8 @@ def _folder_store(root: Path, *, per_class: int, unlabelled: int, feature: dict 
         soundfile.write(source / f"test_{i:03d}.wav", (0.1 * rng.standard_normal(len(t))).astype(np.float32), 16000)
     config = apply_overrides(
         config_for("folder", load_catalog()["folder"]),
-        add_features=[feature or {"kind": "logmel", "sample_rate": 16000, "n_mels": 64, "n_fft": 1024, "hop_length": 512}],
+        add_features=[feature or {"kind": "logmel", "sample_rate": 16000, "n_mels": 64, "n_fft": 1024,
+                                  "hop_length": 512}],
         only=True, settings={"clip.seconds": 1.0},
     )  # fmt: skip
     report = build(config, source=str(source), out=str(root / "store.zarr"), workers=1, progress=False)
@@ -260,7 +261,8 @@ def _predict_process(*args: str) -> subprocess.CompletedProcess:
 def test_an_out_under_a_file_is_one_line_before_any_prediction(multilabel_run, small_store, tmp_path):
     """Issue #21 item 8: `--out afile/p.csv` (afile a file) ended in FileExistsError's traceback, after predicting."""
     (tmp_path / "afile").write_text("mine")
-    result = _predict_process("--checkpoint", str(multilabel_run), "--store", small_store, "--out", str(tmp_path / "afile" / "p.csv"))
+    out = tmp_path / "afile" / "p.csv"
+    result = _predict_process("--checkpoint", str(multilabel_run), "--store", small_store, "--out", str(out))
     assert (result.returncode, result.stderr) == (
         2, f"error: --out {tmp_path}/afile/p.csv: {tmp_path}/afile is a file, not a folder: choose another --out\n")
     assert (tmp_path / "afile").read_text() == "mine"

@@ -134,7 +134,8 @@ def small_tmpfs(tmp_path):
     """A 1 MiB tmpfs (unmounted at the end), and a function filling it but for ``pages`` free 4 KiB pages."""
     point = tmp_path / "mnt"
     point.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], capture_output=True).returncode:
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], capture_output=True, check=False)
+    if mount.returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
 
     def fill(pages: int) -> None:
@@ -159,16 +160,14 @@ def test_a_full_disk_is_one_line_and_the_same_command_works_once_there_is_room(s
     command = ["--store", small_store, "--model", "mlp", "--epochs", "2", "--lr", "1e-2", "--out", str(out)]
     fill(0)  # not even config.json fits
     full = _train_process(*command)
-    assert (full.returncode, full.stderr) == (
-        2, f"error: cannot write {out}/config.json: No space left on device: free some space there and run the same "
-           "command again to resume\n")  # fmt: skip
+    no_space = "No space left on device: free some space there and run the same command again to resume\n"
+    assert (full.returncode, full.stderr) == (2, f"error: cannot write {out}/config.json: {no_space}")
     assert list(out.iterdir()) == []
     os.truncate(mount / "filler", (mount / "filler").stat().st_size - 3 * 4096)  # config and normalization fit
     full = _train_process(*command)
-    assert (full.returncode, full.stderr) == (
-        2, f"error: cannot write {out}/best.pt: No space left on device: free some space there and run the same "
-           "command again to resume\n")  # fmt: skip
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("events.")) == ["config.json", "normalization.json"]
+    assert (full.returncode, full.stderr) == (2, f"error: cannot write {out}/best.pt: {no_space}")
+    kept = sorted(p.name for p in out.iterdir() if not p.name.startswith("events."))
+    assert kept == ["config.json", "normalization.json"]  # and no best.pt.tmp
     (mount / "filler").unlink()
     again = _train_process(*command)
     assert again.returncode == 0, again.stderr
@@ -198,8 +197,9 @@ def test_resume_refuses_a_config_json_asking_for_another_model(finished_run):
     _edit_config(finished_run, model="cnn")
     result = _train_process("--resume", str(finished_run))
     assert (result.returncode, result.stderr) == (2, (
-        f"error: {finished_run}/config.json asks for model 'cnn', but the run's checkpoint {finished_run}/last.pt holds "
-        "model 'mlp': a run cannot change its model; restore config.json, or train the new model with another --out\n"))
+        f"error: {finished_run}/config.json asks for model 'cnn', but the run's checkpoint {finished_run}/last.pt "
+        "holds model 'mlp': a run cannot change its model; restore config.json, or train the new model with another "
+        "--out\n"))
 
 
 def test_resume_trains_on_to_the_epochs_config_json_asks_for(finished_run):

@@ -174,7 +174,8 @@ def test_repeats_write_a_mean_and_std_summary(small_store, tmp_path):
         (["--store", "STORE", "--model", "nosuch"], "unknown model 'nosuch'; known models: cnn"),
         (["--store", "STORE", "--model", "cnn", "--model-opt", "nosuch=1"], "unknown option(s) ['nosuch']"),
         # issue #21 item 8: torch's RuntimeError (negative dimension) in a traceback
-        (["--store", "STORE", "--model", "mlp", "--model-opt", "hidden=-3"], "model 'mlp': hidden=-3 must be a positive integer"),
+        (["--store", "STORE", "--model", "mlp", "--model-opt", "hidden=-3"],
+         "model 'mlp': hidden=-3 must be a positive integer"),
         (["--store", "STORE", "--model", "cnn", "--split-scheme", "nosuch"], "no split scheme 'nosuch'"),
         (["--store", "STORE", "--model", "cnn", "--device", "cuda"], "no CUDA device"),
         (["--store", "STORE", "--model", "cnn", "--lr", "-1"], "--lr"),
