@@ -314,6 +314,7 @@ def test_the_printed_repair_command_works_as_printed_from_another_folder(tmp_pat
     assert "8 of 8 clips stored, 0 failed (1 batches run, 1 reused" in repaired.stdout
     assert verify_store(str(store)).ok
     assert open_store(str(store)).source == str(here / "music")  # in the manifest, outside the configuration
+    repaired_files, repaired_manifest = snapshot(store)
 
     (here / "music").rename(here / "moved")  # a repair needs the audio: a folder gone is said under the command
     shard.write_bytes(shard.read_bytes()[:1000])
@@ -321,6 +322,22 @@ def test_the_printed_repair_command_works_as_printed_from_another_folder(tmp_pat
     assert lines[-2].startswith("repair: pipe build folder --source ")
     assert lines[-1] == (f"note: the store's source folder {here / 'music'} no longer exists: give --source the folder "
                          "that holds its audio now")  # fmt: skip
+    # the same audio from another folder: the same bytes; the manifest differs only in the source it records
+    moved = run(*args[1:args.index("--source") + 1], str(here / "moved"), *args[args.index("--source") + 2:], "--quiet",
+                cwd=elsewhere)  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    files, manifest = snapshot(store)
+    assert files == repaired_files
+    assert manifest == {**repaired_manifest, "source": str(here / "moved")}
+
+
+def test_a_url_source_is_recorded_without_credentials_or_query(tmp_path, monkeypatch):
+    from pipeline.config import recorded_source
+
+    assert recorded_source("s3://AKIATRACKS:tracks-secret@bucket/audio?versionId=3#x") == "s3://bucket/audio"
+    assert recorded_source("https://me:pw@Host.example:8443/data/?token=abc") == "https://host.example:8443/data/"
+    monkeypatch.chdir(tmp_path)
+    assert recorded_source("audio/../music") == str(tmp_path / "music")
 
 
 def test_repair_refuses_another_configuration_and_a_missing_store(store, source, tmp_path):
