@@ -234,8 +234,8 @@ class Run:
         dist = context()
         config, state, history, protocol = dist.on_main(_read_run, out)  # rank 0 reads, the others are told
         if state is not None:
-            _check_architecture(config, state, out)
             config = dataclasses.replace(config, model_opts=legacy_model_opts(config.model, config.model_opts, state["model"]))
+            _check_architecture(config, state, out)  # as the run itself saved it: legacy options included
         protocol = _requested_epochs(config, protocol, state, out, note=dist.is_main)
         run = cls(config, out, progress=progress, protocol=protocol)
         if state is None:
