@@ -40,10 +40,10 @@ import pandas as pd
 
 from pipeline import preflight
 from pipeline.batch import run_batch
-from pipeline.cluster import as_they_finish, close_client, deferred_interrupt, make_client
-from pipeline.config import TASK_AUTO, BuildConfig, build_command, clip_settings, expected_type
+from pipeline.cluster import as_they_finish, check_scheduler_address, close_client, deferred_interrupt, make_client
+from pipeline.config import TASK_AUTO, BuildConfig, build_command, clip_settings, expected_type, recorded_source
 from pipeline.datasets import get_recipe
-from pipeline.errors import MuzarrError, write_errors, write_failure
+from pipeline.errors import MuzarrError, printable, write_errors, write_failure
 from pipeline.index import DatasetIndex
 from pipeline.repair import undo_damage
 from pipeline.store.io import (
@@ -130,6 +130,7 @@ class _Target:
     index: DatasetIndex
     layouts: list
     plan: TrackPlan | None = None  # a track store's regions
+    source: str | None = None  # where the audio came from, as the manifest records it (recorded_source)
 
     @property
     def n(self) -> int:
@@ -176,12 +177,16 @@ def _seconds(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf"))
 
 
-def _manifest(config: BuildConfig, index: DatasetIndex, layouts, *, state: str, extra: dict | None = None) -> dict:
+def _manifest(
+    config: BuildConfig, index: DatasetIndex, layouts, *, state: str, source: str | None, extra: dict | None = None
+) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "state": state,
         "digest": DIGEST,
         "config": config.to_dict(),
+        # outside "config": the same audio in another folder is the same store, byte for byte
+        **({"source": source} if source else {}),
         "task": index.task,
         "classes": list(index.classes),
         "n_clips": len(index),
@@ -222,7 +227,8 @@ def _prepare_store(
                     "choose another --out, or a new folder"
                 )
             if not overwrite:
-                raise damaged_manifest(loc.url, damage, rebuild=build_command(config, out=loc.url, extra=("--overwrite",)))
+                rebuild = build_command(config, out=loc.url, source=target.source, extra=("--overwrite",))
+                raise damaged_manifest(loc.url, damage, rebuild=rebuild)
         write_json(loc, TARGET, mark)
         _remove(loc, keep=TARGET)
         manifest = None
@@ -230,7 +236,7 @@ def _prepare_store(
     created = ensure_arrays(loc, target.layouts, target.n, config.batch_clips)
     if manifest is None:
         write_manifest(
-            loc, _manifest(config, target.index, target.layouts, state="building")
+            loc, _manifest(config, target.index, target.layouts, state="building", source=target.source)
         )
     if "status" in created:
         return {}  # no status to stand on: every batch runs again
@@ -464,7 +470,7 @@ def _finalize(loc: Location, target: _Target, markers: dict[int, dict]) -> dict[
         for scheme in index.splits.columns
     }
     manifest = _manifest(
-        config, index, layouts, state="complete",
+        config, index, layouts, state="complete", source=target.source,
         extra={
             "arrays": arrays,
             "counts": {"ok": int(ok.sum()), "failed": int((status == STATUS_FAILED).sum())},
@@ -566,8 +572,11 @@ def build(
     loc = location(out, storage_options)
     out = loc.url
     loc.check_writable(verb="build")  # an http(s) URL, a path under a file: refused before the indexing
+    recorded = recorded_source(source)
     if repair and overwrite:
         raise MuzarrError("--repair keeps the store's good batches, --overwrite rebuilds them all: choose one")
+    if scheduler:
+        check_scheduler_address(scheduler)  # before the store is touched
     # A link planted in the store would take reads, the lock and every write elsewhere: refused before any.
     check_contained(loc)
     existing = None
@@ -582,14 +591,15 @@ def build(
         elif repair:
             damage = manifest_damage(loc)
             if damage is not None:
-                raise damaged_manifest(out, damage, rebuild=build_command(config, out=out, extra=("--overwrite",)))
+                raise damaged_manifest(out, damage, rebuild=build_command(config, out=out, source=recorded, extra=("--overwrite",)))
             raise MuzarrError(f"--repair: there is no store at {out} to repair: build it without --repair")
     index = index if index is not None else build_index(config, source)
     tracked = config.clip.mode == "track"  # a track store's layout needs every file's length: probed under the lock
-    target = None if tracked else _Target(config, index, plan_layout(config, len(index)))
+    target = None if tracked else _Target(config, index, plan_layout(config, len(index)), source=recorded)
     unreadable = index.info.get("unreadable_folders") or []
     if strict and unreadable:
-        raise MuzarrError(f"--strict: folder {unreadable[0]['path']}/ of {source} failed at index: {unreadable[0]['message']}")
+        raise MuzarrError(f"--strict: folder {printable(unreadable[0]['path'])}/ of {source} failed at index: "
+                          f"{printable(unreadable[0]['message'])}")  # fmt: skip
     root = Path(index.root)
     abs_paths = [str(root / p) for p in index.clips["path"]]
     # Features that cannot work and layouts nobody can hold are refused before anything is written.
@@ -618,7 +628,9 @@ def build(
             if client is None:
                 client = make_client(workers=workers, scheduler=scheduler)
                 cleanup.callback(close_client, client)
-            plan, target = _plan_tracks(loc, config, index, abs_paths, client, overwrite=overwrite, repair=repair)
+            plan, target = _plan_tracks(
+                loc, config, index, abs_paths, client, overwrite=overwrite, repair=repair, source=recorded
+            )
             preflight.check_sizes(config, target.layouts, n_clips=target.n, memory=memory)
         markers = _prepare_store(loc, target, overwrite=overwrite, repair=repair, echo=echo)
         relative = index.clips["path"].astype(str).tolist()
@@ -661,7 +673,7 @@ def build(
                             "again when they are complete"
                         )
                     plan = plan.replanned(overflowing)
-                    target = _Target(config, index, plan_layout(config, len(index), tracks=plan), plan)
+                    target = _Target(config, index, plan_layout(config, len(index), tracks=plan), plan, target.source)
                     ensure_arrays(loc, target.layouts, target.n, config.batch_clips)  # grown before the plan says so
                     save_plan(loc, plan, ids, relative)
                     if echo:
@@ -721,13 +733,15 @@ def _collect(jobs: dict, interrupted, *, out: str, bar, on_batch, strict: bool) 
                 other.cancel()
             first = (marker["failures"] or marker["array_failures"])[0]
             raise MuzarrError(
-                f"--strict: clip {first['clip_id']} ({first['path']}) failed at {first['stage']}: {first['message']}"
+                f"--strict: clip {printable(first['clip_id'])} ({printable(first['path'])}) failed at "
+                f"{first['stage']}: {printable(first['message'])}"
             )
     return markers, overflowing
 
 
 def _plan_tracks(
-    loc: Location, config: BuildConfig, index: DatasetIndex, paths: list[str], client, *, overwrite: bool, repair: bool
+    loc: Location, config: BuildConfig, index: DatasetIndex, paths: list[str], client, *, overwrite: bool, repair: bool,
+    source: str | None,
 ):
     """A track store's plan (every file probed, or its earlier probe reused; all probed again for a repair)
     and the target it implies."""
@@ -743,7 +757,7 @@ def _plan_tracks(
         loc, config, ids, relative, client, reuse=not overwrite, open_path=dict(zip(relative, paths)),
         lengths=lengths, reprobe=repair,
     )
-    return plan, _Target(config, index, plan_layout(config, len(index), tracks=plan), plan)
+    return plan, _Target(config, index, plan_layout(config, len(index), tracks=plan), plan, source)
 
 
 def _stored_length(loc: Location, name: str) -> int:

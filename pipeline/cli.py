@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from pipeline.errors import MuzarrError
+from pipeline.errors import MuzarrError, printable
 
 
 def friendly_errors(command):
@@ -88,10 +88,13 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     Exit status: 0 every clip stored, 1 some clips failed (listed), 2 bad input.
     """
     from pipeline.build import build as run_build
+    from pipeline.cluster import check_scheduler_address
     from pipeline.config import config_from_command
     from pipeline.describe import storage_notes
     from pipeline.store.layout import failure_text
 
+    if scheduler:
+        check_scheduler_address(scheduler)  # before the catalog, the index and the store
     config, entry = config_from_command(
         name, catalog=catalog, waveforms=waveforms, logmels=logmels, tabulars=tabulars, only=only, settings=settings
     )
@@ -114,9 +117,10 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
         + f" ({report.batches_run} batches run, {report.batches_reused} reused, {report.seconds:.1f} s, {rate:.1f} clips/s)"
     )
     for folder in unreadable:
-        click.echo(f"  failed {folder['path']}/ at index: {folder['message']}")
-    for failure in report.failures[:20]:
-        click.echo(f"  failed {failure['clip_id']} ({failure['path']}) at {failure['stage']}: {failure['message']}")
+        click.echo(f"  failed {printable(folder['path'])}/ at index: {printable(folder['message'])}")
+    for failure in report.failures[:20]:  # a clip id or path from a user's CSV may hold a newline: one line each still
+        click.echo(f"  failed {printable(failure['clip_id'])} ({printable(failure['path'])}) at {failure['stage']}: "
+                   f"{printable(failure['message'])}")  # fmt: skip
     if len(report.failures) > 20:
         click.echo(f"  ... and {len(report.failures) - 20} more: see `pipe info {out}`")
     for failure in lost[:20]:

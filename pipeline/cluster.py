@@ -139,11 +139,32 @@ def as_they_finish(finished, interrupted: threading.Event) -> Iterator:
         raise KeyboardInterrupt
 
 
+def check_scheduler_address(address: str) -> str:
+    """``address`` if it is a Dask scheduler address (``tcp://host:8786``, ``host:8786``, ``tls://...``), else one
+    MuzarrError: checked before a build or sweep starts anything (Dask's own parse fails in a traceback)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import backends
+
+    try:
+        scheme, place = parse_address(address, strict=False)
+        if scheme not in backends:
+            raise ValueError(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            host, port = parse_host_port(place)
+            if not host or not 0 < port < 65536:
+                raise ValueError(place)
+    except (ValueError, TypeError):
+        raise MuzarrError(f"--scheduler {address!r} is not a Dask scheduler address like tcp://host:8786") from None
+    return address
+
+
 def make_client(*, workers: int | None = None, scheduler: str | None = None):
-    """A Dask client: attached to ``scheduler`` if given, else an embedded ``LocalCluster``."""
+    """A Dask client: attached to ``scheduler`` if given (one line if it does not answer within 20 s), else an
+    embedded ``LocalCluster``."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
+        check_scheduler_address(scheduler)
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as err:

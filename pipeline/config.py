@@ -150,6 +150,7 @@ def _check_mapping(value: Any, where: str) -> None:
 
 def make_feature(spec: Any, *, where: str) -> Feature:
     """A validated feature from ``{"kind": ..., <parameters>}``: any bad value is a MuzarrError."""
+    _load_features()  # the registry is filled by importing the feature modules: a caller may not have yet
     _check_mapping(spec, where)
     if not isinstance(spec.get("kind"), str):
         raise MuzarrError(f"{where}: 'kind' must be a feature name, got {spec.get('kind')!r}")
@@ -403,7 +404,12 @@ UNKNOWN_CATALOG = "<your catalog>"
 
 
 def build_command(
-    config: BuildConfig, *, out: str, add: Iterable[dict[str, Any]] = (), extra: tuple[str, ...] = ()
+    config: BuildConfig,
+    *,
+    out: str,
+    source: str | None = None,
+    add: Iterable[dict[str, Any]] = (),
+    extra: tuple[str, ...] = (),
 ) -> str:
     """The ``pipe build`` command line whose configuration is ``config`` plus the features ``add``.
 
@@ -413,14 +419,35 @@ def build_command(
     store. ``add`` is added as ``pipe build`` adds it: a feature with the name of one in
     ``config`` replaces it. A dataset the packaged catalog does not hold as ``config`` has it was
     built with ``--catalog``: the command says ``--catalog '<your catalog>'`` and spells out
-    every field the command line can give. The source folder is not part of a configuration:
-    add ``--source`` where the catalog's is not the one.
+    every field the command line can give. ``source`` is where the store's audio came from (a
+    store's :attr:`~pipeline.store.Store.source`, see :func:`recorded_source`): without it the
+    command would index the catalog's default folder, or the folder it is run from.
     """
     target = apply_overrides(config, add_features=list(add)) if add else config
     args = _args_from_catalog(target)
     if args is None:
         args = ["--catalog", UNKNOWN_CATALOG, *_explicit_args(target)]
-    return shlex.join(["pipe", "build", target.dataset, "--out", str(out), *args, *extra])
+    where = ["--source", source] if source else []
+    return shlex.join(["pipe", "build", target.dataset, *where, "--out", str(out), *args, *extra])
+
+
+def recorded_source(source: str) -> str:
+    """``--source`` as a store's manifest records it: a folder made absolute (as it is when the
+    build runs, so a command printed later works from any folder), a URL as given but without
+    user, password, query or fragment (nothing that may hold a credential is written)."""
+    if "://" not in source:
+        return str(Path(source).expanduser().resolve())
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(source)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    try:
+        port = parts.port
+    except ValueError:  # not a number: not part of a place to record
+        port = None
+    return urlunsplit((parts.scheme, host + (f":{port}" if port else ""), parts.path, "", ""))
 
 
 def _args_from_catalog(target: BuildConfig) -> list[str] | None:

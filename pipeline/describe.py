@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.errors import MuzarrError
+from pipeline.errors import MuzarrError, printable
 from pipeline.store.reader import Store, open_store
 
 
@@ -51,7 +51,7 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
     state = f"state     {m.get('state')}" + (f", finished {m['finished']}" if m.get("finished") else "")
     if not store.complete:
         try:
-            again = f": {build_command(store.config(), out=store.url)}"
+            again = f": {build_command(store.config(), out=store.url, source=store.source)}"
         except MuzarrError:
             again = ""
         state += f": the build has not finished; run the same pipe build command again{again}"
@@ -100,8 +100,8 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
         by_stage = ", ".join(f"{n} at {stage}" for stage, n in stages.items())
         lines.append(f"failed clips ({by_stage if len(stages) == 1 else f'{len(failures)}: {by_stage}'})")
         for failure in failures[:max_failures]:
-            lines.append(f"  {failure['clip_id']}  {failure['path']}")
-            lines.append(f"      [{failure['stage']}] {failure['message']}")
+            lines.append(f"  {printable(failure['clip_id'])}  {printable(failure['path'])}")
+            lines.append(f"      [{failure['stage']}] {printable(failure['message'])}")
         if len(failures) > max_failures:
             lines.append(f"  ... {len(failures) - max_failures} more (pipe info --failures N)")
     for name in store.arrays:
@@ -173,7 +173,7 @@ def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[st
         counts = matrix[ok].sum(axis=0).astype(int)
         order = np.argsort(-counts, kind="stable")  # ties keep the store's class order
         used = [i for i in order if counts[i] > 0]
-        items = [f"{store.classes[i]} {counts[i]}" for i in used[:shown]]
+        items = [f"{printable(store.classes[i])} {counts[i]}" for i in used[:shown]]
         if len(used) > shown:
             items.append(f"... {len(used) - shown} more tags")
         untagged = int((matrix[ok].sum(axis=1) == 0).sum())
@@ -182,11 +182,11 @@ def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[st
     else:
         values = matrix[ok]
         counts = np.array([(values == i).sum() for i in range(len(store.classes))], dtype=int)
-        items = [f"{c} {n}" for c, n in zip(store.classes, counts)]
+        items = [f"{printable(c)} {n}" for c, n in zip(store.classes, counts)]
         if (values < 0).any():
             items.append(f"(unlabelled) {(values < 0).sum()}")
     lines = [", ".join(items[start : start + per_line]) for start in range(0, len(items), per_line)]
-    unused = [store.classes[i] for i in np.flatnonzero(counts == 0)]
+    unused = [printable(store.classes[i]) for i in np.flatnonzero(counts == 0)]
     if unused:
         # macro metrics average over the classes present: say which ones are not
         listed = ", ".join(unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
@@ -199,7 +199,7 @@ def storage_notes(summary: dict) -> list[str]:
     lines = []
     for array, entry in summary.items():
         first = entry["examples"][0] if entry.get("examples") else None
-        example = f", e.g. {first['clip_id']}: {first['message']}" if first else ""
+        example = f", e.g. {printable(first['clip_id'])}: {printable(first['message'])}" if first else ""
         lines.append(f"{array}: {entry['clips']} clip(s) noted (the clips table's 'note' column){example}")
     return lines
 
@@ -209,12 +209,12 @@ def source_notes(info: dict) -> list[str]:
     notes = []
     missing = info.get("missing_audio") or 0
     if missing:
-        examples = ", ".join(str(e) for e in info.get("missing_audio_examples", [])[:5])
+        examples = ", ".join(printable(e) for e in info.get("missing_audio_examples", [])[:5])
         example = f" (e.g. {examples})" if examples else ""
         notes.append(f"{missing} clip(s) listed in the metadata have no audio file{example}")
     unreadable = info.get("unreadable_folders") or []
     if unreadable:
-        listed = ", ".join(f"{u['path']}/ ({u['message']})" for u in unreadable[:5])
+        listed = ", ".join(f"{printable(u['path'])}/ ({printable(u['message'])})" for u in unreadable[:5])
         more = f", ... ({len(unreadable)} in all)" if len(unreadable) > 5 else ""
         notes.append(f"{len(unreadable)} source folder(s) could not be read, their clips are not in the store: {listed}{more}")
     if info.get("missing_splits"):

@@ -14,6 +14,16 @@ class MuzarrError(Exception):
     """
 
 
+def printable(text: object) -> str:
+    """``text`` as it may appear in one line of output: control characters (a newline in a clip id, a
+    label or a file name, which a user's CSV can hold) written as Python escapes them (``\\n``), all
+    else as it is, accents included."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 _REMEDIES = {
     errno.ENOSPC: "free some space there and run the same command again to resume",
     errno.EDQUOT: "free some space (or raise the quota) there and run the same command again to resume",

@@ -40,11 +40,11 @@ def build(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return pipe("build", "demo", "--source", str(source), "--out", str(out), *SETTINGS, "--workers", "1", "--quiet", *extra)
 
 
-def run_hint(hint: str, source: Path) -> subprocess.CompletedProcess:
-    """Run a printed ``pipe build`` command as a user pastes it (plus where the audio is)."""
+def run_hint(hint: str) -> subprocess.CompletedProcess:
+    """Run a printed ``pipe build`` command as a user pastes it (it says where the audio is)."""
     args = shlex.split(hint)
     assert args[:2] == ["pipe", "build"]
-    return pipe(*args[1:], "--source", str(source), "--workers", "1", "--quiet")
+    return pipe(*args[1:], "--workers", "1", "--quiet")
 
 
 def parse_hint(hint: str, *, catalog: str | None = None):
@@ -158,9 +158,10 @@ def test_the_training_hint_keeps_the_stores_overrides_and_grows_it_by_one_array(
     with pytest.raises(MuzarrError) as caught:
         resolve_array(open_store(str(out)), InputSpec("tabular", tabular_set="gtzan57"))
     hint = str(caught.value).split("add it with: ", 1)[1]
-    assert hint == f"pipe build demo --out {out} --set clip.seconds=3 --set batch_clips=8 --set options.n_clips=16 --tabular gtzan57"
+    assert hint == (f"pipe build demo --source {source.resolve()} --out {out} --set clip.seconds=3 --set batch_clips=8 "
+                    "--set options.n_clips=16 --tabular gtzan57")  # fmt: skip
     before = {name: files_of(out, name) for name in open_store(str(out)).arrays}
-    grown = run_hint(hint, source)
+    grown = run_hint(hint)
     assert grown.returncode == 0, grown.stderr
     assert "16 of 16 clips stored, 0 failed (2 batches run, 0 reused" in grown.stdout
     store = open_store(str(out))
@@ -169,12 +170,13 @@ def test_the_training_hint_keeps_the_stores_overrides_and_grows_it_by_one_array(
     assert pipe("verify", str(out)).returncode == 0
 
 
-def test_a_waveform_of_another_rate_is_a_second_store_with_the_same_options(reference):
+def test_a_waveform_of_another_rate_is_a_second_store_with_the_same_options(reference, source):
     with pytest.raises(MuzarrError) as caught:
         resolve_array(open_store(str(reference)), InputSpec("waveform", sample_rate=22050))
     base = str(reference).removesuffix(".zarr")
     assert str(caught.value).endswith(
-        f"its waveform is another variant; build a store of this one: pipe build demo --out {base}-waveform22050.zarr "
+        f"its waveform is another variant; build a store of this one: pipe build demo --source {source.resolve()} "
+        f"--out {base}-waveform22050.zarr "
         "--set batch_clips=4 --set options.n_clips=16 --only --waveform sample_rate=22050"
     )
 
@@ -213,7 +215,7 @@ def test_every_command_names_a_damaged_manifest(store, tmp_path, content, reason
 def test_build_names_a_damaged_manifest_and_overwrite_rebuilds_it(store, source):
     (store / "zarr.json").write_bytes(b"garbage{")
     refused = build(source, store)
-    rebuild = f"pipe build demo --out {store} --set batch_clips=4 --set options.n_clips=16 --overwrite"
+    rebuild = f"pipe build demo --source {source.resolve()} --out {store} --set batch_clips=4 --set options.n_clips=16 --overwrite"
     assert (refused.returncode, refused.stderr) == (2, damaged_line(store, "not JSON: Expecting value at byte 0", rebuild))
     repaired = build(source, store, "--repair")
     assert (repaired.returncode, repaired.stderr) == (2, damaged_line(store, "not JSON: Expecting value at byte 0", rebuild))
@@ -248,7 +250,8 @@ def test_repair_reruns_exactly_the_damaged_batches_to_identical_bytes(store, ref
     (store / "tables" / "labels.parquet").unlink()  # (the plain rebuild wrote the tables again)
     verified = pipe("verify", str(store))
     assert verified.returncode == 1
-    assert verified.stdout.splitlines()[-1] == f"repair: pipe build demo --out {store} --set batch_clips=4 --set options.n_clips=16 --repair"
+    assert verified.stdout.splitlines()[-1] == (f"repair: pipe build demo --source {source.resolve()} --out {store} "
+                                                "--set batch_clips=4 --set options.n_clips=16 --repair")  # fmt: skip
 
     repaired = build(source, store, "--repair")
     assert repaired.returncode == 0, repaired.stderr
@@ -271,6 +274,70 @@ def test_repair_recreates_an_array_whose_metadata_is_damaged(store, reference, s
     assert "repair: array waveform is damaged: recreating it, all 4 batches of it rerun\n" in repaired.stdout
     assert "(4 batches run, 0 reused" in repaired.stdout
     assert snapshot(store) == snapshot(reference)
+
+
+def test_the_printed_repair_command_works_as_printed_from_another_folder(tmp_path):
+    """Issue #21 item 10: the store records its --source (absolute) and the repair command gives it; the
+    folder recipe's catalog source is ".", so a command without it would index the folder it is run in."""
+    import numpy as np
+    import soundfile
+
+    from pipeline.store.verify import verify_store
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for i in range(8):
+        path = here / "music" / ("rock" if i % 2 else "jazz") / f"{i}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, np.random.default_rng(i).uniform(-0.5, 0.5, 16000).astype(np.float32), 16000)
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                              timeout=300, check=False, cwd=cwd)  # fmt: skip
+
+    built = run("build", "folder", "--source", "music", "--out", "f.zarr", "--set", "clip.seconds=1.0",
+                "--set", "batch_clips=4", "--workers", "1", "--quiet", cwd=here)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    store = here / "f.zarr"
+    shard = store / "waveform" / "c" / "1" / "0"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    verified = run("verify", "f.zarr", cwd=here)
+    assert verified.returncode == 1
+    repair = verified.stdout.splitlines()[-1]
+    assert repair == (f"repair: pipe build folder --source {here / 'music'} --out {store} --set clip.seconds=1.0 "
+                      "--set batch_clips=4 --repair")  # fmt: skip
+    args = shlex.split(repair.removeprefix("repair: "))
+    # as printed (the `pipe` of this environment), from a folder holding no audio
+    repaired = subprocess.run([str(Path(sys.executable).parent / args[0]), *args[1:]], capture_output=True,
+                              text=True, timeout=300, check=False, cwd=elsewhere)  # fmt: skip
+    assert repaired.returncode == 0, repaired.stderr
+    assert "8 of 8 clips stored, 0 failed (1 batches run, 1 reused" in repaired.stdout
+    assert verify_store(str(store)).ok
+    assert open_store(str(store)).source == str(here / "music")  # in the manifest, outside the configuration
+    repaired_files, repaired_manifest = snapshot(store)
+
+    (here / "music").rename(here / "moved")  # a repair needs the audio: a folder gone is said under the command
+    shard.write_bytes(shard.read_bytes()[:1000])
+    lines = verify_store(str(store)).lines()  # what `pipe verify` prints
+    assert lines[-2].startswith("repair: pipe build folder --source ")
+    assert lines[-1] == (f"note: the store's source folder {here / 'music'} no longer exists: give --source the folder "
+                         "that holds its audio now")  # fmt: skip
+    # the same audio from another folder: the same bytes; the manifest differs only in the source it records
+    moved = run(*args[1:args.index("--source") + 1], str(here / "moved"), *args[args.index("--source") + 2:], "--quiet",
+                cwd=elsewhere)  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    files, manifest = snapshot(store)
+    assert files == repaired_files
+    assert manifest == {**repaired_manifest, "source": str(here / "moved")}
+
+
+def test_a_url_source_is_recorded_without_credentials_or_query(tmp_path, monkeypatch):
+    from pipeline.config import recorded_source
+
+    assert recorded_source("s3://AKIATRACKS:tracks-secret@bucket/audio?versionId=3#x") == "s3://bucket/audio"
+    assert recorded_source("https://me:pw@Host.example:8443/data/?token=abc") == "https://host.example:8443/data/"
+    monkeypatch.chdir(tmp_path)
+    assert recorded_source("audio/../music") == str(tmp_path / "music")
 
 
 def test_repair_refuses_another_configuration_and_a_missing_store(store, source, tmp_path):
@@ -324,7 +391,7 @@ def test_info_after_a_build_that_never_started_says_it_has_not_finished(source, 
     assert result.stderr == ""
     assert (
         f"state     building: the build has not finished; run the same pipe build command again: "
-        f"pipe build demo --out {out} --set batch_clips=4 --set options.n_clips=16\n"
+        f"pipe build demo --source {source.resolve()} --out {out} --set batch_clips=4 --set options.n_clips=16\n"
     ) in result.stdout
     assert "labels (ok clips)\n  (written when the build finishes)" in result.stdout
     assert "on disk" in result.stdout and "missing" not in result.stdout

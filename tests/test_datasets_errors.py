@@ -286,6 +286,15 @@ def csv_root(tmp_path, text, name="manifest.csv"):
     ("path,label,clip_id\na.wav,x,\n", r"line 2: empty clip_id"),
     ("path,label,split\na.wav,x,train\nb.wav,y,validation\n",
      r"line 3: split 'validation' is not one of train, valid, test \(or empty\)"),
+    # issue #21 item 13: pandas took the first field of rows one field too long as their index (every value
+    # shifted: "path 'rock' is already listed"), and filled rows missing trailing fields with empty cells
+    ("path,label\nrock/a.wav,rock,x\nrock/b.wav,rock,y\n",
+     r"^manifest.csv line 2: 3 fields, more than the 2 columns of the header \(path, label\): quote a value"),
+    ("path,label,split\na.wav,x,train\nb.wav\nc.wav,y\n",
+     r"^manifest.csv line 3: 1 field, fewer than the 3 columns of the header \(path, label, split\): give every row"),
+    ("path,label\n\na.wav,x\n\"b\nc.wav\",y\nd.wav,y,z\n", r"^manifest.csv line 6: 3 fields, more than"),  # lines as written
+    # issue #21 item 14: a second label column was renamed label.1 and kept as metadata
+    ("path,label,label\na.wav,x,y\n", r"^manifest.csv line 1: column 'label' appears more than once in the header"),
 ])
 def test_csv_bad_manifest(tmp_path, text, message):
     with pytest.raises(MuzarrError, match=message):

@@ -186,6 +186,18 @@ def test_a_disk_full_during_finalize_is_one_line_and_the_rerun_finishes(source, 
     assert_complete(out)
 
 
+# -- issue #21 item 8: a --scheduler that is no address is one line (Dask's parse ended in a traceback)
+
+
+@pytest.mark.parametrize("address", ["garbage", "htp://head:port"])
+def test_a_scheduler_that_is_no_address_is_one_line_before_anything_is_written(tmp_path, address):
+    out = tmp_path / "d.zarr"
+    result = pipe(*build_args(tmp_path / "audio", out, "--scheduler", address))
+    assert (result.returncode, result.stderr) == (
+        2, f"error: --scheduler {address!r} is not a Dask scheduler address like tcp://host:8786\n")
+    assert not out.exists()
+
+
 # -- item 10: Ctrl-C is one line, exit 130, and the rerun resumes
 
 

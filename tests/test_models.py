@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -276,3 +278,34 @@ def test_input_too_small_for_the_layers_is_a_muzarr_error():
 def test_bad_n_classes_is_a_muzarr_error(n_classes):
     with pytest.raises(MuzarrError, match="n_classes"):
         build_model("mlp", n_classes=n_classes, input_shape=(64, 94))
+
+
+def _bad_hyperparameters() -> list[tuple[str, str, object]]:
+    """Every size (a positive int, or a list of them) and dropout option of every model, made impossible."""
+    cases = []
+    for name in SMALL_SHAPES:
+        for option, default in model_options(name).items():
+            if isinstance(default, int) and not isinstance(default, bool) and default > 0:
+                cases.append((name, option, -3))
+            elif isinstance(default, tuple) and default and all(isinstance(v, (int, tuple)) for v in default):
+                first = default[0]
+                cases.append((name, option, ((0, *first[1:]) if isinstance(first, tuple) else 0, *default[1:])))
+            elif "dropout" in option:
+                cases.append((name, option, 1.5))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "option", "value"), _bad_hyperparameters())
+def test_an_impossible_hyperparameter_is_one_error_naming_the_option(name, option, value):
+    """Issue #21 item 8: --model-opt hidden=-3 ended in torch's RuntimeError (negative dimension)."""
+    with pytest.raises(MuzarrError, match=rf"^model '{name}': {option}={re.escape(repr(value))} must be "):
+        build_model(name, n_classes=5, input_shape=SMALL_SHAPES[name], **{option: value})
+
+
+def test_what_a_model_lets_through_fails_naming_its_options():
+    # a kernel of one number where the layer unpacks (height, width)
+    with pytest.raises(MuzarrError, match=r"^model 'musicnn' cannot be built with timbral_kernels=\(\(67,\),\) for input "
+                                          r"\(16000,\): ValueError: not enough values to unpack"):
+        build_model("musicnn", n_classes=5, input_shape=SMALL_SHAPES["musicnn"], timbral_kernels=((67,),))
+    with pytest.raises(MuzarrError, match=r"^model 'short_res' cannot be built with norm='xyz' .*ParameterError"):
+        build_model("short_res", n_classes=5, input_shape=SMALL_SHAPES["short_res"], norm="xyz")

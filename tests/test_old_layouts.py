@@ -6,10 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from pipeline.config import load_catalog
+
 BUILD = ["demo", "--set", "options.n_clips=12", "--set", "batch_clips=4", "--workers", "1", "--quiet"]
+#: where the store's audio is (the catalog's demo folder, as the store records it)
+DEMO_SOURCE = Path(load_catalog()["demo"]["source"]).expanduser().resolve()
 
 
 def _cli(module: str, *args) -> subprocess.CompletedProcess:
@@ -31,7 +36,8 @@ def old_store(tmp_path_factory):
 def _expected(out) -> str:
     return (
         f"error: {out} was written by muzarr's store layout 1 (whole-clip chunks); this muzarr reads layout 2: "
-        f"rebuild it with: pipe build demo --out {out} --set batch_clips=4 --set options.n_clips=12 --overwrite"
+        f"rebuild it with: pipe build demo --source {DEMO_SOURCE} --out {out} --set batch_clips=4 --set options.n_clips=12 "
+        "--overwrite"
     )
 
 

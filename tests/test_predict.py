@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +36,9 @@ def _train_cli(*args: str):
     return result
 
 
-def _folder_store(root: Path, *, per_class: int, unlabelled: int) -> str:
-    """A multiclass store built by the folder recipe from 1 s tones (one pitch per class) and noise files."""
+def _folder_store(root: Path, *, per_class: int, unlabelled: int, feature: dict | None = None) -> str:
+    """A multiclass store built by the folder recipe from 1 s tones (one pitch per class) and noise files,
+    holding ``feature`` (default: the 64-band log-mel the mlp reads)."""
     from pipeline.build import build
     from pipeline.config import apply_overrides, config_for, load_catalog
 
@@ -54,7 +57,8 @@ def _folder_store(root: Path, *, per_class: int, unlabelled: int) -> str:
         soundfile.write(source / f"test_{i:03d}.wav", (0.1 * rng.standard_normal(len(t))).astype(np.float32), 16000)
     config = apply_overrides(
         config_for("folder", load_catalog()["folder"]),
-        add_features=[{"kind": "logmel", "sample_rate": 16000, "n_mels": 64, "n_fft": 1024, "hop_length": 512}],
+        add_features=[feature or {"kind": "logmel", "sample_rate": 16000, "n_mels": 64, "n_fft": 1024,
+                                  "hop_length": 512}],
         only=True, settings={"clip.seconds": 1.0},
     )  # fmt: skip
     report = build(config, source=str(source), out=str(root / "store.zarr"), workers=1, progress=False)
@@ -246,3 +250,32 @@ def test_a_store_giving_other_examples_than_training_is_refused(multiclass_run, 
     store = open_store(multiclass_store)
     with pytest.raises(MuzarrError, match=r"examples of shape \(64, 94\), but the run in .* was trained on \(64, 188\)"):
         clip_scores(load_run(copy), store, select_rows(store, "all", None))
+
+
+def _predict_process(*args: str) -> subprocess.CompletedProcess:
+    """``train predict`` in a process of its own: nothing imported before it (as a user runs it)."""
+    return subprocess.run([str(Path(sys.executable).parent / "train"), "predict", *args, "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+
+
+def test_an_out_under_a_file_is_one_line_before_any_prediction(multilabel_run, small_store, tmp_path):
+    """Issue #21 item 8: `--out afile/p.csv` (afile a file) ended in FileExistsError's traceback, after predicting."""
+    (tmp_path / "afile").write_text("mine")
+    out = tmp_path / "afile" / "p.csv"
+    result = _predict_process("--checkpoint", str(multilabel_run), "--store", small_store, "--out", str(out))
+    assert (result.returncode, result.stderr) == (
+        2, f"error: --out {tmp_path}/afile/p.csv: {tmp_path}/afile is a file, not a folder: choose another --out\n")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_store_without_the_runs_input_names_the_build_that_adds_it(multilabel_run, tmp_path):
+    """Issue #21 item 13: in a fresh process the hint was "unknown feature kind 'logmel'; known kinds: " (the feature
+    registry was empty): it names the pipe build that adds the run's input to that store."""
+    store = _folder_store(tmp_path, per_class=2, unlabelled=0, feature={"kind": "waveform", "sample_rate": 16000})
+    result = _predict_process("--checkpoint", str(multilabel_run), "--store", store, "--split", "all",
+                              "--out", str(tmp_path / "p.csv"))  # fmt: skip
+    assert (result.returncode, result.stderr) == (2, (
+        f"error: store {store} has no logmel input for this model (arrays: waveform); add it with: pipe build folder "
+        f"--source {tmp_path / 'audio'} --out {store} --set clip.seconds=1.0 --only --waveform sample_rate=16000 "
+        "--logmel sample_rate=16000,n_mels=64,n_fft=1024,hop_length=512\n"))
+    assert not (tmp_path / "p.csv").exists()

@@ -468,3 +468,33 @@ def test_csv_manifest_with_labels_is_multiclass_under_task_auto(fixtures_dir, tm
     config = catalog_config("csv", **{"options.manifest": str(manifest)})
     index = build_index(config, str(fixtures_dir / "misc"))
     assert index.task == "multiclass" and index.classes == ("music", "speech")
+
+
+def test_newlines_in_clip_ids_labels_and_paths_are_printed_escaped(tmp_path):
+    """Issue #21 item 13: a CSV's quoted cells may hold newlines; every line pipe prints about a clip stays one
+    line (`\\n` escaped) in the build summary, `pipe info` and `pipe verify`; the store keeps the true values."""
+    source = tmp_path / "audio"
+    source.mkdir()
+    for i in range(4):
+        soundfile.write(source / f"{i}.wav", np.random.default_rng(i).uniform(-0.5, 0.5, 16000).astype(np.float32), 16000)
+    (source / "bro\nken.wav").write_bytes(b"not audio")
+    (source / "manifest.csv").write_text(
+        'path,label,clip_id\n0.wav,rock,a\n1.wav,"ja\nzz",b\n2.wav,rock,"c\nd"\n3.wav,"ja\nzz",e\n"bro\nken.wav",rock,"f\ng"\n'
+    )
+    out = tmp_path / "nl.zarr"
+    built = run_pipe("build", "csv", "--source", str(source), "--out", str(out), "--set", "clip.seconds=1.0",
+                     "--set", "batch_clips=4", "--workers", "1", "--quiet")  # fmt: skip
+    assert built.returncode == 1, built.stderr
+    assert built.stdout.splitlines()[-1] == (f"  failed f\\ng ({source}/bro\\nken.wav) at decode: {UNRECOGNISED}")
+    store = open_store(str(out))
+    assert store.clips["clip_id"].tolist() == ["a", "b", "c\nd", "e", "f\ng"] and store.classes == ["ja\nzz", "rock"]
+
+    info = run_pipe("info", str(out)).stdout.splitlines()
+    assert "  ja\\nzz 2, rock 2" in info
+    assert info[-2:] == [f"  f\\ng  {source}/bro\\nken.wav", f"      [decode] {UNRECOGNISED}"]
+
+    (out / "waveform" / "c" / "1" / "0").unlink()  # row 4: clip f\ng
+    verified = run_pipe("verify", str(out))
+    assert verified.returncode == 1
+    damage = "damaged shard  waveform shard 1: the file is missing (waveform/c/1/0; clip f\\ng, row 4)"
+    assert damage in verified.stdout.splitlines()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,6 +146,45 @@ def test_unreadable_sweep_files(tmp_path):
         load_sweep(tmp_path / "nope.yaml", model="mlp")
     with pytest.raises(MuzarrError, match="is not valid YAML"):
         load_sweep(_write(tmp_path / "bad.yaml", "parameters: {lr: [1, 2"), model="mlp")
+
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("parameters:\n  lr: {min: 0.001, max: .inf}\n", "parameter 'lr': max: inf is not a finite number"),
+        ("parameters:\n  lr: {values: [0.001, .nan]}\n", "parameter 'lr': values: nan is not a finite number"),
+        ("parameters:\n  weight_decay: {value: -.inf}\n  lr: {values: [0.1, 0.2]}\n",
+         "parameter 'weight_decay': value: -inf is not a finite number"),
+        ("parameters:\n  hidden: {min: 8, max: .inf}\n", "parameter 'hidden': max: inf is not a finite number"),
+        ("parameters:\n  hidden: {values: [8, .inf]}\n", "parameter 'hidden': values: inf is not a valid int"),
+    ],
+)
+def test_non_finite_numbers_in_a_sweep_file_are_one_error_naming_file_and_key(tmp_path, text, message):
+    """Issue #21 item 8: `max: .inf` ended in numpy's OverflowError, `values: [.nan]` in a StopIteration."""
+    path = _write(tmp_path / "sweep.yaml", text)
+    with pytest.raises(MuzarrError, match=f"^{re.escape(str(path))}: {re.escape(message)}$"):
+        load_sweep(path, model="mlp")
+
+
+def test_a_sweep_file_that_is_not_utf8_is_one_line(small_store, tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes(b"parameters:\n  lr: {values: [0.1]}  # \xff\xfe\n")
+    result = _sweep(small_store, path, tmp_path / "out")
+    assert (result.exit_code, result.stderr) == (
+        2, f"error: --config {path}: not UTF-8 text (bad byte at offset 37): save the sweep file as UTF-8\n")
+
+
+def test_a_trial_whose_options_no_model_can_have_fails_in_one_line(small_store, tmp_path):
+    """Issue #21 item 8: hidden=-3 failed its trial with torch's RuntimeError (negative dimension)."""
+    config = _write(tmp_path / "s.yaml", "parameters:\n  hidden: {values: [-3, 8]}\n")
+    out = tmp_path / "out"
+    result = _sweep(small_store, config, out, "--trials", "2", "--method", "grid")
+    assert result.exit_code == 0, result.stderr
+    reason = "MuzarrError: model 'mlp': hidden=-3 must be a positive integer"
+    assert f"trial 0 (1/2)  hidden=-3  failed: {reason}" in result.output.splitlines()
+    assert (out / "trial-000" / "error.txt").read_text() == f"{reason}\n"
+    assert list(pd.read_csv(out / "leaderboard.csv").sort_values("trial")["state"]) == ["fail", "complete"]
 
 
 # -- sweeps on the demo store ----------------------------------------------------------------

@@ -130,6 +130,14 @@ def test_storage_mistakes_are_one_line(small_store, tmp_path):
     assert len(absent.stderr.splitlines()) == 1
 
 
+def test_a_scheduler_that_is_no_address_is_one_line_before_any_trial(small_store, tmp_path):
+    """Issue #21 item 8: Dask's own parse ended in a traceback, after the sweep had asked for a trial."""
+    refused = _refused(small_store, tmp_path / "s", "--scheduler", "garbage", config=_config(tmp_path))
+    assert (refused.exit_code, refused.stderr) == (
+        2, "error: --scheduler 'garbage' is not a Dask scheduler address like tcp://host:8786\n")
+    assert not (tmp_path / "s").exists()
+
+
 def _start(command: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,6 +173,9 @@ def test_repeats_write_a_mean_and_std_summary(small_store, tmp_path):
         (["--model", "cnn"], "needs --store"),
         (["--store", "STORE", "--model", "nosuch"], "unknown model 'nosuch'; known models: cnn"),
         (["--store", "STORE", "--model", "cnn", "--model-opt", "nosuch=1"], "unknown option(s) ['nosuch']"),
+        # issue #21 item 8: torch's RuntimeError (negative dimension) in a traceback
+        (["--store", "STORE", "--model", "mlp", "--model-opt", "hidden=-3"],
+         "model 'mlp': hidden=-3 must be a positive integer"),
         (["--store", "STORE", "--model", "cnn", "--split-scheme", "nosuch"], "no split scheme 'nosuch'"),
         (["--store", "STORE", "--model", "cnn", "--device", "cuda"], "no CUDA device"),
         (["--store", "STORE", "--model", "cnn", "--lr", "-1"], "--lr"),
@@ -196,3 +200,19 @@ def test_a_bad_argument_exits_2_from_a_real_process():
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     assert err.startswith("error: no muzarr store at /nonexistent.zarr") and "Traceback" not in err
+
+
+def test_loader_workers_are_capped_at_what_the_split_can_use(small_store, tmp_path):
+    """Issue #21 item 14: `--workers 1000` on a small store started 1000 loader processes (55 s, then a
+    "can't start new thread" traceback, exit 0)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "train"), "--store", small_store, "--model", "mlp", "--epochs", "1",
+         "--cache", "none", "--workers", "1000", "--out", str(tmp_path / "run"), "--no-emissions", "--quiet"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cpus, shards = len(os.sched_getaffinity(0)), 5  # 40 clips in shards of 8: the train split touches all 5
+    why = "the train split has 5 shards to read per epoch" if shards <= cpus else f"this process may use {cpus} CPUs"
+    assert result.stdout.splitlines()[0] == (
+        f"note: --workers 1000: starting {min(shards, cpus)} loader processes, as {why}")
+    assert "Traceback" not in result.stderr

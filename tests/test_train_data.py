@@ -28,7 +28,7 @@ def test_a_missing_input_names_the_build_option(store):
     spec = InputSpec("logmel", sample_rate=16000, n_mels=128, n_fft=512, hop_length=256)
     # the store's own overrides kept (issue: hostile and careless input, item 14)
     kept = r"--set clip.seconds=2.0 --set batch_clips=8 --set options.n_clips=40 --set options.seconds=2.0 --only"
-    with pytest.raises(MuzarrError, match=rf"add it with: pipe build demo --out \S+ {kept} .*--logmel sample_rate=16000,n_mels=128 "):
+    with pytest.raises(MuzarrError, match=rf"add it with: pipe build demo --source \S+ --out \S+ {kept} .*--logmel sample_rate=16000,n_mels=128 "):
         resolve_array(store, spec)
 
 

@@ -302,7 +302,8 @@ def test_array_names_that_leave_the_store_are_refused(tmp_path, name):
         open_store(str(store))
 
 
-@pytest.mark.parametrize("manifest", [{"n_clips": "2"}, {"arrays": []}, {"classes": [1]}, {"config": None}, {"n_clips": -1}])
+@pytest.mark.parametrize("manifest", [{"n_clips": "2"}, {"arrays": []}, {"classes": [1]}, {"config": None}, {"n_clips": -1},
+                                      {"source": ["/a"]}])
 def test_malformed_manifests_are_one_clear_error(tmp_path, manifest):
     store = fake_store(tmp_path / "bad.zarr", manifest)
     with pytest.raises(MuzarrError, match="malformed manifest"):

@@ -122,7 +122,7 @@ def test_every_injected_corruption_is_found(store):
             assert any((d.array, r) in damaged_rows for r in range(*d.rows)), d.line()
 
 
-def test_damage_lines_name_the_clip_chunk_and_file(store):
+def test_damage_lines_name_the_clip_chunk_and_file(store, clean_store):
     wave = shard_files(store, "waveform")
     data = bytearray(wave[1].read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -137,8 +137,8 @@ def test_damage_lines_name_the_clip_chunk_and_file(store):
     assert any(line.startswith("damaged") and "waveform" in line and "demo_000" in line for line in lines)
     assert lines[-2].startswith(f"{store}: DAMAGED")
     assert lines[-1] == (  # the repair command, with the store's own options (hostile input, item 12)
-        f"repair: pipe build demo --out {store} --set clip.seconds=1.0 --set batch_clips=8 --set options.n_clips=24 "
-        "--set options.seconds=1.0 --repair"
+        f"repair: pipe build demo --source {clean_store.parent.resolve() / 'src'} --out {store} --set clip.seconds=1.0 "
+        "--set batch_clips=8 --set options.n_clips=24 --set options.seconds=1.0 --repair"
     )
 
 

@@ -6,14 +6,17 @@ Checkpoints hold tensors and plain values only and are loaded with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.errors import MuzarrError
+from pipeline.errors import MuzarrError, write_failure
 
 #: what a run writes into its directory (``--overwrite`` removes these, and nothing else)
 RUN_FILES = (
@@ -25,20 +28,69 @@ EVENT_FILES = "events.out.tfevents.*"
 #: request fields that do not change what a run learns: a rerun may differ in these
 RUNTIME_FIELDS = ("device", "cache", "workers", "verify_reads", "emissions", "country", "tensorboard", "tb_every")
 
-__all__ = ["EVENT_FILES", "RUN_FILES", "differing_settings", "existing_run", "load_checkpoint", "read_json", "save_checkpoint", "write_text_atomic"]
+__all__ = ["EVENT_FILES", "RUN_FILES", "differing_settings", "existing_run", "load_checkpoint", "read_json", "save_checkpoint",
+           "write_atomic", "write_text_atomic"]
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it to ``path``: a kill leaves the old
+    file or the new one, never half of one. A full, read-only or forbidden disk is one
+    :class:`MuzarrError` naming ``path`` (see :func:`pipeline.errors.write_failure`), and the temporary
+    file is removed, so the same command works again once there is room."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        failure = write_failure(err, str(path))
+        if failure is not None:
+            raise failure from None
+        raise
 
 
 def save_checkpoint(state: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill leaves the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to a temporary file, then rename (:func:`write_atomic`)."""
+    write_atomic(path, lambda tmp: _torch_save(state, tmp))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+class _Recorded(io.RawIOBase):
+    """A file that remembers the OSError a write raised: torch's zip writer turns it into a
+    RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, handle) -> None:
+        super().__init__()
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(state: Any, path: Path) -> None:
+    with open(path, "wb") as handle:
+        recorded = _Recorded(handle)
+        try:
+            torch.save(state, recorded)
+        except RuntimeError:
+            if recorded.error is not None:
+                raise recorded.error from None
+            raise
 
 
 def load_checkpoint(path: Path, *, map_location: Any = "cpu") -> Any:
@@ -78,6 +130,12 @@ def existing_run(out: Path, request: dict[str, Any], *, overwrite: bool) -> str:
     if not out.exists() or not any(out.iterdir()):
         return "new"
     if not (out / "config.json").exists():
+        leftovers = [p for p in out.iterdir() if p.name in {f"{name}.tmp" for name in RUN_FILES}]
+        if len(leftovers) == len(list(out.iterdir())):
+            # config.json is a run's first file: temporary files alone are a start cut short (a kill, a full disk)
+            for path in leftovers:
+                path.unlink()
+            return "new"
         names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
         raise MuzarrError(f"--out {out} is not a run directory (it holds {names}): pick a new or empty folder")
     saved = read_json(out / "config.json").get("train")

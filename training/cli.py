@@ -19,7 +19,7 @@ import click
 
 from pipeline.cli import friendly_errors
 from pipeline.config import parse_spec
-from pipeline.errors import MuzarrError
+from pipeline.errors import MuzarrError, write_errors
 from training.optim import OPTIMIZERS  # the CLI's choices are the registries' keys
 from training.protocol import EVAL_PLACEMENTS, SCHEDULES
 
@@ -391,8 +391,8 @@ def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, 
         emissions=not no_emissions, country=country,
     )  # fmt: skip
     folder = Path(out) if out else _default_out(store, f"sweep-{model}")
-    click.echo(f"{spec.method} sweep of {model} on {store}: {trials} trials in {folder} (rerun with --out {folder} to resume)")
     cluster = Cluster(parallel=parallel, scheduler=scheduler, threads=threads)
+    click.echo(f"{spec.method} sweep of {model} on {store}: {trials} trials in {folder} (rerun with --out {folder} to resume)")
     table = run_sweep(spec, base, folder, trials=trials, cluster=cluster, storage=storage, echo=click.echo)
     click.echo((folder / "leaderboard.md").read_text().rstrip())
     click.echo(f"leaderboard: {folder / 'leaderboard.csv'} ({len(table)} trials)")
@@ -506,13 +506,16 @@ def predict(run_dir, store, split, split_scheme, out, scores, threshold, device)
       train predict --checkpoint runs/gtzan-cnn5 --store kaggle-test.zarr --split all --out submission.csv
       train predict --checkpoint runs/demo-mlp --store demo.zarr --split test --threshold 0.5 --out pred.csv
     """
+    from training.checkpoint import write_atomic
     from training.inference import load_run
     from training.predict import predict as run_predict
 
+    path = _output_file(out, "--out")  # before the predictions: a path that cannot be written is said first
     table = run_predict(load_run(run_dir, device=device), store, split=split, split_scheme=split_scheme,
                         with_scores=scores, threshold=threshold)  # fmt: skip
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    with write_errors(str(path.parent)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: table.to_csv(tmp, index=False))  # an earlier file stays whole until replaced
     click.echo(f"{out}: {len(table)} clips")
 
 
@@ -534,13 +537,25 @@ def embed(run_dir, store, split, split_scheme, out, plot, no_plot, seed, device)
     from training.inference import load_run
     from training.predict import embeddings, write_embeddings
 
+    path = _output_file(out, "--out")  # before the embeddings: a path that cannot be written is said first
+    figure = None if no_plot else _output_file(plot, "--plot") if plot else path.parent / "tsne.png"
     run = load_run(run_dir, device=device)
     table = embeddings(run, store, split=split, split_scheme=split_scheme)
-    figure = None if no_plot else Path(plot) if plot else Path(out).parent / "tsne.png"
     title = f"t-SNE of {run.config.model} embeddings ({split}, {len(table)} clips)"
-    written = write_embeddings(table, Path(out), plot=figure, title=title, seed=seed)
+    with write_errors(str(path.parent)):
+        written = write_embeddings(table, path, plot=figure, title=title, seed=seed)
     n_dims = sum(c.startswith("e") and c[1:].isdigit() for c in table.columns)
     click.echo(f"{out}: {len(table)} clips x {n_dims} dimensions" + (f"; t-SNE: {written}" if written else ""))
+
+
+def _output_file(out: str, option: str) -> Path:
+    """The file ``option`` names, checked before any work: a file standing where one of its folders must
+    be is one line (folders that do not exist yet are made when the file is written)."""
+    path = Path(out)
+    for folder in reversed(path.parents):
+        if folder.exists() and not folder.is_dir():
+            raise MuzarrError(f"{option} {out}: {folder} is a file, not a folder: choose another {option}")
+    return path
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ is what makes ``--resume`` end with the same numbers as an uninterrupted run.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -63,10 +64,11 @@ def _add_hint(store: Store, spec: InputSpec) -> str:
     feature = make_feature(spec.feature_spec(), where="model input")
     config = store.config()
     if feature.name not in store.arrays:
-        return f"add it with: {build_command(config, out=store.url, add=[spec.feature_spec()])}"
+        return f"add it with: {build_command(config, out=store.url, source=store.source, add=[spec.feature_spec()])}"
     # A store has one array per name (one waveform): another variant of it goes into a second store.
     out = f"{store.url.rstrip('/').removesuffix('.zarr')}-{feature.kind}{feature.sample_rate}.zarr"
-    return f"its {feature.name} is another variant; build a store of this one: {build_command(replace(config, features=(feature,)), out=out)}"
+    command = build_command(replace(config, features=(feature,)), out=out, source=store.source)
+    return f"its {feature.name} is another variant; build a store of this one: {command}"
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def _subclip_hint(store: Store, spec: InputSpec, array: str, plan: ExamplePlan, 
     base = store.url.rstrip("/").removesuffix(".zarr")
     return (
         f"this protocol trains on {sub_clips} sub-clips per clip, but {array} of {store.url} holds {has}; "
-        f"build a store of sub-clips: {build_command(split, out=f'{base}-split.zarr')} "
+        f"build a store of sub-clips: {build_command(split, out=f'{base}-split.zarr', source=store.source)} "
         "(or train on random crops with --sub-clips 0)"
     )
 
@@ -419,6 +421,24 @@ class SplitReader:
         if self.memory is not None:
             return math.ceil(len(self.rows) / self.chunk_clips)
         return len(self._bounds) - 1
+
+
+def useful_workers(asked: int, reader: SplitReader, *, world: int = 1) -> tuple[int, str | None]:
+    """Loader processes worth starting for ``reader`` (one rank of ``world``), and why fewer than ``asked``.
+
+    A loader process decodes one shard at a time: more processes than the shards a rank reads in an epoch,
+    or than the CPUs this process may use, only cost start-up time and memory (1000 of them exhaust the
+    threads a process may have)."""
+    if asked <= 0:
+        return 0, None
+    shards = max(1, math.ceil(reader.n_blocks() / world))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    useful = min(asked, shards, cpus)
+    if useful == asked:
+        return asked, None
+    why = (f"the train split has {shards} shard{'s' * (shards != 1)} to read per epoch" if useful == shards
+           else f"this process may use {cpus} CPU{'s' * (cpus != 1)}")  # fmt: skip
+    return useful, f"--workers {asked}: starting {useful} loader process{'es' * (useful != 1)}, as {why}"
 
 
 class TrainStream:

@@ -38,10 +38,11 @@ import torch
 from torch import nn
 
 from pipeline import MuzarrError, open_store
+from pipeline.errors import write_failure
 from training.augment import Augmenter
-from training.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from training.checkpoint import load_checkpoint, read_json, save_checkpoint, write_atomic, write_text_atomic
 from training.config import TrainConfig, split_scheme_for
-from training.data import SplitReader, TrainStream, plan_for
+from training.data import SplitReader, TrainStream, plan_for, useful_workers
 from training.device import autocast, pick_device
 from training.distributed import LostRank, RankError, context, lost_rank_message
 from training.emissions import start_tracker, stop_tracker, summed_emissions
@@ -84,6 +85,7 @@ class Run:
         self.rank_batch = self._rank_batch()
         self.plan = plan_for(self.store, entry.input, self.protocol)
         self.readers, self.cache = self._readers(self.protocol.split_scheme)
+        self.workers = self._loader_workers()
         torch.manual_seed(config.seed)  # the initial weights are part of what --seed fixes
         model = build_model(config.model, n_classes=len(self.classes), input_shape=self.plan.example_shape, **config.model_opts)
         mean, std = self.dist.on_main(fit_normalization, self.readers["train"])
@@ -179,6 +181,15 @@ class Run:
             print(f"note: {counts} tracks are shorter than the model's {self.plan.length}-step input: their crops are zero-padded")
         return readers, cache
 
+    def _loader_workers(self) -> int:
+        """``--workers``, capped at what the streamed train split can use (said in one line when capped)."""
+        if self.cache != "none":
+            return 0  # a cached split is read from memory: no loader processes
+        workers, capped = useful_workers(self.config.workers, self.readers["train"], world=self.dist.world)
+        if capped and self.dist.is_main:
+            print(f"note: {capped}", flush=True)
+        return workers
+
     def _cache_choice(self, n_rows: int) -> str:
         choice = self.config.cache
         if choice == "gpu" and self.device.type == "cpu":
@@ -210,12 +221,15 @@ class Run:
             "train_seconds": self.train_seconds,
             "phase": self.phase,
             "steps": self.steps,
+            # what the weights are of: a resume checks config.json still asks for it
+            "architecture": {"model": self.config.model, "model_opts": _as_json(self.config.model_opts)},
         }
 
     def _save(self, epoch: int) -> None:
         if self.dist.is_main:
             save_checkpoint(self._state(epoch), self.out / "last.pt")
-            pd.DataFrame(self.history).to_csv(self.out / "history.csv", index=False)
+            history = pd.DataFrame(self.history)
+            write_atomic(self.out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
 
     def _load_best(self) -> None:
         """``best.pt`` into the model on every rank (rank 0 reads it)."""
@@ -225,9 +239,12 @@ class Run:
     def resume(cls, out: Path, *, progress: bool = True) -> Run:
         """Reopen the run in ``out`` after its last finished epoch, with the protocol it recorded."""
         out = Path(out)
-        config, state, history, protocol = context().on_main(_read_run, out)  # rank 0 reads, the others are told
+        dist = context()
+        config, state, history, protocol = dist.on_main(_read_run, out)  # rank 0 reads, the others are told
         if state is not None:
             config = dataclasses.replace(config, model_opts=legacy_model_opts(config.model, config.model_opts, state["model"]))
+            _check_architecture(config, state, out)  # as the run itself saved it: legacy options included
+        protocol = _requested_epochs(config, protocol, state, out, note=dist.is_main)
         run = cls(config, out, progress=progress, protocol=protocol)
         if state is None:
             return run
@@ -237,7 +254,15 @@ class Run:
             settings = dataclasses.replace(settings, name=state["optimizer_name"])
         run.optimizer = make_optimizer(settings, run.model.parameters())
         run.scheduler = make_scheduler(run.protocol, run.optimizer)
-        run.model.load_state_dict(state["model"])
+        try:
+            run.model.load_state_dict(state["model"])
+        except RuntimeError:  # a run saved before last.pt recorded its architecture, config.json edited since
+            opts = ", ".join(f"{k}={v!r}" for k, v in config.model_opts.items())
+            raise MuzarrError(
+                f"{out}/config.json asks for model {config.model!r}" + (f" ({opts})" if opts else "") + f", but "
+                f"{out}/last.pt holds weights of another model or options: a run cannot change its model; restore "
+                "config.json, or train the new model with another --out"
+            ) from None
         run.optimizer.load_state_dict(state["optimizer"])
         if run.scheduler and state["scheduler"]:
             run.scheduler.load_state_dict(state["scheduler"])
@@ -259,7 +284,7 @@ class Run:
         if self.stream is None:  # one stream for the run: its loader workers live from epoch to epoch
             self.stream = TrainStream(
                 self.readers["train"], batch_size=self.rank_batch, seed=self.config.seed, rank=dist.rank,
-                world=dist.world, workers=self.config.workers if self.cache == "none" else 0,
+                world=dist.world, workers=self.workers,
             )  # fmt: skip
         stream = self.stream
         stream.set_epoch(epoch)
@@ -343,7 +368,13 @@ class Run:
     def fit(self) -> dict[str, Any]:
         """Train from ``start_epoch`` to the end (or early stop), then evaluate the best epoch."""
         try:
-            return self._fit()
+            try:
+                return self._fit()
+            except OSError as err:  # a plot or event file on a full or read-only disk (run files say so themselves)
+                failure = write_failure(err, str(self.out))
+                if failure is None:
+                    raise
+                raise failure from None
         except MuzarrError as err:
             if not self.dist.active:
                 raise
@@ -429,9 +460,10 @@ class Run:
             **emissions,
         }
         if main:
-            write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
             self.board.finish(metrics)
             self._plots(metrics)
+            # last: a run with metrics.json is finished, so whatever fails before it is done again by the same command
+            write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
         return metrics
 
     def _write_config(self) -> None:
@@ -499,6 +531,54 @@ def _log_examples(reader: SplitReader, seen: list[np.ndarray], epoch: int, rank:
     ids = reader.clip_ids[np.concatenate(seen)] if seen else []
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / f"epoch-{epoch + 1}-rank-{rank}.txt").write_text("".join(f"{i}\n" for i in ids))
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as JSON holds it (tuples are lists there): settings compare alike however they were read."""
+    return json.loads(json.dumps(value))
+
+
+def _check_architecture(config: TrainConfig, state: dict, out: Path) -> None:
+    """``last.pt`` holds weights of the model and options ``config.json`` asks for (one line naming both if not)."""
+    saved = state.get("architecture")
+    if not isinstance(saved, dict):
+        return  # written before last.pt recorded it: loading the weights says whether they fit
+    asked = {"model": config.model, "model_opts": _as_json(config.model_opts)}
+    if saved != asked:
+
+        def shown(arch: dict) -> str:
+            opts = ", ".join(f"{k}={v!r}" for k, v in (arch.get("model_opts") or {}).items())
+            return f"model {arch.get('model')!r}" + (f" ({opts})" if opts else "")
+
+        raise MuzarrError(
+            f"{out}/config.json asks for {shown(asked)}, but the run's checkpoint {out}/last.pt holds {shown(saved)}: "
+            "a run cannot change its model; restore config.json, or train the new model with another --out"
+        )
+
+
+def _requested_epochs(config: TrainConfig, protocol: Protocol, state: dict | None, out: Path, *, note: bool) -> Protocol:
+    """The protocol a resumed run trains to: ``config.json``'s ``train.epochs`` (the request) wins over the
+    protocol it recorded, so editing it trains a finished run longer; fewer epochs than have run is refused."""
+    done = int(state["epoch"]) + 1 if state is not None else 0
+    epochs = protocol.epochs if config.epochs is None else config.epochs
+    if epochs < done:
+        raise MuzarrError(
+            f"{out}/config.json asks for {epochs} epochs, but {done} have run already: ask for {done} or more, "
+            "or train a new run with another --out"
+        )
+    if epochs == protocol.epochs:
+        return protocol
+    if note:
+        stopped = protocol.early_stopping and state is not None and state["stale_epochs"] >= protocol.early_stopping
+        then = (f"but early stopping ended it after epoch {done}: it trains no further" if stopped
+                else f"training on to epoch {epochs}")  # fmt: skip
+        print(f"note: {out}/config.json asks for {epochs} epochs (train.epochs), the run was set up for "
+              f"{protocol.epochs}: {then}", flush=True)  # fmt: skip
+    protocol = dataclasses.replace(protocol, epochs=epochs)
+    if context().is_main:  # the record says what the run now trains with
+        saved = read_json(out / "config.json")
+        write_text_atomic(out / "config.json", json.dumps({**saved, "protocol": protocol.to_dict()}, indent=2))
+    return protocol
 
 
 def _read_run(out: Path) -> tuple[TrainConfig, dict | None, pd.DataFrame | None, Protocol]:

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from pipeline import MuzarrError, Store, open_store
+from training.checkpoint import write_atomic
 from training.data import ExamplePlan, SplitReader, eval_batches, plan_for
 from training.evaluate import checked_batch
 from training.inference import LoadedRun
@@ -181,7 +182,7 @@ def write_embeddings(table: pd.DataFrame, out: Path, *, plot: Path | None, title
     if plot is not None and len(table) < 4:
         raise MuzarrError(f"a t-SNE map needs at least 4 clips, got {len(table)}: embed a larger split, or pass --no-plot")
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False)
+    write_atomic(out, lambda tmp: table.to_parquet(tmp, index=False))
     if plot is None:
         return None
     from training.plots import plot_embedding

@@ -164,9 +164,11 @@ def load_sweep(path: str | Path, *, model: str) -> SweepSpec:
     """Parse and check the sweep file at ``path`` for ``model``; bad input is one :class:`MuzarrError`."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise MuzarrError(f"--config {path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise MuzarrError(f"--config {path}: not UTF-8 text (bad byte at offset {err.start}): save the sweep file as UTF-8") from None
     except yaml.YAMLError as err:
         raise MuzarrError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     return parse_sweep(data, model=model, where=str(path))
@@ -231,19 +233,19 @@ def _parameter(name: str, target: str, entry: Any, *, model: str, where: str) ->
         raise MuzarrError(f"{where}: expected {{value: x}}, {{values: [...]}} or {{min: a, max: b}}, got {entry!r}")
     keys = set(entry)
     if keys == {"value"}:
-        return Parameter(name, target, value=_coerce(entry["value"], kind, where))
+        return Parameter(name, target, value=_coerce(entry["value"], kind, f"{where}: value"))
     if keys == {"values"}:
         values = entry["values"]
         if not isinstance(values, list) or not values:
             raise MuzarrError(f"{where}: values must be a non-empty list")
-        return Parameter(name, target, values=tuple(dict.fromkeys(_coerce(v, kind, where) for v in values)))
+        return Parameter(name, target, values=tuple(dict.fromkeys(_coerce(v, kind, f"{where}: values") for v in values)))
     if {"min", "max"} <= keys <= {"min", "max", "distribution"}:
         if kind not in (int, float):
             raise MuzarrError(f"{where}: a min/max range needs a numeric setting; give values: [...] instead")
         distribution = entry.get("distribution", "int_uniform" if kind is int else "uniform")
         if distribution not in DISTRIBUTIONS:
             raise MuzarrError(f"{where}: distribution {distribution!r} must be one of {', '.join(DISTRIBUTIONS)}")
-        low, high = _coerce(entry["min"], float, where), _coerce(entry["max"], float, where)
+        low, high = _coerce(entry["min"], float, f"{where}: min"), _coerce(entry["max"], float, f"{where}: max")
         log = distribution.startswith("log_uniform")
         if log and low <= 0:
             # W&B's log_uniform takes exponents (e^min..e^max); here min/max are always the values themselves
@@ -282,7 +284,10 @@ def _coerce(value: Any, kind: type | None, where: str) -> Any:
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # a range or choice Optuna cannot sample, a setting no run can train with
+                raise MuzarrError(f"{where}: {value!r} is not a finite number")
+            return number
         if kind is tuple:
             if isinstance(value, int) and not isinstance(value, bool):
                 return (value,)  # one layer of that width: seed 003's "hidden_size: 64" on a list-of-widths option
@@ -293,7 +298,7 @@ def _coerce(value: Any, kind: type | None, where: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite integer
         raise MuzarrError(f"{where}: {value!r} is not a valid {kind.__name__}") from None
     return value
 

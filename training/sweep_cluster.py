@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.cluster import as_they_finish, close_client, deferred_interrupt, make_client
+from pipeline.cluster import as_they_finish, check_scheduler_address, close_client, deferred_interrupt, make_client
 from pipeline.errors import MuzarrError
 from training.checkpoint import write_text_atomic
 
@@ -64,6 +64,10 @@ class Cluster:
     parallel: int | None = None  # None: 1 here, or every worker of ``scheduler``
     scheduler: str | None = None
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheduler is not None:
+            check_scheduler_address(self.scheduler)  # before the sweep asks for a trial
 
     @property
     def in_process(self) -> bool:

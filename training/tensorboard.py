@@ -17,8 +17,10 @@ and TensorBoard shows the newest value. Without the ``tensorboard`` package (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,7 @@ class TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
 
+            _quiet_writer_thread()
             self._writer = SummaryWriter(log_dir=str(self.out))
             # The session start goes first: a running or killed run is listed with its settings.
             # No experiment summary: TensorBoard takes the first one it finds as every run's
@@ -120,8 +123,27 @@ class TensorBoard:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            # a write error (a full disk) was raised to the run already, by the write or flush it failed
+            with contextlib.suppress(OSError):
+                self._writer.close()
             self._writer = None
+
+
+def _quiet_writer_thread() -> None:
+    """TensorBoard writes events on a thread of its own; a write error there (a full disk) is raised again
+    to the run's next write or flush, which says it in one line, but the thread also prints its traceback:
+    that copy is dropped (once per process; other threads' errors are printed as before)."""
+    previous = threading.excepthook
+    if getattr(previous, "muzarr_quiet_writer", False):
+        return
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook.muzarr_quiet_writer = True
+    threading.excepthook = hook
 
 
 class NoBoard:

@@ -14,6 +14,8 @@ is kept as metadata.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 
@@ -45,6 +47,52 @@ def _first_duplicate(values: pd.Series) -> tuple[int, int] | None:
             return seen[value], position
         seen[value] = position
     return None
+
+
+def _read_rows(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The manifest's rows as text cells, and the line each row starts on; a row with more or fewer
+    fields than the header, or a column named twice, is one MuzarrError naming its line.
+
+    Read with :mod:`csv` rather than pandas: pandas takes a row with one field too many as a row
+    whose first field is its index (every later column shifted by one), fills missing trailing
+    fields with empty cells, and renames a second ``label`` column ``label.1``, all silently."""
+    try:
+        # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark
+        text = path.read_bytes().decode("utf-8-sig")  # line ends kept as written: csv reads quoted ones
+    except UnicodeDecodeError as error:
+        raise MuzarrError(f"{path} is not UTF-8 text (bad byte at offset {error.start}): save it as UTF-8 CSV") from None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header: list[str] | None = None
+    rows, lines = [], []
+    try:
+        start = 1
+        for fields in reader:
+            if fields in ([], [""]):  # a blank line
+                start = reader.line_num + 1
+                continue
+            if header is None:
+                header = [f.strip() for f in fields]
+                twice = sorted({c for c in header if header.count(c) > 1})
+                if twice:
+                    raise MuzarrError(f"{path.name} line {start}: column {twice[0]!r} appears more than once in the "
+                                      f"header {header}: keep one")  # fmt: skip
+            elif len(fields) != len(header):
+                more = len(fields) > len(header)
+                fix = ("quote a value that holds a comma, or name the extra column in the header" if more
+                       else "give every row one field per column, an empty one too (a.wav,,train)")  # fmt: skip
+                raise MuzarrError(
+                    f"{path.name} line {start}: {len(fields)} field{'s' * (len(fields) != 1)}, "
+                    f"{'more' if more else 'fewer'} than the {len(header)} columns of the header ({', '.join(header)}): {fix}"
+                )
+            else:
+                rows.append(fields)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise MuzarrError(f"{path.name} line {reader.line_num}: not readable as CSV ({error}): expected {_FORMAT}") from None
+    if header is None:
+        raise MuzarrError(f"{path} is not a readable CSV (it is empty): expected {_FORMAT}")
+    return pd.DataFrame(rows, columns=header, dtype=object), lines
 
 
 def index_csv(
@@ -86,12 +134,7 @@ def index_csv(
     path = Path(manifest) if Path(manifest).is_absolute() else root / manifest
     if not path.is_file():
         raise MuzarrError(f"no manifest {manifest} in {root}: expected {_FORMAT}")
-    try:
-        # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise MuzarrError(f"{path} is not a readable CSV ({error}): expected {_FORMAT}") from None
-    table.columns = [str(c).strip() for c in table.columns]
+    table, lines = _read_rows(path)
     columns = list(table.columns)
     if "path" not in columns:
         raise MuzarrError(f"{path} has no 'path' column (columns: {columns}): expected {_FORMAT}")
@@ -103,7 +146,7 @@ def index_csv(
         raise MuzarrError(f"{path} has a header but no rows: expected one row per clip")
 
     def line(position: int) -> str:
-        return f"{path.name} line {position + 2}"
+        return f"{path.name} line {lines[position]}"
 
     paths = [safe_relative_path(root, raw, where=line(i)) for i, raw in enumerate(table["path"])]
     table["path"] = pd.Series(paths, dtype=object)

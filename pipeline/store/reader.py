@@ -132,6 +132,13 @@ class Store:
         """Feature arrays: name → shape, dtype, chunks, shards, checksum, feature parameters."""
         return dict(self.manifest["arrays"])
 
+    @property
+    def source(self) -> str | None:
+        """Where the store's audio came from (``pipe build --source``, an absolute folder or a URL without
+        credentials); None for a store built before muzarr recorded it, or one that cannot be printed on one line."""
+        source = self.manifest.get("source")
+        return source if source and source.isprintable() else None
+
     def config(self):
         from pipeline.config import BuildConfig
 
@@ -434,6 +441,8 @@ def _check_manifest(manifest: dict, url: str) -> None:
             raise MuzarrError(f"{where}: {key!r} must be a {kind.__name__}, got {type(value).__name__}")
     if manifest["n_clips"] < 0:
         raise MuzarrError(f"{where}: n_clips={manifest['n_clips']} is negative")
+    if not isinstance(manifest.get("source", ""), str):
+        raise MuzarrError(f"{where}: 'source' must be a string, got {type(manifest['source']).__name__}")
     sub = manifest.get("n_subclips")
     if sub is not None and (isinstance(sub, bool) or not isinstance(sub, int) or sub < 1):
         raise MuzarrError(f"{where}: n_subclips={sub!r} must be null or a positive integer")
@@ -512,7 +521,8 @@ def old_layout(url: str, manifest: dict) -> MuzarrError:
     if isinstance(manifest.get("config"), dict):
         try:
             config = BuildConfig.from_dict(manifest["config"], where=f"{url} manifest")
-            rebuild = build_command(config, out=url, extra=("--overwrite",))
+            source = manifest.get("source") if isinstance(manifest.get("source"), str) else None
+            rebuild = build_command(config, out=url, source=source, extra=("--overwrite",))
         except MuzarrError:
             pass
     what = f" ({OLD_LAYOUTS[version]})" if version in OLD_LAYOUTS else ""

@@ -9,6 +9,7 @@ or table. A chunk that cannot be decoded is damage, never a traceback.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +17,7 @@ import pandas as pd
 import zarr
 
 from pipeline.config import build_command
-from pipeline.errors import MuzarrError
+from pipeline.errors import MuzarrError, printable
 from pipeline.store.codecs import zarr_reads
 from pipeline.store.io import (
     KEYS,
@@ -44,7 +45,8 @@ class Damage:
     rows: tuple[int, int] | None = None  # [start, stop) of the clips concerned
 
     def line(self) -> str:
-        return f"damaged {self.kind:<6} {self.where}: {self.message}"
+        # clip ids come from the store (a user's CSV): a newline in one must not break the report's lines
+        return f"damaged {self.kind:<6} {printable(self.where)}: {printable(self.message)}"
 
 
 @dataclass
@@ -55,6 +57,7 @@ class VerifyReport:
     damage: list[Damage] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
     repair: str | None = None  # the command that repairs the store
+    repair_note: str | None = None  # what the command cannot know (the recorded source folder is gone)
 
     @property
     def ok(self) -> bool:
@@ -80,13 +83,15 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         repair = [f"repair: {self.repair}"] if self.repair and not self.ok else []
+        if repair and self.repair_note:
+            repair.append(f"note: {self.repair_note}")
         return [d.line() for d in self.damage] + [self.summary()] + repair
 
 
 def verify_store(url: str | Location, *, storage_options: dict | None = None) -> VerifyReport:
     """Check the store at ``url``; a store that cannot be opened at all raises :class:`MuzarrError`."""
     store = open_store(url, storage_options=storage_options)
-    report = VerifyReport(url=store.url, repair=_repair_command(store))
+    report = VerifyReport(url=store.url, repair=_repair_command(store), repair_note=_missing_source(store))
     found = report.damage.append
     if not store.complete:
         found(Damage("store", "manifest", f"state is {store.manifest.get('state')!r}, not complete: finish it with `pipe build`"))
@@ -140,9 +145,22 @@ def _repair_command(store: Store) -> str | None:
     """``pipe build ... --repair`` for this store; made before any chunk is read, since it loads every
     feature module (scipy) and a verify under an address-space cap has none left for that afterwards."""
     try:
-        return build_command(store.config(), out=store.url, extra=("--repair",))
+        # a folder made absolute, as the source is: the command works from any folder
+        out = store.url if "://" in store.url else os.path.abspath(store.url)
+        return build_command(store.config(), out=out, source=store.source, extra=("--repair",))
     except MuzarrError:
         return None  # a manifest whose configuration does not validate: nothing to rebuild from
+
+
+def _missing_source(store: Store) -> str | None:
+    """A line saying the folder the store was built from is gone (a repair rereads its audio); None when it
+    is there, is a URL, or is made again by its recipe (the demo's synthetic clips)."""
+    source = store.source
+    info = store.manifest.get("index_info")
+    if source is None or "://" in source or (isinstance(info, dict) and info.get("synthetic")) or os.path.exists(source):
+        return None
+    return (f"the store's source folder {source} no longer exists: give --source the folder that holds "
+            "its audio now")
 
 
 def _clip_ids(tables: dict[str, pd.DataFrame]) -> list[str] | None:

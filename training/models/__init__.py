@@ -403,7 +403,17 @@ def build_model(name: str, *, n_classes: int, input_shape: Sequence[int], **opts
         shape = tuple(operator.index(n) for n in input_shape)
     except TypeError:
         raise MuzarrError(f"input_shape={input_shape!r} must be a sequence of integers (no batch axis)") from None
-    return entry.build(n_classes=count, input_shape=shape, **opts)
+    try:
+        return entry.build(n_classes=count, input_shape=shape, **opts)
+    except MuzarrError:
+        raise
+    except Exception as err:  # noqa: BLE001 - what the model's own checks let through (torch, librosa): one line
+        # said with the options that led to it, never a traceback from deep inside a layer
+        given = ", ".join(f"{key}={value!r}" for key, value in opts.items()) or "its default options"
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise MuzarrError(
+            f"model {name!r} cannot be built with {given} for input {shape}: {type(err).__name__}: {reason}"
+        ) from None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
 
-__all__ = ["BasicBlock", "ConvBlock1d", "ConvBlock2d", "Res2d", "check_input_shape", "flat_size", "output_shape"]
+__all__ = [
+    "BasicBlock", "ConvBlock1d", "ConvBlock2d", "Res2d", "check_hyperparameters", "check_input_shape", "flat_size",
+    "output_shape",
+]  # fmt: skip
 
 
 class ConvBlock1d(nn.Module):
@@ -125,6 +129,31 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
+
+
+def check_hyperparameters(
+    model: str, *, sizes: dict[str, Any] | None = None, rates: dict[str, Any] | None = None
+) -> None:
+    """A model's hyper-parameters, checked before any layer is made (a layer of width -3 fails deep in torch).
+
+    ``sizes`` are widths, counts, kernels and pools: each a positive integer, or a list of them (nested:
+    ``pools=((2, 2), (3, 3))``); ``rates`` are dropout probabilities in [0, 1). Raises
+    :class:`MuzarrError` naming the model and the option, as ``--model-opt`` spells it.
+    """
+
+    def positive(value: Any) -> bool:
+        if isinstance(value, (tuple, list)):
+            return len(value) > 0 and all(positive(v) for v in value)
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    for name, value in (sizes or {}).items():
+        if not positive(value):
+            what = "a list of positive integers" if isinstance(value, (tuple, list)) else "a positive integer"
+            raise MuzarrError(f"model {model!r}: {name}={value!r} must be {what}")
+    for name, value in (rates or {}).items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and 0 <= value < 1):
+            raise MuzarrError(f"model {model!r}: {name}={value!r} must be a probability in [0, 1)")
 
 
 def check_input_shape(input_shape: Sequence[int], *, axes: Sequence[str], model: str) -> tuple[int, ...]:

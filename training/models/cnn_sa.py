@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from training.frontend import WaveformMelModel
-from training.models.blocks import Res2d, check_input_shape
+from training.models.blocks import Res2d, check_hyperparameters, check_input_shape
 
 __all__ = ["CNNSA", "BertLayer"]
 
@@ -152,6 +152,13 @@ class CNNSA(WaveformMelModel):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="cnn_sa")
+        check_hyperparameters(
+            "cnn_sa",
+            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
+                   "n_channels": n_channels, "n_layers": n_layers, "n_heads": n_heads,
+                   "intermediate_size": intermediate_size},
+            rates={"hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout, "dropout": dropout},
+        )
         if n_samples <= n_fft // 2:
             raise MuzarrError(
                 f"cnn_sa: input_shape={tuple(input_shape)} is too short to reflect-pad one frame (n_fft={n_fft}); "

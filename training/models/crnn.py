@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
+from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
 from training.models.keras_gru import KerasGRU
 
 __all__ = ["ChoiCRNN"]
@@ -83,6 +83,11 @@ class ChoiCRNN(nn.Module):
     ) -> None:
         super().__init__()
         n_mels, n_frames = check_input_shape(input_shape, axes=("n_mels", "n_frames"), model="crnn")
+        check_hyperparameters(
+            "crnn",
+            sizes={"channels": channels, "pools": pools, "rnn_hidden": rnn_hidden, "rnn_layers": rnn_layers},
+            rates={"conv_dropout": conv_dropout, "dropout": dropout},
+        )
         if gru not in _GRUS:
             raise MuzarrError(f"crnn: gru={gru!r} is not one of {list(_GRUS)}")
         if len(channels) != len(pools):

@@ -8,7 +8,7 @@ from torch import nn
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
 from training.frontend import WaveformMelModel
-from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
+from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
 
 __all__ = ["WonCRNN"]
 
@@ -78,6 +78,12 @@ class WonCRNN(WaveformMelModel):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="crnn_won")
+        check_hyperparameters(
+            "crnn_won",
+            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
+                   "channels": channels, "pools": pools, "rnn_hidden": rnn_hidden, "rnn_layers": rnn_layers},
+            rates={"dropout": dropout},
+        )
         if n_samples < n_fft:
             raise MuzarrError(f"crnn_won: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
         if len(channels) != len(pools):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.blocks import ConvBlock1d, check_input_shape, flat_size, output_shape
+from training.models.blocks import ConvBlock1d, check_hyperparameters, check_input_shape, flat_size, output_shape
 
 __all__ = ["DielemanCNN"]
 
@@ -57,6 +57,11 @@ class DielemanCNN(nn.Module):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="dieleman")
+        check_hyperparameters(
+            "dieleman",
+            sizes={"filter_length": filter_length, "stride": stride, "channels": channels,
+                   "kernel_size": kernel_size, "pool": pool, "hidden": hidden},
+        )
         self.frontend = nn.Sequential(nn.Conv1d(1, channels, filter_length, stride=stride), nn.ReLU())
         self.features = nn.Sequential(
             ConvBlock1d(channels, channels, kernel_size=kernel_size, pool=pool, batch_norm=False),

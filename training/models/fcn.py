@@ -10,7 +10,7 @@ from torch import nn
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
 from training.frontend import WaveformMelModel
-from training.models.blocks import ConvBlock2d, check_input_shape, output_shape
+from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
 
 __all__ = ["FCN"]
 
@@ -73,6 +73,12 @@ class FCN(WaveformMelModel):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="fcn")
+        check_hyperparameters(
+            "fcn",
+            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
+                   "channels": channels, "pools": pools},
+            rates={"dropout": dropout},
+        )
         if n_samples < n_fft:
             raise MuzarrError(f"fcn: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
         if len(channels) != len(pools):

@@ -12,7 +12,7 @@ from torch import nn
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
 from training.frontend import AmplitudeToDB
-from training.models.blocks import ConvBlock2d, check_input_shape
+from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape
 
 __all__ = ["HarmonicCNN", "HarmonicSTFT"]
 
@@ -221,6 +221,12 @@ class HarmonicCNN(nn.Module):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="harmonic_cnn")
+        check_hyperparameters(
+            "harmonic_cnn",
+            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_harmonic": n_harmonic,
+                   "semitone_scale": semitone_scale, "n_channels": n_channels},
+            rates={"dropout": dropout},
+        )
         self.hstft = HarmonicSTFT(
             sample_rate=sample_rate,
             n_fft=n_fft,

@@ -7,7 +7,7 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from training.frontend import WaveformMelModel
-from training.models.blocks import ConvBlock1d, check_input_shape
+from training.models.blocks import ConvBlock1d, check_hyperparameters, check_input_shape
 
 __all__ = ["Musicnn"]
 
@@ -124,6 +124,14 @@ class Musicnn(WaveformMelModel):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="musicnn")
+        check_hyperparameters(
+            "musicnn",
+            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
+                   "timbral_channels": timbral_channels, "timbral_kernels": timbral_kernels,
+                   "temporal_channels": temporal_channels, "temporal_kernels": temporal_kernels,
+                   "midend_channels": midend_channels, "midend_kernel": midend_kernel, "dense_units": dense_units},
+            rates={"dropout": dropout},
+        )
         if n_samples < n_fft:
             raise MuzarrError(f"musicnn: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
         too_tall = [kernel for kernel in timbral_kernels if kernel[0] > n_mels]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import check_input_shape, init_like_torchvision
+from training.models.blocks import check_hyperparameters, check_input_shape, init_like_torchvision
 
 __all__ = ["Bottleneck", "ResNet50", "Wav2Vec2Classifier", "load_torchvision_state"]
 
@@ -111,6 +111,7 @@ class ResNet50(nn.Module):
     ) -> None:
         super().__init__()
         check_input_shape(input_shape, axes=("n_mels", "n_frames"), model="resnet50")
+        check_hyperparameters("resnet50", sizes={"in_channels": in_channels})
         if weights is None:
             raise MuzarrError(RESNET_WEIGHTS_HELP)
         if (config or "resnet50") not in RESNET_CONFIGS:
@@ -266,6 +267,7 @@ class Wav2Vec2Classifier(nn.Module):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="wav2vec2")
+        check_hyperparameters("wav2vec2", sizes={"head_hidden": head_hidden})
         if weights is None:
             raise MuzarrError(WAV2VEC2_WEIGHTS_HELP)
         transformers = _transformers()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import BasicBlock, check_input_shape, init_like_torchvision
+from training.models.blocks import BasicBlock, check_hyperparameters, check_input_shape, init_like_torchvision
 
 __all__ = ["ResNet18"]
 
@@ -50,6 +50,7 @@ class ResNet18(nn.Module):
         super().__init__()
         # any size works: padded strides never shrink an axis below one
         check_input_shape(input_shape, axes=("n_mels", "n_frames"), model="resnet18")
+        check_hyperparameters("resnet18", sizes={"widths": widths, "blocks": blocks})
         if len(widths) != len(blocks):
             raise MuzarrError(f"resnet18: widths={widths} and blocks={blocks} must have the same length")
         self.stem = nn.Sequential(

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock1d, ConvBlock2d, check_input_shape, output_shape
+from training.models.blocks import ConvBlock1d, ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
 
 __all__ = ["ConvRecurrentClassifier", "MelConv1d", "MelConv2d"]
 
@@ -99,6 +99,10 @@ class ConvRecurrentClassifier(nn.Module):
         super().__init__()
         name = f"cnn{conv}_{cell}"
         n_mels, n_frames = check_input_shape(input_shape, axes=("n_mels", "n_frames"), model=name)
+        extra = {} if conv_channels is None else {"conv_channels": conv_channels}
+        check_hyperparameters(
+            name, sizes={"hidden_size": hidden_size, "rnn_layers": rnn_layers, **extra}, rates={"dropout": dropout}
+        )
         if cell not in _CELLS:
             raise MuzarrError(f"cell={cell!r} is not a known RNN cell; known: {sorted(_CELLS)}")
         if conv not in _CONV_CHANNELS:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock1d, check_input_shape
+from training.models.blocks import ConvBlock1d, check_hyperparameters, check_input_shape
 
 __all__ = ["ResSE1d", "SampleCNN", "SampleCNNSE"]
 
@@ -126,6 +126,7 @@ class SampleCNN(nn.Module):
     ) -> None:
         super().__init__()
         _check_samples(input_shape, model="sample_cnn")
+        check_hyperparameters("sample_cnn", sizes={"n_channels": n_channels}, rates={"dropout": dropout})
         widths = _widths(n_channels)
         self.frames = nn.Sequential(
             nn.Conv1d(1, widths[0], 3, stride=3, padding=1),
@@ -183,6 +184,7 @@ class SampleCNNSE(nn.Module):
     ) -> None:
         super().__init__()
         _check_samples(input_shape, model="sample_cnn_se")
+        check_hyperparameters("sample_cnn_se", sizes={"n_channels": n_channels}, rates={"dropout": dropout})
         widths = _widths(n_channels)
         first = ResSE1d(1, widths[0], kernel_size=3, stride=3, pool=1)
         pooled = (ResSE1d(c_in, c_out, kernel_size=3, pool=3) for c_in, c_out in itertools.pairwise(widths[:-1]))

@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch import nn
 
-from training.models.blocks import ConvBlock2d, check_input_shape, flat_size, output_shape
+from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, flat_size, output_shape
 
 __all__ = ["MelCNN", "MelMeanMLP"]
 
@@ -36,6 +36,7 @@ class MelMeanMLP(nn.Module):
     def __init__(self, n_classes: int = 50, input_shape: tuple[int, int] = (64, 94), *, hidden: int = 128) -> None:
         super().__init__()
         n_mels, _ = check_input_shape(input_shape, axes=("n_mels", "n_frames"), model="mlp")
+        check_hyperparameters("mlp", sizes={"hidden": hidden})
         self.hidden = nn.Sequential(nn.Linear(n_mels, hidden), nn.ReLU())
         self.classifier = nn.Linear(hidden, n_classes)
 
@@ -86,6 +87,9 @@ class MelCNN(nn.Module):
     ) -> None:
         super().__init__()
         n_mels, n_frames = check_input_shape(input_shape, axes=("n_mels", "n_frames"), model=self.registry_name)
+        check_hyperparameters(
+            self.registry_name, sizes={"channels": channels, "hidden": hidden}, rates={"dropout": dropout}
+        )
         widths = (1, *channels)
         self.features = nn.Sequential(*(ConvBlock2d(c_in, c_out) for c_in, c_out in itertools.pairwise(widths)))
         shape = output_shape(self.features, (1, n_mels, n_frames), model=self.registry_name, input_shape=input_shape)

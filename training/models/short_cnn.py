@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from training.frontend import WaveformMelModel
-from training.models.blocks import ConvBlock2d, check_input_shape
+from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape
 
 __all__ = ["ShortChunkCNN"]
 
@@ -71,6 +71,12 @@ class ShortChunkCNN(WaveformMelModel):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="short_cnn")
+        check_hyperparameters(
+            "short_cnn",
+            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
+                   "n_channels": n_channels},
+            rates={"dropout": dropout},
+        )
         least = 2**_N_BLOCKS
         if n_mels < least:
             raise MuzarrError(

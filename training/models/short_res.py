@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from training.frontend import WaveformMelModel
-from training.models.blocks import Res2d, check_input_shape
+from training.models.blocks import Res2d, check_hyperparameters, check_input_shape
 
 __all__ = ["ShortChunkResNet"]
 
@@ -68,6 +68,12 @@ class ShortChunkResNet(WaveformMelModel):
     ) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="short_res")
+        check_hyperparameters(
+            "short_res",
+            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
+                   "n_channels": n_channels},
+            rates={"dropout": dropout},
+        )
         if n_samples < n_fft:
             raise MuzarrError(f"short_res: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
         self._add_log_mel(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import check_input_shape
+from training.models.blocks import check_hyperparameters, check_input_shape
 
 __all__ = ["TabularMLP"]
 
@@ -58,6 +58,7 @@ class TabularMLP(nn.Module):
     ) -> None:
         super().__init__()
         (n_features,) = check_input_shape(input_shape, axes=("n_features",), model="mlp_tabular")
+        check_hyperparameters("mlp_tabular", sizes={"hidden": hidden} if hidden else {}, rates={"dropout": dropout})
         if not hidden:
             raise MuzarrError("mlp_tabular: hidden must name at least one layer width, got ()")
         widths = (n_features, *hidden)
