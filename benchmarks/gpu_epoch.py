@@ -117,7 +117,7 @@ def build_store(url: Path, audio: Path, *, n_clips: int, unique: int, workers: i
 
 def timed_epoch(config, work: Path, *, warmup: int) -> dict:
     """Train ``config``'s one epoch after a warm-up Run of ``warmup`` batches; its figures and exact counts."""
-    from training.loop import Run
+    from training.run.loop import Run
 
     batch = config.batch_size
     if warmup:
@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here; run --smoke (or --device cpu) instead")
     started = time.perf_counter()
-    from training.config import TrainConfig
     from training.models import get_model
+    from training.run.config import TrainConfig
 
     batches = {name: args.batch_size or get_model(name).protocol.batch_size for name in MODELS}
     n_clips = args.clips or args.steps * max(batches.values()) + 2 * HOLDOUT

@@ -53,8 +53,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from training.config import TrainConfig
-    from training.sweep import parse_sweep, run_sweep
+    from training.experiments.sweep import parse_sweep, run_sweep
+    from training.run.config import TrainConfig
 
     cache = Path.home() / ".cache" / "muzarr" / "bench"
     cache.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Training-batch augmentation (training/augment.py): what each transform changes, checked cell by cell.
+"""Training-batch augmentation (training/data/augment.py): what each transform changes, checked cell by cell.
 
 Inputs are random normals (or dB-like values), so no input cell equals a mask value and every
 changed cell is one the transform touched. Expected values are worked out here from the input:
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.errors import MuzarrError
-from training.augment import PRESETS, Augment, Augmenter, format_augment, parse_augment
+from training.data.augment import PRESETS, Augment, Augmenter, format_augment, parse_augment
 
 MASK_VALUE = -7.25  # never drawn from randn, exactly representable
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pipeline import MuzarrError, open_store
-from training.config import TrainConfig
-from training.inference import load_run
-from training.loop import train
-from training.metrics import compute_metrics
 from training.models import MODELS, build_model, count_parameters
-from training.predict import clip_scores, select_rows
+from training.run.config import TrainConfig
+from training.run.inference import load_run
+from training.run.loop import train
+from training.run.metrics import compute_metrics
+from training.run.predict import clip_scores, select_rows
 
 try:
     import transformers  # noqa: F401

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline import MuzarrError
-from training.checkpoint import load_checkpoint, read_json, save_checkpoint, write_text_atomic
+from training.run.checkpoint import load_checkpoint, read_json, save_checkpoint, write_text_atomic
 
 
 def test_a_checkpoint_round_trips_and_leaves_no_temporary(tmp_path):

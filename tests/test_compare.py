@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from pipeline import MuzarrError
-from training.compare import compare
-from training.config import TrainConfig
-from training.loop import train
-from training.summary import summarise_repeats
+from training.experiments.compare import compare
+from training.experiments.summary import summarise_repeats
+from training.run.config import TrainConfig
+from training.run.loop import train
 
 # Seed 000, Figure 2 "10 epochs result": the columns in the report's order.
 FIGURE2_HEADER = "| Model | Best Val AUC | Test AUC | Parameters | Train Time (s) | CO2 (kg) |"

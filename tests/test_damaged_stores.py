@@ -24,8 +24,7 @@ import pytest
 from pipeline import MuzarrError, open_store
 from pipeline.cli import build as build_command_line
 from pipeline.config import apply_overrides, build_command, config_from_command, load_catalog
-from training.data import resolve_array
-from training.models import InputSpec
+from training.data import InputSpec, resolve_array
 
 N_CLIPS, BATCH = 16, 4
 SETTINGS = ["--set", f"options.n_clips={N_CLIPS}", "--set", f"batch_clips={BATCH}"]

@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from pipeline import open_store
-from training.loop import Run
-from training.metrics import SCALARS
+from training.run.loop import Run
+from training.run.metrics import SCALARS
 
 pytestmark = pytest.mark.slow
 TRAIN = [sys.executable, "-m", "training.cli"]
@@ -157,8 +157,8 @@ def test_bad_launches_are_one_line(store, tmp_path):
 
 def test_a_plain_train_is_one_process_as_before(store, tmp_path):
     """No torchrun: WORLD_SIZE unset, the run is the single process it always was."""
-    from training.config import TrainConfig
-    from training.distributed import context
+    from training.run.config import TrainConfig
+    from training.run.distributed import context
 
     assert not context().active
     run = Run(TrainConfig(store=store, model="cnn", device="cpu", epochs=1, batch_size=8, emissions=False), tmp_path / "r",

@@ -9,7 +9,7 @@ import scipy.signal
 import torch
 
 from pipeline.errors import MuzarrError
-from training.frontend import AmplitudeToDB, MelSpectrogram
+from training.models.frontend import AmplitudeToDB, MelSpectrogram
 
 # (librosa keyword arguments) for the settings the registered models use
 PARAMETER_SETS = {

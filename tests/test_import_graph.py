@@ -103,5 +103,5 @@ def test_training_reads_stores_only_through_the_store_packages_public_names():
     import pipeline.store
 
     found = list(_store_imports("training"))
-    assert found  # training/data.py reads through ArrayReader
+    assert found  # training/data/ reads through ArrayReader
     assert {(m, n) for _, m, n in found} <= {("pipeline.store", n) for n in pipeline.store.__all__}

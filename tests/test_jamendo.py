@@ -33,8 +33,8 @@ from pipeline.datasets.jamendo import index_jamendo
 from pipeline.describe import source_notes
 from pipeline.download import download_dataset
 from pipeline.errors import MuzarrError
-from training.inference import load_run
-from training.metrics import compute_metrics
+from training.run.inference import load_run
+from training.run.metrics import compute_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP50 = "autotagging_top50tags"

@@ -19,7 +19,7 @@ from training.models import (
     model_options,
 )
 from training.models.blocks import output_shape
-from training.protocol import Protocol
+from training.run.protocol import Protocol
 
 # Small per-example shapes that keep a forward+backward of every model well under a second.
 SMALL_SHAPES = {

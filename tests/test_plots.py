@@ -92,7 +92,7 @@ def _history(seed: int, epochs: int = 4) -> pd.DataFrame:
 
 
 def test_compare_overlay_names_runs_and_axes(tmp_path):
-    from training.plots import plot_compare
+    from training.run.plots import plot_compare
 
     repeats = pd.concat([_history(1), _history(2)], ignore_index=True)
     path = plot_compare([("cnn5", repeats), ("mlp_tabular", _history(3))], "accuracy", tmp_path / "c.png", title="gtzan runs")
@@ -102,7 +102,7 @@ def test_compare_overlay_names_runs_and_axes(tmp_path):
 
 
 def test_embedding_map_lists_its_groups_largest_first(tmp_path):
-    from training.plots import plot_embedding
+    from training.run.plots import plot_embedding
 
     points = np.random.default_rng(0).normal(size=(7, 2))
     groups = ["rock", "jazz", "rock", "pop", "rock", "jazz", "(unlabelled)"]

@@ -14,11 +14,11 @@ import soundfile
 import torch
 
 from pipeline import MuzarrError, open_store
-from training.config import TrainConfig
-from training.inference import load_run
-from training.loop import train
-from training.metrics import compute_metrics
-from training.predict import clip_scores, select_rows
+from training.run.config import TrainConfig
+from training.run.inference import load_run
+from training.run.loop import train
+from training.run.metrics import compute_metrics
+from training.run.predict import clip_scores, select_rows
 
 GENRES = {"jazz": 880.0, "pop": 3000.0, "rock": 220.0}
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from pipeline import MuzarrError, open_store
-from training.augment import Augment
-from training.config import TrainConfig
-from training.data import SplitReader, TrainStream, eval_batches, eval_offsets, plan_for
-from training.loop import Run
-from training.models import MODELS, WON2020, InputSpec, ModelEntry
-from training.optim import OPTIMIZERS, SCHEDULERS, phase_settings
-from training.protocol import SCHEDULES, Phase, Phases, Protocol, Schedule, protocol_overrides, schedule_from
+from training.data import InputSpec, SplitReader, TrainStream, eval_batches, eval_offsets, plan_for
+from training.data.augment import Augment
+from training.models import MODELS, WON2020, ModelEntry
+from training.run.config import TrainConfig
+from training.run.loop import Run
+from training.run.optim import OPTIMIZERS, SCHEDULERS, phase_settings
+from training.run.protocol import SCHEDULES, Phase, Phases, Protocol, Schedule, protocol_overrides, schedule_from
 
 
 def _build(tmp_path_factory, name: str, *, settings: dict, features: list[dict]) -> str:
@@ -76,9 +76,9 @@ def test_a_misspelt_protocol_key_fails_naming_the_entry_and_key(key):
 def test_a_registry_module_with_an_old_key_fails_at_import(tmp_path, monkeypatch):
     module = tmp_path / "old_registry.py"
     module.write_text(
-        "from training.models import InputSpec, ModelEntry\n"
+        "from training.data import InputSpec\nfrom training.models import ModelEntry\n"
         "from training.models.short_res import ShortChunkResNet\n"
-        "from training.protocol import Protocol\n"
+        "from training.run.protocol import Protocol\n"
         "ENTRY = ModelEntry(build=ShortChunkResNet, input=InputSpec('waveform', sample_rate=16000),\n"
         "                   protocol=Protocol.make('short_res', lr=1e-4, eval_chunks=16))\n"
     )
@@ -261,7 +261,7 @@ def test_dieleman_trains_on_whole_clips_of_10_subclips(split_store, tmp_path):
     assert run.plan.group_subclips and metrics["valid"]["n_clips"] == len(store.split("random", "valid"))
     # a clip's score is the mean of its 10 sub-clips' sigmoid outputs
     valid = run.readers["valid"]
-    scores, _ = __import__("training.evaluate", fromlist=["x"]).predict_scores(
+    scores, _ = __import__("training.run.evaluate", fromlist=["x"]).predict_scores(
         run.model, valid, task="multilabel", n_classes=len(run.classes), loss_fn=run.loss_fn, device=run.device,
         batch_size=100,
     )  # fmt: skip
@@ -275,7 +275,7 @@ def test_dieleman_trains_on_whole_clips_of_10_subclips(split_store, tmp_path):
 def test_macro_metrics_average_over_present_classes():
     from sklearn.metrics import f1_score, roc_auc_score
 
-    from training.metrics import compute_metrics
+    from training.run.metrics import compute_metrics
 
     rng = np.random.default_rng(1)
     classes = [f"genre{i}" for i in range(10)]
@@ -306,8 +306,8 @@ def test_pipe_info_names_classes_without_clips(gtzan_cli_build):
 
 
 def test_crnn_runs_saved_with_pytorch_gru_weights_still_load(tmp_path):
-    from training.inference import legacy_model_opts
     from training.models import build_model
+    from training.run.inference import legacy_model_opts
 
     old = build_model("crnn", n_classes=6, input_shape=(96, 262), gru="torch")
     keys = [f"model.{k}" for k in old.state_dict()]

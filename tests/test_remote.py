@@ -253,8 +253,8 @@ def test_a_copy_that_does_not_verify_exits_non_zero(http_root, local, tmp_path):
 
 def test_train_reads_a_store_over_http(http_root, local, tmp_path):
     """`train --store http://...` streams the store over HTTP and learns exactly what it learns from disk."""
-    from training.config import TrainConfig
-    from training.loop import train
+    from training.run.config import TrainConfig
+    from training.run.loop import train
 
     _, base = http_root
     common = {"model": "mlp", "epochs": 2, "lr": 1e-2, "emissions": False, "cache": "none"}

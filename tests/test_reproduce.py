@@ -1,4 +1,4 @@
-"""``train reproduce``: recipes as validated data, up-front checks, smoke runs of every recipe, resume, reports."""
+"""``train reproduce``: papers as validated data, up-front checks, smoke runs of every paper, resume, reports."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import soundfile
 import yaml
 
 from pipeline import MuzarrError
+from training.experiments.reproduce import PAPERS, load_paper, parse_stores, plan_runs, run_paper
 from training.models import MODELS
-from training.reproduce import RECIPES, load_recipe, parse_stores, plan_runs, run_recipe
 
 # The table of Won et al. 2020 (macro ROC-AUC / PR-AUC, MTAT split "clean"), from docs/anchors.md.
 WON2020_TABLE = {
@@ -62,7 +62,7 @@ def _cli(*args: str):
 @pytest.fixture(autouse=True)
 def small_smoke(monkeypatch):
     """Smoke runs on 6 clips per split: the code path of --smoke at a third of its cost on 2 CPU cores."""
-    import training.reproduce
+    import training.experiments.reproduce
 
     monkeypatch.setitem(training.reproduce.SMOKE_TRAIN, "max_clips", 6)
     monkeypatch.setitem(training.reproduce.SMOKE_TRAIN, "batch_size", 4)
@@ -127,39 +127,39 @@ def _measured(table: pd.DataFrame, metric: str) -> np.ndarray:
     return table[f"{metric}_measured"].to_numpy(dtype=float)
 
 
-# -- recipes as data --------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(RECIPES))
+# -- papers as data --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(PAPERS))
 def test_every_packaged_recipe_parses_into_registered_models(name):
-    recipe = load_recipe(name)
-    assert recipe.name == name and recipe.rows and recipe.title and recipe.citation
-    assert all(row.model in MODELS for row in recipe.rows)
-    assert recipe.gpu_hours > 0 and "estimate" in recipe.gpu_hours_basis
-    assert set(recipe.roles) <= set(recipe.stores)
-    assert load_recipe(RECIPES[name]) == recipe  # by path as well as by name
+    paper = load_paper(name)
+    assert paper.name == name and paper.rows and paper.title and paper.citation
+    assert all(row.model in MODELS for row in paper.rows)
+    assert paper.gpu_hours > 0 and "estimate" in paper.gpu_hours_basis
+    assert set(paper.roles) <= set(paper.stores)
+    assert load_paper(PAPERS[name]) == paper  # by path as well as by name
 
 
 def test_the_recipes_are_the_six_reports():
-    assert sorted(RECIPES) == ["seed000", "seed001", "seed002", "seed003", "seed004", "won2020"]
+    assert sorted(PAPERS) == ["seed000", "seed001", "seed002", "seed003", "seed004", "won2020"]
 
 
 def test_won2020_publishes_the_anchor_table():
-    recipe = load_recipe("won2020")
-    assert recipe.dataset == "mtat" and recipe.metrics == ("roc_auc", "pr_auc")
-    assert {row.model: (row.published["roc_auc"].mean, row.published["pr_auc"].mean) for row in recipe.rows} == WON2020_TABLE
-    assert all(row.published["roc_auc"].std is None and row.repeats == 1 for row in recipe.rows)
+    paper = load_paper("won2020")
+    assert paper.dataset == "mtat" and paper.metrics == ("roc_auc", "pr_auc")
+    assert {row.model: (row.published["roc_auc"].mean, row.published["pr_auc"].mean) for row in paper.rows} == WON2020_TABLE
+    assert all(row.published["roc_auc"].std is None and row.repeats == 1 for row in paper.rows)
 
 
 @pytest.mark.parametrize("name", sorted(SEED_TABLES))
 def test_seed_recipes_publish_the_reports_numbers(name):
-    recipe = load_recipe(name)
+    paper = load_paper(name)
     published = {
-        row.label: {m: p.mean if p.std is None else (p.mean, p.std) for m, p in row.published.items()} for row in recipe.rows
+        row.label: {m: p.mean if p.std is None else (p.mean, p.std) for m, p in row.published.items()} for row in paper.rows
     }
     assert published == SEED_TABLES[name]
 
 
 def test_seed001_rows_are_the_five_filter_settings_and_the_crnn():
-    rows = load_recipe("seed001").rows
+    rows = load_paper("seed001").rows
     settings = [(r.model_opts["filter_length"], r.model_opts["stride"]) for r in rows if r.model == "dieleman"]
     assert settings == [(1024, 1024), (1024, 512), (512, 512), (512, 256), (256, 256)]
     assert {r.store for r in rows if r.model == "dieleman"} == {"subclips"} and rows[-1].store == "main"
@@ -167,9 +167,9 @@ def test_seed001_rows_are_the_five_filter_settings_and_the_crnn():
 
 
 def test_seed004_runs_five_seeds_and_smokes_a_tiny_wav2vec2():
-    recipe = load_recipe("seed004")
-    assert [(r.model, r.repeats) for r in recipe.rows] == [("mlp_tabular", 5), ("cnn5", 5), ("wav2vec2", 5)]
-    assert recipe.rows[-1].smoke_model_opts == {"weights": "random", "config": "tiny"}
+    paper = load_paper("seed004")
+    assert [(r.model, r.repeats) for r in paper.rows] == [("mlp_tabular", 5), ("cnn5", 5), ("wav2vec2", 5)]
+    assert paper.rows[-1].smoke_model_opts == {"weights": "random", "config": "tiny"}
 
 
 GOOD_ROW = {"label": "MLP", "model": "mlp", "published": {"roc_auc": 0.79}}
@@ -198,7 +198,7 @@ def _recipe_file(tmp_path: Path, **changes) -> Path:
 def test_a_misspelt_key_is_one_error_naming_the_file_and_the_key(tmp_path, changes, key):
     path = _recipe_file(tmp_path, **changes)
     with pytest.raises(MuzarrError, match=f"unknown key '{key}'") as error:
-        load_recipe(path)
+        load_paper(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
@@ -217,13 +217,13 @@ def test_a_misspelt_key_is_one_error_naming_the_file_and_the_key(tmp_path, chang
 def test_bad_rows_fail_naming_the_file_and_the_row(tmp_path, row, message):
     path = _recipe_file(tmp_path, rows=[row])
     with pytest.raises(MuzarrError, match=message) as error:
-        load_recipe(path)
+        load_paper(path)
     assert f"{path}: row 1 (MLP)" in str(error.value)
 
 
 def test_rows_must_have_distinct_folders(tmp_path):
     with pytest.raises(MuzarrError, match="distinct folder names"):
-        load_recipe(_recipe_file(tmp_path, rows=[GOOD_ROW, {**GOOD_ROW, "label": "mlp"}]))
+        load_paper(_recipe_file(tmp_path, rows=[GOOD_ROW, {**GOOD_ROW, "label": "mlp"}]))
 
 
 def test_store_arguments_name_their_role():
@@ -237,7 +237,7 @@ def test_store_arguments_name_their_role():
 def test_list_names_every_recipe_with_rows_datasets_and_gpu_hours():
     result = _cli("--list")
     assert result.exit_code == 0
-    for name in RECIPES:
+    for name in PAPERS:
         assert name in result.output
     assert "Short-chunk ResNet" in result.output and "fma_medium" in result.output and "GPU-hours (estimate" in result.output
 
@@ -246,7 +246,7 @@ def test_an_unknown_recipe_is_one_line_listing_the_known_ones():
     result = _cli("won2021", "--store", "x.zarr")
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: unknown recipe 'won2021'; known recipes: seed000, seed001, seed002, seed003, seed004, won2020 (or a path to a .yaml file)"
+        "error: unknown paper 'won2021'; known papers: seed000, seed001, seed002, seed003, seed004, won2020 (or a path to a .yaml file)"
     ]
 
 
@@ -290,11 +290,11 @@ def test_unknown_roles_and_model_options_are_refused(demo_store, tmp_path):
     result = _cli("seed000", "--store", demo_store, "--store", f"subclip={demo_store}", *COMMON)
     assert result.exit_code == 2 and "no store role 'subclip'; its roles: main" in result.output
     result = _cli("seed000", "--store", demo_store, "--model-opt", "weights=x.pth", *COMMON)
-    assert result.exit_code == 2 and "--model-opt weights: no model of recipe seed000 takes it" in result.output
+    assert result.exit_code == 2 and "--model-opt weights: no model of paper seed000 takes it" in result.output
 
 
 def test_model_opts_go_to_the_rows_whose_model_takes_them(genre_store, tmp_path):
-    jobs = plan_runs(load_recipe("seed003"), {"main": genre_store}, tmp_path / "out", device="cpu", echo=lambda line: None,
+    jobs = plan_runs(load_paper("seed003"), {"main": genre_store}, tmp_path / "out", device="cpu", echo=lambda line: None,
                      model_opts={"weights": "random", "config": "tiny"})  # fmt: skip
     options = {job.row.label: job.config.model_opts for job in jobs}
     assert options["ResNet-50 transfer (SGD)"] == {"weights": "random", "config": "tiny"}
@@ -339,7 +339,7 @@ def test_won2020_smoke_writes_the_table_beside_the_published_one_and_resumes(dem
 def test_seed000_smoke_resumes_an_interrupted_run_and_refuses_other_settings(demo_store, tmp_path):
     out = tmp_path / "seed000"
     lines: list[str] = []
-    table = run_recipe(load_recipe("seed000"), {"main": demo_store}, out, smoke=True, device="cpu", emissions=False,
+    table = run_paper(load_paper("seed000"), {"main": demo_store}, out, smoke=True, device="cpu", emissions=False,
                        echo=lines.append)  # fmt: skip
     assert list(table["label"]) == ["MLP", "CNN"] and np.isfinite(_measured(table, "roc_auc")).all()
     # seed 000's 14,770 and 2,989,810 parameters, for the demo's 6 tags instead of 50
@@ -349,12 +349,12 @@ def test_seed000_smoke_resumes_an_interrupted_run_and_refuses_other_settings(dem
     kept_mtime = kept.stat().st_mtime_ns
     interrupted.unlink()  # config.json and last.pt stay: the run stopped before its evaluation
     lines.clear()
-    run_recipe(load_recipe("seed000"), {"main": demo_store}, out, smoke=True, device="cpu", emissions=False, echo=lines.append)
+    run_paper(load_paper("seed000"), {"main": demo_store}, out, smoke=True, device="cpu", emissions=False, echo=lines.append)
     assert any("MLP, repeat 1/1: finished earlier, kept" in line for line in lines)
     assert any("CNN, repeat 1/1: resuming cnn" in line for line in lines)
     assert kept.stat().st_mtime_ns == kept_mtime and interrupted.exists()
     with pytest.raises(MuzarrError, match=r"repeat-0 was trained with other settings: batch_size=4 \(now None\), epochs=1 \(now None\)"):
-        run_recipe(load_recipe("seed000"), {"main": demo_store}, out, device="cpu", emissions=False, echo=lines.append)
+        run_paper(load_paper("seed000"), {"main": demo_store}, out, device="cpu", emissions=False, echo=lines.append)
 
 
 @pytest.mark.slow
@@ -372,17 +372,17 @@ def test_seed001_smoke_trains_the_raw_cnn_on_subclips_and_the_crnn_on_whole_clip
 
 @pytest.mark.parametrize("name", ["seed002", "seed003", "seed004"])
 def test_genre_recipes_smoke_on_a_multiclass_store(genre_store, tmp_path, name):
-    recipe = load_recipe(name)
-    table = run_recipe(recipe, {"main": genre_store}, tmp_path / name, smoke=True, device="cpu", emissions=False, echo=print)
-    assert list(table["label"]) == [row.label for row in recipe.rows]
-    for metric in recipe.metrics:
+    paper = load_paper(name)
+    table = run_paper(paper, {"main": genre_store}, tmp_path / name, smoke=True, device="cpu", emissions=False, echo=print)
+    assert list(table["label"]) == [row.label for row in paper.rows]
+    for metric in paper.metrics:
         assert np.isfinite(_measured(table, metric)).all(), metric
     assert "note: the runs' task" not in (tmp_path / name / "reproduce.md").read_text()
 
 
 def test_a_multiclass_recipe_on_a_multilabel_store_reads_n_a_and_says_why(demo_store, tmp_path):
     out = tmp_path / "seed004"
-    table = run_recipe(load_recipe("seed004"), {"main": demo_store}, out, smoke=True, device="cpu", emissions=False, echo=print)
+    table = run_paper(load_paper("seed004"), {"main": demo_store}, out, smoke=True, device="cpu", emissions=False, echo=print)
     assert table["accuracy_measured"].isna().all() and (table["accuracy_published"] == [0.42, 0.63, 0.27]).all()
     text = (out / "reproduce.md").read_text()
     assert "note: the runs' task (multilabel) has no accuracy" in text

@@ -109,8 +109,8 @@ def test_a_truncated_shard_is_one_line_naming_it(small_store, tmp_path, cache):
 
 
 def test_a_recorded_run_matches_its_request_as_json_holds_it(tmp_path):
-    from training.checkpoint import existing_run
-    from training.config import TrainConfig
+    from training.run.checkpoint import existing_run
+    from training.run.config import TrainConfig
 
     request = TrainConfig(store="/s.zarr", model="cnn", model_opts={"channels": (8, 16)}).to_dict()
     (tmp_path / "config.json").write_text(json.dumps({"train": request}))  # the tuple is a list there
@@ -178,7 +178,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_works_once_there_is_room(s
 
 def test_a_start_cut_short_leaves_a_folder_the_same_command_takes(tmp_path):
     """A kill while config.json was written leaves config.json.tmp alone: no run to continue, nothing of anyone's."""
-    from training.checkpoint import existing_run
+    from training.run.checkpoint import existing_run
 
     (tmp_path / "config.json.tmp").write_text('{"tra')
     assert existing_run(tmp_path, {"store": "/s.zarr", "model": "mlp"}, overwrite=False) == "new"

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from pipeline import MuzarrError
-from training.config import TrainConfig
-from training.sweep import load_sweep, parse_sweep
+from training.experiments.sweep import load_sweep, parse_sweep
+from training.run.config import TrainConfig
 
 # Seed 002's sweep.yaml as printed in the report (its comments included), plus its scheduler slide.
 SEED002_SWEEP = """\

@@ -23,7 +23,7 @@ from test_sweep import QUICK, _sweep, _write
 
 from pipeline import MuzarrError, open_store
 from training.cli import main
-from training.config import TrainConfig
+from training.run.config import TrainConfig
 
 BATCH = 8
 #: history.csv columns that are not curves (a name, an event)

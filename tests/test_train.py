@@ -17,9 +17,9 @@ import pytest
 import zarr
 
 from pipeline import MuzarrError
-from training.config import TrainConfig
-from training.loop import train
 from training.models import MODELS
+from training.run.config import TrainConfig
+from training.run.loop import train
 
 # Small, fast settings per model: the point is that each one trains end to end on a real store.
 QUICK_OPTS = {
@@ -78,7 +78,7 @@ def test_run_directory_contents(small_store, tmp_path):
 def test_metrics_match_sklearn():
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from training.metrics import compute_metrics
+    from training.run.metrics import compute_metrics
 
     rng = np.random.default_rng(0)
     targets = (rng.random((50, 4)) < 0.4).astype(np.float32)

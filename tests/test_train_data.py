@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from pipeline import MuzarrError, open_store
-from training.data import SplitReader, TrainStream, crop, eval_batches, eval_offsets, plan_examples, resolve_array
-from training.models import InputSpec, get_model
+from training.data import (
+    InputSpec,
+    SplitReader,
+    TrainStream,
+    crop,
+    eval_batches,
+    eval_offsets,
+    plan_examples,
+    resolve_array,
+)
+from training.models import get_model
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 ``train --store URL --model NAME [options]`` trains; ``train models`` lists the models;
 ``train sweep``, ``compare``, ``predict`` and ``embed`` search, compare and use trained runs;
-``train reproduce`` re-runs a published table from its recipe.
+``train reproduce`` re-runs a published table from its paper file.
 Exit codes: 0 success; 2 bad input (one line says what and where); 130 interrupted
 (``train --resume DIR`` continues from the last finished epoch).
 """
@@ -20,8 +20,8 @@ import click
 from pipeline.cli import friendly_errors
 from pipeline.config import parse_spec
 from pipeline.errors import MuzarrError, write_errors
-from training.optim import OPTIMIZERS  # the CLI's choices are the registries' keys
-from training.protocol import EVAL_PLACEMENTS, SCHEDULES
+from training.run.optim import OPTIMIZERS  # the CLI's choices are the registries' keys
+from training.run.protocol import EVAL_PLACEMENTS, SCHEDULES
 
 
 class DefaultToRun(click.Group):
@@ -68,7 +68,7 @@ def one_rank_speaks(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from training.distributed import (
+        from training.run.distributed import (
             LAUNCHED_BY_TRAIN,
             LOST,
             LostRank,
@@ -173,12 +173,12 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
       train --store mtat.zarr --model short_res --nproc-per-node 4     # 4 GPUs, one rank each
       torchrun --nproc_per_node 4 $(which train) --store mtat.zarr --model short_res   # the same
     """
-    from training.config import TrainConfig
-    from training.distributed import context, launched
-    from training.loop import Run
+    from training.run.config import TrainConfig
+    from training.run.distributed import context, launched
+    from training.run.loop import Run
 
     if nproc_per_node and not launched():
-        from training.launch import launch, without_launch_options
+        from training.run.launch import launch, without_launch_options
 
         argv = without_launch_options(sys.argv[1:])
         if not resume and not out:  # one folder for every rank, named here
@@ -200,7 +200,7 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
         raise MuzarrError("train needs --store URL and --model NAME (or --resume DIR); see `train --help`")
     augment_fields = None
     if augment is not None:
-        from training.augment import parse_augment
+        from training.data.augment import parse_augment
 
         augment_fields = parse_augment(augment).to_dict()
     config = TrainConfig(
@@ -216,7 +216,7 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
     if repeats == 1:
         _print_result(_train_once(config, base, overwrite=overwrite, quiet=quiet), base)
         return
-    from training.summary import summarise_repeats
+    from training.experiments.summary import summarise_repeats
 
     results = []
     for i in range(repeats):
@@ -231,9 +231,9 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
 def _train_once(config, out: Path, *, overwrite: bool, quiet: bool) -> dict[str, Any]:
     """Train ``config`` into ``out``; the same command again continues an unfinished run there and
     keeps a finished one; another run there is refused unless ``overwrite``."""
-    from training.checkpoint import existing_run, read_json
-    from training.distributed import context
-    from training.loop import Run
+    from training.run.checkpoint import existing_run, read_json
+    from training.run.distributed import context
+    from training.run.loop import Run
 
     config = config.with_absolute_store()  # as the run records it
     # rank 0 looks at the run folder and tells the others (who may not see it)
@@ -257,7 +257,7 @@ def _default_out(store: str, model: str) -> Path:
 
 
 def _print_result(metrics: dict[str, Any], out: Path) -> None:
-    from training.checkpoint import EVENT_FILES
+    from training.run.checkpoint import EVENT_FILES
 
     primary = metrics["primary_metric"]
     test, valid = metrics["test"], metrics["valid"]
@@ -300,7 +300,7 @@ def list_models():
 
 def describe_protocol(protocol) -> str:
     """One line a person can read: optimizer, schedule, epochs, batch, monitor, evaluation."""
-    from training.protocol import Phases
+    from training.run.protocol import Phases
 
     p = protocol
     text = f"{p.optimizer} lr {p.lr:g}" + (f" wd {p.weight_decay:g}" if p.weight_decay else "")
@@ -327,7 +327,7 @@ def describe_protocol(protocol) -> str:
     if p.split_scheme:
         text += f"; split {p.split_scheme}"
     if p.augment.active:
-        from training.augment import format_augment
+        from training.data.augment import format_augment
 
         text += f"; augment {format_augment(p.augment)}"
     return text
@@ -378,9 +378,9 @@ def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, 
     """
     import dataclasses
 
-    from training.config import TrainConfig
-    from training.sweep import load_sweep, run_sweep
-    from training.sweep_cluster import Cluster
+    from training.experiments.sweep import load_sweep, run_sweep
+    from training.experiments.sweep_cluster import Cluster
+    from training.run.config import TrainConfig
 
     spec = load_sweep(config_path, model=model)
     if method:
@@ -414,7 +414,7 @@ def compare(run_dirs, out, extra):
       train compare runs/demo-mlp runs/demo-cnn --out runs/compare
       train compare runs/mtat-crnn-5seeds runs/mtat-dieleman-5seeds --metric pr_auc
     """
-    from training.compare import compare as run_compare
+    from training.experiments.compare import compare as run_compare
 
     click.echo(run_compare(list(run_dirs), out, extra=tuple(extra)))
     click.echo(f"written: {Path(out) / 'compare.md'}, compare.csv, compare.png")
@@ -422,23 +422,23 @@ def compare(run_dirs, out, extra):
 
 @main.command(name="reproduce")
 @click.argument("name", required=False)
-@click.option("--store", "stores", multiple=True, metavar="[ROLE=]URL", help="Store of the recipe's main role, or ROLE=URL for another role (seed001: subclips=URL).")
+@click.option("--store", "stores", multiple=True, metavar="[ROLE=]URL", help="Store of the paper's main role, or ROLE=URL for another role (seed001: subclips=URL).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder of the runs and reports (default: runs/reproduce-NAME, -smoke with --smoke); rerun with it to resume.")
-@click.option("--smoke", is_flag=True, help="One 1-epoch run per row on at most 16 clips per split, 2 evaluation crops: checks the recipe runs; not comparable.")
+@click.option("--smoke", is_flag=True, help="One 1-epoch run per row on at most 16 clips per split, 2 evaluation crops: checks the paper runs; not comparable.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
 @click.option("--seed", default=0, show_default=True, type=int, help="Repeat i runs with seed + i.")
 @click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
 @click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option for every row whose model takes it, e.g. weights=resnet50.pth.")
-@click.option("--list", "list_recipes", is_flag=True, help="List the recipes: rows, datasets, GPU-hours estimate.")
+@click.option("--list", "list_papers", is_flag=True, help="List the papers: rows, datasets, GPU-hours estimate.")
 @click.option("--verbose", is_flag=True, help="Also print every epoch and progress bars of each run.")
 @friendly_errors
-def reproduce(name, stores, out, smoke, device, seed, no_emissions, model_opts, list_recipes, verbose):
-    """Re-run a paper's or seed report's table from its recipe and set it beside the published numbers.
+def reproduce(name, stores, out, smoke, device, seed, no_emissions, model_opts, list_papers, verbose):
+    """Re-run a paper's or seed report's table from its paper and set it beside the published numbers.
 
     Every row is checked before any trains (stores, arrays, sub-clips, weights), then each
     row x repeat trains into OUT/ROW/repeat-N; OUT gets reproduce.md, reproduce.csv,
     reproduce.png and compare.png. Run the same command again to resume: finished runs are
-    kept, an interrupted one continues. NAME is a recipe name or a recipe .yaml file.
+    kept, an interrupted one continues. NAME is a paper name or a paper .yaml file.
 
     \b
     Examples:
@@ -449,21 +449,21 @@ def reproduce(name, stores, out, smoke, device, seed, no_emissions, model_opts, 
       train reproduce seed003 --store gtzan.zarr --model-opt weights=resnet50.pth
       train reproduce seed004 --store gtzan.zarr --model-opt weights=wav2vec2-base --out runs/seed004
     """
-    from training.reproduce import RECIPES, load_recipe, parse_stores, run_recipe
+    from training.experiments.reproduce import PAPERS, load_paper, parse_stores, run_paper
 
-    if list_recipes:
-        for recipe in map(load_recipe, RECIPES):
-            click.secho(recipe.name, bold=True, nl=False)
-            click.echo(f"  {recipe.title}")
-            click.echo(f"    {len(recipe.rows)} rows ({recipe.n_runs} runs): {', '.join(row.label for row in recipe.rows)}")
-            click.echo(f"    dataset: {recipe.dataset}; stores: {', '.join(recipe.roles)}; metrics: {', '.join(recipe.metrics)}")
-            click.echo(f"    about {recipe.gpu_hours:g} GPU-hours ({recipe.gpu_hours_basis})")
+    if list_papers:
+        for paper in map(load_paper, PAPERS):
+            click.secho(paper.name, bold=True, nl=False)
+            click.echo(f"  {paper.title}")
+            click.echo(f"    {len(paper.rows)} rows ({paper.n_runs} runs): {', '.join(row.label for row in paper.rows)}")
+            click.echo(f"    dataset: {paper.dataset}; stores: {', '.join(paper.roles)}; metrics: {', '.join(paper.metrics)}")
+            click.echo(f"    about {paper.gpu_hours:g} GPU-hours ({paper.gpu_hours_basis})")
         return
     if not name:
-        raise MuzarrError(f"train reproduce needs a recipe NAME (one of {', '.join(RECIPES)}) or --list")
-    recipe = load_recipe(name)
-    folder = Path(out) if out else Path("runs") / f"reproduce-{recipe.name}{'-smoke' if smoke else ''}"
-    run_recipe(recipe, parse_stores(stores), folder, smoke=smoke, device=device, seed=seed, emissions=not no_emissions,
+        raise MuzarrError(f"train reproduce needs a paper NAME (one of {', '.join(PAPERS)}) or --list")
+    paper = load_paper(name)
+    folder = Path(out) if out else Path("runs") / f"reproduce-{paper.name}{'-smoke' if smoke else ''}"
+    run_paper(paper, parse_stores(stores), folder, smoke=smoke, device=device, seed=seed, emissions=not no_emissions,
                model_opts=_options(model_opts, "--model-opt"), progress=verbose, echo=click.echo)  # fmt: skip
     click.echo((folder / "reproduce.md").read_text().rstrip())
     click.echo(f"written: {folder / 'reproduce.md'}, reproduce.csv, reproduce.png, compare.png")
@@ -506,9 +506,9 @@ def predict(run_dir, store, split, split_scheme, out, scores, threshold, device)
       train predict --checkpoint runs/gtzan-cnn5 --store kaggle-test.zarr --split all --out submission.csv
       train predict --checkpoint runs/demo-mlp --store demo.zarr --split test --threshold 0.5 --out pred.csv
     """
-    from training.checkpoint import write_atomic
-    from training.inference import load_run
-    from training.predict import predict as run_predict
+    from training.run.checkpoint import write_atomic
+    from training.run.inference import load_run
+    from training.run.predict import predict as run_predict
 
     path = _output_file(out, "--out")  # before the predictions: a path that cannot be written is said first
     table = run_predict(load_run(run_dir, device=device), store, split=split, split_scheme=split_scheme,
@@ -534,8 +534,8 @@ def embed(run_dir, store, split, split_scheme, out, plot, no_plot, seed, device)
       train embed --checkpoint runs/fma-cnn2d_gru --store fma.zarr --split test --out emb.parquet
       train embed --checkpoint runs/demo-cnn --store demo.zarr --split all --out emb.parquet --plot tsne-all.png
     """
-    from training.inference import load_run
-    from training.predict import embeddings, write_embeddings
+    from training.run.inference import load_run
+    from training.run.predict import embeddings, write_embeddings
 
     path = _output_file(out, "--out")  # before the embeddings: a path that cannot be written is said first
     figure = None if no_plot else _output_file(plot, "--plot") if plot else path.parent / "tsne.png"

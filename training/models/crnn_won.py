@@ -7,8 +7,8 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
-from training.frontend import WaveformMelModel
 from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
+from training.models.frontend import WaveformMelModel
 
 __all__ = ["WonCRNN"]
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
-from training.frontend import AmplitudeToDB
 from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape
+from training.models.frontend import AmplitudeToDB
 
 __all__ = ["HarmonicCNN", "HarmonicSTFT"]
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.frontend import WaveformMelModel
 from training.models.blocks import ConvBlock1d, check_hyperparameters, check_input_shape
+from training.models.frontend import WaveformMelModel
 
 __all__ = ["Musicnn"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.metrics import SCALARS
+from training.run.metrics import SCALARS
 
 
 def summarise_repeats(results: list[dict[str, Any]], out: Path) -> str:

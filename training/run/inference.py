@@ -10,12 +10,12 @@ from typing import Any
 import torch
 
 from pipeline import MuzarrError, open_store
-from training.checkpoint import load_checkpoint, read_json
-from training.config import TrainConfig
-from training.device import pick_device
+from training.data.normalization import Normalized
 from training.models import build_model
-from training.normalization import Normalized
-from training.protocol import Protocol
+from training.run.checkpoint import load_checkpoint, read_json
+from training.run.config import TrainConfig
+from training.run.device import pick_device
+from training.run.protocol import Protocol
 
 __all__ = ["LoadedRun", "legacy_model_opts", "load_run", "read_run_config", "saved_protocol"]
 

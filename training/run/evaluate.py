@@ -15,9 +15,9 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from training.data import SplitReader, eval_batches
-from training.device import autocast
-from training.distributed import Context
-from training.metrics import compute_metrics
+from training.run.device import autocast
+from training.run.distributed import Context
+from training.run.metrics import compute_metrics
 
 __all__ = ["checked_batch", "evaluate", "predict_scores"]
 

@@ -1,6 +1,6 @@
-"""Recipes: a published table as data, one YAML file per report in ``training/recipes/``.
+"""Papers: a published table as data, one YAML file per report in ``training/experiments/papers/``.
 
-A recipe names the report (title, citation), the catalog dataset and the test metrics of its
+A paper names the report (title, citation), the catalog dataset and the test metrics of its
 table, an honest GPU-hours estimate (``gpu_hours`` and ``gpu_hours_basis``), how to build
 each store it uses (``stores``: role → ``pipe build`` command; ``main`` defaults to
 ``pipe build DATASET``) and one row per line of the table::
@@ -15,7 +15,7 @@ each store it uses (``stores``: role → ``pipe build`` command; ``main`` defaul
       smoke: {model_opts: {weights: random, config: tiny}}  # --smoke only
       note: what differs from the report
 
-:func:`load_recipe` validates a file once into a frozen :class:`Recipe`: an unknown key
+:func:`load_paper` validates a file once into a frozen :class:`Paper`: an unknown key
 anywhere, a model that is not registered, a model option it does not take or a setting that
 makes no valid protocol is one :class:`MuzarrError` naming the file, the row and the key.
 """
@@ -33,24 +33,24 @@ import yaml
 
 from pipeline import MuzarrError
 from pipeline.config import load_catalog
-from training.config import TrainConfig
-from training.metrics import SCALARS
 from training.models import MODELS, model_options
-from training.protocol import typed_fields
+from training.run.config import TrainConfig
+from training.run.metrics import SCALARS
+from training.run.protocol import typed_fields
 
-__all__ = ["RECIPES", "ROLE_PATTERN", "SMOKE_TRAIN", "Published", "Recipe", "RecipeRow", "is_number", "load_recipe"]
+__all__ = ["PAPERS", "ROLE_PATTERN", "SMOKE_TRAIN", "Published", "Paper", "PaperRow", "is_number", "load_paper"]
 
-#: every packaged recipe by name: ``training/recipes/NAME.yaml``
-RECIPES: dict[str, Path] = {
+#: every packaged paper by name: ``training/experiments/papers/NAME.yaml``
+PAPERS: dict[str, Path] = {
     Path(entry.name).stem: Path(str(entry))
-    for entry in sorted(resources.files("training").joinpath("recipes").iterdir(), key=lambda e: e.name)
+    for entry in sorted(resources.files("training").joinpath("experiments").joinpath("papers").iterdir(), key=lambda e: e.name)
     if entry.name.endswith(".yaml")
 }
 
-RECIPE_KEYS = ("name", "title", "citation", "dataset", "metrics", "gpu_hours", "gpu_hours_basis", "stores", "notes", "rows")
+PAPER_KEYS = ("name", "title", "citation", "dataset", "metrics", "gpu_hours", "gpu_hours_basis", "stores", "notes", "rows")
 ROW_KEYS = ("label", "model", "published", "repeats", "store", "model_opts", "train", "smoke", "note")
 SMOKE_KEYS = ("model_opts", "train")
-#: TrainConfig fields the runner sets itself, which a recipe row may not
+#: TrainConfig fields the runner sets itself, which a paper row may not
 RUNNER_FIELDS = ("store", "model", "seed", "model_opts", "device", "emissions")
 #: what ``--smoke`` changes in every row (before the row's own ``smoke:`` overrides); one repeat
 SMOKE_TRAIN = {"epochs": 1, "batch_size": 8, "max_clips": 16, "eval_crops": 2}
@@ -58,7 +58,7 @@ SMOKE_TRAIN = {"epochs": 1, "batch_size": 8, "max_clips": 16, "eval_crops": 2}
 ROLE_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 
 
-# -- the recipe as data ---------------------------------------------------------------------
+# -- the paper as data ---------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Published:
     """A published number: one value, or the mean ± std of repeated runs."""
@@ -82,7 +82,7 @@ class Published:
 
 
 @dataclasses.dataclass(frozen=True)
-class RecipeRow:
+class PaperRow:
     """One line of a published table.
 
     Parameters
@@ -135,7 +135,7 @@ class RecipeRow:
                            emissions=emissions, **settings)  # fmt: skip
 
     @classmethod
-    def from_dict(cls, data: Any, *, metrics: tuple[str, ...], where: str) -> RecipeRow:
+    def from_dict(cls, data: Any, *, metrics: tuple[str, ...], where: str) -> PaperRow:
         if not isinstance(data, dict):
             raise MuzarrError(f"{where}: a row must be a mapping with label, model and published, not {data!r}")
         label = data.get("label")
@@ -149,7 +149,7 @@ class RecipeRow:
         published = {}
         for metric, value in _mapping(data.get("published"), where=f"{where}: published").items():
             if metric not in metrics:
-                raise MuzarrError(f"{where}: published metric {metric!r} is not one of the recipe's metrics {list(metrics)}")
+                raise MuzarrError(f"{where}: published metric {metric!r} is not one of the paper's metrics {list(metrics)}")
             published[metric] = Published.from_value(value, where=f"{where}: published {metric}")
         repeats = data.get("repeats", 1)
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -176,8 +176,8 @@ class RecipeRow:
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A published table to reproduce; see the module docstring and ``training/recipes/*.yaml``.
+class Paper:
+    """A published table to reproduce; see the module docstring and ``training/experiments/papers/*.yaml``.
 
     ``stores`` maps each role the rows use to the ``pipe build`` command that makes its store
     (``main`` defaults to ``pipe build DATASET``); ``metrics`` are the table's test metrics,
@@ -189,7 +189,7 @@ class Recipe:
     citation: str
     dataset: str
     metrics: tuple[str, ...]
-    rows: tuple[RecipeRow, ...]
+    rows: tuple[PaperRow, ...]
     gpu_hours: float
     gpu_hours_basis: str
     stores: dict[str, str]
@@ -209,10 +209,10 @@ class Recipe:
         return sum(row.repeats for row in self.rows)
 
     @classmethod
-    def from_dict(cls, data: Any, *, where: str, path: Path | None = None) -> Recipe:
+    def from_dict(cls, data: Any, *, where: str, path: Path | None = None) -> Paper:
         if not isinstance(data, dict):
-            raise MuzarrError(f"{where}: a recipe must be a mapping of {', '.join(RECIPE_KEYS)}")
-        _check_keys(data, RECIPE_KEYS, where=where)
+            raise MuzarrError(f"{where}: a paper must be a mapping of {', '.join(PAPER_KEYS)}")
+        _check_keys(data, PAPER_KEYS, where=where)
         missing = [k for k in ("name", "title", "citation", "dataset", "metrics", "gpu_hours", "gpu_hours_basis", "rows")
                    if data.get(k) in (None, "", [])]  # fmt: skip
         if missing:
@@ -235,7 +235,7 @@ class Recipe:
         if not isinstance(data["rows"], list):
             raise MuzarrError(f"{where}: rows must be a list of rows")
         rows = tuple(
-            RecipeRow.from_dict(row, metrics=tuple(metrics), where=f"{where}: row {i + 1}") for i, row in enumerate(data["rows"])
+            PaperRow.from_dict(row, metrics=tuple(metrics), where=f"{where}: row {i + 1}") for i, row in enumerate(data["rows"])
         )
         slugs = [row.slug for row in rows]
         clashes = sorted({s for s in slugs if slugs.count(s) > 1})
@@ -259,19 +259,19 @@ class Recipe:
         )  # fmt: skip
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A packaged recipe by name (:data:`RECIPES`) or a recipe file, validated."""
-    if str(name_or_path) in RECIPES:
-        path = RECIPES[str(name_or_path)]
+def load_paper(name_or_path: str | Path) -> Paper:
+    """A packaged paper by name (:data:`PAPERS`) or a paper file, validated."""
+    if str(name_or_path) in PAPERS:
+        path = PAPERS[str(name_or_path)]
     elif Path(name_or_path).suffix in (".yaml", ".yml") and Path(name_or_path).is_file():
         path = Path(name_or_path)
     else:
-        raise MuzarrError(f"unknown recipe {str(name_or_path)!r}; known recipes: {', '.join(RECIPES)} (or a path to a .yaml file)")
+        raise MuzarrError(f"unknown paper {str(name_or_path)!r}; known papers: {', '.join(PAPERS)} (or a path to a .yaml file)")
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise MuzarrError(f"recipe {path}: cannot read it ({type(err).__name__}: {err})") from None
-    return Recipe.from_dict(data, where=f"recipe {path}", path=path)
+        raise MuzarrError(f"paper {path}: cannot read it ({type(err).__name__}: {err})") from None
+    return Paper.from_dict(data, where=f"paper {path}", path=path)
 
 
 def is_number(value: Any) -> bool:
@@ -304,7 +304,7 @@ def _train_settings(value: Any, *, where: str) -> dict:
     settings = _mapping(value, where=where)
     for key in settings:
         if key in RUNNER_FIELDS:
-            raise MuzarrError(f"{where}: {key} is set by `train reproduce` (--store, --seed, --device...), not a recipe")
+            raise MuzarrError(f"{where}: {key} is set by `train reproduce` (--store, --seed, --device...), not a paper")
     allowed = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNNER_FIELDS)
     _check_keys(settings, allowed, where=where)
     return typed_fields(TrainConfig, settings, where=where)

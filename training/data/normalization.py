@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.data import SplitReader, to_float
+from training.data.reader import SplitReader, to_float
 
 __all__ = ["Normalized", "fit_normalization"]
 

@@ -1,11 +1,11 @@
 """One training run: store + model + protocol → run directory with metrics, curves, emissions, checkpoints.
 
 :class:`Run` ties the parts together, each in its own module: the protocol
-(:mod:`training.config`, :mod:`training.protocol`), the examples (:mod:`training.data`), the
-input normalisation (:mod:`training.normalization`), optimizers and schedules
-(:mod:`training.optim`), augmentation (:mod:`training.augment`), evaluation
-(:mod:`training.evaluate`), checkpoints (:mod:`training.checkpoint`) and emissions
-(:mod:`training.emissions`).
+(:mod:`training.run.config`, :mod:`training.run.protocol`), the examples (:mod:`training.data`), the
+input normalisation (:mod:`training.data.normalization`), optimizers and schedules
+(:mod:`training.run.optim`), augmentation (:mod:`training.data.augment`), evaluation
+(:mod:`training.run.evaluate`), checkpoints (:mod:`training.run.checkpoint`) and emissions
+(:mod:`training.run.emissions`).
 
 The run directory holds ``config.json`` (the request and the resolved protocol),
 ``history.csv`` (one row per epoch: losses, validation metrics, the optimizer and learning
@@ -39,21 +39,21 @@ from torch import nn
 
 from pipeline import MuzarrError, open_store
 from pipeline.errors import write_failure
-from training.augment import Augmenter
-from training.checkpoint import load_checkpoint, read_json, save_checkpoint, write_atomic, write_text_atomic
-from training.config import TrainConfig, split_scheme_for
 from training.data import SplitReader, TrainStream, plan_for, useful_workers
-from training.device import autocast, pick_device
-from training.distributed import LostRank, RankError, context, lost_rank_message
-from training.emissions import start_tracker, stop_tracker, summed_emissions
-from training.evaluate import checked_batch, evaluate
-from training.inference import legacy_model_opts, read_run_config, saved_protocol
-from training.metrics import PRIMARY, SCALARS
+from training.data.augment import Augmenter
+from training.data.normalization import Normalized, fit_normalization
 from training.models import build_model, count_parameters, get_model
-from training.normalization import Normalized, fit_normalization
-from training.optim import make_optimizer, make_scheduler, phase_settings, phase_transition, step_scheduler
-from training.protocol import Protocol
-from training.tensorboard import hparams_of, open_board
+from training.run.checkpoint import load_checkpoint, read_json, save_checkpoint, write_atomic, write_text_atomic
+from training.run.config import TrainConfig, split_scheme_for
+from training.run.device import autocast, pick_device
+from training.run.distributed import LostRank, RankError, context, lost_rank_message
+from training.run.emissions import start_tracker, stop_tracker, summed_emissions
+from training.run.evaluate import checked_batch, evaluate
+from training.run.inference import legacy_model_opts, read_run_config, saved_protocol
+from training.run.metrics import PRIMARY, SCALARS
+from training.run.optim import make_optimizer, make_scheduler, phase_settings, phase_transition, step_scheduler
+from training.run.protocol import Protocol
+from training.run.tensorboard import hparams_of, open_board
 
 __all__ = ["CACHE_AUTO_BYTES", "Run", "train"]
 
@@ -485,7 +485,7 @@ class Run:
         write_text_atomic(self.out / "normalization.json", json.dumps(norm))
 
     def _plots(self, metrics: dict[str, Any]) -> None:
-        from training.plots import plot_confusion, plot_curves, plot_per_tag
+        from training.run.plots import plot_confusion, plot_curves, plot_per_tag
 
         title = f"{self.config.model} on {self.store.dataset}"
         plot_curves(pd.DataFrame(self.history), PRIMARY[self.task], self.out / "curves.png", title=title)

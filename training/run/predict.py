@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 
 from pipeline import MuzarrError, Store, open_store
-from training.checkpoint import write_atomic
 from training.data import ExamplePlan, SplitReader, eval_batches, plan_for
-from training.evaluate import checked_batch
-from training.inference import LoadedRun
 from training.models import get_model
+from training.run.checkpoint import write_atomic
+from training.run.evaluate import checked_batch
+from training.run.inference import LoadedRun
 
 PARTS = ("train", "valid", "test", "all")
 
@@ -185,7 +185,7 @@ def write_embeddings(table: pd.DataFrame, out: Path, *, plot: Path | None, title
     write_atomic(out, lambda tmp: table.to_parquet(tmp, index=False))
     if plot is None:
         return None
-    from training.plots import plot_embedding
+    from training.run.plots import plot_embedding
 
     vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
     legend = "class" if "label" in table else "most frequent tag"

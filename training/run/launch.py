@@ -18,7 +18,7 @@ import time
 import uuid
 
 from pipeline.errors import MuzarrError
-from training.distributed import LAUNCHED_BY_TRAIN, LOST, TIMEOUT
+from training.run.distributed import LAUNCHED_BY_TRAIN, LOST, TIMEOUT
 
 __all__ = ["LAUNCH_OPTIONS", "launch", "without_launch_options"]
 

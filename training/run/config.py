@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import MuzarrError
-from training.augment import Augment
+from training.data.augment import Augment
 from training.models import get_model
-from training.protocol import Protocol, protocol_overrides, schedule_from
+from training.run.protocol import Protocol, protocol_overrides, schedule_from
 
 __all__ = ["CACHES", "PROTOCOL_OVERRIDES", "TrainConfig", "dataset_train_defaults", "split_scheme_for"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import MuzarrError
-from training.metrics import PRIMARY, SCALARS
+from training.run.metrics import PRIMARY, SCALARS
 
 #: settings that do not change what a run learns: runs differing only in these are repeats
 NOT_SETTINGS = frozenset({"seed", "device", "cache", "workers", "emissions", "country", "tensorboard", "tb_every"})
@@ -178,7 +178,7 @@ def compare(paths: list[str | Path], out: str | Path, *, extra: tuple[str, ...] 
 
     Returns the Markdown table.
     """
-    from training.plots import plot_compare
+    from training.run.plots import plot_compare
 
     groups = group_runs(find_runs(paths))
     table = comparison_table(groups)

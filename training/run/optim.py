@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from training.protocol import Constant, Cosine, Phase, Phases, Plateau, Protocol, Schedule, Step
+from training.run.protocol import Constant, Cosine, Phase, Phases, Plateau, Protocol, Schedule, Step
 
 __all__ = [
     "OPTIMIZERS",

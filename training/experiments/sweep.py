@@ -22,7 +22,7 @@ Every trial is a normal run directory ``OUT/trial-000/``...; the Optuna study li
 a trial that was interrupted is continued from its last finished epoch, and new trials are
 asked until ``--trials`` have finished. ``OUT/leaderboard.csv`` and ``.md`` rank the trials by
 the validation metric. ``--parallel K`` trains K trials at once on Dask workers
-(:mod:`training.sweep_cluster`); trial numbers and sampler seeds do not depend on K.
+(:mod:`training.experiments.sweep_cluster`); trial numbers and sampler seeds do not depend on K.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ import pandas as pd
 import yaml
 
 from pipeline import MuzarrError, open_store
-from training.checkpoint import RUNTIME_FIELDS
-from training.config import TrainConfig
 from training.data import plan_for
-from training.metrics import PRIMARY, SCALARS
+from training.experiments.sweep_cluster import Cluster, TrialResult, run_trials
 from training.models import get_model, model_options
-from training.optim import OPTIMIZERS, SCHEDULERS
-from training.sweep_cluster import Cluster, TrialResult, run_trials
+from training.run.checkpoint import RUNTIME_FIELDS
+from training.run.config import TrainConfig
+from training.run.metrics import PRIMARY, SCALARS
+from training.run.optim import OPTIMIZERS, SCHEDULERS
 
 METHODS = ("grid", "random", "bayes")
 #: the study's name in OUT/optuna.db (in a --storage: followed by the sweep folder's name)

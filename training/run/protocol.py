@@ -20,7 +20,7 @@ import typing
 from typing import Any, ClassVar
 
 from pipeline.errors import MuzarrError
-from training.augment import Augment
+from training.data.augment import Augment
 
 __all__ = [
     "EVAL_PLACEMENTS",
@@ -336,7 +336,7 @@ class Protocol:
     augment: Augment = dataclasses.field(default_factory=Augment)
 
     def __post_init__(self) -> None:
-        from training.optim import OPTIMIZERS
+        from training.run.optim import OPTIMIZERS
 
         if self.optimizer not in OPTIMIZERS:
             raise MuzarrError(f"optimizer {self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")

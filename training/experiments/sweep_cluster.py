@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.cluster import as_they_finish, check_scheduler_address, close_client, deferred_interrupt, make_client
 from pipeline.errors import MuzarrError
-from training.checkpoint import write_text_atomic
+from training.run.checkpoint import write_text_atomic
 
 #: the file in the sweep folder that proves a worker sees that folder
 TOKEN_FILE = ".sweep-token"
@@ -81,8 +81,8 @@ def train_trial(job: TrialJob) -> TrialResult:
     """
     import torch
 
-    from training.config import TrainConfig
-    from training.loop import Run
+    from training.run.config import TrainConfig
+    from training.run.loop import Run
 
     started = time.perf_counter()
     worker = _this_worker()
@@ -214,7 +214,7 @@ def _check_gpus(parallel: int | None, device: str) -> bool:
     """Whether trials on an embedded cluster train on CUDA: then each needs a GPU of its own."""
     import torch
 
-    from training.device import pick_device
+    from training.run.device import pick_device
 
     if pick_device(device).type != "cuda":
         return False
