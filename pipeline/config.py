@@ -16,6 +16,7 @@ from pipeline.errors import MuzarrError
 from pipeline.features import load_all as _load_features
 from pipeline.features.base import Feature, feature_from_dict
 from pipeline.index import TASKS
+from pipeline.typed import expected_type
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog.yaml"
 # A catalog task of "auto" takes the recipe's: the csv recipe is multilabel with a 'tags'
@@ -172,28 +173,6 @@ def _check_feature_params(feature: Feature, where: str) -> None:
         expected = expected_type(value, default)
         if expected:
             raise MuzarrError(f"{where}: {feature.kind} {field.name}={value!r} must be {expected}")
-
-
-def expected_type(value: Any, default: Any) -> str | None:
-    """What ``value`` should be to stand where ``default`` does (None when it fits): a bool for a bool,
-    an int for an int, a number (or null) for a float or a None default, a string for a string, and a
-    list of the default's element type for a tuple or list."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, bool):
-        return None if isinstance(value, bool) else "true or false"
-    if isinstance(default, int):
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if isinstance(default, float) or default is None:
-        return None if number or (value is None and default is None) else "a number or null"
-    if isinstance(default, str):
-        return None if isinstance(value, str) else "a string"
-    if isinstance(default, (tuple, list)):
-        if not isinstance(value, (tuple, list)):
-            return "a list"
-        kinds = {type(d) for d in default}
-        if len(kinds) == 1 and any(expected_type(v, default[0]) for v in value):
-            return f"a list of {expected_type(None, default[0]).removeprefix('a ').removeprefix('an ')}s"
-    return None
 
 
 def _check_clip_numbers(clip: ClipPolicy, where: str) -> None:

@@ -64,8 +64,8 @@ def small_smoke(monkeypatch):
     """Smoke runs on 6 clips per split: the code path of --smoke at a third of its cost on 2 CPU cores."""
     import training.experiments.reproduce
 
-    monkeypatch.setitem(training.reproduce.SMOKE_TRAIN, "max_clips", 6)
-    monkeypatch.setitem(training.reproduce.SMOKE_TRAIN, "batch_size", 4)
+    monkeypatch.setitem(training.experiments.reproduce.SMOKE_TRAIN, "max_clips", 6)
+    monkeypatch.setitem(training.experiments.reproduce.SMOKE_TRAIN, "batch_size", 4)
 
 
 # -- stores: built in this process (a worker process would compile numba's kernels again) ----

@@ -125,7 +125,7 @@ def test_seed003s_random_search_names_fit_the_tabular_mlp():
         ({"parameters": {"lr": {"min": 0, "max": 1, "distribution": "log_uniform"}}}, "needs min > 0"),
         ({"parameters": {"lr": {"min": 1, "max": 0.1}}}, "must be below max"),
         ({"parameters": {"lr": {"min": 1e-4, "max": 1e-2, "distribution": "q_log_uniform"}}}, "distribution 'q_log_uniform'"),
-        ({"parameters": {"batch_size": {"values": [16, 2.5]}}}, "2.5 is not a valid int"),
+        ({"parameters": {"batch_size": {"values": [16, 2.5]}}}, "values=2.5 must be an integer"),
         ({"parameters": {"optimizer": {"min": 1, "max": 2}}}, "needs a numeric setting"),
         ({"parameters": {"lr": {"value": 0.1, "values": [0.1]}}}, "exactly one of value, values or min/max"),
         ({"parameters": {"lr": {"value": 0.1}, "learning_rate": {"value": 0.1}}}, "keep one"),
@@ -152,12 +152,12 @@ def test_unreadable_sweep_files(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("parameters:\n  lr: {min: 0.001, max: .inf}\n", "parameter 'lr': max: inf is not a finite number"),
-        ("parameters:\n  lr: {values: [0.001, .nan]}\n", "parameter 'lr': values: nan is not a finite number"),
+        ("parameters:\n  lr: {min: 0.001, max: .inf}\n", "parameter 'lr': max=inf must be a finite number"),
+        ("parameters:\n  lr: {values: [0.001, .nan]}\n", "parameter 'lr': values=nan must be a finite number"),
         ("parameters:\n  weight_decay: {value: -.inf}\n  lr: {values: [0.1, 0.2]}\n",
-         "parameter 'weight_decay': value: -inf is not a finite number"),
-        ("parameters:\n  hidden: {min: 8, max: .inf}\n", "parameter 'hidden': max: inf is not a finite number"),
-        ("parameters:\n  hidden: {values: [8, .inf]}\n", "parameter 'hidden': values: inf is not a valid int"),
+         "parameter 'weight_decay': value=-inf must be a finite number"),
+        ("parameters:\n  hidden: {min: 8, max: .inf}\n", "parameter 'hidden': max=inf must be a finite number"),
+        ("parameters:\n  hidden: {values: [8, .inf]}\n", "parameter 'hidden': values=inf must be an integer"),
     ],
 )
 def test_non_finite_numbers_in_a_sweep_file_are_one_error_naming_file_and_key(tmp_path, text, message):

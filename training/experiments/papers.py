@@ -33,12 +33,12 @@ import yaml
 
 from pipeline import MuzarrError
 from pipeline.config import load_catalog
+from pipeline.typed import typed_fields
 from training.models import MODELS, model_options
 from training.run.config import TrainConfig
 from training.run.metrics import SCALARS
-from training.run.protocol import typed_fields
 
-__all__ = ["PAPERS", "ROLE_PATTERN", "SMOKE_TRAIN", "Published", "Paper", "PaperRow", "is_number", "load_paper"]
+__all__ = ["PAPERS", "ROLE_PATTERN", "SMOKE_TRAIN", "Paper", "PaperRow", "Published", "is_number", "load_paper"]
 
 #: every packaged paper by name: ``training/experiments/papers/NAME.yaml``
 PAPERS: dict[str, Path] = {

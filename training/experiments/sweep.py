@@ -31,6 +31,7 @@ import dataclasses
 import itertools
 import json
 import math
+import typing
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,7 @@ import pandas as pd
 import yaml
 
 from pipeline import MuzarrError, open_store
+from pipeline.typed import coerce, hint_of
 from training.data import plan_for
 from training.experiments.sweep_cluster import Cluster, TrialResult, run_trials
 from training.models import get_model, model_options
@@ -47,18 +49,18 @@ from training.run.checkpoint import RUNTIME_FIELDS
 from training.run.config import TrainConfig
 from training.run.metrics import PRIMARY, SCALARS
 from training.run.optim import OPTIMIZERS, SCHEDULERS
+from training.run.protocol import SCHEDULES
 
 METHODS = ("grid", "random", "bayes")
 #: the study's name in OUT/optuna.db (in a --storage: followed by the sweep folder's name)
 STUDY = "muzarr-sweep"
 IN_PROCESS = Cluster()
-#: training settings a sweep may set, with their types
-TRAIN_PARAMS: dict[str, type] = {"lr": float, "batch_size": int, "epochs": int, "optimizer": str, "momentum": float,
-                                 "nesterov": bool, "weight_decay": float, "scheduler": str, "early_stopping": int}  # fmt: skip
-#: scheduler settings: sweep name → (scheduler_opts key, type, scheduler it belongs to)
-SCHEDULER_PARAMS: dict[str, tuple[str, type, str]] = {
-    "plateau_factor": ("factor", float, "plateau"), "plateau_patience": ("patience", int, "plateau"),
-    "step_size": ("step_size", int, "step"), "step_gamma": ("gamma", float, "step"),
+#: training settings a sweep may set (TrainConfig fields: their types are TrainConfig's)
+TRAIN_PARAMS = ("lr", "batch_size", "epochs", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "early_stopping")
+#: scheduler settings: sweep name → (scheduler_opts key, the schedule it belongs to, whose field gives its type)
+SCHEDULER_PARAMS: dict[str, tuple[str, str]] = {
+    "plateau_factor": ("factor", "plateau"), "plateau_patience": ("patience", "plateau"),
+    "step_size": ("step_size", "step"), "step_gamma": ("gamma", "step"),
 }  # fmt: skip
 #: the names seeds 002 and 003 used
 ALIASES = {"learning_rate": "lr", "reduce_lr_factor": "plateau_factor", "reduce_lr_patience": "plateau_patience",
@@ -149,7 +151,7 @@ class SweepSpec:
             kind, _, key = p.target.partition(".")
             if kind == "scheduler":
                 scheduler_opts[key] = values[p.name]
-                schedulers.add(next(s for _, (k, _, s) in SCHEDULER_PARAMS.items() if k == key))
+                schedulers.add(next(s for k, s in SCHEDULER_PARAMS.values() if k == key))
             elif kind == "model":
                 model_opts[key] = values[p.name]
             else:
@@ -215,7 +217,7 @@ def parameter_targets(model: str) -> dict[str, str]:
     """Every name a sweep file may use for ``model`` → what it sets."""
     options = model_options(model)
     targets = {name: name for name in TRAIN_PARAMS}
-    targets.update({name: f"scheduler.{key}" for name, (key, _, _) in SCHEDULER_PARAMS.items()})
+    targets.update({name: f"scheduler.{key}" for name, (key, _) in SCHEDULER_PARAMS.items()})
     targets.update({name: f"model.{name}" for name in options})
     for alias, name in ALIASES.items():
         if name in targets and alias not in targets:
@@ -228,79 +230,55 @@ def parameter_targets(model: str) -> dict[str, str]:
 
 def _parameter(name: str, target: str, entry: Any, *, model: str, where: str) -> Parameter:
     where = f"{where}: parameter {name!r}"
-    kind = _target_type(target, model)
+    hint = _target_hint(target, model)
     if not isinstance(entry, dict):
         raise MuzarrError(f"{where}: expected {{value: x}}, {{values: [...]}} or {{min: a, max: b}}, got {entry!r}")
     keys = set(entry)
     if keys == {"value"}:
-        return Parameter(name, target, value=_coerce(entry["value"], kind, f"{where}: value"))
+        return Parameter(name, target, value=_value(entry["value"], hint, f"{where}: value"))
     if keys == {"values"}:
         values = entry["values"]
         if not isinstance(values, list) or not values:
             raise MuzarrError(f"{where}: values must be a non-empty list")
-        return Parameter(name, target, values=tuple(dict.fromkeys(_coerce(v, kind, f"{where}: values") for v in values)))
+        return Parameter(name, target, values=tuple(dict.fromkeys(_value(v, hint, f"{where}: values") for v in values)))
     if {"min", "max"} <= keys <= {"min", "max", "distribution"}:
-        if kind not in (int, float):
+        if hint not in (int, float):
             raise MuzarrError(f"{where}: a min/max range needs a numeric setting; give values: [...] instead")
-        distribution = entry.get("distribution", "int_uniform" if kind is int else "uniform")
+        distribution = entry.get("distribution", "int_uniform" if hint is int else "uniform")
         if distribution not in DISTRIBUTIONS:
             raise MuzarrError(f"{where}: distribution {distribution!r} must be one of {', '.join(DISTRIBUTIONS)}")
-        low, high = _coerce(entry["min"], float, f"{where}: min"), _coerce(entry["max"], float, f"{where}: max")
+        low, high = _value(entry["min"], float, f"{where}: min"), _value(entry["max"], float, f"{where}: max")
         log = distribution.startswith("log_uniform")
         if log and low <= 0:
             # W&B's log_uniform takes exponents (e^min..e^max); here min/max are always the values themselves
             raise MuzarrError(f"{where}: {distribution} needs min > 0 (min and max are values, e.g. min: 1.0e-5, max: 1.0e-2)")
         if not low < high:
             raise MuzarrError(f"{where}: min {low} must be below max {high}")
-        integer = kind is int or distribution == "int_uniform"
+        integer = hint is int or distribution == "int_uniform"
         if integer and (low != int(low) or high != int(high)):
             raise MuzarrError(f"{where}: an integer range needs whole min and max, got {low} and {high}")
         return Parameter(name, target, low=low, high=high, log=log, integer=integer)
     raise MuzarrError(f"{where}: expected exactly one of value, values or min/max (+ distribution), got keys {sorted(keys)}")
 
 
-def _target_type(target: str, model: str) -> type | None:
+def _target_hint(target: str, model: str) -> Any:
+    """The type a parameter's values must have: the training setting's, the schedule's or the model option's."""
     kind, _, key = target.partition(".")
     if kind == "scheduler":
-        return next(t for k, t, _ in SCHEDULER_PARAMS.values() if k == key)
+        schedule = next(s for k, s in SCHEDULER_PARAMS.values() if k == key)
+        return typing.get_type_hints(SCHEDULES[schedule])[key]
     if kind == "model":
         default = model_options(model)[key]
-        return None if default is None else (tuple if isinstance(default, (tuple, list)) else type(default))
-    return TRAIN_PARAMS[target]
+        return Any if default is None else hint_of(default)
+    hint = typing.get_type_hints(TrainConfig)[target]
+    return next(t for t in typing.get_args(hint) if t is not type(None))  # a sweep value is never "not given"
 
 
-def _coerce(value: Any, kind: type | None, where: str) -> Any:
-    """``value`` as ``kind``: YAML reads ``1e-4`` as a string, so numbers are parsed here."""
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if kind is int:
-            number = float(value)
-            if isinstance(value, bool) or number != int(number):
-                raise ValueError
-            return int(number)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-            if not math.isfinite(number):  # a range or choice Optuna cannot sample, a setting no run can train with
-                raise MuzarrError(f"{where}: {value!r} is not a finite number")
-            return number
-        if kind is tuple:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return (value,)  # one layer of that width: seed 003's "hidden_size: 64" on a list-of-widths option
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        if kind is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite integer
-        raise MuzarrError(f"{where}: {value!r} is not a valid {kind.__name__}") from None
-    return value
+def _value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as ``hint`` (a non-finite number is refused: Optuna cannot sample it, no run trains with it)."""
+    if typing.get_origin(hint) is tuple and isinstance(value, int) and not isinstance(value, bool):
+        value = [value]  # one layer of that width: seed 003's "hidden_size: 64" on a list-of-widths option
+    return coerce(hint, value, where=where)
 
 
 def _check_choices(spec: SweepSpec, where: str) -> None:

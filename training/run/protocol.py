@@ -15,11 +15,10 @@ then the command line (:meth:`training.config.TrainConfig.resolve`).
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from typing import Any, ClassVar
 
 from pipeline.errors import MuzarrError
+from pipeline.typed import typed_fields
 from training.data.augment import Augment
 
 __all__ = [
@@ -36,74 +35,12 @@ __all__ = [
     "Step",
     "protocol_overrides",
     "schedule_from",
-    "typed_fields",
 ]
 
 #: where evaluation crops start: ``spread`` = evenly from 0 to ``len - crop`` (the clip's end);
 #: ``won`` = ``i * ((len - crop) // n)`` as in Won et al.'s ``eval.py`` (the tail is left out)
 EVAL_PLACEMENTS = ("spread", "won")
 MONITOR_MODES = ("max", "min")
-
-
-def typed_fields(cls: type, data: dict[str, Any], *, where: str) -> dict[str, Any]:
-    """``data`` checked against the fields of dataclass ``cls``: unknown keys and wrong types are
-    one :class:`MuzarrError` naming ``where``, the key and the valid keys. Ints pass for floats;
-    strings from the command line are converted (``"1e-4"`` → 0.0001, ``"true"`` → True)."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise MuzarrError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
-    return {key: _coerce(hints[key], value, where=f"{where}: {key}") for key, value in data.items()}
-
-
-def _coerce(hint: Any, value: Any, *, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() == "none")):
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, where=where)
-            except MuzarrError as err:
-                errors.append(err)
-        raise errors[0]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise MuzarrError(f"{where}={value!r} must be a list")
-        return tuple(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise MuzarrError(f"{where}={value!r} must be true or false")
-    if hint is int:
-        if isinstance(value, bool):
-            raise MuzarrError(f"{where}={value!r} must be an integer")
-        try:
-            number = int(value) if isinstance(value, str) else value
-        except ValueError:
-            number = None
-        if not isinstance(number, int):
-            raise MuzarrError(f"{where}={value!r} must be an integer")
-        return number
-    if hint is float:
-        if isinstance(value, bool):
-            raise MuzarrError(f"{where}={value!r} must be a number")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise MuzarrError(f"{where}={value!r} must be a number") from None
-    if hint is str:
-        if not isinstance(value, str):
-            raise MuzarrError(f"{where}={value!r} must be a string")
-        return value
-    return value
 
 
 #: the most evaluation crops per clip: a 10-minute track in 1024 crops of 3 s overlaps each crop five times
