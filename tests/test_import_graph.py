@@ -1,5 +1,6 @@
-"""The pipeline's module graph: no import circle (function-level imports included), and nothing outside
-the store layer imports a private name of it."""
+"""The module graphs of pipeline/ and training/: no import circle (function-level imports included),
+pipeline/ imports nothing of training/, nothing outside the store layer imports a private name of it,
+and no package of training/ imports a private name of another."""
 
 from __future__ import annotations
 
@@ -76,6 +77,36 @@ def test_the_pipeline_has_no_import_circle():
     graph = _graph("pipeline")
     assert len(graph) > 20  # the walk found the package
     assert _cycles(graph) == []
+
+
+def test_training_has_no_import_circle():
+    graph = _graph("training")
+    assert len(graph) > 40  # the walk found the package and its stages (data, run, models, experiments)
+    # function-level imports count: the CLI imports the training loop only when it trains
+    assert "training.run.loop" in {target for target, _, _ in graph["training.cli"]}
+    assert _cycles(graph) == []  # issue #22 item 6: optim <-> protocol was one
+
+
+def test_pipeline_imports_nothing_of_training():
+    found = [
+        (str(path.relative_to(ROOT)), node.lineno)
+        for path in sorted((ROOT / "pipeline").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "training")
+        or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "training" for a in node.names))
+    ]
+    assert found == []
+
+
+def test_no_package_of_training_imports_a_private_name_of_another():
+    graph = _graph("training")
+
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    private = [(m, target, name) for m, imports in graph.items() for target, names, _ in imports for name in names
+               if name.startswith("_") and package(target) != package(m)]  # fmt: skip
+    assert private == []
 
 
 def test_a_circle_is_found_when_there_is_one():

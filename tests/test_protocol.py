@@ -17,7 +17,7 @@ from training.data.augment import Augment
 from training.models import MODELS, WON2020, ModelEntry
 from training.run.config import TrainConfig
 from training.run.loop import Run
-from training.run.optim import OPTIMIZERS, SCHEDULERS, phase_settings
+from training.run.optim import OPTIMIZERS
 from training.run.protocol import SCHEDULES, Phase, Phases, Protocol, Schedule, protocol_overrides, schedule_from
 
 
@@ -110,7 +110,24 @@ def test_cli_choices_come_from_the_registries():
 
     choices = {p.name: getattr(p.type, "choices", None) for p in run.params}
     assert list(choices["optimizer"]) == list(OPTIMIZERS)
-    assert list(choices["scheduler"]) == list(SCHEDULES) == list(SCHEDULERS)
+    assert list(choices["scheduler"]) == list(SCHEDULES)
+
+
+def test_every_schedule_builds_and_steps_its_own_torch_scheduler():
+    """Issue #22 item 6: one registry of schedules (SCHEDULES), each building its torch scheduler."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    built = {name: cls.scheduler(schedule_from({"name": name, **({"phases": [{}]} if name == "phases" else {})},
+                                               where="t"), optimizer, 10)
+             for name, cls in SCHEDULES.items()}  # fmt: skip
+    assert {name: type(s).__name__ for name, s in built.items()} == {
+        "none": "NoneType", "plateau": "ReduceLROnPlateau", "step": "StepLR", "cosine": "CosineAnnealingLR",
+        "phases": "NoneType"}  # fmt: skip
+    plateau = schedule_from({"name": "plateau", "factor": 0.5, "patience": 0}, where="t")
+    scheduler = plateau.scheduler(optimizer, 10)
+    for loss in (1.0, 2.0):  # a worse validation loss with no patience halves the rate
+        plateau.step(scheduler, loss)
+    assert optimizer.param_groups[0]["lr"] == 0.5
+    assert built["cosine"].T_max == 10  # t_max None: the run's epochs
 
 
 def test_explicit_settings_override_the_protocol_and_are_typed():
@@ -132,7 +149,7 @@ def test_won_protocol_is_his_solver():
     assert (p.optimizer, p.lr, p.weight_decay, p.batch_size, p.epochs) == ("adam", 1e-4, 1e-4, 16, 200)
     assert (p.monitor, p.mode("loss"), p.eval_crops, p.eval_placement, p.split_scheme) == ("loss", "min", 16, "won", "clean")
     assert p.schedule.starts() == [0, 80, 100, 120]
-    sequence = [phase_settings(p, i) for i in range(4)]
+    sequence = [p.phase_settings(i) for i in range(4)]
     assert [(s.name, s.lr) for s in sequence] == [("adam", 1e-4), ("sgd", 1e-3), ("sgd", 1e-4), ("sgd", 1e-5)]
     assert all((s.momentum, s.nesterov, s.weight_decay) == (0.9, True, 1e-4) for s in sequence[1:])
     assert [ph.reload_best for ph in p.schedule.phases] == [False, True, True, True]

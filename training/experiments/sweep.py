@@ -48,7 +48,7 @@ from training.models import get_model, model_options
 from training.run.checkpoint import RUNTIME_FIELDS
 from training.run.config import TrainConfig
 from training.run.metrics import PRIMARY, SCALARS
-from training.run.optim import OPTIMIZERS, SCHEDULERS
+from training.run.optim import OPTIMIZERS
 from training.run.protocol import SCHEDULES
 
 METHODS = ("grid", "random", "bayes")
@@ -282,7 +282,7 @@ def _value(value: Any, hint: Any, where: str) -> Any:
 
 
 def _check_choices(spec: SweepSpec, where: str) -> None:
-    checks = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
+    checks = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULES}
     for p in spec.parameters:
         allowed = checks.get(p.target, ())
         for value in p.values or (p.value,):

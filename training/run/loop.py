@@ -51,7 +51,7 @@ from training.run.emissions import start_tracker, stop_tracker, summed_emissions
 from training.run.evaluate import checked_batch, evaluate
 from training.run.inference import legacy_model_opts, read_run_config, saved_protocol
 from training.run.metrics import PRIMARY, SCALARS
-from training.run.optim import make_optimizer, make_scheduler, phase_settings, phase_transition, step_scheduler
+from training.run.optim import make_optimizer
 from training.run.protocol import Protocol
 from training.run.tensorboard import hparams_of, open_board
 
@@ -98,8 +98,8 @@ class Run:
         self.trainer = self._data_parallel()
         self.loss_fn = nn.BCEWithLogitsLoss() if self.task == "multilabel" else nn.CrossEntropyLoss()
         self.phase = 0
-        self.optimizer = make_optimizer(phase_settings(self.protocol, 0), self.model.parameters())
-        self.scheduler = make_scheduler(self.protocol, self.optimizer)
+        self.optimizer = make_optimizer(self.protocol.phase_settings(0), self.model.parameters())
+        self.scheduler = self.protocol.schedule.scheduler(self.optimizer, self.protocol.epochs)
         self.monitor = self._monitor()
         self.mode = self.protocol.mode(self.monitor)
         augment = self.protocol.augment
@@ -249,11 +249,11 @@ class Run:
         if state is None:
             return run
         run.phase = int(state.get("phase", 0))
-        settings = phase_settings(run.protocol, run.phase)
+        settings = run.protocol.phase_settings(run.phase)
         if "optimizer_name" in state:  # written before phases were recorded
             settings = dataclasses.replace(settings, name=state["optimizer_name"])
         run.optimizer = make_optimizer(settings, run.model.parameters())
-        run.scheduler = make_scheduler(run.protocol, run.optimizer)
+        run.scheduler = run.protocol.schedule.scheduler(run.optimizer, run.protocol.epochs)
         try:
             run.model.load_state_dict(state["model"])
         except RuntimeError:  # a run saved before last.pt recorded its architecture, config.json edited since
@@ -348,7 +348,7 @@ class Run:
 
     def _next_phase(self, epoch: int) -> int | None:
         """Start the phase that begins after ``epoch``, if one does; returns the best epoch reloaded."""
-        transition = phase_transition(self.protocol, epoch)
+        transition = self.protocol.phase_transition(epoch)
         if transition is None:
             return None
         index, phase = transition
@@ -356,7 +356,7 @@ class Run:
         if phase.reload_best and self.best["epoch"] > 0:
             self._load_best()
             reloaded = self.best["epoch"]
-        settings = phase_settings(self.protocol, index)
+        settings = self.protocol.phase_settings(index)
         if phase.optimizer is not None:
             self.optimizer = make_optimizer(settings, self.model.parameters())
         else:
@@ -399,7 +399,7 @@ class Run:
             for epoch in range(self.start_epoch, self.protocol.epochs):
                 if self.protocol.early_stopping and self.stale_epochs >= self.protocol.early_stopping:
                     break
-                ran_with = {"phase": self.phase, "optimizer": phase_settings(self.protocol, self.phase).name,
+                ran_with = {"phase": self.phase, "optimizer": self.protocol.phase_settings(self.phase).name,
                             "lr": self.optimizer.param_groups[0]["lr"]}  # fmt: skip
                 train = self.train_epoch(epoch)
                 valid = self.evaluate("valid")
@@ -412,7 +412,7 @@ class Run:
                         save_checkpoint(self.model.state_dict(), self.out / "best.pt")
                 else:
                     self.stale_epochs += 1
-                step_scheduler(self.scheduler, valid["loss"])
+                self.protocol.schedule.step(self.scheduler, valid["loss"])
                 reloaded = self._next_phase(epoch)
                 self.history.append({
                     "epoch": epoch + 1, **train, "valid_loss": valid["loss"],
@@ -425,7 +425,7 @@ class Run:
                     print(
                         f"epoch {epoch + 1}/{self.protocol.epochs}  train loss {train['train_loss']:.4f}  valid loss "
                         f"{valid['loss']:.4f}  valid {self.monitor} {value:.4f}  {train['samples_per_s']:.0f} ex/s"
-                        + (f"  (phase {self.phase + 1} next: {phase_settings(self.protocol, self.phase).name} "
+                        + (f"  (phase {self.phase + 1} next: {self.protocol.phase_settings(self.phase).name} "
                            f"lr {self.optimizer.param_groups[0]['lr']:g}, reloaded epoch {reloaded})"
                            if reloaded is not None else ""),
                         flush=True,

@@ -1,7 +1,8 @@
 """Training protocols as typed data: what a paper or seed report trains a model with.
 
 A :class:`Protocol` is frozen and fully typed: the optimizer and its settings, epochs and
-batch size, a :class:`Schedule` (one of :data:`SCHEDULES`, e.g. Won et al.'s phases), the
+batch size, a :class:`Schedule` (one of :data:`SCHEDULES`, e.g. Won et al.'s phases; each
+schedule builds and steps its own torch scheduler), the
 monitored metric and its mode, evaluation crops and where they start, sub-clips, and the
 :class:`~training.augment.Augment` of training batches. Every registry entry is one, so a
 misspelt key fails where it is written (at import), naming the entry and the key; settings
@@ -15,11 +16,15 @@ then the command line (:meth:`training.config.TrainConfig.resolve`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline.errors import MuzarrError
 from pipeline.typed import typed_fields
 from training.data.augment import Augment
+from training.run.optim import OPTIMIZERS, OptimizerSettings
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "EVAL_PLACEMENTS",
@@ -54,14 +59,29 @@ def _check_positive(where: str, **values: Any) -> None:
 
 
 # -- schedules ----------------------------------------------------------------------------
+# A schedule's torch scheduler is built when a run starts: torch is imported there, not by a
+# protocol, which is data (`train models`, paper files, the catalog).
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """Base of the learning-rate schedules; ``name`` is its key in :data:`SCHEDULES`."""
+    """Base of the learning-rate schedules; ``name`` is its key in :data:`SCHEDULES`.
+
+    :meth:`scheduler` builds the torch scheduler a run steps once per epoch with :meth:`step`
+    (``None``: nothing steps per epoch).
+    """
 
     name: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+        """The torch scheduler of this schedule over a run of ``epochs`` epochs, or ``None``."""
+        return None
+
+    def step(self, scheduler: Any, valid_loss: float) -> None:
+        """Advance ``scheduler`` (what :meth:`scheduler` built) by one finished epoch."""
+        if scheduler is not None:
+            scheduler.step()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +105,14 @@ class Plateau(Schedule):
         if self.patience < 0:
             raise MuzarrError(f"plateau schedule: patience={self.patience!r} must be >= 0")
 
+    def scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+        import torch
+
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=self.factor, patience=self.patience)
+
+    def step(self, scheduler: Any, valid_loss: float) -> None:
+        scheduler.step(valid_loss)
+
 
 @dataclasses.dataclass(frozen=True)
 class Step(Schedule):
@@ -97,6 +125,11 @@ class Step(Schedule):
     def __post_init__(self) -> None:
         _check_positive("step schedule", step_size=self.step_size, gamma=self.gamma)
 
+    def scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+        import torch
+
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
+
 
 @dataclasses.dataclass(frozen=True)
 class Cosine(Schedule):
@@ -107,6 +140,11 @@ class Cosine(Schedule):
 
     def __post_init__(self) -> None:
         _check_positive("cosine schedule", t_max=self.t_max)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+        import torch
+
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.t_max or epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +163,7 @@ class Phase:
     lr : float or None
         Learning rate of the phase (``None``: unchanged).
     optimizer : str or None
-        A key of :data:`training.optim.OPTIMIZERS` to switch to, or ``None`` to keep the current one.
+        A key of :data:`training.run.optim.OPTIMIZERS` to switch to, or ``None`` to keep the current one.
     momentum, nesterov, weight_decay
         Settings of a new optimizer (``None``: the protocol's).
     reload_best : bool
@@ -146,7 +184,11 @@ class Phase:
 
 @dataclasses.dataclass(frozen=True)
 class Phases(Schedule):
-    """Consecutive phases (Won et al.'s Adam → SGD with two drops); see :class:`Phase`."""
+    """Consecutive phases (Won et al.'s Adam → SGD with two drops); see :class:`Phase`.
+
+    Not a torch scheduler: after each epoch the run asks :meth:`Protocol.phase_transition`
+    whether a phase starts, and applies it.
+    """
 
     name: ClassVar[str] = "phases"
     phases: tuple[Phase, ...] = ()
@@ -183,7 +225,7 @@ class Phases(Schedule):
         return {"name": self.name, "phases": [dataclasses.asdict(p) for p in self.phases]}
 
 
-#: every schedule by name: the CLI's ``--scheduler`` choices
+#: every schedule by name: the CLI's ``--scheduler`` choices, and what builds each torch scheduler
 SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (Constant, Plateau, Step, Cosine, Phases)}
 
 
@@ -219,7 +261,7 @@ class Protocol:
     Parameters
     ----------
     optimizer : str
-        Key of :data:`training.optim.OPTIMIZERS`.
+        Key of :data:`training.run.optim.OPTIMIZERS`.
     lr, weight_decay, momentum, nesterov
         Its settings (``momentum``/``nesterov`` apply to SGD and RMSprop).
     epochs, batch_size : int
@@ -273,8 +315,6 @@ class Protocol:
     augment: Augment = dataclasses.field(default_factory=Augment)
 
     def __post_init__(self) -> None:
-        from training.run.optim import OPTIMIZERS
-
         if self.optimizer not in OPTIMIZERS:
             raise MuzarrError(f"optimizer {self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
         for phase in getattr(self.schedule, "phases", ()):
@@ -316,6 +356,31 @@ class Protocol:
     def mode(self, metric: str) -> str:
         """``max`` or ``min`` for the monitored ``metric``."""
         return self.monitor_mode or ("min" if metric == "loss" else "max")
+
+    def phase_settings(self, index: int) -> OptimizerSettings:
+        """The optimizer settings phase ``index`` of the schedule runs with (0: the protocol's own)."""
+        settings = OptimizerSettings(self.optimizer, self.lr, self.weight_decay, self.momentum, self.nesterov)
+        for phase in getattr(self.schedule, "phases", ())[1 : index + 1]:
+            if phase.optimizer is None:
+                settings = dataclasses.replace(settings, lr=phase.lr or settings.lr)
+            else:
+                settings = OptimizerSettings(
+                    phase.optimizer,
+                    phase.lr or settings.lr,
+                    self.weight_decay if phase.weight_decay is None else phase.weight_decay,
+                    self.momentum if phase.momentum is None else phase.momentum,
+                    self.nesterov if phase.nesterov is None else phase.nesterov,
+                )
+        return settings
+
+    def phase_transition(self, finished_epoch: int) -> tuple[int, Phase] | None:
+        """``(index, phase)`` when a phase starts right after 0-based epoch ``finished_epoch``."""
+        if not isinstance(self.schedule, Phases):
+            return None
+        for index, start in enumerate(self.schedule.starts()):
+            if index and start == finished_epoch + 1:
+                return index, self.schedule.phases[index]
+        return None
 
     def with_overrides(self, overrides: dict[str, Any]) -> Protocol:
         """A copy with ``overrides`` (validated by :func:`protocol_overrides`) applied."""
