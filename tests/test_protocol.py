@@ -324,7 +324,7 @@ def test_pipe_info_names_classes_without_clips(gtzan_cli_build):
 
 def test_crnn_runs_saved_with_pytorch_gru_weights_still_load(tmp_path):
     from training.models import build_model
-    from training.run.inference import legacy_model_opts
+    from training.run.rundir import legacy_model_opts
 
     old = build_model("crnn", n_classes=6, input_shape=(96, 262), gru="torch")
     keys = [f"model.{k}" for k in old.state_dict()]

@@ -109,15 +109,29 @@ def test_a_truncated_shard_is_one_line_naming_it(small_store, tmp_path, cache):
 
 
 def test_a_recorded_run_matches_its_request_as_json_holds_it(tmp_path):
-    from training.run.checkpoint import existing_run
     from training.run.config import TrainConfig
+    from training.run.rundir import RunDir
 
     request = TrainConfig(store="/s.zarr", model="cnn", model_opts={"channels": (8, 16)}).to_dict()
     (tmp_path / "config.json").write_text(json.dumps({"train": request}))  # the tuple is a list there
-    assert existing_run(tmp_path, request, overwrite=False) == "resume"
+    assert RunDir(tmp_path).status(request, overwrite=False) == "resume"
     other = TrainConfig(store="/s.zarr", model="cnn", model_opts={"channels": (8, 32)}).to_dict()
     with pytest.raises(MuzarrError, match="its model_opts differ"):
-        existing_run(tmp_path, other, overwrite=False)
+        RunDir(tmp_path).status(other, overwrite=False)
+
+
+def test_only_the_run_directory_names_its_files():
+    """Issue #22 item 1: RunDir owns a run directory's file names; nobody else spells them."""
+    import training
+    from training.run.rundir import RunDir
+
+    root = Path(training.__file__).parent
+    # compare.py is being reworked by another change of issue #22; it moves to RunDir after it lands
+    # pretrained.py reads Hugging Face's config.json of a save_pretrained folder, not a run's
+    others = {"run/rundir.py", "experiments/compare.py", "models/pretrained.py"}
+    spelt = sorted(f"{path.relative_to(root)}: {name}" for path in root.rglob("*.py") if str(path.relative_to(root)) not in others
+                   for name in RunDir.FILES if f'"{name}"' in path.read_text())  # fmt: skip
+    assert spelt == []
 
 
 # -- issue #21: a full disk, and a config.json edited before --resume ------------------------------------------------
@@ -178,10 +192,10 @@ def test_a_full_disk_is_one_line_and_the_same_command_works_once_there_is_room(s
 
 def test_a_start_cut_short_leaves_a_folder_the_same_command_takes(tmp_path):
     """A kill while config.json was written leaves config.json.tmp alone: no run to continue, nothing of anyone's."""
-    from training.run.checkpoint import existing_run
+    from training.run.rundir import RunDir
 
     (tmp_path / "config.json.tmp").write_text('{"tra')
-    assert existing_run(tmp_path, {"store": "/s.zarr", "model": "mlp"}, overwrite=False) == "new"
+    assert RunDir(tmp_path).status({"store": "/s.zarr", "model": "mlp"}, overwrite=False) == "new"
     assert list(tmp_path.iterdir()) == []
 
 

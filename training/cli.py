@@ -231,17 +231,17 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
 def _train_once(config, out: Path, *, overwrite: bool, quiet: bool) -> dict[str, Any]:
     """Train ``config`` into ``out``; the same command again continues an unfinished run there and
     keeps a finished one; another run there is refused unless ``overwrite``."""
-    from training.run.checkpoint import existing_run, read_json
     from training.run.distributed import context
     from training.run.loop import Run
+    from training.run.rundir import RunDir
 
     config = config.with_absolute_store()  # as the run records it
     # rank 0 looks at the run folder and tells the others (who may not see it)
-    state = context().on_main(existing_run, out, config.to_dict(), overwrite=overwrite)
+    state = context().on_main(RunDir(out).status, config.to_dict(), overwrite=overwrite)
     try:
         if state == "finished":
             click.echo(f"{out}: this run has finished already (add --overwrite to train it again)")
-            return context().on_main(read_json, out / "metrics.json")
+            return context().on_main(RunDir(out).read_metrics)
         if state == "resume":
             click.echo(f"{out}: continuing this run after its last finished epoch")
             return Run.resume(out, progress=not quiet).fit()
@@ -257,7 +257,7 @@ def _default_out(store: str, model: str) -> Path:
 
 
 def _print_result(metrics: dict[str, Any], out: Path) -> None:
-    from training.run.checkpoint import EVENT_FILES
+    from training.run.rundir import RunDir
 
     primary = metrics["primary_metric"]
     test, valid = metrics["test"], metrics["valid"]
@@ -274,7 +274,7 @@ def _print_result(metrics: dict[str, Any], out: Path) -> None:
         + (f", {metrics['energy_kwh'] * 1000:.2f} Wh, {co2 * 1000:.3f} g CO2eq" if co2 is not None else "")
     )
     click.echo(f"  run directory: {out} (metrics.json, history.csv, *.png, best.pt)")
-    if any(Path(out).glob(EVENT_FILES)):
+    if RunDir(out).has_events():
         click.echo(f"  TensorBoard: tensorboard --logdir {out}")
 
 

@@ -23,9 +23,9 @@ from pipeline import MuzarrError, open_store
 from training.experiments.compare import METRIC_NAMES
 from training.experiments.papers import PAPERS, ROLE_PATTERN, SMOKE_TRAIN, Paper, PaperRow, is_number, load_paper
 from training.models import build_model, get_model, model_options
-from training.run.checkpoint import differing_settings
 from training.run.config import TrainConfig, split_scheme_for
 from training.run.metrics import PRIMARY, SCALARS
+from training.run.rundir import RunDir, differing_settings
 
 __all__ = ["PAPERS", "SMOKE_TRAIN", "Job", "load_paper", "parse_stores", "plan_runs", "reproduce_markdown",
            "reproduce_table", "run_paper"]  # fmt: skip
@@ -44,11 +44,11 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return (self.out / "metrics.json").exists()
+        return RunDir(self.out).finished
 
     @property
     def started(self) -> bool:
-        return (self.out / "config.json").exists()
+        return RunDir(self.out).started
 
 
 def parse_stores(values: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -146,9 +146,9 @@ def _check_earlier_run(job: Job) -> None:
     if not job.started:
         return
     try:
-        saved = json.loads((job.out / "config.json").read_text())["train"]
+        saved = json.loads(RunDir(job.out).config_file.read_text())["train"]
     except (OSError, ValueError, KeyError) as err:
-        raise MuzarrError(f"{job.out}/config.json is unreadable ({type(err).__name__}): delete {job.out} to rerun it") from None
+        raise MuzarrError(f"{RunDir(job.out).config_file} is unreadable ({type(err).__name__}): delete {job.out} to rerun it") from None
     wanted = json.loads(json.dumps(job.config.to_dict()))
     differing = differing_settings(saved, wanted)
     if differing:
@@ -214,7 +214,7 @@ def run_paper(paper: Paper, stores: dict[str, str], out: Path, *, smoke: bool = 
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "metrics.json").read_text())
+    return json.loads(RunDir(run_dir).metrics_file.read_text())
 
 
 def _metric_text(paper: Paper, metrics: dict[str, Any]) -> str:

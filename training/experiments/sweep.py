@@ -45,11 +45,11 @@ from pipeline.typed import coerce, hint_of
 from training.data import plan_for
 from training.experiments.sweep_cluster import Cluster, TrialResult, run_trials
 from training.models import get_model, model_options
-from training.run.checkpoint import RUNTIME_FIELDS
 from training.run.config import TrainConfig
 from training.run.metrics import PRIMARY, SCALARS
 from training.run.optim import OPTIMIZERS
 from training.run.protocol import SCHEDULES
+from training.run.rundir import RUNTIME_FIELDS, RunDir
 
 METHODS = ("grid", "random", "bayes")
 #: the study's name in OUT/optuna.db (in a --storage: followed by the sweep folder's name)
@@ -516,7 +516,7 @@ def write_leaderboard(study, spec: SweepSpec, out: Path, *, metric: str, goal: s
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         run_dir = out / f"trial-{trial.number:03d}"
         row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name.lower(), **spec.values(trial.params)}
-        metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+        metrics = json.loads(RunDir(run_dir).metrics_file.read_text()) if RunDir(run_dir).finished else {}
         for part in ("valid", "test"):
             for name in (metric, *SCALARS[task]):
                 row.setdefault(f"{part}_{name}", metrics.get(part, {}).get(name))

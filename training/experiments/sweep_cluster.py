@@ -29,6 +29,7 @@ from typing import Any
 from pipeline.cluster import as_they_finish, check_scheduler_address, close_client, deferred_interrupt, make_client
 from pipeline.errors import MuzarrError
 from training.run.checkpoint import write_text_atomic
+from training.run.rundir import RunDir
 
 #: the file in the sweep folder that proves a worker sees that folder
 TOKEN_FILE = ".sweep-token"
@@ -98,7 +99,7 @@ def train_trial(job: TrialJob) -> TrialResult:
         torch.cuda.set_device(int(worker.name))  # "cuda" is then this worker's GPU
     name = str(worker.name) if worker else None
     try:
-        if (run_dir / "config.json").exists():  # interrupted earlier, or a retry after a worker died
+        if RunDir(run_dir).started:  # interrupted earlier, or a retry after a worker died
             metrics = Run.resume(run_dir, progress=False).fit()
         else:
             metrics = Run(TrainConfig.from_dict(job.config), run_dir, progress=False).fit()

@@ -18,18 +18,7 @@ import torch
 
 from pipeline.errors import MuzarrError, write_failure
 
-#: what a run writes into its directory (``--overwrite`` removes these, and nothing else)
-RUN_FILES = (
-    "config.json", "history.csv", "metrics.json", "normalization.json", "best.pt", "last.pt",
-    "curves.png", "per_tag_auc.png", "confusion.png",
-)  # fmt: skip
-#: TensorBoard's event files in a run directory: one per process that trained it (``--overwrite`` removes them too)
-EVENT_FILES = "events.out.tfevents.*"
-#: request fields that do not change what a run learns: a rerun may differ in these
-RUNTIME_FIELDS = ("device", "cache", "workers", "verify_reads", "emissions", "country", "tensorboard", "tb_every")
-
-__all__ = ["EVENT_FILES", "RUN_FILES", "differing_settings", "existing_run", "load_checkpoint", "read_json", "save_checkpoint",
-           "write_atomic", "write_text_atomic"]
+__all__ = ["load_checkpoint", "read_json", "save_checkpoint", "write_atomic", "write_text_atomic"]
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -111,47 +100,3 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise MuzarrError(f"{path} is damaged (not JSON: {err})") from None
-
-
-def differing_settings(saved: dict[str, Any], request: dict[str, Any]) -> list[str]:
-    """The request fields (``TrainConfig.to_dict()``) in which a recorded run differs from
-    ``request``, as JSON holds them (tuples are lists there); runtime fields do not count."""
-    request = json.loads(json.dumps(request))
-    return sorted(k for k in set(saved) | set(request) if k not in RUNTIME_FIELDS and saved.get(k) != request.get(k))
-
-
-def existing_run(out: Path, request: dict[str, Any], *, overwrite: bool) -> str:
-    """What ``out`` holds for a run asked with ``request`` (a ``TrainConfig.to_dict()``):
-    ``"new"`` (nothing: train), ``"resume"`` (this run, unfinished) or ``"finished"`` (this run,
-    done). Another run there, or a folder of other files, is refused with what to do; with
-    ``overwrite`` the run files of another run are removed (and only those) and it is ``"new"``.
-    """
-    out = Path(out)
-    if not out.exists() or not any(out.iterdir()):
-        return "new"
-    if not (out / "config.json").exists():
-        leftovers = [p for p in out.iterdir() if p.name in {f"{name}.tmp" for name in RUN_FILES}]
-        if len(leftovers) == len(list(out.iterdir())):
-            # config.json is a run's first file: temporary files alone are a start cut short (a kill, a full disk)
-            for path in leftovers:
-                path.unlink()
-            return "new"
-        names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-        raise MuzarrError(f"--out {out} is not a run directory (it holds {names}): pick a new or empty folder")
-    saved = read_json(out / "config.json").get("train")
-    if not isinstance(saved, dict):
-        raise MuzarrError(f"{out}/config.json is damaged (no 'train' settings): pick another --out, or --overwrite")
-    if overwrite:
-        for name in RUN_FILES:
-            for path in (out / name, out / f"{name}.tmp"):
-                path.unlink(missing_ok=True)
-        for path in out.glob(EVENT_FILES):  # else TensorBoard would show the old run's curves under the new one's
-            path.unlink()
-        return "new"
-    differing = differing_settings(saved, request)
-    if differing:
-        raise MuzarrError(
-            f"{out} holds another run (its {', '.join(differing)} differ): continue it with `train --resume {out}`, "
-            "pick another --out, or add --overwrite to replace it"
-        )
-    return "finished" if (out / "metrics.json").exists() else "resume"

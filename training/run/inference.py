@@ -12,12 +12,13 @@ import torch
 from pipeline import MuzarrError, open_store
 from training.data.normalization import Normalized
 from training.models import build_model
-from training.run.checkpoint import load_checkpoint, read_json
+from training.run.checkpoint import load_checkpoint
 from training.run.config import TrainConfig
 from training.run.device import pick_device
 from training.run.protocol import Protocol
+from training.run.rundir import RunDir, legacy_model_opts
 
-__all__ = ["LoadedRun", "legacy_model_opts", "load_run", "read_run_config", "saved_protocol"]
+__all__ = ["LoadedRun", "load_run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,52 +38,24 @@ class LoadedRun:
     metrics: dict[str, Any] | None
 
 
-def legacy_model_opts(model: str, opts: dict[str, Any], state_keys) -> dict[str, Any]:
-    """Model options that rebuild a checkpoint written before an option existed: ``crnn`` runs
-    saved before its Keras-1 GRU became the default hold PyTorch GRU weights (``gru="torch"``)."""
-    if model == "crnn" and "gru" not in opts and any(k.endswith("rnn.weight_ih_l0") for k in state_keys):
-        return {**opts, "gru": "torch"}
-    return opts
-
-
-def saved_protocol(saved: dict[str, Any], config: TrainConfig, where: Path) -> Protocol:
-    """The protocol a run directory's ``config.json`` recorded (older runs: resolved again)."""
-    if "protocol" in saved:
-        return Protocol.from_dict(saved["protocol"], where=f"{where}/config.json: protocol")
-    return config.resolve()
-
-
-def read_run_config(out: Path) -> tuple[dict[str, Any], TrainConfig]:
-    """A run directory's ``config.json`` and the request it records; missing or damaged: one line."""
-    if not (out / "config.json").exists():
-        # a --repeats or sweep folder holds runs one level down: name a few
-        children = sorted(str(p.parent) for p in out.glob("*/config.json"))[:3]
-        hint = f" such as {', '.join(children)}" if children else ""
-        raise MuzarrError(f"{out}: no config.json; pass a run directory (one with config.json and best.pt){hint}")
-    saved = read_json(out / "config.json")
-    try:
-        return saved, TrainConfig.from_dict(saved["train"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise MuzarrError(f"{out}/config.json is not a muzarr run configuration ({type(err).__name__}: {err})") from None
-
-
-def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "best.pt") -> LoadedRun:
+def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = RunDir.BEST) -> LoadedRun:
     """Rebuild ``Normalized(model)`` of a run directory from ``config.json`` and ``checkpoint``.
 
     Unlike :class:`training.loop.Run` it needs no training or validation split, so it serves
     any store, labelled or not. The checkpoint is read with ``torch.load(weights_only=True)``.
     """
-    out = Path(run_dir)
-    saved, config = read_run_config(out)
+    run = RunDir(run_dir)
+    out = run.path
+    saved, config = run.read_config()
     try:
         example_shape = tuple(int(n) for n in saved["input"]["example_shape"])
     except (KeyError, TypeError, ValueError) as err:
-        raise MuzarrError(f"{out}/config.json is not a muzarr run configuration ({type(err).__name__}: {err})") from None
-    protocol = saved_protocol(saved, config, out)
-    weights = out / checkpoint
+        raise run.not_a_run_config(err) from None
+    protocol = run.protocol(saved, config)
+    weights = run.file(checkpoint)
     if not weights.exists():
         raise MuzarrError(f"{out}: no {checkpoint} yet; train the run (or resume it with `train --resume {out}`) first")
-    metrics = read_json(out / "metrics.json") if (out / "metrics.json").exists() else None
+    metrics = run.read_metrics()
     if metrics is not None:
         task, classes = metrics["task"], list(metrics["classes"])
     else:  # unfinished run: its training store knows the outputs
@@ -97,7 +70,7 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str
     try:
         wrapped.load_state_dict(state)
     except RuntimeError as err:
-        raise MuzarrError(f"{weights} does not fit model {config.model!r} of {out}/config.json: {str(err).splitlines()[0]}") from None
+        raise MuzarrError(f"{weights} does not fit model {config.model!r} of {run.config_file}: {str(err).splitlines()[0]}") from None
     torch_device = pick_device(device)
     wrapped.to(torch_device).eval()
     return LoadedRun(out, config, protocol, task, classes, wrapped, torch_device, example_shape, metrics)

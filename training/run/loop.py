@@ -7,7 +7,8 @@ input normalisation (:mod:`training.data.normalization`), optimizers and schedul
 (:mod:`training.run.evaluate`), checkpoints (:mod:`training.run.checkpoint`) and emissions
 (:mod:`training.run.emissions`).
 
-The run directory holds ``config.json`` (the request and the resolved protocol),
+The run directory (:class:`training.run.rundir.RunDir`: its files, their atomic writes and the
+checks of a resume) holds ``config.json`` (the request and the resolved protocol),
 ``history.csv`` (one row per epoch: losses, validation metrics, the optimizer and learning
 rate the epoch ran with, the best checkpoint reloaded after it), ``metrics.json`` (best
 epoch, valid and test metrics, parameters, wall time, energy and CO2),
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import math
 import os
 import tempfile
@@ -43,16 +43,15 @@ from training.data import SplitReader, TrainStream, plan_for, useful_workers
 from training.data.augment import Augmenter
 from training.data.normalization import Normalized, fit_normalization
 from training.models import build_model, count_parameters, get_model
-from training.run.checkpoint import load_checkpoint, read_json, save_checkpoint, write_atomic, write_text_atomic
 from training.run.config import TrainConfig, split_scheme_for
 from training.run.device import autocast, pick_device
 from training.run.distributed import LostRank, RankError, context, lost_rank_message
 from training.run.emissions import start_tracker, stop_tracker, summed_emissions
 from training.run.evaluate import checked_batch, evaluate
-from training.run.inference import legacy_model_opts, read_run_config, saved_protocol
 from training.run.metrics import PRIMARY, SCALARS
 from training.run.optim import make_optimizer
 from training.run.protocol import Protocol
+from training.run.rundir import RunDir, architecture
 from training.run.tensorboard import hparams_of, open_board
 
 __all__ = ["CACHE_AUTO_BYTES", "Run", "train"]
@@ -75,6 +74,7 @@ class Run:
             raise MuzarrError(f"store {self.store.url} is not complete: finish it with `pipe build` first")
         protocol = protocol or config.resolve(self.store.dataset)
         self.out = Path(out)
+        self.dir = RunDir(self.out)
         self.dist = context()
         self.progress = progress and self.dist.is_main  # one rank prints
         self.device = self.dist.device(pick_device(config.device))
@@ -221,31 +221,24 @@ class Run:
             "train_seconds": self.train_seconds,
             "phase": self.phase,
             "steps": self.steps,
-            # what the weights are of: a resume checks config.json still asks for it
-            "architecture": {"model": self.config.model, "model_opts": _as_json(self.config.model_opts)},
+            "architecture": architecture(self.config),
         }
 
     def _save(self, epoch: int) -> None:
         if self.dist.is_main:
-            save_checkpoint(self._state(epoch), self.out / "last.pt")
-            history = pd.DataFrame(self.history)
-            write_atomic(self.out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
+            self.dir.save_epoch(self._state(epoch), self.history)
 
     def _load_best(self) -> None:
         """``best.pt`` into the model on every rank (rank 0 reads it)."""
-        self.model.load_state_dict(self.dist.on_main(load_checkpoint, self.out / "best.pt"))
+        self.model.load_state_dict(self.dist.on_main(self.dir.load_best))
 
     @classmethod
     def resume(cls, out: Path, *, progress: bool = True) -> Run:
         """Reopen the run in ``out`` after its last finished epoch, with the protocol it recorded."""
-        out = Path(out)
-        dist = context()
-        config, state, history, protocol = dist.on_main(_read_run, out)  # rank 0 reads, the others are told
-        if state is not None:
-            config = dataclasses.replace(config, model_opts=legacy_model_opts(config.model, config.model_opts, state["model"]))
-            _check_architecture(config, state, out)  # as the run itself saved it: legacy options included
-        protocol = _requested_epochs(config, protocol, state, out, note=dist.is_main)
-        run = cls(config, out, progress=progress, protocol=protocol)
+        run_dir = RunDir(out)
+        resumed = context().on_main(run_dir.read_for_resume, note=True)  # rank 0 reads and checks, the others are told
+        config, state = resumed.config, resumed.state
+        run = cls(config, run_dir.path, progress=progress, protocol=resumed.protocol)
         if state is None:
             return run
         run.phase = int(state.get("phase", 0))
@@ -257,12 +250,7 @@ class Run:
         try:
             run.model.load_state_dict(state["model"])
         except RuntimeError:  # a run saved before last.pt recorded its architecture, config.json edited since
-            opts = ", ".join(f"{k}={v!r}" for k, v in config.model_opts.items())
-            raise MuzarrError(
-                f"{out}/config.json asks for model {config.model!r}" + (f" ({opts})" if opts else "") + f", but "
-                f"{out}/last.pt holds weights of another model or options: a run cannot change its model; restore "
-                "config.json, or train the new model with another --out"
-            ) from None
+            raise run_dir.other_weights(config) from None
         run.optimizer.load_state_dict(state["optimizer"])
         if run.scheduler and state["scheduler"]:
             run.scheduler.load_state_dict(state["scheduler"])
@@ -272,7 +260,7 @@ class Run:
         run.train_seconds = state["train_seconds"]
         run.steps = int(state.get("steps", 0))
         run.start_epoch = state["epoch"] + 1
-        run.history = history.to_dict("records")[: run.start_epoch]
+        run.history = resumed.history.to_dict("records")[: run.start_epoch]
         return run
 
     # -- training -----------------------------------------------------------------------
@@ -409,7 +397,7 @@ class Run:
                     self.best = {"epoch": epoch + 1, "value": float(value)}
                     self.stale_epochs = 0
                     if main:
-                        save_checkpoint(self.model.state_dict(), self.out / "best.pt")
+                        self.dir.save_best(self.model.state_dict())
                 else:
                     self.stale_epochs += 1
                 self.protocol.schedule.step(self.scheduler, valid["loss"])
@@ -462,8 +450,7 @@ class Run:
         if main:
             self.board.finish(metrics)
             self._plots(metrics)
-            # last: a run with metrics.json is finished, so whatever fails before it is done again by the same command
-            write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+            self.dir.write_metrics(metrics)  # last: see RunDir.write_metrics
         return metrics
 
     def _write_config(self) -> None:
@@ -479,29 +466,22 @@ class Run:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),  # CPU results differ in the last bits with it
         }  # fmt: skip
-        if not (self.out / "config.json").exists():
-            write_text_atomic(self.out / "config.json", json.dumps(data, indent=2))
-        norm = {"mean": self.model.mean.cpu().tolist(), "std": self.model.std.cpu().tolist(), "array": self.plan.array}
-        write_text_atomic(self.out / "normalization.json", json.dumps(norm))
+        self.dir.write_config(data)
+        self.dir.write_normalization({"mean": self.model.mean.cpu().tolist(), "std": self.model.std.cpu().tolist(),
+                                      "array": self.plan.array})  # fmt: skip
 
     def _plots(self, metrics: dict[str, Any]) -> None:
         from training.run.plots import plot_confusion, plot_curves, plot_per_tag
 
         title = f"{self.config.model} on {self.store.dataset}"
-        plot_curves(pd.DataFrame(self.history), PRIMARY[self.task], self.out / "curves.png", title=title)
+        plot_curves(pd.DataFrame(self.history), PRIMARY[self.task], self.dir.file(RunDir.CURVES), title=title)
         if self.task == "multilabel":
             frequency = dict(zip(self.classes, self.readers["train"].targets.sum(axis=0).astype(int).tolist()))
-            plot_per_tag(metrics["test"].get("per_tag_roc_auc", {}), frequency, self.out / "per_tag_auc.png",
+            plot_per_tag(metrics["test"].get("per_tag_roc_auc", {}), frequency, self.dir.file(RunDir.PER_TAG),
                          title=f"{title}: test ROC-AUC per tag")  # fmt: skip
         elif "confusion_matrix" in metrics["test"]:
-            plot_confusion(metrics["test"]["confusion_matrix"], self.classes, self.out / "confusion.png",
+            plot_confusion(metrics["test"]["confusion_matrix"], self.classes, self.dir.file(RunDir.CONFUSION),
                            title=f"{title}: test confusion matrix")  # fmt: skip
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def train(config: TrainConfig, *, out: Path, progress: bool = True) -> dict[str, Any]:
@@ -531,60 +511,3 @@ def _log_examples(reader: SplitReader, seen: list[np.ndarray], epoch: int, rank:
     ids = reader.clip_ids[np.concatenate(seen)] if seen else []
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / f"epoch-{epoch + 1}-rank-{rank}.txt").write_text("".join(f"{i}\n" for i in ids))
-
-
-def _as_json(value: Any) -> Any:
-    """``value`` as JSON holds it (tuples are lists there): settings compare alike however they were read."""
-    return json.loads(json.dumps(value))
-
-
-def _check_architecture(config: TrainConfig, state: dict, out: Path) -> None:
-    """``last.pt`` holds weights of the model and options ``config.json`` asks for (one line naming both if not)."""
-    saved = state.get("architecture")
-    if not isinstance(saved, dict):
-        return  # written before last.pt recorded it: loading the weights says whether they fit
-    asked = {"model": config.model, "model_opts": _as_json(config.model_opts)}
-    if saved != asked:
-
-        def shown(arch: dict) -> str:
-            opts = ", ".join(f"{k}={v!r}" for k, v in (arch.get("model_opts") or {}).items())
-            return f"model {arch.get('model')!r}" + (f" ({opts})" if opts else "")
-
-        raise MuzarrError(
-            f"{out}/config.json asks for {shown(asked)}, but the run's checkpoint {out}/last.pt holds {shown(saved)}: "
-            "a run cannot change its model; restore config.json, or train the new model with another --out"
-        )
-
-
-def _requested_epochs(config: TrainConfig, protocol: Protocol, state: dict | None, out: Path, *, note: bool) -> Protocol:
-    """The protocol a resumed run trains to: ``config.json``'s ``train.epochs`` (the request) wins over the
-    protocol it recorded, so editing it trains a finished run longer; fewer epochs than have run is refused."""
-    done = int(state["epoch"]) + 1 if state is not None else 0
-    epochs = protocol.epochs if config.epochs is None else config.epochs
-    if epochs < done:
-        raise MuzarrError(
-            f"{out}/config.json asks for {epochs} epochs, but {done} have run already: ask for {done} or more, "
-            "or train a new run with another --out"
-        )
-    if epochs == protocol.epochs:
-        return protocol
-    if note:
-        stopped = protocol.early_stopping and state is not None and state["stale_epochs"] >= protocol.early_stopping
-        then = (f"but early stopping ended it after epoch {done}: it trains no further" if stopped
-                else f"training on to epoch {epochs}")  # fmt: skip
-        print(f"note: {out}/config.json asks for {epochs} epochs (train.epochs), the run was set up for "
-              f"{protocol.epochs}: {then}", flush=True)  # fmt: skip
-    protocol = dataclasses.replace(protocol, epochs=epochs)
-    if context().is_main:  # the record says what the run now trains with
-        saved = read_json(out / "config.json")
-        write_text_atomic(out / "config.json", json.dumps({**saved, "protocol": protocol.to_dict()}, indent=2))
-    return protocol
-
-
-def _read_run(out: Path) -> tuple[TrainConfig, dict | None, pd.DataFrame | None, Protocol]:
-    """What ``Run.resume`` needs of ``out``: the request, ``last.pt``, the history, the protocol."""
-    saved, config = read_run_config(out)
-    last = out / "last.pt"
-    state = load_checkpoint(last) if last.exists() else None
-    history = pd.read_csv(out / "history.csv", dtype={"reloaded_best_epoch": "Int64"}) if state else None  # blank, or an epoch
-    return config, state, history, saved_protocol(saved, config, out)
