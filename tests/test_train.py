@@ -166,6 +166,18 @@ def test_repeats_write_a_mean_and_std_summary(small_store, tmp_path):
     assert "test_roc_auc" in out and "±" in out
 
 
+def test_a_store_with_one_split_scheme_is_used_without_a_note(small_store, tmp_path, capsys):
+    """Issue #22, first hour 1: crnn's protocol names 'dieleman'; the demo store has one scheme, which is used silently."""
+    from pipeline import open_store
+    from training.run.loop import Run
+
+    assert open_store(small_store).manifest["config"]["splits"] == ["random"]
+    assert MODELS["crnn"].protocol.split_scheme == "dieleman"
+    run = Run(TrainConfig(store=small_store, model="crnn", emissions=False, tensorboard=False, device="cpu"), tmp_path / "r")
+    assert run.protocol.split_scheme == "random"
+    assert "note" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -267,11 +267,15 @@ def _print_result(metrics: dict[str, Any], out: Path) -> None:
         line += f", test pr_auc {test['pr_auc']:.4f}"
     if "f1_macro" in test:
         line += f", test f1_macro {test['f1_macro']:.4f}"
+    if metrics.get("split_scheme"):  # chosen silently when the store has one scheme: said here
+        line += f", split scheme {metrics['split_scheme']!r}"
     click.echo(line)
     co2 = metrics.get("co2_kg")
+    # the grid's carbon intensity is an assumption (--country, ESP unless given): say whose
+    grid = f" (grid of {metrics.get('co2_country') or '?'}, --country to change)"
     click.echo(
         f"  {metrics['parameters']:,} parameters, {metrics['train_seconds']:.0f} s training on {metrics['device']}"
-        + (f", {metrics['energy_kwh'] * 1000:.2f} Wh, {co2 * 1000:.3f} g CO2eq" if co2 is not None else "")
+        + (f", {metrics['energy_kwh'] * 1000:.2f} Wh, {co2 * 1000:.3f} g CO2eq{grid}" if co2 is not None else "")
     )
     click.echo(f"  run directory: {out} (metrics.json, history.csv, *.png, best.pt)")
     if RunDir(out).has_events():

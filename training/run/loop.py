@@ -127,8 +127,11 @@ class Run:
     # -- set-up -------------------------------------------------------------------------
     def _split_scheme(self, protocol: Protocol) -> str:
         # an explicit scheme the store lacks is refused by Store.split
-        scheme = split_scheme_for(self.store.manifest["config"]["splits"], protocol, self.config.split_scheme)
-        if self.config.split_scheme is None and protocol.split_scheme not in (None, scheme) and self.progress:
+        schemes = self.store.manifest["config"]["splits"]
+        scheme = split_scheme_for(schemes, protocol, self.config.split_scheme)
+        # a store with one scheme leaves no choice: it is used silently, and the result line names it
+        chosen = self.config.split_scheme is None and protocol.split_scheme not in (None, scheme) and len(schemes) > 1
+        if chosen and self.progress:
             print(f"note: the protocol's split scheme {protocol.split_scheme!r} is not in {self.store.url}; "
                   f"using {scheme!r}", flush=True)  # fmt: skip
         return scheme

@@ -18,6 +18,7 @@ and TensorBoard shows the newest value. Without the ``tensorboard`` package (the
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import numbers
 import threading
@@ -162,6 +163,12 @@ class NoBoard:
         pass
 
 
+@functools.cache  # once per command: the runs of --repeats or a sweep all lack it alike
+def _note_missing() -> None:
+    print("note: tensorboard is not installed, so this run writes no TensorBoard events "
+          "(pip install 'muzarr[tensorboard]'; --no-tensorboard skips this note)", flush=True)  # fmt: skip
+
+
 def open_board(out: Path, hparams: dict[str, Any], *, enabled: bool, every: int, note: bool = False) -> TensorBoard | NoBoard:
     """A :class:`TensorBoard` on ``out``, or a :class:`NoBoard` when ``enabled`` is false or the
     ``tensorboard`` package is missing (said in one line when ``note``)."""
@@ -171,7 +178,6 @@ def open_board(out: Path, hparams: dict[str, Any], *, enabled: bool, every: int,
         import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
     except ImportError:
         if note:
-            print("note: tensorboard is not installed, so this run writes no TensorBoard events "
-                  "(pip install 'muzarr[tensorboard]'; --no-tensorboard skips this note)", flush=True)  # fmt: skip
+            _note_missing()
         return NoBoard()
     return TensorBoard(out, hparams, every=every)
