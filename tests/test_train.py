@@ -166,6 +166,39 @@ def test_repeats_write_a_mean_and_std_summary(small_store, tmp_path):
     assert "test_roc_auc" in out and "±" in out
 
 
+def test_repeats_note_a_missing_package_once_name_the_grid_and_where_the_summary_went(small_store, tmp_path):
+    """Issue #22, first hour 1, 8 and 10: one note for --repeats 2 without tensorboard; the result line names the
+    split scheme and the CO2 grid assumed; the summary names its files, draws repeats.png, and prints co2_kg
+    to the std's significant digits (not 0.0000 ± 0.0000)."""
+    shadow = tmp_path / "shadow" / "tensorboard"  # a tensorboard that fails to import: as if not installed
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'tensorboard'\")\n")
+    out = tmp_path / "rep"
+    proc = _train_cli("--store", small_store, "--model", "mlp", "--epochs", "1", "--repeats", "2", "--device", "cpu",
+                      "--out", str(out), env={**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])})  # fmt: skip
+    stdout, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    lines = stdout.splitlines()
+    note = ("note: tensorboard is not installed, so this run writes no TensorBoard events "
+            "(pip install 'muzarr[tensorboard]'; --no-tensorboard skips this note)")  # fmt: skip
+    assert [line for line in lines if line.startswith("note:")] == [note]
+    results = [line for line in lines if line.startswith("mlp on demo: best epoch")]
+    assert len(results) == 2 and all(line.endswith(", split scheme 'random'") for line in results)
+    assert sum(line.endswith(" g CO2eq (grid of ESP, --country to change)") for line in lines) == 2
+    assert f"summary: {out / 'summary.csv'} (one row per seed), {out / 'summary.json'}, {out / 'repeats.png'}" in lines
+    assert list(pd.read_csv(out / "summary.csv")["seed"]) == [0, 1]
+    from PIL import Image
+
+    assert "co2_kg" in Image.open(out / "repeats.png").info["Description"]
+    co2 = json.loads((out / "summary.json").read_text())["co2_kg"]
+    [row] = [line for line in lines if line.startswith("| co2_kg |")]
+    mean, std = row.split(" | ")[1].split(" ± ")
+    decimals = len(std.split(".")[1])
+    assert len(std.lstrip("0.")) == 2, row  # two significant digits of the std
+    assert float(std) == pytest.approx(co2["std"], rel=0.06) and len(mean.split(".")[1]) == decimals
+    assert float(mean) == pytest.approx(co2["mean"], abs=10 ** -decimals)
+
+
 def test_a_store_with_one_split_scheme_is_used_without_a_note(small_store, tmp_path, capsys):
     """Issue #22, first hour 1: crnn's protocol names 'dieleman'; the demo store has one scheme, which is used silently."""
     from pipeline import open_store

@@ -224,7 +224,7 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
         run_dir = base / f"repeat-{i}"
         results.append(_train_once(TrainConfig(**{**config.to_dict(), "seed": seed + i}), run_dir, overwrite=overwrite, quiet=quiet))
         _print_result(results[-1], run_dir)
-    summary = summarise_repeats(results, base)
+    summary = summarise_repeats(results, base, seeds=[seed + i for i in range(repeats)])
     click.echo(summary)
 
 

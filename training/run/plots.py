@@ -138,3 +138,31 @@ def plot_embedding(points: np.ndarray, groups: list[str], path: Path, *, title: 
     axis.set(xlabel="t-SNE 1", ylabel="t-SNE 2", title=title)
     axis.legend(title=legend, fontsize="small", loc="best", markerscale=1.2)
     return _save(fig, path, title, f"x: t-SNE 1; y: t-SNE 2; colour: {legend}; groups: {', '.join(order)}")
+
+
+def plot_repeats(table: pd.DataFrame, columns: list[str], path: Path, *, title: str) -> Path:
+    """One panel per metric of ``--repeats``: each seed's value (``table``: a row per repeat, with a
+    ``seed`` or ``repeat`` column), the mean as a line and ±1 std as a band."""
+    x_name = "seed" if "seed" in table else "repeat"
+    n_cols = min(4, len(columns))
+    n_rows = -(-len(columns) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.8 * n_rows), squeeze=False)
+    x = table[x_name].to_numpy()
+    for axis, column in zip(axes.flat, columns):
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        known = values[np.isfinite(values)]
+        axis.plot(x, values, "o", color="tab:blue", label="seed")
+        if len(known):
+            mean = float(known.mean())
+            std = float(known.std(ddof=1)) if len(known) > 1 else 0.0
+            axis.axhline(mean, color="tab:orange", label="mean")
+            axis.axhspan(mean - std, mean + std, color="tab:orange", alpha=0.2, label="±1 std")
+        axis.set(xlabel=x_name, title=column)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(columns):]:
+        axis.set_visible(False)
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(title)
+    description = f"one panel per metric ({', '.join(columns)}): x {x_name}, y value; line: mean; band: ±1 std"
+    return _save(fig, path, title, description)
