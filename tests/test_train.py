@@ -192,7 +192,7 @@ def test_repeats_note_a_missing_package_once_name_the_grid_and_where_the_summary
     assert "co2_kg" in Image.open(out / "repeats.png").info["Description"]
     co2 = json.loads((out / "summary.json").read_text())["co2_kg"]
     [row] = [line for line in lines if line.startswith("| co2_kg |")]
-    mean, std = row.split(" | ")[1].split(" ± ")
+    mean, std = row.strip("| ").split(" | ")[1].split(" ± ")
     decimals = len(std.split(".")[1])
     assert len(std.lstrip("0.")) == 2, row  # two significant digits of the std
     assert float(std) == pytest.approx(co2["std"], rel=0.06) and len(mean.split(".")[1]) == decimals
