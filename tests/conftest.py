@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -78,7 +79,6 @@ def gtzan_cli_build(fixtures_dir, tmp_path_factory):
     Returns ``(completed_process, store_path)``; the catalog's GTZAN recipe stores the waveform,
     a 128-band log-mel and the gtzan57 table.
     """
-    import subprocess
     import sys
 
     source = os.path.relpath(fixtures_dir / "gtzan", ROOT)
@@ -122,7 +122,6 @@ def scheduler(tmp_path_factory):
     reads the store's sizes; a worker computes batches sized by the build's own configuration."""
     import json
     import signal
-    import subprocess
     import sys
     import time
 
@@ -144,3 +143,24 @@ def scheduler(tmp_path_factory):
         for process in reversed(cluster):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A mount point and a function mounting a tmpfs there with the given options (unmounted at the end)."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mounted = []
+
+    def mount(options: str) -> Path:
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)]
+        if mounted:
+            command = ["mount", "-o", f"remount,{options}", str(point)]
+        if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(options)
+        return point
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(point)], check=True)
