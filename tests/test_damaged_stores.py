@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers_stores import file_versions, snapshot
+from helpers_stores import file_versions, kill_when, snapshot
 
 from pipeline import MuzarrError, open_store
 from pipeline.cli import build as build_command_line
@@ -357,8 +357,6 @@ def test_info_shows_an_array_without_metadata_as_damaged(store, reference):
 
 
 def test_info_after_a_build_that_never_started_says_it_has_not_finished(source, tmp_path):
-    from test_resume import kill_when
-
     out = tmp_path / "never.zarr"
     failed = build(source, out, "--scheduler", "tcp://127.0.0.1:1")
     assert failed.returncode == 2 and failed.stderr.startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:1")
