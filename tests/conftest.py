@@ -1,8 +1,17 @@
-"""Shared test fixtures: the real audio in ../shared/fixtures and small helpers."""
+"""Shared test fixtures: the real audio in ../shared/fixtures, stores built once per run, servers.
+
+Helpers more than one test module uses live in ``tests/helpers_*.py`` (stores' files and killed
+builds, HTTP servers, in-process ``train``, hostile environments, dataset trees); a test module
+never imports another. A store that tests only read is built once per run (:func:`built_once`).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,8 +32,6 @@ os.environ["NUMBA_CACHE_DIR"] = os.path.join(
 
 def pytest_unconfigure(config) -> None:
     if _NUMBA_ROOT_MADE_HERE:  # after every worker has stopped
-        import shutil
-
         shutil.rmtree(os.environ["MUZARR_TEST_NUMBA_ROOT"], ignore_errors=True)
 
 
@@ -45,9 +52,33 @@ def fixtures_dir() -> Path:
 
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder ``build(folder)`` fills once per test run, whichever pytest-xdist worker asks first.
+
+    For stores the tests only read: a session fixture alone is built once per worker, so each of
+    the two CI workers built its own. Here the first worker builds under a file lock in the folder
+    all workers share, and the others wait for it and reuse what it built. A build that fails leaves
+    no ``.built`` mark, so the next worker to ask tries again (and reports its own failure).
+    """
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: its own temporary folder
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory) -> str:
-    """A 40-clip demo store (2 s clips) holding every input some model reads.
+    """A 40-clip demo store (2 s clips) holding every input some model reads; built once per run, read-only.
 
     waveform 16 kHz, log-mel 64 @ 16 kHz, log-mel 96 @ 12 kHz pad 37 (the catalog's demo
     features), log-mel 128 @ 22.05 kHz and the gtzan57 table.
@@ -64,30 +95,34 @@ def small_store(tmp_path_factory) -> str:
         ],
         settings={"options.n_clips": 40, "options.seconds": 2.0, "clip.seconds": 2.0, "batch_clips": 8},
     )
-    root = tmp_path_factory.mktemp("small_store")
-    out = root / "small.zarr"
-    report = build(config, source=str(root / "audio"), out=str(out), workers=2, progress=False)
-    assert report.n_failed == 0
-    return str(out)
+
+    def build_small(root: Path) -> None:
+        report = build(config, source=str(root / "audio"), out=str(root / "small.zarr"), workers=2, progress=False)
+        assert report.n_failed == 0
+
+    return str(built_once(tmp_path_factory, "small_store", build_small) / "small.zarr")
 
 
 @pytest.fixture(scope="session")
-def gtzan_cli_build(fixtures_dir, tmp_path_factory):
+def gtzan_cli_build(fixtures_dir, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """`pipe build gtzan --source ../shared/fixtures/gtzan` run once, as a user runs it from the repo root.
 
     Returns ``(completed_process, store_path)``; the catalog's GTZAN recipe stores the waveform,
-    a 128-band log-mel and the gtzan57 table.
+    a 128-band log-mel and the gtzan57 table. Built once per run (the command's exit status and
+    output are kept beside the store for the other workers); read-only.
     """
-    import subprocess
-    import sys
-
     source = os.path.relpath(fixtures_dir / "gtzan", ROOT)
-    out = tmp_path_factory.mktemp("gtzan_cli") / "g.zarr"
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "build", "gtzan", "--source", source, "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, check=False,
-    )
-    return result, out
+    command = [sys.executable, "-m", "pipeline.cli", "build", "gtzan", "--source", source]
+
+    def build_gtzan(root: Path) -> None:
+        result = subprocess.run([*command, "--out", str(root / "g.zarr")], capture_output=True, text=True, cwd=ROOT,
+                                check=False)  # fmt: skip
+        (root / "result.json").write_text(json.dumps([result.returncode, result.stdout, result.stderr]))
+
+    root = built_once(tmp_path_factory, "gtzan_cli", build_gtzan)
+    returncode, stdout, stderr = json.loads((root / "result.json").read_text())
+    out = root / "g.zarr"
+    return subprocess.CompletedProcess([*command, "--out", str(out)], returncode, stdout, stderr), out
 
 
 @pytest.fixture()
@@ -122,8 +157,6 @@ def scheduler(tmp_path_factory):
     reads the store's sizes; a worker computes batches sized by the build's own configuration."""
     import json
     import signal
-    import subprocess
-    import sys
     import time
 
     folder = tmp_path_factory.mktemp("cluster")
@@ -144,3 +177,24 @@ def scheduler(tmp_path_factory):
         for process in reversed(cluster):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A mount point and a function mounting a tmpfs there with the given options (unmounted at the end)."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mounted = []
+
+    def mount(options: str) -> Path:
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)]
+        if mounted:
+            command = ["mount", "-o", f"remount,{options}", str(point)]
+        if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(options)
+        return point
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(point)], check=True)

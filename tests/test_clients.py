@@ -2,12 +2,14 @@
 
 Two real stores: the demo (two log-mel variants of different sizes in one group, a tabular
 set, no failures) and the GTZAN fixture, whose ``jazz.00054`` is not a WAV file and fails. The
-snippets at the top of the ``test_readme_*`` tests are the README's "Read a store without
-muzarr" section, verbatim.
+``test_readme_*`` tests run the code blocks of the README's "Read a store without muzarr" section
+as they are written there, with warnings as errors.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import warnings
@@ -63,20 +65,17 @@ def groups(url: str) -> dict[str | None, list[str]]:
     return found
 
 
-def open_quietly(url: str, group: str | None, **options):
-    # The plain call tries consolidated metadata first and warns that it falls back (a store has none).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return xr.open_zarr(url, group=group, **options)
-
-
-def test_xarray_opens_every_group_with_no_options(url):
+def test_xarray_opens_every_group_with_no_options_and_no_warning(url):
     found = groups(url)
     assert set(found) == {None, "logmel", "tabular"}
     for group, names in found.items():
-        with pytest.warns(RuntimeWarning, match="Failed to open Zarr store with consolidated metadata"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback from consolidated metadata, no listing of tables/ or _muzarr/
             ds = xr.open_zarr(url, group=group)
-        xr.testing.assert_identical(ds, open_quietly(url, group, consolidated=False))
+        # the consolidated metadata of the root's zarr.json says what each array's own zarr.json says
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # listing the store warns about tables/ and _muzarr/
+            xr.testing.assert_identical(ds, xr.open_zarr(url, group=group, consolidated=False))
         assert sorted(ds.data_vars) == sorted(name.rpartition("/")[2] for name in names)
         for name in names:
             array = zarr.open_array(f"{url}/{name}", mode="r")
@@ -86,7 +85,7 @@ def test_xarray_opens_every_group_with_no_options(url):
 
 
 def test_two_logmel_variants_of_different_sizes_share_only_the_clip_dimension(demo_url):
-    ds = open_quietly(demo_url, "logmel")
+    ds = xr.open_zarr(demo_url, group="logmel")
     assert dict(ds.sizes) == {
         "clip": 12,
         "mel_mel64_sr16000_fft1024_hop512": 64, "frame_mel64_sr16000_fft1024_hop512": 126,
@@ -98,7 +97,7 @@ def test_every_variable_equals_muzarrs_reader_on_ok_rows(url):
     store = open_store(url)
     ok = np.flatnonzero(store.ok)
     for group, names in groups(url).items():
-        ds = open_quietly(url, group)
+        ds = xr.open_zarr(url, group=group)
         for name in names:
             values = ds[name.rpartition("/")[2]].values
             stored = store.status if name == "status" else store.read(name, ok)
@@ -136,7 +135,7 @@ def test_failed_clip_is_nan_in_float_arrays_and_zero_in_int16(gtzan_url):
     failed = int(np.flatnonzero(store.clips["clip_id"] == "jazz.00054")[0])
     assert store.status[failed] == 2 and store.status.tolist().count(1) == 5
     for group, names in groups(gtzan_url).items():
-        ds = open_quietly(gtzan_url, group)
+        ds = xr.open_zarr(gtzan_url, group=group)
         for name in names:
             if name == "status":
                 continue
@@ -199,65 +198,91 @@ def test_tensorstore_and_zarr_python_read_what_xarray_and_muzarr_read(url):
         np.testing.assert_array_equal(by_zarr[ok], store.status[ok] if name == "status" else store.read(name, ok))
 
 
-def test_readme_xarray(gtzan_url):
-    url = gtzan_url
-    # --- README: xarray
-    import xarray as xr
+README = ROOT / "README.md"
+#: the log-mel the README's snippets read in each store (the demo's is set in the README itself)
+VARIANTS = {"demo": "mel96_sr12000_fft512_hop256_pad37", "gtzan": "mel128_sr22050_fft2048_hop512"}
 
-    root = xr.open_zarr(url)                                   # status and waveform (float, in [-1, 1])
-    mels = xr.open_zarr(url, group="logmel").assign(status=root.status)
-    stored = mels.where(mels.status == 1)                      # failed and pending clips: NaN
-    mean = float(stored["mel128_sr22050_fft2048_hop512"].mean(dtype="float64"))
-    # ---
+
+def readme_snippets() -> dict[str, str]:
+    """The code blocks of the README's "Read a store without muzarr" section: reader → code, ``setup`` first."""
+    text = README.read_text()
+    section = text[text.index("### Read a store without muzarr"):]
+    section = section[: section.index("\n### ")]
+    blocks = re.findall(r"(?:\*\*([\w-]+)\*\*:\n\n)?```python\n(.*?)```", section, flags=re.DOTALL)
+    return {name or "setup": code for name, code in blocks}
+
+
+@pytest.fixture(params=["demo", "gtzan"])
+def readme_store(request) -> tuple[str, str]:
+    """``(kind, url)``: the demo store (named ``demo.zarr``, as ``pipe build demo`` names it) and GTZAN's."""
+    return request.param, request.getfixturevalue(f"{request.param}_url")
+
+
+def run_readme(kind: str, url: str, names: list[str]) -> dict:
+    """Run the README's blocks ``names`` as they are written, warnings as errors; returns their variables.
+
+    On the demo store they run from its folder after the README's own ``setup`` block; on another
+    store ``url`` and ``variant`` are set as the README says to.
+    """
+    snippets = readme_snippets()
+    namespace: dict = {} if kind == "demo" else {"url": url, "variant": VARIANTS[kind]}
+    here = os.getcwd()
+    os.chdir(Path(url).parent)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for name in (["setup"] if kind == "demo" else []) + names:
+                exec(compile(snippets[name], f"README.md ({name})", "exec"), namespace)  # noqa: S102 - the README's code, run as it is written
+    finally:
+        os.chdir(here)
+    assert namespace["variant"] == VARIANTS[kind]
+    return namespace
+
+
+def test_the_readme_section_has_a_setup_and_four_readers():
+    assert list(readme_snippets()) == ["setup", "xarray", "zarr-python", "tensorstore", "pandas"]
+    assert 'url = "demo.zarr"' in readme_snippets()["setup"]
+
+
+def test_readme_xarray(readme_store):
+    kind, url = readme_store
+    found = run_readme(kind, url, ["xarray"])
+    store, variant = open_store(url), found["variant"]
+    ok = np.flatnonzero(store.ok)
+    expected = store.read(f"logmel/{variant}", ok).astype(np.float64).mean()
+    assert found["mean"] == pytest.approx(expected, rel=1e-12)
+    audio = found["audio"].values
+    assert audio.dtype == np.float32
+    assert np.isnan(np.delete(audio, ok, axis=0)).all() and not np.isnan(audio[ok]).any()
+    np.testing.assert_array_equal(audio[ok], store.read("waveform", ok) / np.float32(32768))
+    failed = np.flatnonzero(store.status == 2).tolist()
+    assert failed == {"demo": [], "gtzan": [4]}[kind]
+
+
+def test_readme_zarr_python(readme_store):
+    kind, url = readme_store
+    found = run_readme(kind, url, ["zarr-python"])
     store = open_store(url)
-    expected = store.read("logmel/mel128_sr22050_fft2048_hop512", np.flatnonzero(store.ok)).astype(np.float64).mean()
-    assert mean == pytest.approx(expected, rel=1e-12)
-    wave = root.where(root.status == 1).waveform.values
-    failed = np.flatnonzero(store.status == 2)
-    assert failed.tolist() == [4] and np.isnan(wave[4]).all() and not np.isnan(np.delete(wave, 4, axis=0)).any()
-    np.testing.assert_array_equal(np.delete(wave, 4, axis=0), store.read("waveform", store.ok.nonzero()[0]) / 32768)
+    np.testing.assert_array_equal(found["audio"], store.read("waveform", np.flatnonzero(store.ok)) / 32768)
 
 
-def test_readme_zarr_python(gtzan_url):
-    url = gtzan_url
-    # --- README: zarr-python
-    import zarr
-
-    status = zarr.open_array(f"{url}/status", mode="r")[:]     # 0 pending, 1 ok, 2 failed
-    waveform = zarr.open_array(f"{url}/waveform", mode="r")
-    audio = waveform.oindex[status == 1] * waveform.attrs["scale_factor"]  # int16 -> float in [-1, 1]
-    # ---
-    store = open_store(url)
-    np.testing.assert_array_equal(audio, store.read("waveform", np.flatnonzero(store.ok)) / 32768)
+def test_readme_tensorstore(readme_store):
+    kind, url = readme_store
+    found = run_readme(kind, url, ["tensorstore"])
+    variant = found["variant"]
+    assert found["mel"].domain.labels == ("clip", f"mel_{variant}", f"frame_{variant}")
+    np.testing.assert_array_equal(found["first"], open_store(url).read(f"logmel/{variant}", 0))
 
 
-def test_readme_tensorstore(gtzan_url):
-    url = gtzan_url
-    # --- README: tensorstore
-    import tensorstore as ts
-
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{url}/logmel/mel128_sr22050_fft2048_hop512"}}
-    mel = ts.open(spec).result()
-    first = mel[0].read().result()                             # one clip: (128 mels, 1292 frames) float16
-    # ---
-    assert mel.domain.labels == ("clip", "mel_mel128_sr22050_fft2048_hop512", "frame_mel128_sr22050_fft2048_hop512")
-    np.testing.assert_array_equal(first, open_store(url).read("logmel/mel128_sr22050_fft2048_hop512", 0))
-
-
-def test_readme_pandas(gtzan_url):
-    url = gtzan_url
-    # --- README: pandas
-    import pandas as pd
-
-    clips = pd.read_parquet(f"{url}/tables/clips.parquet")    # clip_id, path, status, stage, error, ...
-    labels = pd.read_parquet(f"{url}/tables/labels.parquet")
-    failed = clips[clips.status == "failed"][["clip_id", "stage", "error"]]
-    # ---
-    assert failed.to_dict("records") == [{
+def test_readme_pandas(readme_store):
+    kind, url = readme_store
+    found = run_readme(kind, url, ["pandas"])
+    expected = {"demo": [], "gtzan": [{
         "clip_id": "jazz.00054", "stage": "decode",
         "error": "soundfile: Format not recognised; PyAV: Invalid data found when processing input",
-    }]  # fmt: skip
-    assert labels["clip_id"].tolist() == clips["clip_id"].tolist()
+    }]}[kind]  # fmt: skip
+    assert found["failed"].to_dict("records") == expected
+    assert found["labels"]["clip_id"].tolist() == found["clips"]["clip_id"].tolist() == open_store(url).clips["clip_id"].tolist()
 
 
 def test_pyarrow_dataset_over_two_stores_clips_tables(demo_url, gtzan_url):
@@ -271,17 +296,3 @@ def test_pyarrow_dataset_over_two_stores_clips_tables(demo_url, gtzan_url):
         for name in ("clips", "labels", "splits", "checksums"):
             schema = pds.dataset(f"{url}/tables/{name}.parquet").schema
             assert not [field.name for field in schema if str(field.type) == "null"], (url, name)
-
-
-def test_the_readme_shows_exactly_the_snippets_these_tests_run():
-    """Each ``# --- README: <reader>`` block above appears verbatim in README.md's section."""
-    import re
-    from pathlib import Path
-
-    here = Path(__file__).read_text()
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"    # --- README: (.+?)\n(.*?)    # ---\n", here, flags=re.S)
-    assert [name for name, _ in blocks] == ["xarray", "zarr-python", "tensorstore", "pandas"]
-    for name, code in blocks:
-        dedented = "\n".join(line[4:] for line in code.rstrip("\n").split("\n"))
-        assert f"**{name}**:\n\n```python\n{dedented}\n```" in readme, name

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_train import train_cli
 from PIL import Image
 
 from pipeline import MuzarrError
@@ -19,17 +20,6 @@ from training.run.loop import train
 
 # Seed 000, Figure 2 "10 epochs result": the columns in the report's order.
 FIGURE2_HEADER = "| Model | Best Val AUC | Test AUC | Parameters | Train Time (s) | CO2 (kg) |"
-
-
-def _train_cli(*args: str):
-    from click.testing import CliRunner
-
-    from training.cli import main
-
-    result = CliRunner().invoke(main, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +39,7 @@ def _metrics(path: Path) -> dict:
 
 
 def test_two_demo_runs_give_seed000s_figure2_layout(runs, tmp_path):
-    result = _train_cli("compare", str(runs["mlp"]), str(runs["cnn"]), "--out", str(tmp_path))
+    result = train_cli("compare", str(runs["mlp"]), str(runs["cnn"]), "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "compare.md").read_text().splitlines()
     assert lines[0] == FIGURE2_HEADER
@@ -120,7 +110,7 @@ def test_overlay_plot_names_its_runs_and_axes(runs, tmp_path):
 def test_unfinished_or_mixed_runs_are_refused(runs, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = _train_cli("compare", str(empty))
+    result = train_cli("compare", str(empty))
     assert result.exit_code == 2 and "has no metrics.json" in result.stderr
     mixed = tmp_path / "multiclass"
     shutil.copytree(runs["mlp"], mixed)

@@ -24,9 +24,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
-from test_hostile_build import tmpfs  # noqa: F401 - the fixture mounting a real tmpfs
-from test_remote import NoListing
-from test_resume import kill_when, store_files
+from helpers_servers import NoListing
+from helpers_stores import kill_when, store_files
 
 from pipeline.store.copy import COPY_BATCH
 
@@ -173,7 +172,7 @@ def test_a_killed_copy_resumes_and_copies_only_what_is_missing(store, tmp_path):
 # -- item 9: a full disk is one line, and the same command finishes once there is space
 
 
-def test_a_full_disk_during_a_copy_is_one_line_and_the_same_command_finishes(store, tmpfs):  # noqa: F811
+def test_a_full_disk_during_a_copy_is_one_line_and_the_same_command_finishes(store, tmpfs):
     dst = tmpfs("size=1m") / "copy.zarr"
     full = pipe("copy", store, dst)
     assert re.fullmatch(rf"cannot write {dst}/\S+: {FULL}", one_line(full)), full.stderr

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_stores import file_versions, kill_when, snapshot
 
 from pipeline import MuzarrError, open_store
 from pipeline.cli import build as build_command_line
@@ -59,18 +60,6 @@ def parse_hint(hint: str, *, catalog: str | None = None):
         tabulars=params["tabulars"], only=params["only"], settings=params["settings"],
     )  # fmt: skip
     return config
-
-
-def snapshot(out: Path) -> tuple[dict[str, bytes], dict]:
-    """Every file of a store, and its manifest without the one field allowed to differ."""
-    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    manifest = json.loads(files.pop("zarr.json"))["attributes"]["muzarr"]
-    manifest.pop("finished")
-    return files, manifest
-
-
-def files_of(out: Path, prefix: str) -> dict[str, tuple[int, bytes]]:
-    return {p.relative_to(out).as_posix(): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / prefix).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +148,13 @@ def test_the_training_hint_keeps_the_stores_overrides_and_grows_it_by_one_array(
     hint = str(caught.value).split("add it with: ", 1)[1]
     assert hint == (f"pipe build demo --source {source.resolve()} --out {out} --set clip.seconds=3 --set batch_clips=8 "
                     "--set options.n_clips=16 --tabular gtzan57")  # fmt: skip
-    before = {name: files_of(out, name) for name in open_store(str(out)).arrays}
+    before = {name: file_versions(out, name) for name in open_store(str(out)).arrays}
     grown = run_hint(hint)
     assert grown.returncode == 0, grown.stderr
     assert "16 of 16 clips stored, 0 failed (2 batches run, 0 reused" in grown.stdout
     store = open_store(str(out))
     assert store.n_clips == 16 and list(store.arrays) == [*before, "tabular/gtzan57"]
-    assert {name: files_of(out, name) for name in before} == before  # not one byte of the old arrays rewritten
+    assert {name: file_versions(out, name) for name in before} == before  # not one byte of the old arrays rewritten
     assert pipe("verify", str(out)).returncode == 0
 
 
@@ -242,7 +231,7 @@ def test_repair_reruns_exactly_the_damaged_batches_to_identical_bytes(store, ref
     data[len(data) // 3] ^= 0xFF  # flipped bytes that still decode: batch 3
     data[len(data) // 3 + 1] ^= 0xFF
     logmel.write_bytes(bytes(data))
-    untouched = {k: v for k, v in files_of(store, "_muzarr/batches").items() if not k.endswith(("000001.json", "000003.json"))}
+    untouched = {k: v for k, v in file_versions(store, "_muzarr/batches").items() if not k.endswith(("000001.json", "000003.json"))}
 
     plain = build(source, store)  # a plain rebuild stays cheap: it trusts the markers
     assert plain.returncode == 0 and "(0 batches run, 4 reused" in plain.stdout
@@ -258,7 +247,7 @@ def test_repair_reruns_exactly_the_damaged_batches_to_identical_bytes(store, ref
     # the key list's sizes disagree with the damaged files too: finalize rewrites it with the tables
     assert "repair: tables/labels.parquet, the key list damaged: rewritten when the build finishes\n" in repaired.stdout
     assert "16 of 16 clips stored, 0 failed (2 batches run, 2 reused" in repaired.stdout
-    assert {k: files_of(store, "_muzarr/batches")[k] for k in untouched} == untouched
+    assert {k: file_versions(store, "_muzarr/batches")[k] for k in untouched} == untouched
     assert pipe("verify", str(store)).returncode == 0
     assert snapshot(store) == snapshot(reference)
 
@@ -368,8 +357,6 @@ def test_info_shows_an_array_without_metadata_as_damaged(store, reference):
 
 
 def test_info_after_a_build_that_never_started_says_it_has_not_finished(source, tmp_path):
-    from test_resume import kill_when
-
     out = tmp_path / "never.zarr"
     failed = build(source, out, "--scheduler", "tcp://127.0.0.1:1")
     assert failed.returncode == 2 and failed.stderr.startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:1")

@@ -31,12 +31,9 @@ RUN = [*MEASURED, "--no-emissions"]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("ddp") / "demo.zarr"
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "build", "demo", "--out", str(out), "--set", "options.n_clips=40",
-                    "--set", "options.seconds=2", "--set", "clip.seconds=2", "--set", "batch_clips=4", "--workers", "1"],
-                   check=True, capture_output=True)  # fmt: skip
-    return str(out)
+def store(small_store) -> str:
+    """The session's 40-clip demo store of 2 s clips (conftest's ``small_store``): the ranks only read it."""
+    return small_store
 
 
 def _free_port() -> int:

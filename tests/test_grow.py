@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_stores import file_versions
 
 from pipeline import MuzarrError, open_store
 from pipeline.build import build, make_client
@@ -35,14 +36,6 @@ def config(n_clips: int, *, extra_mel: bool = False, **settings):
         settings={"options.n_clips": n_clips, "options.seconds": 1.0, "clip.seconds": 1.0, "batch_clips": BATCH,
                   **settings},
     )
-
-
-def files(root: Path, prefix: str = "") -> dict[str, tuple[int, bytes]]:
-    base = root / prefix
-    return {
-        p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
-        for p in sorted(base.rglob("*")) if p.is_file()
-    }
 
 
 def assert_equal_stores(a_url: str, b_url: str) -> None:
@@ -73,16 +66,16 @@ def grown(client, tmp_path_factory):
     source, out = str(root / "src"), str(root / "demo.zarr")
     first = build(config(20), source=source, out=out, client=client, progress=False)
     assert first.batches_run == 3
-    before_feature = files(root / "demo.zarr")
+    before_feature = file_versions(root / "demo.zarr")
     seen_during_feature = []
     feature = build(
         config(20, extra_mel=True), source=source, out=out, client=client, progress=False,
         on_batch=lambda marker: seen_during_feature.append(open_store(out).manifest),
     )
-    after_feature = files(root / "demo.zarr")
+    after_feature = file_versions(root / "demo.zarr")
     feature_snapshot = root / "after_feature.zarr"
     shutil.copytree(root / "demo.zarr", feature_snapshot)
-    before_clips = files(root / "demo.zarr")
+    before_clips = file_versions(root / "demo.zarr")
     seen_during_clips = []
 
     def during_clips(marker):
@@ -93,7 +86,7 @@ def grown(client, tmp_path_factory):
     return {
         "root": root, "source": source, "out": out, "feature": feature, "clips": clips,
         "before_feature": before_feature, "after_feature": after_feature, "feature_snapshot": str(feature_snapshot),
-        "before_clips": before_clips, "after_clips": files(root / "demo.zarr"),
+        "before_clips": before_clips, "after_clips": file_versions(root / "demo.zarr"),
         "seen_during_feature": seen_during_feature, "seen_during_clips": seen_during_clips,
     }
 
@@ -159,10 +152,10 @@ def test_the_source_must_start_with_the_stored_clips(grown, tmp_path):
     clips = index.clips.copy()
     clips.loc[3, "clip_id"] = "someone_else"
     shuffled = DatasetIndex(index.root, clips, index.task, index.classes, index.labels, index.splits, index.info)
-    before = files(Path(grown["out"]))
+    before = file_versions(Path(grown["out"]))
     with pytest.raises(MuzarrError, match="row 3.*someone_else"):
         build(cfg, source=grown["source"], out=grown["out"], index=shuffled, progress=False)
-    assert files(Path(grown["out"])) == before
+    assert file_versions(Path(grown["out"])) == before
 
 
 def _cli(tool: str, *args) -> subprocess.CompletedProcess:
@@ -198,14 +191,14 @@ def test_a_clip_that_fails_only_an_added_feature_stays_stored_everywhere_else(cl
 
     first = build(only(waveform), source=str(source), out=str(out), client=client, progress=False)
     assert (first.n_failed, len(first.notes)) == (0, 1)  # stored, clipped by int16 (noted)
-    before = files(out)
+    before = file_versions(out)
     grow = build(only(waveform, {"kind": "logmel", **parse_spec(MLP_MEL, what="test")}), source=str(source), out=str(out),
                  client=client, progress=False)  # fmt: skip
     clip_id = index.clips["clip_id"].iloc[LOUD]
     message = "ValueError: computed values are not finite (NaN or infinity)"
     assert (grow.n_ok, grow.n_failed, grow.exit_code) == (16, 0, 1)
     assert grow.array_failures == [{"array": MLP_ARRAY, "row": LOUD, "clip_id": clip_id, "stage": MLP_ARRAY, "message": message}]
-    after = files(out)
+    after = file_versions(out)
     # the waveform's and status's files are not rewritten: same bytes, same mtime
     kept = [k for k in before if k.startswith(("waveform/", "status/"))]
     assert len(kept) == 2 * 4 + 2 and {k: after[k] for k in kept} == {k: before[k] for k in kept}

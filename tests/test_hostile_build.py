@@ -61,27 +61,6 @@ def source(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A mount point and a function mounting a tmpfs there with the given options (unmounted at the end)."""
-    point = tmp_path / "mnt"
-    point.mkdir()
-    mounted = []
-
-    def mount(options: str) -> Path:
-        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)]
-        if mounted:
-            command = ["mount", "-o", f"remount,{options}", str(point)]
-        if subprocess.run(command, capture_output=True, check=False).returncode != 0:
-            pytest.skip("cannot mount a tmpfs here (needs root)")
-        mounted.append(options)
-        return point
-
-    yield mount
-    if mounted:
-        subprocess.run(["umount", str(point)], check=True)
-
-
 # -- item 5: an unreadable source folder is a failure with its reason
 
 

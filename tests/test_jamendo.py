@@ -23,8 +23,8 @@ import soundfile
 import torch
 import yaml
 import zarr
-from test_download import Server
-from test_resume import assert_same_store, kill_when, marker_count, store_files
+from helpers_servers import Server
+from helpers_stores import assert_same_store, kill_when, marker_count, store_files
 
 from pipeline import open_store
 from pipeline.audio import float_to_int16

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 from click.testing import CliRunner
 from PIL import Image
-from test_hostile_build import tmpfs  # noqa: F401 - the fixture mounting a real tmpfs
 
 from pipeline import open_store
 from pipeline.cli import main as pipe
@@ -111,7 +110,7 @@ def test_embedding_map_lists_its_groups_largest_first(tmp_path):
     assert info["Description"] == "x: t-SNE 1; y: t-SNE 2; colour: class; groups: rock, jazz, pop, (unlabelled)"
 
 
-def test_a_full_disk_is_one_line_and_the_same_command_works_once_there_is_space(small_store, tmpfs):  # noqa: F811
+def test_a_full_disk_is_one_line_and_the_same_command_works_once_there_is_space(small_store, tmpfs):
     """Issue #21 item 9: a full --out was a matplotlib traceback and left half a PNG."""
     out = tmpfs("size=64k") / "figures"
     command = [str(Path(sys.executable).parent / "pipe"), "plot", small_store, "--out", str(out)]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import soundfile
 import torch
+from helpers_train import train_cli
 
 from pipeline import MuzarrError, open_store
 from training.run.config import TrainConfig
@@ -21,19 +22,6 @@ from training.run.metrics import compute_metrics
 from training.run.predict import clip_scores, select_rows
 
 GENRES = {"jazz": 880.0, "pop": 3000.0, "rock": 220.0}
-
-
-def _train_cli(*args: str):
-    """``train ARGS`` in this process (the real command, minus a second torch import): ``returncode``, ``stderr``."""
-    from click.testing import CliRunner
-
-    from training.cli import main
-
-    result = CliRunner().invoke(main, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    result.returncode = result.exit_code
-    return result
 
 
 def _folder_store(root: Path, *, per_class: int, unlabelled: int, feature: dict | None = None) -> str:
@@ -98,7 +86,7 @@ def _rows_of(store, ids) -> np.ndarray:
 
 def test_multilabel_predictions_reproduce_the_runs_test_metrics(small_store, multilabel_run, tmp_path):
     out = tmp_path / "predictions.csv"
-    result = _train_cli("predict", "--checkpoint", str(multilabel_run), "--store", small_store, "--split", "test",
+    result = train_cli("predict", "--checkpoint", str(multilabel_run), "--store", small_store, "--split", "test",
                         "--threshold", "0.5", "--out", str(out), "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out)
@@ -119,7 +107,7 @@ def test_multilabel_predictions_reproduce_the_runs_test_metrics(small_store, mul
 
 def test_multiclass_submission_reproduces_accuracy_and_f1(multiclass_store, multiclass_run, tmp_path):
     out = tmp_path / "submission.csv"
-    result = _train_cli("predict", "--checkpoint", str(multiclass_run), "--store", multiclass_store, "--scores",
+    result = train_cli("predict", "--checkpoint", str(multiclass_run), "--store", multiclass_store, "--scores",
                         "--out", str(out), "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out)
@@ -143,7 +131,7 @@ def test_a_store_without_labels_or_classes_is_predicted_whole(multiclass_run, un
     store = open_store(unlabelled_store)
     assert store.classes == [] and (store.label_matrix < 0).all()
     out = tmp_path / "kaggle.csv"
-    result = _train_cli("predict", "--checkpoint", str(multiclass_run), "--store", unlabelled_store, "--split", "all",
+    result = train_cli("predict", "--checkpoint", str(multiclass_run), "--store", unlabelled_store, "--split", "all",
                         "--out", str(out), "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out)
@@ -167,7 +155,7 @@ def test_all_includes_unlabelled_clips_of_a_labelled_store(multiclass_run, multi
 
 def test_embeddings_feed_the_classifier_and_map_to_tsne(small_store, multilabel_run, tmp_path):
     out = tmp_path / "emb" / "emb.parquet"
-    result = _train_cli("embed", "--checkpoint", str(multilabel_run), "--store", small_store, "--split", "all",
+    result = train_cli("embed", "--checkpoint", str(multilabel_run), "--store", small_store, "--split", "all",
                         "--out", str(out), "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(out)
@@ -197,7 +185,7 @@ def test_embeddings_feed_the_classifier_and_map_to_tsne(small_store, multilabel_
 def test_multiclass_embeddings_carry_labels_and_colour_by_class(multiclass_store, multiclass_run, tmp_path):
     out = tmp_path / "emb.parquet"
     plot = tmp_path / "map.png"
-    result = _train_cli("embed", "--checkpoint", str(multiclass_run), "--store", multiclass_store, "--split", "all",
+    result = train_cli("embed", "--checkpoint", str(multiclass_run), "--store", multiclass_store, "--split", "all",
                         "--out", str(out), "--plot", str(plot), "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(out)
@@ -224,7 +212,7 @@ def test_bad_predict_arguments_are_one_clear_line(multiclass_run, multiclass_sto
     args = [replace.get(a, a) for a in args]
     if "--store" not in args:
         args += ["--store", multiclass_store]
-    result = _train_cli("predict", *args, "--out", "/tmp/never-written.csv", "--device", "cpu")
+    result = train_cli("predict", *args, "--out", "/tmp/never-written.csv", "--device", "cpu")
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 

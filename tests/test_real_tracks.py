@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_resume import snapshot
+from helpers_stores import snapshot
 
 from pipeline import open_store
 from pipeline.audio import float_to_int16, read_audio, resample, resampled_length, to_mono

@@ -12,7 +12,6 @@ import http.server
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers_servers import NoListing, Ranged
+from helpers_stores import snapshot
 
 from pipeline import MuzarrError, open_store
 from pipeline.cli import main
@@ -45,14 +46,6 @@ def pipe(*args, env=None) -> subprocess.CompletedProcess:
 def pipe_here(*args):
     """The same command in this process (click's runner): for copies and checks, where start-up would dominate."""
     return CliRunner().invoke(main, list(args))
-
-
-def store_files(root: Path) -> dict[str, bytes]:
-    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    manifest = json.loads(files.pop("zarr.json"))["attributes"]["muzarr"]
-    manifest.pop("finished")
-    files["manifest"] = json.dumps(manifest, sort_keys=True).encode()
-    return files
 
 
 def assert_reads_like(store, reference) -> None:
@@ -145,42 +138,13 @@ def test_copy_local_to_s3_and_back_is_identical(s3_store, s3, local, tmp_path):
     down = tmp_path / "down.zarr"
     result = pipe_here("copy", f"s3://{BUCKET}/copy.zarr", str(down))
     assert result.exit_code == 0, result.output
-    assert store_files(down) == store_files(local)
+    assert snapshot(down) == snapshot(local)
     # The store built on S3 holds the same bytes as the one built on disk.
     from_s3 = tmp_path / "from_s3.zarr"
     assert copy_store(s3_store, str(from_s3)).ok
-    assert store_files(from_s3) == store_files(local)
+    assert snapshot(from_s3) == snapshot(local)
     again = pipe_here("copy", str(local), f"s3://{BUCKET}/copy.zarr")
     assert again.exit_code == 2 and "already exists" in again.output
-
-
-class NoListing(http.server.SimpleHTTPRequestHandler):
-    """The stdlib server, quiet, without folder listings, and (like the stdlib) ignoring Range."""
-
-    def list_directory(self, path):
-        self.send_error(404, "no listings here")
-
-    def log_message(self, *args):
-        pass
-
-
-class Ranged(NoListing):
-    """The same server, honouring single byte ranges (as nginx, S3 or GitHub Pages do)."""
-
-    def do_GET(self):
-        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
-        path = self.translate_path(self.path)
-        if not match or not os.path.isfile(path):
-            return super().do_GET()
-        data = Path(path).read_bytes()
-        first, last = match.groups()
-        start, stop = (len(data) - int(last), len(data)) if not first else (int(first), int(last) + 1 if last else len(data))
-        start, stop = max(0, start), min(len(data), stop)
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
-        self.send_header("Content-Length", str(stop - start))
-        self.end_headers()
-        self.wfile.write(data[start:stop])
 
 
 @pytest.fixture(scope="module", params=[NoListing, Ranged], ids=["no-range", "range"])
@@ -213,7 +177,7 @@ def test_copy_from_http_uses_the_key_list(http_root, local, tmp_path):
     listed = json.loads((local / "_muzarr" / "keys.json").read_text())["keys"]
     assert f"copied {len(listed) + 1} objects" in result.stdout  # the listed keys and the list itself
     assert "Unclosed" not in result.stderr
-    assert store_files(target) == store_files(local)
+    assert snapshot(target) == snapshot(local)
 
 
 def test_missing_http_store_is_one_clear_error(http_root):

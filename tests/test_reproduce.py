@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import soundfile
 import yaml
+from helpers_train import train_cli
 
 from pipeline import MuzarrError
 from training.experiments.reproduce import PAPERS, load_paper, parse_stores, plan_runs, run_paper
@@ -49,14 +50,7 @@ COMMON = ["--no-emissions", "--device", "cpu"]
 
 
 def _cli(*args: str):
-    from click.testing import CliRunner
-
-    from training.cli import main
-
-    result = CliRunner().invoke(main, ["reproduce", *args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+    return train_cli("reproduce", *args)
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from helpers_stores import assert_same_store, kill_when, marker_count, markers
 
 from pipeline import open_store
 from pipeline.datasets.demo import index_demo
@@ -37,75 +37,6 @@ def build_command(source: Path, out: Path, *extra: str) -> list[str]:
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-
-
-def markers(out: Path) -> dict[str, tuple[int, bytes]]:
-    """Completion markers on disk: name -> (mtime_ns, bytes)."""
-    folder = out / "_muzarr" / "batches"
-    if not folder.is_dir():
-        return {}
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.glob("*.json")}
-
-
-def marker_count(out: Path) -> int:
-    """How many completion markers are on disk (a cheap poll: names only)."""
-    try:
-        return sum(1 for entry in os.scandir(out / "_muzarr" / "batches") if entry.name.endswith(".json"))
-    except FileNotFoundError:
-        return 0
-
-
-def store_files(out: Path) -> dict[str, bytes]:
-    """Every file of a store: its path inside the store -> its bytes."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-
-
-def snapshot(out: Path) -> tuple[dict[str, bytes], dict]:
-    """Every file of a store, and its manifest without the one field allowed to differ."""
-    files = store_files(out)
-    manifest = json.loads(files.pop("zarr.json"))["attributes"]["muzarr"]
-    manifest.pop("finished")
-    return files, manifest
-
-
-def assert_same_store(out: Path, reference: Path) -> None:
-    files, manifest = snapshot(out)
-    ref_files, ref_manifest = snapshot(reference)
-    assert sorted(files) == sorted(ref_files)
-    assert [k for k in files if files[k] != ref_files[k]] == []
-    assert manifest == ref_manifest
-    a, b = open_store(str(out)), open_store(str(reference))
-    assert {n: x["checksum"] for n, x in a.arrays.items()} == {n: x["checksum"] for n, x in b.arrays.items()}
-    for table in ("clips", "labels", "splits", "checksums"):
-        pd.testing.assert_frame_equal(a.table(table), b.table(table))
-    assert a.complete and (a.status == 1).all()
-
-
-def kill_when(command: list[str], condition, *, poll: float = 0.002) -> dict:
-    """Start ``command`` in its own session; SIGKILL its whole process group once ``condition()`` holds."""
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    killed = False
-    while process.poll() is None:
-        if condition():
-            os.killpg(process.pid, signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(poll)
-    out, err = process.communicate(timeout=60)
-    if killed:
-        _wait_group_gone(process.pid)
-    return {"killed": killed, "returncode": process.returncode, "stdout": out.decode(), "stderr": err.decode()}
-
-
-def _wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"processes of group {pgid} survived SIGKILL")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from helpers_train import QUICK, run_sweep, train_cli, write_text
 
 from pipeline import MuzarrError
 from training.experiments.sweep import load_sweep, parse_sweep
@@ -45,35 +46,6 @@ parameters:
   reduce_lr_factor: #factor que redueix el LR en el ReduceOnPlateau
     values: [0.5, 0.7]
 """
-
-QUICK = """\
-parameters:
-  learning_rate: {values: [1.0e-3, 1.0e-2]}
-  hidden_dim: {values: [32, 64]}
-  batch_size: {values: [8, 16]}
-"""
-
-
-def _train_cli(*args: str):
-    from click.testing import CliRunner
-
-    from training.cli import main
-
-    result = CliRunner().invoke(main, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def _sweep(store: str, config: Path, out: Path, *args: str):
-    return _train_cli("sweep", "--store", store, "--model", "mlp", "--config", str(config), "--out", str(out),
-                      "--epochs", "1", "--no-emissions", "--device", "cpu", *args)  # fmt: skip
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
 
 def _study(out: Path) -> optuna.Study:
     return optuna.load_study(study_name="muzarr-sweep", storage=f"sqlite:///{out / 'optuna.db'}")
@@ -145,7 +117,7 @@ def test_unreadable_sweep_files(tmp_path):
     with pytest.raises(MuzarrError, match="no such file"):
         load_sweep(tmp_path / "nope.yaml", model="mlp")
     with pytest.raises(MuzarrError, match="is not valid YAML"):
-        load_sweep(_write(tmp_path / "bad.yaml", "parameters: {lr: [1, 2"), model="mlp")
+        load_sweep(write_text(tmp_path / "bad.yaml", "parameters: {lr: [1, 2"), model="mlp")
 
 
 
@@ -162,7 +134,7 @@ def test_unreadable_sweep_files(tmp_path):
 )
 def test_non_finite_numbers_in_a_sweep_file_are_one_error_naming_file_and_key(tmp_path, text, message):
     """Issue #21 item 8: `max: .inf` ended in numpy's OverflowError, `values: [.nan]` in a StopIteration."""
-    path = _write(tmp_path / "sweep.yaml", text)
+    path = write_text(tmp_path / "sweep.yaml", text)
     with pytest.raises(MuzarrError, match=f"^{re.escape(str(path))}: {re.escape(message)}$"):
         load_sweep(path, model="mlp")
 
@@ -170,16 +142,16 @@ def test_non_finite_numbers_in_a_sweep_file_are_one_error_naming_file_and_key(tm
 def test_a_sweep_file_that_is_not_utf8_is_one_line(small_store, tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_bytes(b"parameters:\n  lr: {values: [0.1]}  # \xff\xfe\n")
-    result = _sweep(small_store, path, tmp_path / "out")
+    result = run_sweep(small_store, path, tmp_path / "out")
     assert (result.exit_code, result.stderr) == (
         2, f"error: --config {path}: not UTF-8 text (bad byte at offset 37): save the sweep file as UTF-8\n")
 
 
 def test_a_trial_whose_options_no_model_can_have_fails_in_one_line(small_store, tmp_path):
     """Issue #21 item 8: hidden=-3 failed its trial with torch's RuntimeError (negative dimension)."""
-    config = _write(tmp_path / "s.yaml", "parameters:\n  hidden: {values: [-3, 8]}\n")
+    config = write_text(tmp_path / "s.yaml", "parameters:\n  hidden: {values: [-3, 8]}\n")
     out = tmp_path / "out"
-    result = _sweep(small_store, config, out, "--trials", "2", "--method", "grid")
+    result = run_sweep(small_store, config, out, "--trials", "2", "--method", "grid")
     assert result.exit_code == 0, result.stderr
     reason = "MuzarrError: model 'mlp': hidden=-3 must be a positive integer"
     assert f"trial 0 (1/2)  hidden=-3  failed: {reason}" in result.output.splitlines()
@@ -190,7 +162,7 @@ def test_a_trial_whose_options_no_model_can_have_fails_in_one_line(small_store, 
 # -- sweeps on the demo store ----------------------------------------------------------------
 def test_random_sweep_of_four_trials_writes_its_leaderboard(small_store, tmp_path):
     out = tmp_path / "sweep"
-    result = _sweep(small_store, _write(tmp_path / "sweep.yaml", QUICK), out, "--trials", "4", "--method", "random")
+    result = run_sweep(small_store, write_text(tmp_path / "sweep.yaml", QUICK), out, "--trials", "4", "--method", "random")
     assert result.exit_code == 0, result.output + result.stderr
     assert sum(line.startswith("trial ") for line in result.output.splitlines()) == 4
     board = pd.read_csv(out / "leaderboard.csv")
@@ -215,7 +187,7 @@ def test_random_sweep_of_four_trials_writes_its_leaderboard(small_store, tmp_pat
     # Running it again with more trials keeps the four (not rerun) and asks for two more.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("trial-*/metrics.json")}
     params = {t.number: t.params for t in _study(out).trials}
-    again = _sweep(small_store, tmp_path / "sweep.yaml", out, "--trials", "6", "--method", "random")
+    again = run_sweep(small_store, tmp_path / "sweep.yaml", out, "--trials", "6", "--method", "random")
     assert again.exit_code == 0, again.output + again.stderr
     assert [line.split()[1] for line in again.output.splitlines() if line.startswith("trial ")] == ["4", "5"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -224,24 +196,24 @@ def test_random_sweep_of_four_trials_writes_its_leaderboard(small_store, tmp_pat
 
 
 def test_grid_runs_the_combinations_in_file_order_capped_by_trials(small_store, tmp_path):
-    config = _write(tmp_path / "grid.yaml", "method: grid\nparameters:\n  lr: {values: [0.01, 0.001]}\n"
+    config = write_text(tmp_path / "grid.yaml", "method: grid\nparameters:\n  lr: {values: [0.01, 0.001]}\n"
                                             "  hidden: {values: [16, 32]}\n  optimizer: {value: adam}\n")  # fmt: skip
     out = tmp_path / "grid"
-    result = _sweep(small_store, config, out, "--trials", "3")
+    result = run_sweep(small_store, config, out, "--trials", "3")
     assert result.exit_code == 0, result.output + result.stderr
     trials = sorted(_study(out).trials, key=lambda t: t.number)
     assert [(t.params["lr"], t.params["hidden"]) for t in trials] == [(0.01, 16), (0.01, 32), (0.001, 16)]
-    more = _sweep(small_store, config, out, "--trials", "10")
+    more = run_sweep(small_store, config, out, "--trials", "10")
     assert "the grid has 4 combinations" in more.output
     assert len(pd.read_csv(out / "leaderboard.csv")) == 4
 
 
 def test_bayesian_sweeps_are_reproducible(small_store, tmp_path):
-    config = _write(tmp_path / "bayes.yaml", "method: bayes\nparameters:\n"
+    config = write_text(tmp_path / "bayes.yaml", "method: bayes\nparameters:\n"
                     "  lr: {min: 1.0e-4, max: 1.0e-1, distribution: log_uniform_values}\n"
                     "  weight_decay: {min: 1.0e-6, max: 1.0e-3, distribution: log_uniform_values}\n")  # fmt: skip
-    first = _sweep(small_store, config, tmp_path / "a", "--trials", "3", "--seed", "3")
-    second = _sweep(small_store, config, tmp_path / "b", "--trials", "3", "--seed", "3")
+    first = run_sweep(small_store, config, tmp_path / "a", "--trials", "3", "--seed", "3")
+    second = run_sweep(small_store, config, tmp_path / "b", "--trials", "3", "--seed", "3")
     assert first.exit_code == 0 and second.exit_code == 0, first.output + first.stderr
     a, b = _study(tmp_path / "a"), _study(tmp_path / "b")
     assert [t.params for t in a.trials] == [t.params for t in b.trials]
@@ -252,7 +224,7 @@ def test_bayesian_sweeps_are_reproducible(small_store, tmp_path):
 
 
 def test_an_interrupted_trial_is_continued_not_replaced(small_store, tmp_path):
-    config = _write(tmp_path / "s.yaml", "method: grid\nparameters:\n  lr: {values: [0.003, 0.01]}\n")
+    config = write_text(tmp_path / "s.yaml", "method: grid\nparameters:\n  lr: {values: [0.003, 0.01]}\n")
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "training.cli", "sweep", "--store", small_store, "--model", "cnn", "--config",
                str(config), "--out", str(out), "--epochs", "3", "--no-emissions", "--trials", "2"]  # fmt: skip
@@ -269,7 +241,7 @@ def test_an_interrupted_trial_is_continued_not_replaced(small_store, tmp_path):
     first = (out / "trial-000" / "metrics.json").stat().st_mtime_ns
     assert [t.state.name for t in sorted(_study(out).trials, key=lambda t: t.number)] == ["COMPLETE", "RUNNING"]
 
-    result = _train_cli("sweep", "--store", small_store, "--model", "cnn", "--config", str(config), "--out", str(out),
+    result = train_cli("sweep", "--store", small_store, "--model", "cnn", "--config", str(config), "--out", str(out),
                         "--epochs", "3", "--no-emissions", "--trials", "2", "--device", "cpu")  # fmt: skip
     assert result.exit_code == 0, result.output + result.stderr
     assert "trial 1: interrupted earlier, continuing it" in result.output
@@ -281,28 +253,28 @@ def test_an_interrupted_trial_is_continued_not_replaced(small_store, tmp_path):
 
 
 def test_command_line_mistakes_exit_2_with_one_line(small_store, tmp_path):
-    config = _write(tmp_path / "s.yaml", QUICK)
-    bad = _sweep(small_store, _write(tmp_path / "bad.yaml", "parameters:\n  nope: {values: [1]}\n"), tmp_path / "x")
+    config = write_text(tmp_path / "s.yaml", QUICK)
+    bad = run_sweep(small_store, write_text(tmp_path / "bad.yaml", "parameters:\n  nope: {values: [1]}\n"), tmp_path / "x")
     assert bad.exit_code == 2 and "unknown parameter 'nope' for model 'mlp'; valid parameters:" in bad.stderr
     assert "learning_rate" in bad.stderr and "hidden_dim" in bad.stderr
-    grid = _sweep(small_store, _write(tmp_path / "r.yaml", "parameters:\n  lr: {min: 0.001, max: 0.1}\n"), tmp_path / "y",
+    grid = run_sweep(small_store, write_text(tmp_path / "r.yaml", "parameters:\n  lr: {min: 0.001, max: 0.1}\n"), tmp_path / "y",
                   "--method", "grid")  # fmt: skip
     assert grid.exit_code == 2 and "grid search needs lists of values" in grid.stderr
-    optimizer = _sweep(small_store, _write(tmp_path / "o.yaml", "parameters:\n  optimizer: {values: [adam, adamw]}\n"),
+    optimizer = run_sweep(small_store, write_text(tmp_path / "o.yaml", "parameters:\n  optimizer: {values: [adam, adamw]}\n"),
                        tmp_path / "z")  # fmt: skip
     assert optimizer.exit_code == 2 and "'adamw' must be one of adam, sgd, rmsprop" in optimizer.stderr
-    fixed = _sweep(small_store, _write(tmp_path / "f.yaml", "parameters:\n  epochs: {values: [1, 2]}\n"), tmp_path / "w")
+    fixed = run_sweep(small_store, write_text(tmp_path / "f.yaml", "parameters:\n  epochs: {values: [1, 2]}\n"), tmp_path / "w")
     assert fixed.exit_code == 2 and "searches nothing" in fixed.stderr
-    assert _sweep(small_store, config, tmp_path / "ok", "--trials", "1").exit_code == 0
-    other = _sweep(small_store, config, tmp_path / "ok", "--trials", "1", "--seed", "5")
+    assert run_sweep(small_store, config, tmp_path / "ok", "--trials", "1").exit_code == 0
+    other = run_sweep(small_store, config, tmp_path / "ok", "--trials", "1", "--seed", "5")
     assert other.exit_code == 2 and "holds another sweep (its base differ)" in other.stderr
 
 
 def test_failed_trials_are_listed_and_a_sweep_that_never_trains_is_an_error(small_store, tmp_path):
     # seven 2x2 pools shrink a 64-band log-mel to nothing: the model refuses to build
-    config = _write(tmp_path / "deep.yaml", "parameters:\n  channels: {values: [[4, 4, 4, 4, 4, 4, 4], [4, 4, 4, 4, 4, 4, 4, 4]]}\n")
+    config = write_text(tmp_path / "deep.yaml", "parameters:\n  channels: {values: [[4, 4, 4, 4, 4, 4, 4], [4, 4, 4, 4, 4, 4, 4, 4]]}\n")
     out = tmp_path / "deep"
-    result = _train_cli("sweep", "--store", small_store, "--model", "cnn", "--config", str(config), "--out", str(out),
+    result = train_cli("sweep", "--store", small_store, "--model", "cnn", "--config", str(config), "--out", str(out),
                         "--trials", "2", "--method", "grid", "--epochs", "1", "--no-emissions")  # fmt: skip
     assert result.exit_code == 2
     assert f"every trial of the sweep in {out} failed; the first: MuzarrError: " in result.stderr
@@ -314,5 +286,5 @@ def test_failed_trials_are_listed_and_a_sweep_that_never_trains_is_an_error(smal
 
 @pytest.mark.parametrize("command", ["sweep", "compare", "predict", "embed"])
 def test_every_new_command_has_help_with_an_example(command):
-    result = _train_cli(command, "--help")
+    result = train_cli(command, "--help")
     assert result.exit_code == 0 and "Example" in result.output and f"train {command} " in result.output

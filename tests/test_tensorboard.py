@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_train import QUICK, run_sweep, write_text
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import api_pb2, metadata
-from test_sweep import QUICK, _sweep, _write
 
 from pipeline import MuzarrError, open_store
 from training.cli import main
@@ -147,7 +147,7 @@ def test_a_resumed_run_reads_back_as_its_history(small_store, tmp_path):
 
 def test_every_sweep_trial_is_one_tensorboard_run(small_store, tmp_path):
     out = tmp_path / "sweep"
-    result = _sweep(small_store, _write(tmp_path / "sweep.yaml", QUICK), out, "--trials", "2", "--method", "random")
+    result = run_sweep(small_store, write_text(tmp_path / "sweep.yaml", QUICK), out, "--trials", "2", "--method", "random")
     assert result.exit_code == 0, result.output
     trials = sorted(p.name for p in out.glob("trial-*"))
     assert trials == ["trial-000", "trial-001"]

@@ -17,7 +17,7 @@ import librosa
 import numpy as np
 import pytest
 import soundfile
-from test_resume import kill_when, markers, snapshot, store_files
+from helpers_stores import kill_when, markers, snapshot, store_files
 
 from pipeline import open_store
 from pipeline.audio import float_to_int16

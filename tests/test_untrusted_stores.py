@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers_stores import file_versions
 
 N_CLIPS, BATCH = 16, 4
 PIPE_MEMORY = 2 << 30
@@ -84,10 +85,6 @@ def write_parquet(path: Path, table: pd.DataFrame) -> None:
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     path.write_bytes(buffer.getvalue())
-
-
-def files_of(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
 # --- item 1: sizes are checked before anything is allocated from them ----------------------------------------
@@ -236,7 +233,7 @@ def test_a_link_to_a_secret_is_never_read_or_copied(store, built, tmp_path):
     os.symlink(secret, copy / "tables" / "notes")
     assert one_line_error(pipe("copy", built[0], copy, "--overwrite")) == expected.replace(str(store), str(copy))
     os.unlink(copy / "tables" / "notes")
-    assert all(b"hunter2" not in data for data, _ in files_of(copy).values())
+    assert all(b"hunter2" not in data for _, data in file_versions(copy).values())
     assert secret.read_bytes() == b"hunter2-do-not-leak"
 
 
@@ -259,20 +256,20 @@ def test_a_build_never_writes_through_a_linked_folder(store, built, tmp_path):
     shutil.move(store / "waveform" / "c", elsewhere)
     (elsewhere / "mine.txt").write_text("not the store's")
     os.symlink(elsewhere, store / "waveform" / "c")
-    before = files_of(elsewhere)
+    before = file_versions(elsewhere)
     expected = (
         f"{store}: waveform/c is a symbolic link to {elsewhere}, outside the store: refusing to read or write "
         "through it; remove the link"
     )
     # Without a memory limit, so that a build that is not refused starts its cluster and writes (as it did).
     grown = grow(store, built[1], memory=None)
-    assert files_of(elsewhere) == before  # the same files, bytes and mtimes
+    assert file_versions(elsewhere) == before  # the same files, bytes and mtimes
     assert one_line_error(grown) == expected
     overwrite = pipe("build", "demo", "--source", built[1], "--out", store, "--set", f"options.n_clips={N_CLIPS}",
                      "--set", f"batch_clips={BATCH}", "--set", "clip.seconds=2", "--overwrite", "--workers", "1", "--quiet")  # fmt: skip
     assert one_line_error(overwrite) == expected
     assert one_line_error(pipe("verify", store)) == expected
-    assert files_of(elsewhere) == before  # the same files, bytes and mtimes
+    assert file_versions(elsewhere) == before  # the same files, bytes and mtimes
 
 
 def test_links_that_stay_inside_the_store_are_allowed(built, tmp_path):

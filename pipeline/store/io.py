@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import MuzarrError
+from pipeline.store.consolidated import consolidated_metadata
 from pipeline.store.location import Location, is_local, put_bytes
 
 #: per-clip status values of the ``status`` array
@@ -227,7 +228,8 @@ def write_manifest(loc: Location, manifest: dict) -> None:
     attributes = dict(meta.get("attributes") or {})
     attributes["muzarr"] = manifest
     meta = {"attributes": attributes, "zarr_format": 3, "node_type": "group",
-            **{k: v for k, v in meta.items() if k not in ("attributes", "zarr_format", "node_type")}}
+            **{k: v for k, v in meta.items() if k not in ("attributes", "zarr_format", "node_type")},
+            "consolidated_metadata": consolidated_metadata(loc, manifest)}  # fmt: skip
     put_bytes(fs, f"{root}/zarr.json", json.dumps(meta, indent=2, default=_plain).encode())
 
 

@@ -138,8 +138,10 @@ class Location:
     def open_group(self, *, mode: str = "r") -> zarr.Group:
         store = self.zarr_store(read_only=mode == "r")
         options = None if not isinstance(store, str) else (self.options or None)
-        # Zarr v3 only: a v2 group could hold arrays with a pickle filter, whose decoding runs code.
-        return zarr.open_group(store=store, mode=mode, storage_options=options, zarr_format=3)
+        # Zarr v3 only: a v2 group could hold arrays with a pickle filter, whose decoding runs code. Each node's
+        # own zarr.json, never the consolidated copy (pipeline/store/consolidated.py): during a grow that copy
+        # still shows the arrays as the last manifest left them.
+        return zarr.open_group(store=store, mode=mode, storage_options=options, zarr_format=3, use_consolidated=False)
 
 
 def location(url: str | Location, storage_options: dict | None = None) -> Location:
