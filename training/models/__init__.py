@@ -30,6 +30,7 @@ from training.models.crnn import ChoiCRNN
 from training.models.crnn_won import WonCRNN
 from training.models.dieleman import DielemanCNN
 from training.models.fcn import FCN
+from training.models.frontend import WaveformMelModel
 from training.models.harmonic_cnn import HarmonicCNN
 from training.models.musicnn import Musicnn
 from training.models.pretrained import ResNet50, Wav2Vec2Classifier
@@ -277,7 +278,9 @@ def model_options(name: str) -> dict[str, Any]:
     """The options ``build_model(name, ...)`` accepts, with their defaults."""
     build = get_model(name).build
     fixed = set(build.keywords) if isinstance(build, functools.partial) else set()
-    return {
+    # a waveform model's ``**mel`` takes its front end's settings, named like the fields
+    mel = build.mel_defaults.options() if isinstance(build, type) and issubclass(build, WaveformMelModel) else {}
+    return mel | {
         param.name: param.default
         for param in inspect.signature(build).parameters.values()
         if param.name not in {"n_classes", "input_shape", *fixed}

@@ -9,15 +9,20 @@ CPU build of torch here; ``torch.stft`` plus librosa's mel filter bank gives the
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import librosa
 import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
+from pipeline.features.base import n_frames
+from training.models.blocks import check_input_shape
 
-__all__ = ["AmplitudeToDB", "MelSpectrogram", "WaveformMelModel"]
+__all__ = ["AmplitudeToDB", "MelFrontend", "MelSpectrogram", "WaveformMelModel"]
 
 _PAD_MODES = ("constant", "reflect")
 
@@ -196,19 +201,107 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+@dataclasses.dataclass(frozen=True)
+class MelFrontend:
+    """The settings of a waveform model's log-mel front end, one object instead of nine arguments.
+
+    The defaults are torchaudio's ``MelSpectrogram`` at Won et al.'s settings, which all his
+    mel models share but for ``n_mels``: 16 kHz, n_fft 512, hop 256, 0 to 8 kHz, 128 mels, HTK
+    mel scale, unnormalised filters, reflect padding. ``htk=False, norm="slaney",
+    pad_mode="constant"`` gives librosa's defaults instead (the stored log-mels' convention).
+    The rest of the chain is fixed, as in his code: power 2, then decibels (10 log10, ref 1,
+    floor 1e-10, no ``top_db``), then ``BatchNorm2d(1)``.
+
+    Parameters
+    ----------
+    sample_rate, n_fft, hop_length, n_mels : int
+        See :class:`MelSpectrogram`; positive.
+    f_min, f_max : float, float or None
+        Band edges in Hz (``f_max=None``: Nyquist).
+    htk, norm, pad_mode
+        Mel scale, filter normalisation and centring pad, see :class:`MelSpectrogram`.
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    hop_length: int = 256
+    f_min: float = 0.0
+    f_max: float | None = 8000.0
+    n_mels: int = 128
+    htk: bool = True
+    norm: str | None = None
+    pad_mode: str = "reflect"
+
+    def __post_init__(self) -> None:
+        # what a layer of width -3 would only say deep in librosa or torch
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise MuzarrError(f"{name}={value!r} must be a positive integer")
+
+    def replace(self, **settings: Any) -> MelFrontend:
+        """These settings with some changed; a name that is not a field raises, listing the fields."""
+        unknown = sorted(set(settings) - set(self.options()))
+        if unknown:
+            raise MuzarrError(f"unknown option(s) {unknown}; the mel front end takes {', '.join(self.options())}")
+        return dataclasses.replace(self, **settings)
+
+    def options(self) -> dict[str, Any]:
+        """The settings by name, in field order: the keyword options a :class:`WaveformMelModel` takes."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
 class WaveformMelModel(nn.Module):
     """Base of the models that read waveforms and compute their log-mel on the device, as Won
     et al.'s do: mel power → dB → ``BatchNorm2d(1)``.
 
+    A subclass names its paper's front end in ``mel_defaults`` and hands its ``**mel``
+    keyword arguments, named like :class:`MelFrontend`'s fields, to this constructor, which
+    checks them once into ``self.mel``. So every mel setting is a model option
+    (``--model-opt n_mels=96``, listed by :func:`training.models.model_options`) and no model
+    spells the nine of them out. After its own checks the subclass calls :meth:`_add_log_mel`.
+
     The three modules keep his attribute names (``spec``, ``to_db``, ``spec_bn``), so his
     checkpoints' ``spec_bn`` weights map one to one.
+
+    Parameters
+    ----------
+    input_shape : (n_samples,)
+        Samples per example; ``self.n_samples``.
+    **mel
+        Settings that replace those of ``mel_defaults``.
     """
 
-    def _add_log_mel(self, **mel) -> None:
-        """Create the front end; ``mel`` are :class:`MelSpectrogram`'s settings."""
-        self.spec = MelSpectrogram(**mel)
+    #: the model's name in error messages, as the registry and ``--model`` spell it
+    registry_name: ClassVar[str]
+    #: the paper's front end
+    mel_defaults: ClassVar[MelFrontend] = MelFrontend()
+
+    def __init__(self, input_shape: Sequence[int], **mel: Any) -> None:
+        super().__init__()
+        (self.n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model=self.registry_name)
+        try:
+            self.mel = self.mel_defaults.replace(**mel)
+        except MuzarrError as err:
+            raise MuzarrError(f"model {self.registry_name!r}: {err}") from None
+
+    def _require_one_frame(self) -> None:
+        """Refuse an input shorter than one FFT window."""
+        if self.n_samples < self.mel.n_fft:
+            raise MuzarrError(
+                f"{self.registry_name}: input_shape={(self.n_samples,)} is shorter than one frame "
+                f"(n_fft={self.mel.n_fft})"
+            )
+
+    def _add_log_mel(self) -> None:
+        """Create the front end of ``self.mel``; called once the model has checked its settings."""
+        self.spec = MelSpectrogram(**self.mel.options())
         self.to_db = AmplitudeToDB()
         self.spec_bn = nn.BatchNorm2d(1)
+
+    def _log_mel_shape(self) -> tuple[int, int, int]:
+        """Per-example shape of what :meth:`_log_mel` returns: ``(1, n_mels, n_frames)``."""
+        return (1, self.mel.n_mels, n_frames(self.n_samples, hop_length=self.mel.hop_length))
 
     def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
         """``x [shape=(B, n_samples)]`` → ``[shape=(B, 1, n_mels, n_frames)]``."""

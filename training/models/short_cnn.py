@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape
-from training.models.frontend import WaveformMelModel
+from training.models.blocks import ConvBlock2d, check_hyperparameters
+from training.models.frontend import MelFrontend, WaveformMelModel
 
 __all__ = ["ShortChunkCNN"]
 
@@ -39,12 +40,13 @@ class ShortChunkCNN(WaveformMelModel):
         Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk; at least ``127 · hop_length`` (32,512 by default).
-    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
-        Mel front end, see :class:`training.frontend.MelSpectrogram`; ``n_mels >= 128``.
     n_channels : int
         Width of the first conv blocks (doubled twice on the way).
     dropout : float
         Dropout before the output layer.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's);
+        ``n_mels >= 128``.
 
     Notes
     -----
@@ -52,51 +54,31 @@ class ShortChunkCNN(WaveformMelModel):
     ``embed(x) -> [shape=(B, 4 · n_channels)]``.
     """
 
+    registry_name = "short_cnn"
+    mel_defaults = MelFrontend(n_mels=128)
+
     def __init__(
         self,
         n_classes: int = 50,
         input_shape: tuple[int] = (59049,),
         *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
-        n_mels: int = 128,
-        htk: bool = True,
-        norm: str | None = None,
-        pad_mode: str = "reflect",
         n_channels: int = 128,
         dropout: float = 0.5,
+        **mel: Any,
     ) -> None:
-        super().__init__()
-        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="short_cnn")
-        check_hyperparameters(
-            "short_cnn",
-            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
-                   "n_channels": n_channels},
-            rates={"dropout": dropout},
-        )
+        super().__init__(input_shape, **mel)
+        check_hyperparameters("short_cnn", sizes={"n_channels": n_channels}, rates={"dropout": dropout})
         least = 2**_N_BLOCKS
+        n_mels, hop_length = self.mel.n_mels, self.mel.hop_length
         if n_mels < least:
             raise MuzarrError(
                 f"model 'short_cnn': n_mels={n_mels} is too few; its {_N_BLOCKS} 2x2 max-pools need n_mels >= {least}"
             )
-        self._add_log_mel(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            htk=htk,
-            norm=norm,
-            pad_mode=pad_mode,
-        )
+        self._add_log_mel()
         # 2**7 centred frames (hop_length checked by the front end), and reflect padding needs
         # more samples than n_fft // 2
-        minimum = max((least - 1) * hop_length, n_fft // 2 + 1)
-        if n_samples < minimum:
+        minimum = max((least - 1) * hop_length, self.mel.n_fft // 2 + 1)
+        if self.n_samples < minimum:
             raise MuzarrError(
                 f"model 'short_cnn': input_shape={tuple(input_shape)} is too short; it needs at least "
                 f"{minimum} samples ({least} frames at hop_length={hop_length})"
