@@ -113,15 +113,15 @@ class CNNSA(WaveformMelModel):
         Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk; any length over ``n_fft // 2`` (the reflect padding) works.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's). At
+        most 128 mels, which the seven strides reduce to one row.
     n_channels : int
         Width of the first residual blocks; the later ones and the tokens are ``2 · n_channels``.
     n_layers, n_heads, intermediate_size, hidden_dropout, attention_dropout
         Encoder, see :class:`BertLayer`.
     dropout : float
         Dropout before the output layer.
-    **mel
-        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's). At
-        most 128 mels, which the seven strides reduce to one row.
 
     Notes
     -----

@@ -38,6 +38,8 @@ class WonCRNN(WaveformMelModel):
         Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per clip.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
     channels : tuple of int
         Output channels of the conv blocks.
     pools : tuple of (int, int)
@@ -48,8 +50,6 @@ class WonCRNN(WaveformMelModel):
         Stacked GRU layers.
     dropout : float
         Dropout before the output layer.
-    **mel
-        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
 
     Notes
     -----

@@ -38,14 +38,14 @@ class FCN(WaveformMelModel):
         Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per clip.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
     channels : tuple of int
         Output channels of the conv blocks.
     pools : tuple of (int, int)
         Max-pool (frequency, time) of each block.
     dropout : float
         Dropout before the output layer.
-    **mel
-        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
 
     Notes
     -----

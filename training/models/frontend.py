@@ -22,7 +22,7 @@ from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
 from training.models.blocks import check_input_shape
 
-__all__ = ["AmplitudeToDB", "MelFrontend", "MelSpectrogram", "WaveformMelModel"]
+__all__ = ["AmplitudeToDB", "MelFrontend", "MelSpectrogram", "WaveformMelModel", "filtered_spectrogram"]
 
 _PAD_MODES = ("constant", "reflect")
 
@@ -110,37 +110,67 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("mel_filters", torch.from_numpy(filters), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        batch_shape = waveform.shape[:-1]
-        flat = _at_least_float32(waveform.reshape(-1, waveform.shape[-1]))
-        # periodic Hann = scipy's get_window("hann", n, fftbins=True), librosa's window. Made
-        # per call in the input's dtype: a float32 window cast up to float64 leaks enough error
-        # into the sidelobes to move quiet bins by ~1e-4 dB.
-        window = torch.hann_window(self.win_length, periodic=True, dtype=flat.dtype, device=flat.device)
-        # autocast off: in float16 the power of one loud 512-point frame (~6.6e4) overflows
-        with torch.autocast(device_type=flat.device.type, enabled=False):
-            stft = torch.stft(
-                flat,
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                win_length=self.win_length,
-                window=window,
-                center=self.center,
-                pad_mode=self.pad_mode,
-                return_complex=True,
-            )
-            if self.power == 2.0:
-                # |z|² without the square root and back
-                spectrum = torch.view_as_real(stft).square().sum(dim=-1)
-            else:
-                spectrum = stft.abs().pow(self.power)
-            mel = torch.matmul(self.mel_filters.to(dtype=spectrum.dtype), spectrum)
-        return mel.reshape(*batch_shape, self.n_mels, mel.shape[-1])
+        return filtered_spectrogram(
+            waveform,
+            self.mel_filters,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            center=self.center,
+            pad_mode=self.pad_mode,
+            power=self.power,
+        )
 
     def extra_repr(self) -> str:
         return (
             f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
             f"n_mels={self.n_mels}, pad_mode={self.pad_mode!r}"
         )
+
+
+def filtered_spectrogram(
+    waveform: torch.Tensor,
+    filters: torch.Tensor,
+    *,
+    n_fft: int,
+    hop_length: int,
+    win_length: int | None = None,
+    center: bool = True,
+    pad_mode: str = "reflect",
+    power: float = 2.0,
+) -> torch.Tensor:
+    """STFT magnitude to the ``power`` (periodic Hann window) through a filter bank, as
+    :class:`MelSpectrogram` and the harmonic front end compute it.
+
+    ``waveform [shape=(..., n_samples)]`` and ``filters [shape=(n_bands, n_fft // 2 + 1)]``
+    give ``[shape=(..., n_bands, n_frames)]``, in float64 for a float64 waveform and float32
+    otherwise, also under autocast.
+    """
+    batch_shape = waveform.shape[:-1]
+    flat = _at_least_float32(waveform.reshape(-1, waveform.shape[-1]))
+    # periodic Hann = scipy's get_window("hann", n, fftbins=True), librosa's window. Made
+    # per call in the input's dtype: a float32 window cast up to float64 leaks enough error
+    # into the sidelobes to move quiet bins by ~1e-4 dB.
+    window = torch.hann_window(win_length or n_fft, periodic=True, dtype=flat.dtype, device=flat.device)
+    # autocast off: in float16 the power of one loud 512-point frame (~6.6e4) overflows
+    with torch.autocast(device_type=flat.device.type, enabled=False):
+        stft = torch.stft(
+            flat,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            win_length=win_length,
+            window=window,
+            center=center,
+            pad_mode=pad_mode,
+            return_complex=True,
+        )
+        if power == 2.0:
+            # |z|² without the square root and back
+            spectrum = torch.view_as_real(stft).square().sum(dim=-1)
+        else:
+            spectrum = stft.abs().pow(power)
+        banded = torch.matmul(filters.to(dtype=spectrum.dtype), spectrum)
+    return banded.reshape(*batch_shape, *banded.shape[-2:])
 
 
 class AmplitudeToDB(nn.Module):

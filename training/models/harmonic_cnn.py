@@ -12,7 +12,7 @@ from torch import nn
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
 from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape
-from training.models.frontend import AmplitudeToDB
+from training.models.frontend import AmplitudeToDB, filtered_spectrogram
 
 __all__ = ["HarmonicCNN", "HarmonicSTFT"]
 
@@ -123,27 +123,9 @@ class HarmonicSTFT(nn.Module):
         return torch.clamp(1.0 - 2.0 * distance / bandwidth, min=0.0)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        batch_shape = waveform.shape[:-1]
-        flat = waveform.reshape(-1, waveform.shape[-1])
-        if flat.dtype not in (torch.float32, torch.float64):
-            flat = flat.float()
-        window = torch.hann_window(self.n_fft, periodic=True, dtype=flat.dtype, device=flat.device)
-        # autocast off: in float16 the power of one loud frame overflows
-        with torch.autocast(device_type=flat.device.type, enabled=False):
-            stft = torch.stft(
-                flat,
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                window=window,
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
-            power = torch.view_as_real(stft).square().sum(dim=-1)  # (N, n_bins, n_frames)
-            filters = self.filterbank().to(dtype=power.dtype)
-            harmonic = torch.matmul(filters.T, power)  # (N, n_filters, n_frames)
-            db = self.to_db(harmonic)
-        return db.reshape(*batch_shape, self.n_harmonic, self.n_pitches, db.shape[-1])
+        harmonic = filtered_spectrogram(waveform, self.filterbank().T, n_fft=self.n_fft, hop_length=self.hop_length)
+        db = self.to_db(harmonic)  # (..., n_harmonic · n_pitches, n_frames)
+        return db.reshape(*db.shape[:-2], self.n_harmonic, self.n_pitches, db.shape[-1])
 
     def extra_repr(self) -> str:
         return (

@@ -76,6 +76,8 @@ class Musicnn(WaveformMelModel):
         Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
     timbral_channels : int
         Filters of each timbral convolution.
     timbral_kernels : tuple of (int, int)
@@ -92,8 +94,6 @@ class Musicnn(WaveformMelModel):
         Width of the penultimate layer.
     dropout : float
         Dropout before the output layer.
-    **mel
-        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
 
     Notes
     -----

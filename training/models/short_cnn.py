@@ -40,13 +40,13 @@ class ShortChunkCNN(WaveformMelModel):
         Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk; at least ``127 · hop_length`` (32,512 by default).
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's);
+        ``n_mels >= 128``.
     n_channels : int
         Width of the first conv blocks (doubled twice on the way).
     dropout : float
         Dropout before the output layer.
-    **mel
-        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's);
-        ``n_mels >= 128``.
 
     Notes
     -----

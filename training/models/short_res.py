@@ -36,12 +36,12 @@ class ShortChunkResNet(WaveformMelModel):
         Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's).
     n_channels : int
         Width of the first residual blocks (doubled twice on the way).
     dropout : float
         Dropout before the output layer.
-    **mel
-        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's).
 
     Notes
     -----
