@@ -109,8 +109,6 @@ class CNNSA(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk; any length over ``n_fft // 2`` (the reflect padding) works.
     **mel
@@ -120,8 +118,6 @@ class CNNSA(WaveformMelModel):
         Width of the first residual blocks; the later ones and the tokens are ``2 · n_channels``.
     n_layers, n_heads, intermediate_size, hidden_dropout, attention_dropout
         Encoder, see :class:`BertLayer`.
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
@@ -183,8 +179,7 @@ class CNNSA(WaveformMelModel):
             for _ in range(n_layers)
         )
         self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(width, n_classes)
+        self._add_head(width, n_classes, dropout)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder input ``[shape=(B, 1 + n_tokens, 2 · n_channels)]``: [CLS], then one token per CNN frame."""
@@ -198,6 +193,3 @@ class CNNSA(WaveformMelModel):
         for layer in self.encoder:
             hidden = layer(hidden)
         return self.pooler(hidden[:, 0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

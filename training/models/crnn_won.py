@@ -34,10 +34,6 @@ class WonCRNN(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per clip.
     **mel
         Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
     channels : tuple of int
@@ -48,12 +44,9 @@ class WonCRNN(WaveformMelModel):
         GRU width.
     rnn_layers : int
         Stacked GRU layers.
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, rnn_hidden)]`` (the top GRU's last state).
     """
 
@@ -88,14 +81,10 @@ class WonCRNN(WaveformMelModel):
         )
         n_maps, n_freq, _ = output_shape(self.features, self._log_mel_shape(), model="crnn_won", input_shape=input_shape)
         self.rnn = nn.GRU(n_maps * n_freq, rnn_hidden, num_layers=rnn_layers, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(rnn_hidden, n_classes)
+        self._add_head(rnn_hidden, n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.features(self._log_mel(x))  # (B, C, F', T')
         sequence = maps.flatten(1, 2).transpose(1, 2)  # (B, T', C·F')
         _, last_state = self.rnn(sequence)  # (rnn_layers, B, rnn_hidden)
         return last_state[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

@@ -34,22 +34,15 @@ class FCN(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per clip.
     **mel
         Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
     channels : tuple of int
         Output channels of the conv blocks.
     pools : tuple of (int, int)
         Max-pool (frequency, time) of each block.
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, channels[-1])]``.
     """
 
@@ -87,12 +80,8 @@ class FCN(WaveformMelModel):
                 f"needs n_mels in {freq_pool}..{2 * freq_pool - 1} and n_samples in "
                 f"{(time_pool - 1) * hop_length}..{(2 * time_pool - 1) * hop_length - 1}"
             )
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(channels[-1], n_classes)
+        self._add_head(channels[-1], n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.layers(self._log_mel(x))  # (B, channels[-1], 1, 1)
         return maps.flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
-from training.models.blocks import check_input_shape
+from training.models.blocks import Tagger, check_input_shape
 
 __all__ = ["AmplitudeToDB", "MelFrontend", "MelSpectrogram", "WaveformMelModel", "filtered_spectrogram"]
 
@@ -281,7 +281,7 @@ class MelFrontend:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
-class WaveformMelModel(nn.Module):
+class WaveformMelModel(Tagger):
     """Base of the models that read waveforms and compute their log-mel on the device, as Won
     et al.'s do: mel power → dB → ``BatchNorm2d(1)``.
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
-from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape
+from training.models.blocks import ConvBlock2d, Tagger, check_hyperparameters, check_input_shape
 from training.models.frontend import AmplitudeToDB, filtered_spectrogram
 
 __all__ = ["HarmonicCNN", "HarmonicSTFT"]
@@ -151,7 +151,7 @@ class _ResPool2d(nn.Module):
         return self.pool(self.relu(x + out))
 
 
-class HarmonicCNN(nn.Module):
+class HarmonicCNN(Tagger):
     """Won, Chun, Nieto, Serra, "Data-driven harmonic filters for audio representation learning",
     ICASSP 2020 — Harmonic CNN (minzwon/sota-music-tagging-models ``training/model.py``
     ``HarmonicCNN``, ``modules.py`` ``HarmonicSTFT`` and ``Res_2d_mp``).
@@ -168,8 +168,6 @@ class HarmonicCNN(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk, at least enough for 288 frames (73,472 at the default hop).
     sample_rate, n_fft, hop_length, n_harmonic, semitone_scale, bw_Q, learn_bw
@@ -177,8 +175,6 @@ class HarmonicCNN(nn.Module):
         pitch axis must still hold 128 rows or more (the seven row pools).
     n_channels : int
         Width of the first blocks (doubled from the fifth).
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
@@ -242,14 +238,9 @@ class HarmonicCNN(nn.Module):
             _ResPool2d(2 * c, pool=_POOLS[5]),
             _ResPool2d(2 * c, pool=_POOLS[6]),
         )
-        self.dense = nn.Sequential(nn.Linear(2 * c, 2 * c), nn.BatchNorm1d(2 * c), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(2 * c, n_classes)
+        self._add_head(2 * c, n_classes, dropout, dense=True)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.spec_bn(self.hstft(x))  # (B, n_harmonic, n_pitches, n_frames)
         maps = self.layers(spec)  # (B, 2 · n_channels, n_pitches / 128, n_frames / 288)
         return self.dense(maps.amax(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

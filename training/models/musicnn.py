@@ -72,10 +72,6 @@ class Musicnn(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per chunk.
     **mel
         Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
     timbral_channels : int
@@ -92,12 +88,9 @@ class Musicnn(WaveformMelModel):
         Frames of the mid-end convolutions.
     dense_units : int
         Width of the penultimate layer.
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, dense_units)]``.
     """
 
@@ -143,8 +136,7 @@ class Musicnn(WaveformMelModel):
         )
         pooled = 2 * (front_channels + len(self.midend) * midend_channels)  # max and mean
         self.dense = nn.Sequential(nn.Linear(pooled, dense_units), nn.BatchNorm1d(dense_units), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(dense_units, n_classes)
+        self._add_head(dense_units, n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         mel = self._log_mel(x)
@@ -156,6 +148,3 @@ class Musicnn(WaveformMelModel):
         features = torch.cat(outputs, dim=1)  # (B, 561 + 3 · 64, T)
         pooled = torch.cat([features.amax(dim=-1), features.mean(dim=-1)], dim=1)
         return self.dense(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock1d, check_hyperparameters, check_input_shape
+from training.models.blocks import ConvBlock1d, Tagger, check_hyperparameters, check_input_shape
 
 __all__ = ["ResSE1d", "SampleCNN", "SampleCNNSE"]
 
@@ -88,7 +88,7 @@ class ResSE1d(nn.Module):
         return self.pool(self.relu(out + self.shortcut(x)))
 
 
-class SampleCNN(nn.Module):
+class SampleCNN(Tagger):
     """Lee, Park, Kim, Nam, "Sample-level deep convolutional neural networks for music
     auto-tagging using raw waveforms", SMC 2017 — the 3^9 model, as in
     minzwon/sota-music-tagging-models ``training/model.py`` ``SampleCNN``.
@@ -101,18 +101,13 @@ class SampleCNN(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per example; at least 59,047.
     n_channels : int
         Width of the first layers (doubled twice on the way).
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, 4 · n_channels)]``.
     """
 
@@ -132,8 +127,7 @@ class SampleCNN(nn.Module):
         check_hyperparameters(self.registry_name, sizes={"n_channels": n_channels}, rates={"dropout": dropout})
         widths = _widths(n_channels)
         self._add_layers(widths)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(widths[-1], n_classes)
+        self._add_head(widths[-1], n_classes, dropout)
 
     def _add_layers(self, widths: tuple[int, ...]) -> None:
         """Everything between the waveform and the dropout, for the eleven layers' ``widths``."""
@@ -148,9 +142,6 @@ class SampleCNN(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.layers(self.frames(x.unsqueeze(1)))  # (B, 512, 1) for 59,049 samples
         return maps.amax(dim=-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))
 
 
 class SampleCNNSE(SampleCNN):

@@ -32,20 +32,13 @@ class ShortChunkResNet(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per chunk.
     **mel
         Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's).
     n_channels : int
         Width of the first residual blocks (doubled twice on the way).
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, 4 · n_channels)]``.
     """
 
@@ -62,21 +55,24 @@ class ShortChunkResNet(WaveformMelModel):
         **mel: Any,
     ) -> None:
         super().__init__(input_shape, **mel)
-        check_hyperparameters("short_res", sizes={"n_channels": n_channels}, rates={"dropout": dropout})
-        self._require_one_frame()
+        check_hyperparameters(self.registry_name, sizes={"n_channels": n_channels}, rates={"dropout": dropout})
+        self._check_input()
         self._add_log_mel()
         c = n_channels
         widths = (1, c, c, 2 * c, 2 * c, 2 * c, 2 * c, 4 * c)
-        self.layers = nn.Sequential(*(Res2d(c_in, c_out, stride=2) for c_in, c_out in itertools.pairwise(widths)))
-        self.dense = nn.Sequential(nn.Linear(4 * c, 4 * c), nn.BatchNorm1d(4 * c), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(4 * c, n_classes)
+        self.layers = nn.Sequential(*(self._block(c_in, c_out) for c_in, c_out in itertools.pairwise(widths)))
+        self._add_head(4 * c, n_classes, dropout, dense=True)
+
+    def _check_input(self) -> None:
+        """Refuse what the seven blocks cannot take: strided, they take anything of one frame."""
+        self._require_one_frame()
+
+    def _block(self, c_in: int, c_out: int) -> nn.Module:
+        """One of the seven blocks, each halving both axes."""
+        return Res2d(c_in, c_out, stride=2)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         mel = self._log_mel(x)
-        maps = self.layers(mel)  # (B, 512, n_mels / 128, n_frames / 128)
+        maps = self.layers(mel)  # (B, 512, about n_mels / 128, n_frames / 128)
         pooled = maps.amax(dim=(2, 3))  # global max pool
         return self.dense(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))
