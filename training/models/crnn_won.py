@@ -36,14 +36,9 @@ class WonCRNN(WaveformMelModel):
     ----------
     **mel
         Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
-    channels : tuple of int
-        Output channels of the conv blocks.
-    pools : tuple of (int, int)
-        Max-pool (frequency, time) of each block.
-    rnn_hidden : int
-        GRU width.
-    rnn_layers : int
-        Stacked GRU layers.
+    channels, pools, rnn_hidden, rnn_layers
+        Conv blocks (output channels, (frequency, time) max-pool) and GRU (width, stacked
+        layers), as :class:`ChoiCRNN`'s.
 
     Notes
     -----
