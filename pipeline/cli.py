@@ -289,7 +289,7 @@ def copy(src, dst, overwrite):
 
 @main.command()
 @click.argument("store")
-@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False), help="Folder for examples.png and labels.png.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for examples.png and labels.png (default: STORE.plots beside a local store; NAME.plots here for a remote one).")
 @click.option("--per-class", default=1, show_default=True, type=click.IntRange(min=1, max=20), help="Example clips per class (or tag).")
 @click.option("--array", help="Log-mel array to show (default: the store's first; see `pipe info`).")
 @friendly_errors

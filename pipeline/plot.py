@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,8 @@ def plot_examples(store: Store, path: Path, *, array: str, per_class: int = 1) -
     seconds_per_frame = feature["hop_length"] / feature["sample_rate"]
     pad = feature.get("pad_frames", 0) or 0
     panels = [(name, row) for name, rows in examples for row in rows]
+    log = feature.get("log", "db")
+    colour = f"log-mel ({'dB' if log == 'db' else log})"
     columns = per_class if per_class > 1 else min(4, len(panels))
     lines = math.ceil(len(panels) / columns)
     # constrained layout leaves room for the shared colour bar and the title
@@ -114,11 +117,11 @@ def plot_examples(store: Store, path: Path, *, array: str, per_class: int = 1) -
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, label=f"log-mel ({feature.get('log', 'log')})")
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, label=colour)
     title = f"{store.dataset}: log-mel examples per {'tag' if store.task == 'multilabel' else 'class'} ({array})"
     fig.suptitle(title)
     names = ", ".join(dict.fromkeys(name for name, _ in panels))
-    return _save(fig, path, title, f"panels: {names}; x: time (s); y: mel band")
+    return _save(fig, path, title, f"panels: {names}; x: time (s); y: mel band; colour: {colour}")
 
 
 def plot_labels(store: Store, path: Path) -> Path:
@@ -156,14 +159,24 @@ def plot_lengths(store: Store, path: Path) -> Path:
     return _save(fig, path, title, f"x: length (s, log scale); y: tracks; min {seconds.min():.1f} s, median {median:.1f} s, max {seconds.max():.1f} s")
 
 
-def plot_store(url: str, out: str | Path, *, per_class: int = 1, array: str | None = None) -> list[Path]:
+def default_out(url: str) -> Path:
+    """Where ``pipe plot`` writes without ``--out``: ``<store>.plots`` beside a local store (so
+    figures never land in the current folder, a newcomer's repository root); for a remote store,
+    whose bucket may be read-only or someone else's, ``<store name>.plots`` in the current folder."""
+    place = location(url)
+    if place.is_local:
+        return Path(posixpath.normpath(place.root) + ".plots")
+    return Path(posixpath.basename(place.root.rstrip("/")) + ".plots")
+
+
+def plot_store(url: str, out: str | Path | None = None, *, per_class: int = 1, array: str | None = None) -> list[Path]:
     """Write ``examples.png`` (when the store has a log-mel array), ``labels.png`` and, for a track store,
-    ``lengths.png`` into ``out``."""
+    ``lengths.png`` into ``out`` (default: :func:`default_out`)."""
     if per_class < 1:
         raise MuzarrError(f"--per-class {per_class} must be at least 1")
     _pyplot()  # fail before reading anything when matplotlib is missing
     store = open_store(url)
-    out = Path(out)
+    out = default_out(url) if out is None else Path(out)
     written = []
     name = logmel_array(store, array)
     with write_errors(str(out)):  # a full or read-only --out: one line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from helpers_train import train_cli
 from PIL import Image
 
 from pipeline import MuzarrError
-from training.experiments.compare import compare
+from training.experiments.compare import compare, default_out
 from training.experiments.summary import summarise_repeats
 from training.run.config import TrainConfig
 from training.run.loop import train
@@ -105,6 +106,26 @@ def test_overlay_plot_names_its_runs_and_axes(runs, tmp_path):
         assert image.info["Description"] == (
             "left: x epoch, y loss (valid solid, train dashed); right: x epoch, y validation roc_auc"
         )
+
+
+def test_compare_writes_beside_the_runs_not_in_the_current_folder(runs, tmp_path):
+    """Issue #22, first hour 7: without --out, compare.md/csv/png landed in the current folder;
+    they go to the folder that holds the compared runs."""
+    import subprocess
+    import sys
+
+    for name in ("mlp", "cnn"):
+        shutil.copytree(runs[name], tmp_path / "runs" / name)
+    command = [str(Path(sys.executable).parent / "train"), "compare", "runs/mlp", "runs/cnn"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "written: runs/compare.md, compare.csv, compare.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cnn", "compare.csv", "compare.md", "compare.png", "mlp"]
+    assert (tmp_path / "runs" / "compare.md").read_text().startswith(FIGURE2_HEADER)
+    # a folder of runs is their parent
+    assert default_out([tmp_path / "runs"]) == tmp_path / "runs"
+    assert default_out([tmp_path / "runs" / "mlp", runs["cnn"]]) == Path(os.path.commonpath([tmp_path, runs["cnn"]]))
 
 
 def test_unfinished_or_mixed_runs_are_refused(runs, tmp_path):

@@ -30,7 +30,8 @@ def test_pipe_plot_draws_one_panel_per_tag_and_the_label_counts(small_store, tmp
     store = open_store(small_store)
     size, info = _png(tmp_path / "examples.png")
     assert info["Title"] == "demo: log-mel examples per tag (logmel/mel64_sr16000_fft1024_hop512)"  # the first log-mel
-    assert info["Description"] == f"panels: {', '.join(store.classes)}; x: time (s); y: mel band"
+    # issue #22, first hour 9: the colour bar said "log-mel (db)"
+    assert info["Description"] == f"panels: {', '.join(store.classes)}; x: time (s); y: mel band; colour: log-mel (dB)"
     assert size[0] > 1000 and 300 < size[1] < size[0]  # 6 panels: two rows of four columns
     size, info = _png(tmp_path / "labels.png")
     assert info["Title"] == "demo: label distribution (40 clips)"
@@ -90,6 +91,63 @@ def _history(seed: int, epochs: int = 4) -> pd.DataFrame:
                          "valid_accuracy": rng.random(epochs)})  # fmt: skip
 
 
+def test_curves_mark_the_best_epoch_and_drop_markers_on_long_runs(tmp_path):
+    """Issue #22, first hour 9: no mark of the best epoch, and 500 overlapping markers on the mlp curve."""
+    from training.run.plots import curves_figure, plot_curves
+
+    short = curves_figure(_history(0), "accuracy", title="cnn on gtzan", best_epoch=3)
+    left, right = short.axes
+    star = [line for line in right.get_lines() if line.get_label() == "best epoch 3"]
+    assert len(star) == 1 and star[0].get_marker() == "*"
+    assert list(star[0].get_xdata()) == [3] and list(star[0].get_ydata()) == [_history(0)["valid_accuracy"][2]]
+    for axis in (left, right):  # the dotted line at the best epoch on both panels
+        assert [list(line.get_xdata()) for line in axis.get_lines() if line.get_linestyle() == ":"] == [[3, 3]]
+    assert {line.get_marker() for line in left.get_lines() if line.get_linestyle() == "-"} == {"o"}
+    long = curves_figure(_history(0, epochs=500), "accuracy", title="mlp on gtzan", best_epoch=480)
+    curves = [line for axis in long.axes for line in axis.get_lines() if line.get_linestyle() == "-"]
+    assert len(curves) == 3 and {line.get_marker() for line in curves} == {"None"}
+    info = _png(plot_curves(_history(0), "accuracy", tmp_path / "curves.png", title="cnn on gtzan", best_epoch=3))[1]
+    assert info["Description"] == "left: x epoch, y loss (train, valid); right: x epoch, y validation accuracy; best epoch 3 marked"
+
+
+def test_per_tag_legend_leaves_the_last_point_visible():
+    """Issue #22, first hour 9: the lower-right legend covered the rarest tag's frequency point."""
+    from training.run.plots import per_tag_figure
+
+    tags = [f"tag{i}" for i in range(50)]
+    frequency = {tag: 2000 // (i + 1) for i, tag in enumerate(tags)}
+    fig = per_tag_figure({tag: 0.5 + i / 100 for i, tag in enumerate(tags)}, frequency, title="short_res on mtat")
+    fig.canvas.draw()
+    bars, twin = fig.axes
+    legends = [axis.get_legend() for axis in fig.axes if axis.get_legend() is not None]
+    assert [text.get_text() for legend in legends for text in legend.get_texts()] == ["test ROC-AUC", "training clips"]
+    (line,) = twin.get_lines()
+    last = twin.transData.transform((line.get_xdata()[-1], line.get_ydata()[-1]))
+    first_bar = bars.transData.transform((0, 0.99))  # the tallest a bar can be
+    for legend in legends:
+        box = legend.get_window_extent()
+        assert not box.contains(*last) and not box.contains(*first_bar)
+        assert box.y0 >= bars.get_window_extent().y1  # above the plotting area: it hides no bar or point
+
+
+def test_confusion_matrix_shows_only_the_classes_with_clips():
+    """Issue #22, first hour 9: GTZAN's fixture has clips of 3 classes; the matrix showed all 10."""
+    from training.run.plots import confusion_figure
+
+    classes = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+    matrix = np.zeros((10, 10), dtype=int)
+    matrix[0, 0], matrix[0, 3], matrix[3, 3], matrix[6, 6], matrix[6, 0] = 3, 1, 4, 2, 2
+    axis = confusion_figure(matrix.tolist(), classes, title="cnn on gtzan").axes[0]
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["blues", "disco", "metal"]
+    assert [t.get_text() for t in axis.get_yticklabels()] == ["blues", "disco", "metal"]
+    assert [t.get_text() for t in axis.texts] == ["3", "1", "0", "0", "4", "0", "2", "0", "2"]
+    assert "7 of 10 classes without test clips left out" in axis.get_title()
+    # a prediction of a class without clips is a mistake to see: its column stays
+    matrix[0, 9] = 1
+    axis = confusion_figure(matrix.tolist(), classes, title="cnn on gtzan").axes[0]
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["blues", "disco", "metal", "rock"]
+
+
 def test_compare_overlay_names_runs_and_axes(tmp_path):
     from training.run.plots import plot_compare
 
@@ -98,6 +156,22 @@ def test_compare_overlay_names_runs_and_axes(tmp_path):
     size, info = _png(path)
     assert info["Title"] == "gtzan runs" and size[0] > size[1] > 300
     assert info["Description"] == "left: x epoch, y loss (valid solid, train dashed); right: x epoch, y validation accuracy"
+
+
+def test_pipe_plot_writes_beside_the_store_not_in_the_current_folder(small_store, tmp_path):
+    """Issue #22, first hour 7: without --out the PNGs landed in the current folder (a newcomer's
+    repository root); they go to STORE.plots beside the store."""
+    store = tmp_path / "linked.zarr"
+    store.symlink_to(small_store, target_is_directory=True)
+    here = tmp_path / "repository"
+    here.mkdir()
+    command = [str(Path(sys.executable).parent / "pipe"), "plot", "../linked.zarr"]
+    result = subprocess.run(command, cwd=here, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    figures = tmp_path / "linked.zarr.plots"
+    assert result.stdout.splitlines() == [f"wrote {figures / 'examples.png'}", f"wrote {figures / 'labels.png'}"]
+    assert _png(figures / "labels.png")[1]["Title"] == "demo: label distribution (40 clips)"
+    assert list(here.iterdir()) == []
 
 
 def test_embedding_map_lists_its_groups_largest_first(tmp_path):

@@ -404,7 +404,7 @@ def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, 
 
 @main.command(name="compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False), help="Folder for compare.md, compare.csv, compare.png.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for compare.md, compare.csv, compare.png (default: the folder holding the runs).")
 @click.option("--metric", "extra", multiple=True, help="Another test metric column, e.g. pr_auc or f1_macro.")
 @friendly_errors
 def compare(run_dirs, out, extra):
@@ -419,7 +419,9 @@ def compare(run_dirs, out, extra):
       train compare runs/mtat-crnn-5seeds runs/mtat-dieleman-5seeds --metric pr_auc
     """
     from training.experiments.compare import compare as run_compare
+    from training.experiments.compare import default_out
 
+    out = default_out(list(run_dirs)) if out is None else out
     click.echo(run_compare(list(run_dirs), out, extra=tuple(extra)))
     click.echo(f"written: {Path(out) / 'compare.md'}, compare.csv, compare.png")
 

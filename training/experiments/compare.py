@@ -8,6 +8,7 @@ do. A folder written by ``train --repeats`` or ``train sweep`` stands for the ru
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,20 @@ def _pm(row: pd.Series, name: str, fmt: str) -> str:
     return fmt.format(mean) + (f" ± {fmt.format(std)}" if row["runs"] > 1 else "")
 
 
-def compare(paths: list[str | Path], out: str | Path, *, extra: tuple[str, ...] = ()) -> str:
-    """Write ``compare.md``, ``compare.csv`` and ``compare.png`` for the runs under ``paths`` into ``out``.
+def default_out(paths: list[str | Path]) -> Path:
+    """Where ``train compare`` writes without ``--out``: beside the runs, in the folder that holds
+    them all (the common parent of the run directories; a folder of runs counts as their parent),
+    never the current folder."""
+    parents = [os.path.normpath(path.parent if (path / "metrics.json").exists() else path) for path in map(Path, paths)]
+    try:
+        return Path(os.path.commonpath(parents))
+    except ValueError:  # relative and absolute paths together
+        return Path(os.path.commonpath([os.path.abspath(parent) for parent in parents]))
+
+
+def compare(paths: list[str | Path], out: str | Path | None = None, *, extra: tuple[str, ...] = ()) -> str:
+    """Write ``compare.md``, ``compare.csv`` and ``compare.png`` for the runs under ``paths`` into
+    ``out`` (default: :func:`default_out`).
 
     Returns the Markdown table.
     """
@@ -183,7 +196,7 @@ def compare(paths: list[str | Path], out: str | Path, *, extra: tuple[str, ...] 
     groups = group_runs(find_runs(paths))
     table = comparison_table(groups)
     text = markdown_table(table, extra=extra)
-    out = Path(out)
+    out = default_out(paths) if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(text + "\n")
     table.to_csv(out / "compare.csv", index=False)

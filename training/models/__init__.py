@@ -30,6 +30,7 @@ from training.models.crnn import ChoiCRNN
 from training.models.crnn_won import WonCRNN
 from training.models.dieleman import DielemanCNN
 from training.models.fcn import FCN
+from training.models.frontend import WaveformMelModel
 from training.models.harmonic_cnn import HarmonicCNN
 from training.models.musicnn import Musicnn
 from training.models.pretrained import ResNet50, Wav2Vec2Classifier
@@ -114,9 +115,14 @@ WON2020 = Protocol.make(
 )  # fmt: skip
 
 
-def _won_input(n_samples: int) -> InputSpec:
-    """A Won et al. model's input: ``n_samples`` of 16 kHz waveform (his ``main.py``)."""
-    return InputSpec("waveform", sample_rate=16000, seconds=n_samples / 16000)
+def _seed002(conv: str, cell: str, doc: str) -> ModelEntry:
+    """One of seed 002's four CNN + RNN variants, on the whole clip's 128-band log-mel."""
+    return ModelEntry(functools.partial(ConvRecurrentClassifier, conv=conv, cell=cell), _MEL128_22K, _SEED002, doc)
+
+
+def _won(build: Callable[..., nn.Module], n_samples: int, doc: str) -> ModelEntry:
+    """A model of Won et al.'s zoo: ``n_samples`` of 16 kHz waveform (his ``main.py``), his protocol."""
+    return ModelEntry(build, InputSpec("waveform", sample_rate=16000, seconds=n_samples / 16000), WON2020, doc)
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -149,30 +155,10 @@ MODELS: dict[str, ModelEntry] = {
         protocol=Protocol.make("crnn", optimizer="adam", lr=1e-4, epochs=20, batch_size=32, split_scheme="dieleman"),
         doc="Choi et al. 2017 CRNN on the whole clip's 96-band log-mel at 12 kHz, Keras-1 GRU (seed 001).",
     ),
-    "cnn1d_gru": ModelEntry(
-        build=functools.partial(ConvRecurrentClassifier, conv="1d", cell="gru"),
-        input=_MEL128_22K,
-        protocol=_SEED002,
-        doc="Seed 002 CNN-1D (mel bands as channels) + GRU + global average pooling.",
-    ),
-    "cnn1d_lstm": ModelEntry(
-        build=functools.partial(ConvRecurrentClassifier, conv="1d", cell="lstm"),
-        input=_MEL128_22K,
-        protocol=_SEED002,
-        doc="Seed 002 CNN-1D (mel bands as channels) + LSTM + global average pooling.",
-    ),
-    "cnn2d_gru": ModelEntry(
-        build=functools.partial(ConvRecurrentClassifier, conv="2d", cell="gru"),
-        input=_MEL128_22K,
-        protocol=_SEED002,
-        doc="Seed 002 CNN-2D + GRU + global average pooling (its best: 71.4 % on FMA).",
-    ),
-    "cnn2d_lstm": ModelEntry(
-        build=functools.partial(ConvRecurrentClassifier, conv="2d", cell="lstm"),
-        input=_MEL128_22K,
-        protocol=_SEED002,
-        doc="Seed 002 CNN-2D + LSTM + global average pooling.",
-    ),
+    "cnn1d_gru": _seed002("1d", "gru", "Seed 002 CNN-1D (mel bands as channels) + GRU + global average pooling."),
+    "cnn1d_lstm": _seed002("1d", "lstm", "Seed 002 CNN-1D (mel bands as channels) + LSTM + global average pooling."),
+    "cnn2d_gru": _seed002("2d", "gru", "Seed 002 CNN-2D + GRU + global average pooling (its best: 71.4 % on FMA)."),
+    "cnn2d_lstm": _seed002("2d", "lstm", "Seed 002 CNN-2D + LSTM + global average pooling."),
     "resnet18": ModelEntry(
         build=ResNet18,
         input=_MEL128_22K,
@@ -192,60 +178,42 @@ MODELS: dict[str, ModelEntry] = {
         protocol=Protocol.make("mlp_tabular", optimizer="adam", lr=1e-4, weight_decay=1e-5, epochs=500, batch_size=16),
         doc="Seed 004 MLP 512-128 with BatchNorm and dropout on L2-normalised tabular features.",
     ),
-    "short_res": ModelEntry(
-        build=ShortChunkResNet,
-        input=_won_input(59049),
-        protocol=WON2020,
-        doc="Won et al. 2020 short-chunk ResNet, mel front end inside the model (best MTAT tagger).",
+    "short_res": _won(
+        ShortChunkResNet, 59049,
+        "Won et al. 2020 short-chunk ResNet, mel front end inside the model (best MTAT tagger).",
     ),
     # -- the rest of Won et al. 2020's zoo: his input lengths (main.py), his protocol --------
-    "fcn": ModelEntry(
-        build=FCN,
-        input=_won_input(29 * 16000),
-        protocol=WON2020,
-        doc="Choi et al. 2016 fully convolutional tagger (Won et al.'s PyTorch FCN), 96-mel front end in the model, 29 s.",
+    "fcn": _won(
+        FCN, 29 * 16000,
+        "Choi et al. 2016 fully convolutional tagger (Won et al.'s PyTorch FCN), 96-mel front end in the model, 29 s.",
     ),
-    "musicnn": ModelEntry(
-        build=Musicnn,
-        input=_won_input(3 * 16000),
-        protocol=WON2020,
-        doc="Pons et al. 2018 musicnn (Won et al.'s PyTorch version, MTAT sizes): timbral/temporal front end, 3 s chunks.",
+    "musicnn": _won(
+        Musicnn, 3 * 16000,
+        "Pons et al. 2018 musicnn (Won et al.'s PyTorch version, MTAT sizes): timbral/temporal front end, 3 s chunks.",
     ),
-    "sample_cnn": ModelEntry(
-        build=SampleCNN,
-        input=_won_input(59049),
-        protocol=WON2020,
-        doc="Lee et al. 2017 sample-level CNN (3^9 model) on 59,049 raw samples.",
+    "sample_cnn": _won(
+        SampleCNN, 59049,
+        "Lee et al. 2017 sample-level CNN (3^9 model) on 59,049 raw samples.",
     ),
-    "sample_cnn_se": ModelEntry(
-        build=SampleCNNSE,
-        input=_won_input(59049),
-        protocol=WON2020,
-        doc="Kim et al. 2018 sample-level CNN with residual squeeze-and-excitation blocks, 59,049 raw samples.",
+    "sample_cnn_se": _won(
+        SampleCNNSE, 59049,
+        "Kim et al. 2018 sample-level CNN with residual squeeze-and-excitation blocks, 59,049 raw samples.",
     ),
-    "crnn_won": ModelEntry(
-        build=WonCRNN,
-        input=_won_input(29 * 16000),
-        protocol=WON2020,
-        doc="Won et al.'s PyTorch CRNN after Choi et al. 2017 (ReLU, 16 kHz, 2 x GRU(32)), mel front end in the model, 29 s.",
+    "crnn_won": _won(
+        WonCRNN, 29 * 16000,
+        "Won et al.'s PyTorch CRNN after Choi et al. 2017 (ReLU, 16 kHz, 2 x GRU(32)), mel front end in the model, 29 s.",
     ),
-    "harmonic_cnn": ModelEntry(
-        build=HarmonicCNN,
-        input=_won_input(5 * 16000),
-        protocol=WON2020,
-        doc="Won et al. 2020 Harmonic CNN: learnable harmonic filters (bw_Q) on the STFT, 5 s chunks.",
+    "harmonic_cnn": _won(
+        HarmonicCNN, 5 * 16000,
+        "Won et al. 2020 Harmonic CNN: learnable harmonic filters (bw_Q) on the STFT, 5 s chunks.",
     ),
-    "short_cnn": ModelEntry(
-        build=ShortChunkCNN,
-        input=_won_input(59049),
-        protocol=WON2020,
-        doc="Won et al. 2020 short-chunk CNN (seven 3x3 conv blocks), 128-mel front end in the model, 3.69 s chunks.",
+    "short_cnn": _won(
+        ShortChunkCNN, 59049,
+        "Won et al. 2020 short-chunk CNN (seven 3x3 conv blocks), 128-mel front end in the model, 3.69 s chunks.",
     ),
-    "cnn_sa": ModelEntry(
-        build=CNNSA,
-        input=_won_input(15 * 16000),
-        protocol=WON2020,
-        doc="Won et al. 2019 CNN + self-attention: residual CNN on a 128-band mel, 2-layer BERT encoder, 15 s chunks.",
+    "cnn_sa": _won(
+        CNNSA, 15 * 16000,
+        "Won et al. 2019 CNN + self-attention: residual CNN on a 128-band mel, 2-layer BERT encoder, 15 s chunks.",
     ),
     "resnet50": ModelEntry(
         build=ResNet50,
@@ -277,7 +245,9 @@ def model_options(name: str) -> dict[str, Any]:
     """The options ``build_model(name, ...)`` accepts, with their defaults."""
     build = get_model(name).build
     fixed = set(build.keywords) if isinstance(build, functools.partial) else set()
-    return {
+    # a waveform model's ``**mel`` takes its front end's settings, named like the fields
+    mel = build.mel_defaults.options() if isinstance(build, type) and issubclass(build, WaveformMelModel) else {}
+    return mel | {
         param.name: param.default
         for param in inspect.signature(build).parameters.values()
         if param.name not in {"n_classes", "input_shape", *fixed}

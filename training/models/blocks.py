@@ -12,9 +12,34 @@ from torch import nn
 from pipeline.errors import MuzarrError
 
 __all__ = [
-    "BasicBlock", "ConvBlock1d", "ConvBlock2d", "Res2d", "check_hyperparameters", "check_input_shape", "flat_size",
-    "output_shape",
+    "BasicBlock", "ConvBlock1d", "ConvBlock2d", "Res2d", "Tagger", "check_hyperparameters", "check_input_shape",
+    "flat_size", "output_shape",
 ]  # fmt: skip
+
+
+class Tagger(nn.Module):
+    """Base of the zoo's models: ``embed`` gives the penultimate representation ``(B, D)``,
+    ``forward`` the logits ``classifier(dropout(embed(x)))``, ``(B, n_classes)``.
+
+    Every subclass takes ``n_classes`` (number of outputs, logits) and ``input_shape`` (one
+    example's shape, no batch axis), and most a ``dropout`` (rate before the output layer);
+    they are described here once, not in each model.
+    """
+
+    def _add_head(self, width: int, n_classes: int, dropout: float, *, dense: bool = False) -> None:
+        """The layers after the features: with ``dense``, Won et al.'s ``Linear(width, width)``
+        → BN → ReLU as ``self.dense`` (which ``embed`` ends in), then ``dropout`` and
+        ``Linear(width, n_classes)``. Registered last, so state_dict keys keep their order."""
+        if dense:
+            self.dense = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU())
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width, n_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.embed(x)))
 
 
 class ConvBlock1d(nn.Module):

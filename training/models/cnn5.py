@@ -16,21 +16,7 @@ class FiveLayerCNN(MelCNN):
     one-channel log-mel itself, so the flattened size follows ``input_shape``. The same
     stack as seed 000's :class:`MelCNN`, with five narrower blocks and no dropout.
 
-    Parameters
-    ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_mels, n_frames)
-        Per-example log-mel shape; fixes the flattened size.
-    channels : tuple of int
-        Output channels of the conv blocks.
-    hidden : int
-        Width of the dense layer.
-
-    Notes
-    -----
-    ``forward(x [shape=(B, n_mels, n_frames)]) -> [shape=(B, n_classes)]`` logits;
-    ``embed(x) -> [shape=(B, hidden)]``.
+    Parameters, input and output are :class:`MelCNN`'s, with ``dropout`` fixed at 0.
     """
 
     registry_name = "cnn5"

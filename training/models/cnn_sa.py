@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import Res2d, check_hyperparameters, check_input_shape
-from training.models.frontend import WaveformMelModel
+from training.models.blocks import Res2d, check_hyperparameters
+from training.models.frontend import MelFrontend, WaveformMelModel
 
 __all__ = ["CNNSA", "BertLayer"]
 
@@ -108,19 +109,15 @@ class CNNSA(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk; any length over ``n_fft // 2`` (the reflect padding) works.
-    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
-        Mel front end, see :class:`training.frontend.MelSpectrogram`. At most 128 mels, which
-        the seven strides reduce to one row.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's). At
+        most 128 mels, which the seven strides reduce to one row.
     n_channels : int
         Width of the first residual blocks; the later ones and the tokens are ``2 · n_channels``.
     n_layers, n_heads, intermediate_size, hidden_dropout, attention_dropout
         Encoder, see :class:`BertLayer`.
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
@@ -128,20 +125,14 @@ class CNNSA(WaveformMelModel):
     in a sigmoid); ``embed(x) -> [shape=(B, 2 · n_channels)]``, the pooled [CLS] output.
     """
 
+    registry_name = "cnn_sa"
+    mel_defaults = MelFrontend(n_mels=128)
+
     def __init__(
         self,
         n_classes: int = 50,
         input_shape: tuple[int] = (240000,),
         *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
-        n_mels: int = 128,
-        htk: bool = True,
-        norm: str | None = None,
-        pad_mode: str = "reflect",
         n_channels: int = 128,
         n_layers: int = 2,
         n_heads: int = 8,
@@ -149,34 +140,24 @@ class CNNSA(WaveformMelModel):
         hidden_dropout: float = 0.4,
         attention_dropout: float = 0.5,
         dropout: float = 0.5,
+        **mel: Any,
     ) -> None:
-        super().__init__()
-        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="cnn_sa")
+        super().__init__(input_shape, **mel)
         check_hyperparameters(
             "cnn_sa",
-            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
-                   "n_channels": n_channels, "n_layers": n_layers, "n_heads": n_heads,
+            sizes={"n_channels": n_channels, "n_layers": n_layers, "n_heads": n_heads,
                    "intermediate_size": intermediate_size},
             rates={"hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout, "dropout": dropout},
         )
-        if n_samples <= n_fft // 2:
+        n_fft, n_mels = self.mel.n_fft, self.mel.n_mels
+        if self.n_samples <= n_fft // 2:
             raise MuzarrError(
                 f"cnn_sa: input_shape={tuple(input_shape)} is too short to reflect-pad one frame (n_fft={n_fft}); "
                 f"give more than {n_fft // 2} samples"
             )
         if not 0 < n_mels <= 128:
             raise MuzarrError(f"cnn_sa: n_mels={n_mels} must be in 1..128, so that seven strides of 2 leave one row")
-        self._add_log_mel(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            htk=htk,
-            norm=norm,
-            pad_mode=pad_mode,
-        )
+        self._add_log_mel()
         c = n_channels
         self.layers = nn.Sequential(
             Res2d(1, c, stride=2),
@@ -198,8 +179,7 @@ class CNNSA(WaveformMelModel):
             for _ in range(n_layers)
         )
         self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(width, n_classes)
+        self._add_head(width, n_classes, dropout)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder input ``[shape=(B, 1 + n_tokens, 2 · n_channels)]``: [CLS], then one token per CNN frame."""
@@ -213,6 +193,3 @@ class CNNSA(WaveformMelModel):
         for layer in self.encoder:
             hidden = layer(hidden)
         return self.pooler(hidden[:, 0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

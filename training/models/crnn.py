@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
+from training.models.blocks import ConvBlock2d, Tagger, check_hyperparameters, check_input_shape, output_shape
 from training.models.keras_gru import KerasGRU
 
 __all__ = ["ChoiCRNN"]
@@ -15,7 +15,7 @@ __all__ = ["ChoiCRNN"]
 _GRUS = ("keras", "torch")
 
 
-class ChoiCRNN(nn.Module):
+class ChoiCRNN(Tagger):
     """Choi, Fazekas, Sandler, Cho, "Convolutional recurrent neural networks for music
     classification", ICASSP 2017 (keunwoochoi/music-auto_tagging-keras ``MusicTaggerCRNN``).
 
@@ -42,8 +42,6 @@ class ChoiCRNN(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_mels, n_frames)
         Per-example log-mel shape (padding frames included).
     channels : tuple of int
@@ -56,8 +54,6 @@ class ChoiCRNN(nn.Module):
         GRU width.
     rnn_layers : int
         Stacked GRU layers.
-    dropout : float
-        Dropout before the output layer.
     gru : {"keras", "torch"}
         Recurrent implementation: ``"keras"`` (faithful to the original) or ``"torch"``
         (``nn.GRU``, faster, especially on CUDA).
@@ -106,8 +102,7 @@ class ChoiCRNN(nn.Module):
             self.rnn = KerasGRU(n_channels * n_freq, rnn_hidden, num_layers=rnn_layers)
         else:
             self.rnn = nn.GRU(n_channels * n_freq, rnn_hidden, num_layers=rnn_layers, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(rnn_hidden, n_classes)
+        self._add_head(rnn_hidden, n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_bn(x).unsqueeze(1)  # (B, 1, n_mels, T)
@@ -115,6 +110,3 @@ class ChoiCRNN(nn.Module):
         sequence = maps.flatten(1, 2).transpose(1, 2)  # (B, T', C·F')
         _, last_state = self.rnn(sequence)  # (rnn_layers, B, rnn_hidden)
         return last_state[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

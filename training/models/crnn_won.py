@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from pipeline.features.base import n_frames
-from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
-from training.models.frontend import WaveformMelModel
+from training.models.blocks import ConvBlock2d, check_hyperparameters, output_shape
+from training.models.frontend import MelFrontend, WaveformMelModel
 
 __all__ = ["WonCRNN"]
 
@@ -33,87 +34,52 @@ class WonCRNN(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per clip.
-    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
-        Mel front end, see :class:`training.frontend.MelSpectrogram`.
-    channels : tuple of int
-        Output channels of the conv blocks.
-    pools : tuple of (int, int)
-        Max-pool (frequency, time) of each block.
-    rnn_hidden : int
-        GRU width.
-    rnn_layers : int
-        Stacked GRU layers.
-    dropout : float
-        Dropout before the output layer.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
+    channels, pools, rnn_hidden, rnn_layers
+        Conv blocks (output channels, (frequency, time) max-pool) and GRU (width, stacked
+        layers), as :class:`ChoiCRNN`'s.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, rnn_hidden)]`` (the top GRU's last state).
     """
+
+    registry_name = "crnn_won"
+    mel_defaults = MelFrontend(n_mels=96)
 
     def __init__(
         self,
         n_classes: int = 50,
         input_shape: tuple[int] = (464000,),
         *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
-        n_mels: int = 96,
-        htk: bool = True,
-        norm: str | None = None,
-        pad_mode: str = "reflect",
         channels: tuple[int, ...] = (64, 128, 128, 128),
         pools: tuple[tuple[int, int], ...] = ((2, 2), (3, 3), (4, 4), (4, 4)),
         rnn_hidden: int = 32,
         rnn_layers: int = 2,
         dropout: float = 0.5,
+        **mel: Any,
     ) -> None:
-        super().__init__()
-        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="crnn_won")
+        super().__init__(input_shape, **mel)
         check_hyperparameters(
             "crnn_won",
-            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
-                   "channels": channels, "pools": pools, "rnn_hidden": rnn_hidden, "rnn_layers": rnn_layers},
+            sizes={"channels": channels, "pools": pools, "rnn_hidden": rnn_hidden, "rnn_layers": rnn_layers},
             rates={"dropout": dropout},
         )
-        if n_samples < n_fft:
-            raise MuzarrError(f"crnn_won: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
+        self._require_one_frame()
         if len(channels) != len(pools):
             raise MuzarrError(f"crnn_won: channels={channels} and pools={pools} must have the same length")
-        self._add_log_mel(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            htk=htk,
-            norm=norm,
-            pad_mode=pad_mode,
-        )
+        self._add_log_mel()
         widths = (1, *channels)
         self.features = nn.Sequential(
             *(ConvBlock2d(c_in, c_out, pool=pool) for c_in, c_out, pool in zip(widths, widths[1:], pools))
         )
-        frames = n_frames(n_samples, hop_length=hop_length)
-        n_maps, n_freq, _ = output_shape(self.features, (1, n_mels, frames), model="crnn_won", input_shape=input_shape)
+        n_maps, n_freq, _ = output_shape(self.features, self._log_mel_shape(), model="crnn_won", input_shape=input_shape)
         self.rnn = nn.GRU(n_maps * n_freq, rnn_hidden, num_layers=rnn_layers, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(rnn_hidden, n_classes)
+        self._add_head(rnn_hidden, n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.features(self._log_mel(x))  # (B, C, F', T')
         sequence = maps.flatten(1, 2).transpose(1, 2)  # (B, T', C·F')
         _, last_state = self.rnn(sequence)  # (rnn_layers, B, rnn_hidden)
         return last_state[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

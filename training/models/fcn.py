@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from pipeline.features.base import n_frames
-from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
-from training.models.frontend import WaveformMelModel
+from training.models.blocks import ConvBlock2d, check_hyperparameters, output_shape
+from training.models.frontend import MelFrontend, WaveformMelModel
 
 __all__ = ["FCN"]
 
@@ -34,87 +34,54 @@ class FCN(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per clip.
-    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
-        Mel front end, see :class:`training.frontend.MelSpectrogram`.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
     channels : tuple of int
         Output channels of the conv blocks.
     pools : tuple of (int, int)
         Max-pool (frequency, time) of each block.
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, channels[-1])]``.
     """
+
+    registry_name = "fcn"
+    mel_defaults = MelFrontend(n_mels=96)
 
     def __init__(
         self,
         n_classes: int = 50,
         input_shape: tuple[int] = (464000,),
         *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
-        n_mels: int = 96,
-        htk: bool = True,
-        norm: str | None = None,
-        pad_mode: str = "reflect",
         channels: tuple[int, ...] = (64, 128, 128, 128, 64),
         pools: tuple[tuple[int, int], ...] = ((2, 4), (2, 4), (2, 4), (3, 5), (4, 4)),
         dropout: float = 0.5,
+        **mel: Any,
     ) -> None:
-        super().__init__()
-        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="fcn")
-        check_hyperparameters(
-            "fcn",
-            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
-                   "channels": channels, "pools": pools},
-            rates={"dropout": dropout},
-        )
-        if n_samples < n_fft:
-            raise MuzarrError(f"fcn: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
+        super().__init__(input_shape, **mel)
+        check_hyperparameters("fcn", sizes={"channels": channels, "pools": pools}, rates={"dropout": dropout})
+        self._require_one_frame()
         if len(channels) != len(pools):
             raise MuzarrError(f"fcn: channels={channels} and pools={pools} must have the same length")
-        self._add_log_mel(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            htk=htk,
-            norm=norm,
-            pad_mode=pad_mode,
-        )
+        self._add_log_mel()
         widths = (1, *channels)
         self.layers = nn.Sequential(
             *(ConvBlock2d(c_in, c_out, pool=pool) for c_in, c_out, pool in zip(widths, widths[1:], pools))
         )
-        frames = n_frames(n_samples, hop_length=hop_length)
-        maps_shape = output_shape(self.layers, (1, n_mels, frames), model="fcn", input_shape=input_shape)
+        maps_shape = output_shape(self.layers, self._log_mel_shape(), model="fcn", input_shape=input_shape)
         if maps_shape[1:] != (1, 1):
             freq_pool = math.prod(f for f, _ in pools)
             time_pool = math.prod(t for _, t in pools)
+            hop_length = self.mel.hop_length
             raise MuzarrError(
-                f"fcn: input_shape={input_shape} with n_mels={n_mels} leaves feature maps of "
+                f"fcn: input_shape={input_shape} with n_mels={self.mel.n_mels} leaves feature maps of "
                 f"{maps_shape[1]}×{maps_shape[2]} (mels × steps), and the FCN has no global pooling: it "
                 f"needs n_mels in {freq_pool}..{2 * freq_pool - 1} and n_samples in "
                 f"{(time_pool - 1) * hop_length}..{(2 * time_pool - 1) * hop_length - 1}"
             )
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(channels[-1], n_classes)
+        self._add_head(channels[-1], n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.layers(self._log_mel(x))  # (B, channels[-1], 1, 1)
         return maps.flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

@@ -11,8 +11,8 @@ from torch import nn
 
 from pipeline.errors import MuzarrError
 from pipeline.features.base import n_frames
-from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape
-from training.models.frontend import AmplitudeToDB
+from training.models.blocks import ConvBlock2d, Tagger, check_hyperparameters, check_input_shape
+from training.models.frontend import AmplitudeToDB, filtered_spectrogram
 
 __all__ = ["HarmonicCNN", "HarmonicSTFT"]
 
@@ -123,27 +123,9 @@ class HarmonicSTFT(nn.Module):
         return torch.clamp(1.0 - 2.0 * distance / bandwidth, min=0.0)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        batch_shape = waveform.shape[:-1]
-        flat = waveform.reshape(-1, waveform.shape[-1])
-        if flat.dtype not in (torch.float32, torch.float64):
-            flat = flat.float()
-        window = torch.hann_window(self.n_fft, periodic=True, dtype=flat.dtype, device=flat.device)
-        # autocast off: in float16 the power of one loud frame overflows
-        with torch.autocast(device_type=flat.device.type, enabled=False):
-            stft = torch.stft(
-                flat,
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                window=window,
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
-            power = torch.view_as_real(stft).square().sum(dim=-1)  # (N, n_bins, n_frames)
-            filters = self.filterbank().to(dtype=power.dtype)
-            harmonic = torch.matmul(filters.T, power)  # (N, n_filters, n_frames)
-            db = self.to_db(harmonic)
-        return db.reshape(*batch_shape, self.n_harmonic, self.n_pitches, db.shape[-1])
+        harmonic = filtered_spectrogram(waveform, self.filterbank().T, n_fft=self.n_fft, hop_length=self.hop_length)
+        db = self.to_db(harmonic)  # (..., n_harmonic · n_pitches, n_frames)
+        return db.reshape(*db.shape[:-2], self.n_harmonic, self.n_pitches, db.shape[-1])
 
     def extra_repr(self) -> str:
         return (
@@ -169,7 +151,7 @@ class _ResPool2d(nn.Module):
         return self.pool(self.relu(x + out))
 
 
-class HarmonicCNN(nn.Module):
+class HarmonicCNN(Tagger):
     """Won, Chun, Nieto, Serra, "Data-driven harmonic filters for audio representation learning",
     ICASSP 2020 — Harmonic CNN (minzwon/sota-music-tagging-models ``training/model.py``
     ``HarmonicCNN``, ``modules.py`` ``HarmonicSTFT`` and ``Res_2d_mp``).
@@ -186,8 +168,6 @@ class HarmonicCNN(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per chunk, at least enough for 288 frames (73,472 at the default hop).
     sample_rate, n_fft, hop_length, n_harmonic, semitone_scale, bw_Q, learn_bw
@@ -195,8 +175,6 @@ class HarmonicCNN(nn.Module):
         pitch axis must still hold 128 rows or more (the seven row pools).
     n_channels : int
         Width of the first blocks (doubled from the fifth).
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
@@ -260,14 +238,9 @@ class HarmonicCNN(nn.Module):
             _ResPool2d(2 * c, pool=_POOLS[5]),
             _ResPool2d(2 * c, pool=_POOLS[6]),
         )
-        self.dense = nn.Sequential(nn.Linear(2 * c, 2 * c), nn.BatchNorm1d(2 * c), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(2 * c, n_classes)
+        self._add_head(2 * c, n_classes, dropout, dense=True)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.spec_bn(self.hstft(x))  # (B, n_harmonic, n_pitches, n_frames)
         maps = self.layers(spec)  # (B, 2 · n_channels, n_pitches / 128, n_frames / 288)
         return self.dense(maps.amax(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock1d, check_hyperparameters, check_input_shape
-from training.models.frontend import WaveformMelModel
+from training.models.blocks import ConvBlock1d, check_hyperparameters
+from training.models.frontend import MelFrontend, WaveformMelModel
 
 __all__ = ["Musicnn"]
 
@@ -70,12 +72,8 @@ class Musicnn(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per chunk.
-    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
-        Mel front end, see :class:`training.frontend.MelSpectrogram`.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's, 96 mels).
     timbral_channels : int
         Filters of each timbral convolution.
     timbral_kernels : tuple of (int, int)
@@ -90,29 +88,20 @@ class Musicnn(WaveformMelModel):
         Frames of the mid-end convolutions.
     dense_units : int
         Width of the penultimate layer.
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, dense_units)]``.
     """
+
+    registry_name = "musicnn"
+    mel_defaults = MelFrontend(n_mels=96)
 
     def __init__(
         self,
         n_classes: int = 50,
         input_shape: tuple[int] = (48000,),
         *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
-        n_mels: int = 96,
-        htk: bool = True,
-        norm: str | None = None,
-        pad_mode: str = "reflect",
         timbral_channels: int = 204,
         timbral_kernels: tuple[tuple[int, int], ...] = ((67, 7), (38, 7)),
         temporal_channels: int = 51,
@@ -121,33 +110,21 @@ class Musicnn(WaveformMelModel):
         midend_kernel: int = 7,
         dense_units: int = 200,
         dropout: float = 0.5,
+        **mel: Any,
     ) -> None:
-        super().__init__()
-        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="musicnn")
+        super().__init__(input_shape, **mel)
         check_hyperparameters(
             "musicnn",
-            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
-                   "timbral_channels": timbral_channels, "timbral_kernels": timbral_kernels,
+            sizes={"timbral_channels": timbral_channels, "timbral_kernels": timbral_kernels,
                    "temporal_channels": temporal_channels, "temporal_kernels": temporal_kernels,
                    "midend_channels": midend_channels, "midend_kernel": midend_kernel, "dense_units": dense_units},
             rates={"dropout": dropout},
         )
-        if n_samples < n_fft:
-            raise MuzarrError(f"musicnn: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
-        too_tall = [kernel for kernel in timbral_kernels if kernel[0] > n_mels]
+        self._require_one_frame()
+        too_tall = [kernel for kernel in timbral_kernels if kernel[0] > self.mel.n_mels]
         if too_tall:
-            raise MuzarrError(f"musicnn: timbral_kernels {too_tall} are taller than n_mels={n_mels}")
-        self._add_log_mel(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            htk=htk,
-            norm=norm,
-            pad_mode=pad_mode,
-        )
+            raise MuzarrError(f"musicnn: timbral_kernels {too_tall} are taller than n_mels={self.mel.n_mels}")
+        self._add_log_mel()
         self.frontend = nn.ModuleList(
             [_TimbralConv(1, timbral_channels, kernel_size=kernel) for kernel in timbral_kernels]
             + [_TemporalConv(1, temporal_channels, kernel_size=kernel) for kernel in temporal_kernels]
@@ -159,8 +136,7 @@ class Musicnn(WaveformMelModel):
         )
         pooled = 2 * (front_channels + len(self.midend) * midend_channels)  # max and mean
         self.dense = nn.Sequential(nn.Linear(pooled, dense_units), nn.BatchNorm1d(dense_units), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(dense_units, n_classes)
+        self._add_head(dense_units, n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         mel = self._log_mel(x)
@@ -172,6 +148,3 @@ class Musicnn(WaveformMelModel):
         features = torch.cat(outputs, dim=1)  # (B, 561 + 3 · 64, T)
         pooled = torch.cat([features.amax(dim=-1), features.mean(dim=-1)], dim=1)
         return self.dense(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

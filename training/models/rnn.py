@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock1d, ConvBlock2d, check_hyperparameters, check_input_shape, output_shape
+from training.models.blocks import (
+    ConvBlock1d,
+    ConvBlock2d,
+    Tagger,
+    check_hyperparameters,
+    check_input_shape,
+    output_shape,
+)
 
 __all__ = ["ConvRecurrentClassifier", "MelConv1d", "MelConv2d"]
 
@@ -50,7 +57,7 @@ class MelConv2d(nn.Module):
         return maps.flatten(1, 2).transpose(1, 2)
 
 
-class ConvRecurrentClassifier(nn.Module):
+class ConvRecurrentClassifier(Tagger):
     """CNN + RNN genre classifier of seed 002 (de la Torre, Montero, Morán, Prego, UAB XNAP,
     FMA 16 genres): conv front end → GRU or LSTM → global average pool over time → dropout →
     Linear(n_classes).
@@ -61,8 +68,6 @@ class ConvRecurrentClassifier(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_mels, n_frames)
         Per-example log-mel shape.
     conv : {"1d", "2d"}
@@ -117,13 +122,9 @@ class ConvRecurrentClassifier(nn.Module):
             batch_first=True,
             dropout=dropout if rnn_layers > 1 else 0.0,  # torch warns on dropout after the last layer
         )
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, n_classes)
+        self._add_head(hidden_size, n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         sequence = self.frontend(x)  # (B, T', features)
         outputs, _ = self.rnn(sequence)  # (B, T', hidden_size)
         return outputs.mean(dim=1)  # global average pooling over time
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock1d, check_hyperparameters, check_input_shape
+from training.models.blocks import ConvBlock1d, Tagger, check_hyperparameters, check_input_shape
 
 __all__ = ["ResSE1d", "SampleCNN", "SampleCNNSE"]
 
@@ -88,7 +88,7 @@ class ResSE1d(nn.Module):
         return self.pool(self.relu(out + self.shortcut(x)))
 
 
-class SampleCNN(nn.Module):
+class SampleCNN(Tagger):
     """Lee, Park, Kim, Nam, "Sample-level deep convolutional neural networks for music
     auto-tagging using raw waveforms", SMC 2017 — the 3^9 model, as in
     minzwon/sota-music-tagging-models ``training/model.py`` ``SampleCNN``.
@@ -101,20 +101,18 @@ class SampleCNN(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_samples,)
         Samples per example; at least 59,047.
     n_channels : int
         Width of the first layers (doubled twice on the way).
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, 4 · n_channels)]``.
     """
+
+    #: the model's name in error messages, as the registry spells it
+    registry_name = "sample_cnn"
 
     def __init__(
         self,
@@ -125,9 +123,14 @@ class SampleCNN(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        _check_samples(input_shape, model="sample_cnn")
-        check_hyperparameters("sample_cnn", sizes={"n_channels": n_channels}, rates={"dropout": dropout})
+        _check_samples(input_shape, model=self.registry_name)
+        check_hyperparameters(self.registry_name, sizes={"n_channels": n_channels}, rates={"dropout": dropout})
         widths = _widths(n_channels)
+        self._add_layers(widths)
+        self._add_head(widths[-1], n_classes, dropout)
+
+    def _add_layers(self, widths: tuple[int, ...]) -> None:
+        """Everything between the waveform and the dropout, for the eleven layers' ``widths``."""
         self.frames = nn.Sequential(
             nn.Conv1d(1, widths[0], 3, stride=3, padding=1),
             nn.BatchNorm1d(widths[0]),
@@ -135,18 +138,13 @@ class SampleCNN(nn.Module):
         )
         pooled = (ConvBlock1d(c_in, c_out, kernel_size=3, pool=3) for c_in, c_out in itertools.pairwise(widths[:-1]))
         self.layers = nn.Sequential(*pooled, ConvBlock1d(widths[-2], widths[-1], kernel_size=1, pool=1))
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(widths[-1], n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.layers(self.frames(x.unsqueeze(1)))  # (B, 512, 1) for 59,049 samples
         return maps.amax(dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))
 
-
-class SampleCNNSE(nn.Module):
+class SampleCNNSE(SampleCNN):
     """Kim, Lee, Park, Nam, "Sample-level CNN architectures for music auto-tagging using raw
     waveforms", ICASSP 2018 — the sample-level CNN with residual squeeze-and-excitation blocks,
     as in minzwon/sota-music-tagging-models ``training/model.py`` ``SampleCNNSE``.
@@ -155,48 +153,19 @@ class SampleCNNSE(nn.Module):
     first strided by 3 and unpooled, nine max-pooled by 3, the last 1×1 and unpooled (128,
     128, 128, 256 ×6, 512, 512 channels) → Linear(512) → BN → ReLU → dropout 0.5 →
     Linear(n_classes). As for :class:`SampleCNN`, more than 118,095 samples leave several
-    steps, which are max-pooled.
-
-    Parameters
-    ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per example; at least 59,047.
-    n_channels : int
-        Width of the first blocks (doubled twice on the way).
-    dropout : float
-        Dropout before the output layer.
-
-    Notes
-    -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
-    ``embed(x) -> [shape=(B, 4 · n_channels)]``.
+    steps, which are max-pooled. Parameters, input and output are :class:`SampleCNN`'s: only
+    the layers between the waveform and the dropout differ.
     """
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (59049,),
-        *,
-        n_channels: int = 128,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__()
-        _check_samples(input_shape, model="sample_cnn_se")
-        check_hyperparameters("sample_cnn_se", sizes={"n_channels": n_channels}, rates={"dropout": dropout})
-        widths = _widths(n_channels)
+    registry_name = "sample_cnn_se"
+
+    def _add_layers(self, widths: tuple[int, ...]) -> None:
         first = ResSE1d(1, widths[0], kernel_size=3, stride=3, pool=1)
         pooled = (ResSE1d(c_in, c_out, kernel_size=3, pool=3) for c_in, c_out in itertools.pairwise(widths[:-1]))
         last = ResSE1d(widths[-2], widths[-1], kernel_size=1, pool=1)
         self.layers = nn.Sequential(first, *pooled, last)
         self.dense = nn.Sequential(nn.Linear(widths[-1], widths[-1]), nn.BatchNorm1d(widths[-1]), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(widths[-1], n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.layers(x.unsqueeze(1))  # (B, 512, 1) for 59,049 samples
         return self.dense(maps.amax(dim=-1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

@@ -7,12 +7,19 @@ import itertools
 import torch
 from torch import nn
 
-from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape, flat_size, output_shape
+from training.models.blocks import (
+    ConvBlock2d,
+    Tagger,
+    check_hyperparameters,
+    check_input_shape,
+    flat_size,
+    output_shape,
+)
 
 __all__ = ["MelCNN", "MelMeanMLP"]
 
 
-class MelMeanMLP(nn.Module):
+class MelMeanMLP(Tagger):
     """MLP on the time-averaged log-mel (seed 000, Castillo Obregón, UPF MLSM lab 5, 2025).
 
     Mean of the ``n_mels`` bands over time → Linear(hidden) → ReLU → Linear(n_classes):
@@ -20,8 +27,6 @@ class MelMeanMLP(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_mels, n_frames)
         Per-example log-mel shape; only ``n_mels`` matters.
     hidden : int
@@ -48,7 +53,7 @@ class MelMeanMLP(nn.Module):
         return self.classifier(self.embed(x))
 
 
-class MelCNN(nn.Module):
+class MelCNN(Tagger):
     """Three-block CNN on a 3 s log-mel (seed 000, Castillo Obregón, UPF MLSM lab 5, 2025).
 
     Three 3×3 "same" convolutions (32, 64, 128 channels) each with BatchNorm, ReLU and 2×2
@@ -57,8 +62,6 @@ class MelCNN(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_mels, n_frames)
         Per-example log-mel shape; fixes the flattened size.
     channels : tuple of int
@@ -95,12 +98,8 @@ class MelCNN(nn.Module):
         shape = output_shape(self.features, (1, n_mels, n_frames), model=self.registry_name, input_shape=input_shape)
         n_flat = flat_size(shape)
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(n_flat, hidden), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, n_classes)
+        self._add_head(hidden, n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.features(x.unsqueeze(1))  # (B, channels[-1], F / 2**len(channels), T / 2**len(channels))
         return self.hidden(maps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-
-import torch
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import ConvBlock2d, check_hyperparameters, check_input_shape
-from training.models.frontend import WaveformMelModel
+from training.models.blocks import ConvBlock2d
+from training.models.short_res import ShortChunkResNet
 
 __all__ = ["ShortChunkCNN"]
 
@@ -17,7 +14,7 @@ __all__ = ["ShortChunkCNN"]
 _N_BLOCKS = 7
 
 
-class ShortChunkCNN(WaveformMelModel):
+class ShortChunkCNN(ShortChunkResNet):
     """Won, Ferraro, Bogdanov, Serra, "Evaluation of CNN-based automatic music tagging models",
     SMC 2020 — short-chunk CNN, the VGG-like model with 3×3 filters and 2×2 pooling
     (minzwon/sota-music-tagging-models ``training/model.py`` ``ShortChunkCNN``).
@@ -33,85 +30,27 @@ class ShortChunkCNN(WaveformMelModel):
     frames must each be at least 128; 128 mels reduce to one row and 231 frames to one,
     and whatever rows and frames remain are max-pooled.
 
-    Parameters
-    ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per chunk; at least ``127 · hop_length`` (32,512 by default).
-    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
-        Mel front end, see :class:`training.frontend.MelSpectrogram`; ``n_mels >= 128``.
-    n_channels : int
-        Width of the first conv blocks (doubled twice on the way).
-    dropout : float
-        Dropout before the output layer.
-
-    Notes
-    -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
-    ``embed(x) -> [shape=(B, 4 · n_channels)]``.
+    Parameters, input and output are :class:`~training.models.short_res.ShortChunkResNet`'s
+    (``n_mels >= 128``): only the blocks differ.
     """
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (59049,),
-        *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
-        n_mels: int = 128,
-        htk: bool = True,
-        norm: str | None = None,
-        pad_mode: str = "reflect",
-        n_channels: int = 128,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__()
-        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="short_cnn")
-        check_hyperparameters(
-            "short_cnn",
-            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
-                   "n_channels": n_channels},
-            rates={"dropout": dropout},
-        )
+    registry_name = "short_cnn"
+
+    def _check_input(self) -> None:
         least = 2**_N_BLOCKS
+        n_mels, hop_length = self.mel.n_mels, self.mel.hop_length
         if n_mels < least:
             raise MuzarrError(
                 f"model 'short_cnn': n_mels={n_mels} is too few; its {_N_BLOCKS} 2x2 max-pools need n_mels >= {least}"
             )
-        self._add_log_mel(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            htk=htk,
-            norm=norm,
-            pad_mode=pad_mode,
-        )
         # 2**7 centred frames (hop_length checked by the front end), and reflect padding needs
         # more samples than n_fft // 2
-        minimum = max((least - 1) * hop_length, n_fft // 2 + 1)
-        if n_samples < minimum:
+        minimum = max((least - 1) * hop_length, self.mel.n_fft // 2 + 1)
+        if self.n_samples < minimum:
             raise MuzarrError(
-                f"model 'short_cnn': input_shape={tuple(input_shape)} is too short; it needs at least "
+                f"model 'short_cnn': input_shape={(self.n_samples,)} is too short; it needs at least "
                 f"{minimum} samples ({least} frames at hop_length={hop_length})"
             )
-        c = n_channels
-        widths = (1, c, c, 2 * c, 2 * c, 2 * c, 2 * c, 4 * c)
-        self.layers = nn.Sequential(*(ConvBlock2d(c_in, c_out) for c_in, c_out in itertools.pairwise(widths)))
-        self.dense = nn.Sequential(nn.Linear(4 * c, 4 * c), nn.BatchNorm1d(4 * c), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(4 * c, n_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.layers(self._log_mel(x))  # (B, 512, n_mels // 128, n_frames // 128)
-        pooled = maps.amax(dim=(2, 3))  # global max pool
-        return self.dense(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))
+    def _block(self, c_in: int, c_out: int) -> nn.Module:
+        return ConvBlock2d(c_in, c_out)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.errors import MuzarrError
-from training.models.blocks import Res2d, check_hyperparameters, check_input_shape
-from training.models.frontend import WaveformMelModel
+from training.models.blocks import Res2d, check_hyperparameters
+from training.models.frontend import MelFrontend, WaveformMelModel
 
 __all__ = ["ShortChunkResNet"]
 
@@ -32,73 +32,47 @@ class ShortChunkResNet(WaveformMelModel):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
-    input_shape : (n_samples,)
-        Samples per chunk.
-    sample_rate, n_fft, hop_length, f_min, f_max, n_mels, htk, norm, pad_mode
-        Mel front end, see :class:`training.frontend.MelSpectrogram`.
+    **mel
+        Mel front end settings, see :class:`~training.models.frontend.MelFrontend` (Won's).
     n_channels : int
         Width of the first residual blocks (doubled twice on the way).
-    dropout : float
-        Dropout before the output layer.
 
     Notes
     -----
-    ``forward(x [shape=(B, n_samples)]) -> [shape=(B, n_classes)]`` logits;
     ``embed(x) -> [shape=(B, 4 · n_channels)]``.
     """
+
+    registry_name = "short_res"
+    mel_defaults = MelFrontend(n_mels=128)
 
     def __init__(
         self,
         n_classes: int = 50,
         input_shape: tuple[int] = (59049,),
         *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
-        n_mels: int = 128,
-        htk: bool = True,
-        norm: str | None = None,
-        pad_mode: str = "reflect",
         n_channels: int = 128,
         dropout: float = 0.5,
+        **mel: Any,
     ) -> None:
-        super().__init__()
-        (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="short_res")
-        check_hyperparameters(
-            "short_res",
-            sizes={"sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
-                   "n_channels": n_channels},
-            rates={"dropout": dropout},
-        )
-        if n_samples < n_fft:
-            raise MuzarrError(f"short_res: input_shape={input_shape} is shorter than one frame (n_fft={n_fft})")
-        self._add_log_mel(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            htk=htk,
-            norm=norm,
-            pad_mode=pad_mode,
-        )
+        super().__init__(input_shape, **mel)
+        check_hyperparameters(self.registry_name, sizes={"n_channels": n_channels}, rates={"dropout": dropout})
+        self._check_input()
+        self._add_log_mel()
         c = n_channels
         widths = (1, c, c, 2 * c, 2 * c, 2 * c, 2 * c, 4 * c)
-        self.layers = nn.Sequential(*(Res2d(c_in, c_out, stride=2) for c_in, c_out in itertools.pairwise(widths)))
-        self.dense = nn.Sequential(nn.Linear(4 * c, 4 * c), nn.BatchNorm1d(4 * c), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(4 * c, n_classes)
+        self.layers = nn.Sequential(*(self._block(c_in, c_out) for c_in, c_out in itertools.pairwise(widths)))
+        self._add_head(4 * c, n_classes, dropout, dense=True)
+
+    def _check_input(self) -> None:
+        """Refuse what the seven blocks cannot take: strided, they take anything of one frame."""
+        self._require_one_frame()
+
+    def _block(self, c_in: int, c_out: int) -> nn.Module:
+        """One of the seven blocks, each halving both axes."""
+        return Res2d(c_in, c_out, stride=2)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         mel = self._log_mel(x)
-        maps = self.layers(mel)  # (B, 512, n_mels / 128, n_frames / 128)
+        maps = self.layers(mel)  # (B, 512, about n_mels / 128, n_frames / 128)
         pooled = maps.amax(dim=(2, 3))  # global max pool
         return self.dense(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

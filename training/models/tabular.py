@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from training.models.blocks import check_hyperparameters, check_input_shape
+from training.models.blocks import Tagger, check_hyperparameters, check_input_shape
 
 __all__ = ["TabularMLP"]
 
 
-class TabularMLP(nn.Module):
+class TabularMLP(Tagger):
     """MLP on tabular audio features, seed 004 (Zhang, UCD COMP47650, GTZAN ``features_30_sec``).
 
     Each example is L2-normalised on its own (``sklearn.preprocessing.normalize``, as the
@@ -30,8 +30,6 @@ class TabularMLP(nn.Module):
 
     Parameters
     ----------
-    n_classes : int
-        Number of outputs (logits).
     input_shape : (n_features,)
         Length of the feature vector.
     hidden : tuple of int
@@ -67,13 +65,9 @@ class TabularMLP(nn.Module):
             layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out), nn.ReLU()]
         self.hidden = nn.Sequential(*layers)
         self.l2_normalize = l2_normalize
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden[-1], n_classes)
+        self._add_head(hidden[-1], n_classes, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.l2_normalize:
             x = F.normalize(x, p=2.0, dim=-1)
         return self.hidden(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))

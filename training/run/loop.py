@@ -477,7 +477,8 @@ class Run:
         from training.run.plots import plot_confusion, plot_curves, plot_per_tag
 
         title = f"{self.config.model} on {self.store.dataset}"
-        plot_curves(pd.DataFrame(self.history), PRIMARY[self.task], self.dir.file(RunDir.CURVES), title=title)
+        plot_curves(pd.DataFrame(self.history), PRIMARY[self.task], self.dir.file(RunDir.CURVES), title=title,
+                    best_epoch=metrics["best_epoch"])  # fmt: skip
         if self.task == "multilabel":
             frequency = dict(zip(self.classes, self.readers["train"].targets.sum(axis=0).astype(int).tolist()))
             plot_per_tag(metrics["test"].get("per_tag_roc_auc", {}), frequency, self.dir.file(RunDir.PER_TAG),

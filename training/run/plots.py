@@ -25,50 +25,94 @@ def _save(fig, path: Path, title: str, description: str | None = None) -> Path:
     return path
 
 
-def plot_curves(history: pd.DataFrame, metric: str, path: Path, *, title: str) -> Path:
-    """Train/valid loss and the validation metric per epoch."""
+#: up to this many epochs each one gets a marker; beyond, markers overlap into a thick line (mlp: 500)
+MARKED_EPOCHS = 40
+
+
+def _epoch_marker(epochs: int) -> str | None:
+    return "o" if epochs <= MARKED_EPOCHS else None
+
+
+def curves_figure(history: pd.DataFrame, metric: str, *, title: str, best_epoch: int | None = None):
+    """Train/valid loss and the validation metric per epoch, ``best_epoch`` (the one evaluated)
+    marked by a dotted line on both panels and a star on the metric."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(history["epoch"], history["train_loss"], marker="o", label="train")
-    left.plot(history["epoch"], history["valid_loss"], marker="o", label="valid")
+    marker = _epoch_marker(len(history))
+    left.plot(history["epoch"], history["train_loss"], marker=marker, label="train")
+    left.plot(history["epoch"], history["valid_loss"], marker=marker, label="valid")
     left.set(xlabel="epoch", ylabel="loss", title="loss")
-    left.legend()
-    right.plot(history["epoch"], history[f"valid_{metric}"], marker="o", color="tab:green")
+    right.plot(history["epoch"], history[f"valid_{metric}"], marker=marker, color="tab:green", label=f"valid {metric}")
     right.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
+    best = history[history["epoch"] == best_epoch]
+    if len(best):
+        label = f"best epoch {best_epoch}"
+        for axis in (left, right):
+            axis.axvline(best_epoch, color="tab:red", linestyle=":", linewidth=1)
+        right.plot(best["epoch"], best[f"valid_{metric}"], linestyle="none", marker="*", markersize=14,
+                   color="tab:red", label=label)  # fmt: skip
+        right.legend()
+    left.legend()
     for axis in (left, right):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
-    return _save(fig, path, title)
+    return fig
+
+
+def plot_curves(history: pd.DataFrame, metric: str, path: Path, *, title: str, best_epoch: int | None = None) -> Path:
+    """:func:`curves_figure` as a PNG."""
+    fig = curves_figure(history, metric, title=title, best_epoch=best_epoch)
+    marked = f"; best epoch {best_epoch} marked" if best_epoch in set(history["epoch"]) else ""
+    return _save(fig, path, title, f"left: x epoch, y loss (train, valid); right: x epoch, y validation {metric}{marked}")
+
+
+def per_tag_figure(per_tag: dict[str, float | None], frequency: dict[str, int], *, title: str):
+    """Per-tag ROC-AUC bars, tags sorted by training frequency, frequency on a second axis (seed 001).
+    The legend stands above the axes: inside, wherever it went, it hid bars or the frequency line."""
+    tags = sorted(frequency, key=lambda t: -frequency[t])
+    auc = [per_tag.get(t) if per_tag.get(t) is not None else np.nan for t in tags]
+    fig, axis = plt.subplots(figsize=(max(6, 0.28 * len(tags) + 2), 4.8))
+    positions = np.arange(len(tags))
+    bars = axis.bar(positions, auc, color="tab:blue", label="test ROC-AUC")
+    axis.set(ylim=(0.0, 1.0), ylabel="ROC-AUC")
+    axis.set_xticks(positions, tags, rotation=90)
+    twin = axis.twinx()
+    (line,) = twin.plot(positions, [frequency[t] for t in tags], color="tab:orange", marker=".", label="training clips")
+    twin.set_ylabel("training clips with the tag")
+    axis.legend([bars, line], [bars.get_label(), line.get_label()], loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                ncol=2, frameon=False)  # fmt: skip
+    fig.suptitle(title)
+    return fig
 
 
 def plot_per_tag(per_tag: dict[str, float | None], frequency: dict[str, int], path: Path, *, title: str) -> Path:
-    """Per-tag ROC-AUC bars, tags sorted by training frequency, frequency on a second axis (seed 001)."""
-    tags = sorted(frequency, key=lambda t: -frequency[t])
-    auc = [per_tag.get(t) if per_tag.get(t) is not None else np.nan for t in tags]
-    fig, axis = plt.subplots(figsize=(max(6, 0.28 * len(tags) + 2), 4.5))
-    positions = np.arange(len(tags))
-    axis.bar(positions, auc, color="tab:blue", label="test ROC-AUC")
-    axis.set(ylim=(0.0, 1.0), ylabel="ROC-AUC", title=title)
-    axis.set_xticks(positions, tags, rotation=90)
-    twin = axis.twinx()
-    twin.plot(positions, [frequency[t] for t in tags], color="tab:orange", marker=".", label="training clips")
-    twin.set_ylabel("training clips with the tag")
-    axis.legend(loc="lower left")
-    twin.legend(loc="lower right")
-    return _save(fig, path, title)
+    """:func:`per_tag_figure` as a PNG."""
+    return _save(per_tag_figure(per_tag, frequency, title=title), path, title)
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, *, title: str) -> Path:
-    """Confusion matrix with counts (rows: true class, columns: predicted)."""
+def confusion_figure(matrix: list[list[int]], classes: list[str], *, title: str):
+    """Confusion matrix with counts (rows: true class, columns: predicted), of the classes that
+    have a test clip or a prediction: a 10-class matrix of 3 classes' clips is 7 empty rows."""
     values = np.asarray(matrix)
-    fig, axis = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.55 * len(classes)))
+    used = np.flatnonzero((values.sum(axis=0) > 0) | (values.sum(axis=1) > 0)) if values.any() else np.arange(len(classes))
+    values = values[np.ix_(used, used)]
+    names = [classes[i] for i in used]
+    fig, axis = plt.subplots(figsize=(max(5.5, 1.6 + 0.6 * len(names)), 1.6 + 0.55 * len(names)))
     image = axis.imshow(values, cmap="Blues")
-    axis.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
-    axis.set_yticks(range(len(classes)), classes)
-    axis.set(xlabel="predicted", ylabel="true", title=title)
+    axis.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    hidden = len(classes) - len(names)
+    note = f"\n({hidden} of {len(classes)} classes without test clips left out)" if hidden else ""
+    axis.set(xlabel="predicted", ylabel="true", title=title + note)
     for (i, j), count in np.ndenumerate(values):
         axis.text(j, i, str(count), ha="center", va="center", color="white" if count > values.max() / 2 else "black")
     fig.colorbar(image, ax=axis, fraction=0.046)
-    return _save(fig, path, title)
+    return fig
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, *, title: str) -> Path:
+    """:func:`confusion_figure` as a PNG."""
+    return _save(confusion_figure(matrix, classes, title=title), path, title)
 
 
 def plot_compare(curves: list[tuple[str, pd.DataFrame]], metric: str, path: Path, *, title: str) -> Path:
