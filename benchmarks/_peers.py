@@ -324,7 +324,7 @@ class MuzarrReader(Reader):
     they overlap, each chunk checked). No state to resume from: the stream is a function of (seed, epoch),
     so continuing at batch k means reading the epoch up to it."""
 
-    def __init__(self, folder: Path, column: str, length: int) -> None:
+    def __init__(self, folder: Path, column: str, length: int, *, verify: bool = True) -> None:
         from pipeline import open_store
         from training.data import ExamplePlan, SplitReader
 
@@ -336,7 +336,7 @@ class MuzarrReader(Reader):
         else:
             plan = ExamplePlan(name, tuple(info["shape"][1:]), length, 1)
         rows = np.arange(store.n_clips)
-        self.reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
+        self.reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=verify)
 
     def epoch(self, e):
         from training.data import TrainStream
@@ -358,7 +358,10 @@ BUILDS: dict[str, Callable] = {
     "datasets": build_datasets, "datasets (torchcodec)": partial(build_datasets, torchcodec=True),
     "lhotse": build_lhotse, "WebDataset": build_webdataset, "LitData": build_litdata,
 }  # fmt: skip
-READERS = {"datasets": DatasetsReader, "WebDataset": WebDatasetReader, "LitData": LitDataReader, "muzarr": MuzarrReader}
+READERS = {
+    "datasets": DatasetsReader, "WebDataset": WebDatasetReader, "LitData": LitDataReader, "muzarr": MuzarrReader,
+    "muzarr --no-verify-reads": partial(MuzarrReader, verify=False),  # what checking every chunk read costs
+}  # fmt: skip
 
 
 def stored_arrays(peer: str, folder: Path, column: str) -> dict[str, np.ndarray]:

@@ -48,9 +48,10 @@ from _synth import make_mtat_like
 from loader_throughput import MEL_CROP, WAVE_CROP, epoch_rate, folder_bytes, make_track_store
 
 BUILDERS = ["muzarr", "datasets", "datasets (torchcodec)", "lhotse", "WebDataset", "LitData"]
-READERS = ["muzarr", "datasets", "lhotse", "lhotse Shar", "WebDataset", "LitData"]
+READERS = ["muzarr", "muzarr --no-verify-reads", "datasets", "lhotse", "lhotse Shar", "WebDataset", "LitData"]
 SHUFFLE = {
     "muzarr": "shards permuted, buffer of 256 clips",
+    "muzarr --no-verify-reads": "the same; chunks not checked",
     "datasets": "true (a permutation)",
     "lhotse": "true (a permutation)",
     "lhotse Shar": "approximate: shards permuted, sampler buffer",
@@ -67,7 +68,8 @@ REPORTED_ONLY = {
 
 def folder_of(work: Path, peer: str) -> Path:
     """Where a peer's build lives (lhotse's Shar export beside its manifests)."""
-    return work / ("lhotse" if peer.startswith("lhotse") else peer.split()[0] + ("_torchcodec" if "torchcodec" in peer else ""))
+    name = peer.split()[0]
+    return work / (name + "_torchcodec" if "torchcodec" in peer else name)
 CROPS = {"wave": WAVE_CROP, "mel": MEL_CROP}
 MUZARR_FEATURES = ["--waveform", "sample_rate=16000",
                    "--logmel", "sample_rate=12000,n_mels=96,n_fft=512,hop_length=256,pad_frames=37", "--only"]  # fmt: skip
@@ -333,7 +335,7 @@ def main() -> None:
         print(f"{args.clips} MP3 clips of {mp3_seconds} s at 16 kHz in {audio}; builds with {args.workers} processes, "
               f"{args.build_rounds} build rounds, {args.rounds} read rounds; ratios are medians of per-round ratios", flush=True)  # fmt: skip
         runs = builds(args, audio, work, seconds, args.build_rounds, BUILDERS)
-        checks(args, work, work / "muzarr", audio, seconds, [p for p in READERS if p != "muzarr"] + ["datasets (torchcodec)"])
+        checks(args, work, work / "muzarr", audio, seconds, [p for p in READERS if p.split()[0] != "muzarr"] + ["datasets (torchcodec)"])
         read_runs = reads(args, work, audio, seconds, ["wave", "mel"], args.clips, READERS)
         print(f"\nBuild: {args.clips} clips, wall seconds of each command (interpreter, imports and workers included)\n")
         print("| peer | seconds (median) | rounds | in-process work (s) | clips/s | muzarr vs it |\n|---|---|---|---|---|---|")
@@ -380,7 +382,7 @@ def tracks(args, work: Path) -> None:
     lengths = make_track_store(work / "muzarr", audio, args.tracks)
     peers = [p for p in BUILDERS if p != "muzarr" and "torchcodec" not in p]  # WAVs: both decoders agree
     runs = builds(args, audio, work, None, 1, peers)
-    checks(args, work, work / "muzarr", audio, None, [p for p in READERS if p != "muzarr"])
+    checks(args, work, work / "muzarr", audio, None, [p for p in READERS if p.split()[0] != "muzarr"])
     read_runs = reads(args, work, audio, None, ["wave"], args.tracks, READERS)
     print(f"\nWhole tracks: {args.tracks} WAV files of {lengths.min():.0f} s to {lengths.max():.0f} s "
           f"({lengths.sum() / 3600:.1f} h); peers' builds (one round, wall s): "
