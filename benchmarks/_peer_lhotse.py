@@ -72,6 +72,7 @@ def build(paths: list[str], out: Path, spec: SetSpec, workers: int) -> None:
     cuts = CutSet.from_manifests(recordings=recordings)
     out.mkdir(parents=True)
     cuts.to_file(out / "cuts16.jsonl.gz")
+    (out / "shar16").mkdir()  # to_shar makes its folder only with num_jobs > 1
     cuts.to_shar(out / "shar16", fields={"recording": "flac"}, shard_size=100, num_jobs=workers)
     if spec.seconds is None:
         return
@@ -79,6 +80,7 @@ def build(paths: list[str], out: Path, spec: SetSpec, workers: int) -> None:
         extractor=MuzarrLogMel(), storage_path=out / "feats", num_jobs=workers, storage_type=LilcomChunkyWriter
     )
     mels.to_file(out / "cuts12.jsonl.gz")
+    (out / "shar12").mkdir()
     mels.to_shar(out / "shar12", fields={"features": "lilcom"}, shard_size=100, num_jobs=workers)
 
 

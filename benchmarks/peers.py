@@ -324,7 +324,8 @@ def main() -> None:
     if args.quick:
         args.clips, args.tracks, args.rounds, args.build_rounds, args.min_seconds = 160, 16, 2, 1, 2.0
     if args.smoke:
-        args.clips, args.tracks, args.rounds, args.build_rounds, args.min_seconds = 8, 0, 1, 1, 0.0
+        # one worker: each build's processes would cost more to start than 8 clips take
+        args.clips, args.tracks, args.rounds, args.build_rounds, args.min_seconds, args.workers = 8, 0, 1, 1, 0.0, 1
         seconds = mp3_seconds = 4.0
     work = args.work or Path(tempfile.mkdtemp(prefix="muzarr_peers_"))
     if args.smoke:
