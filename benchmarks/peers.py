@@ -66,13 +66,15 @@ REPORTED_ONLY = {
 }
 
 
+CROPS = {"wave": WAVE_CROP, "mel": MEL_CROP}
+MUZARR_FEATURES = ["--waveform", "sample_rate=16000",
+                   "--logmel", "sample_rate=12000,n_mels=96,n_fft=512,hop_length=256,pad_frames=37", "--only"]  # fmt: skip
+
+
 def folder_of(work: Path, peer: str) -> Path:
     """Where a peer's build lives (lhotse's Shar export beside its manifests)."""
     name = peer.split()[0]
     return work / (name + "_torchcodec" if "torchcodec" in peer else name)
-CROPS = {"wave": WAVE_CROP, "mel": MEL_CROP}
-MUZARR_FEATURES = ["--waveform", "sample_rate=16000",
-                   "--logmel", "sample_rate=12000,n_mels=96,n_fft=512,hop_length=256,pad_frames=37", "--only"]  # fmt: skip
 
 
 def child(job: dict) -> dict:
@@ -305,7 +307,7 @@ def main() -> None:
     parser.add_argument("--build-rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="processes of every build")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="each read measurement: whole epochs for this long")
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "muzarr_mtat_like")
+    parser.add_argument("--data", type=Path, help="folder of the MP3s (default: build_throughput.py's for 320 clips)")
     parser.add_argument("--quick", action="store_true", help="160 clips, 16 tracks, 2 read rounds, 1 build round")
     parser.add_argument("--smoke", action="store_true", help="8 clips of 4 s, no tracks, one round: checks every peer")
     parser.add_argument("--work", type=Path, help="folder for the builds (default: a new temporary one); emptied at the end")
@@ -330,6 +332,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="muzarr_peers_"))
     if args.smoke:
         args.data = work / "smoke_audio"
+    elif args.data is None:  # every build reads the whole folder: one folder per set size
+        suffix = "" if args.clips == 320 else f"_{args.clips}"
+        args.data = Path(tempfile.gettempdir()) / f"muzarr_mtat_like{suffix}"
     try:
         audio = args.data
         make_mtat_like(audio, n_clips=args.clips, seconds=mp3_seconds)
