@@ -1,6 +1,7 @@
 """Recipe ``hf``: datasets written by Hugging Face ``datasets`` itself, built with the real ``pipe build hf``.
 
-Embedded WAV and MP3 bytes (``save_to_disk``), audio given by path (Parquet files), labels from
+Embedded WAV and MP3 bytes (``save_to_disk`` and ``to_parquet``, which embed a path's file), audio given by
+path (Parquet from datasets' own ``ParquetWriter``), labels from
 ``ClassLabel`` and lists of ``ClassLabel``, the dataset's splits as the ``hf`` scheme, and a row whose
 bytes are not audio recorded as a failure. ``datasets`` is a peer of muzarr, not a dependency: without
 it these tests are skipped, unless MUZARR_REQUIRE_PEERS=1.
@@ -126,6 +127,7 @@ def test_save_to_disk_with_embedded_wav_and_mp3_bytes(tmp_path):
 
 def test_parquet_with_paths_and_a_list_of_class_labels(tmp_path):
     import datasets
+    from datasets.arrow_writer import ParquetWriter
 
     files = tmp_path / "audio"
     files.mkdir()
@@ -141,7 +143,11 @@ def test_parquet_with_paths_and_a_list_of_class_labels(tmp_path):
     for split, fs in freqs.items():
         rows = {"audio": [str(files / f"{f}.wav") for f in fs], "tags": tags[split], "mood": [0] * len(fs)}
         dataset = datasets.Dataset.from_dict(rows, features=datasets.Features({**features, "audio": datasets.Value("string")}))
-        dataset.cast_column("audio", datasets.Audio()).to_parquet(str(data / f"{split}-00000-of-00001.parquet"))
+        dataset = dataset.cast_column("audio", datasets.Audio())
+        # datasets' own Parquet writer, as it writes a split: save_to_disk and to_parquet would embed the files
+        with ParquetWriter(features=dataset.features, path=str(data / f"{split}-00000-of-00001.parquet")) as writer:
+            writer.write_table(dataset.data.table)
+            writer.finalize()
     out, cache = tmp_path / "tags.zarr", tmp_path / "cache"
 
     ambiguous = build(data, out, cache)
@@ -156,6 +162,8 @@ def test_parquet_with_paths_and_a_list_of_class_labels(tmp_path):
     np.testing.assert_array_equal(store.label_matrix, [[1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 1]])
     assert list(store.splits()["hf"]) == ["train", "train", "train", "test"]
     assert "mood" not in store.clips.columns  # another label column is not kept as metadata
+    assert list(store.clips["path"]) == [str(files / f"{f}.wav") for f in [*freqs["train"], *freqs["test"]]]
+    assert not (cache.exists() and any(cache.rglob("*.wav")))  # read where they are: nothing extracted
     for row, f in enumerate([*freqs["train"], *freqs["test"]]):
         expected, _ = soundfile.read(str(files / f"{f}.wav"), dtype="int16")
         np.testing.assert_array_equal(store.read("waveform", row), expected)
@@ -182,3 +190,44 @@ def test_hub_out_of_reach_is_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot load hub dataset 'muzarr-tests/no-such-dataset' from the Hugging Face hub" in lines[0]
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_multi_hot_labels_split_names_and_ids_at_index_time(tmp_path):
+    import datasets
+
+    from pipeline.datasets.hf import index_hf
+    from pipeline.errors import MuzarrError
+
+    data = tmp_path / "data"
+    (data / "validation").mkdir(parents=True)
+    features = datasets.Features({"audio": datasets.Audio(), "hot": datasets.Sequence(datasets.Value("int8")),
+                                  "key": datasets.Value("string")})  # fmt: skip
+
+    def write(path, hot, keys, audio):
+        rows = {"audio": audio, "hot": hot, "key": keys}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+
+    write(data / "validation" / "part.parquet", [[1, 0, 1]], ["a"], [{"bytes": wav_bytes(300), "path": None}])
+    soundfile.write(str(tmp_path / "x.wav"), tone(400), RATE, subtype="PCM_16")
+    write(data / "holdout-00000-of-00001.parquet", [[0, 1, 0], [0, 0, 0]], ["b", "c"],
+          [{"bytes": None, "path": str(tmp_path / "x.wav")}, None])  # fmt: skip
+    cache = tmp_path / "cache"
+    index = index_hf(data, label="hot", classes="drums;bass;voice", id_column="key", cache_dir=str(cache))
+    assert index.task == "multilabel" and index.classes == ("drums", "bass", "voice")
+    # holdout-00000-of-00001.parquet names no split: train, as the hub reads it (train first, then validation)
+    np.testing.assert_array_equal(index.labels, [[0, 1, 0], [0, 0, 0], [1, 0, 1]])
+    assert list(index.clips["clip_id"]) == ["b", "c", "a"] and list(index.clips["hf_split"]) == ["train", "train", "validation"]
+    assert list(index.splits["hf"]) == ["train", "train", "valid"]
+    # bytes extracted by content (a WAV named .wav); a row without audio: a path that fails as "file not found"
+    extracted = cache / index.clips["path"][2]
+    assert extracted.suffix == ".wav" and extracted.read_bytes() == wav_bytes(300)
+    assert (cache / index.clips["path"][0]).read_bytes() == (tmp_path / "x.wav").read_bytes()
+    assert index.clips["path"][1] == "no-audio-in-dataset/train/1"
+    assert index.info["rows_without_audio"] == 1 and index.info["missing_audio"] == 1
+    assert index.info["extracted_audio"] + index.info["audio_by_path"] == 2  # x.wav: embedded or not, read the same
+    unnamed = index_hf(data, label="hot", cache_dir=str(cache))
+    assert unnamed.classes == ("0", "1", "2") and list(unnamed.clips["clip_id"]) == ["train/0", "train/1", "validation/0"]
+    with pytest.raises(MuzarrError, match=r"hot holds 3 values, not one per class \(2 in options.classes\)"):
+        index_hf(data, label="hot", classes="drums;bass", cache_dir=str(cache))
+    with pytest.raises(MuzarrError, match="no ClassLabel column; columns: audio, hot, key: choose one with --set options.label"):
+        index_hf(data, cache_dir=str(cache))
