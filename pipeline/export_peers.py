@@ -70,7 +70,10 @@ def export_peer(store: Store, *, fmt: str, out: str, split: str | None = None, a
         for part, (candidates, total) in parts.items():
             kept = _stored(store, candidates, names)
             left_out += total - len(kept)
-            selected[PARTS[part]] = kept
+            if len(kept):  # a part without a stored clip is not written (an empty split helps no reader)
+                selected[PARTS[part]] = kept
+        if not selected:
+            raise MuzarrError(f"--split {split!r}: every clip there failed one of the arrays {', '.join(names)}: nothing to export")
         if fmt == "datasets":
             _write_datasets(store, selected, names, partial)
         else:

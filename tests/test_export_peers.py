@@ -134,6 +134,15 @@ def test_multiclass_datasets_export_holds_a_class_label(genre_store, tmp_path):
     assert valid["label"] == list(store.label_matrix[rows])
     np.testing.assert_array_equal(np.stack(valid.with_format("numpy")["waveform"]), store.read("waveform", rows))
 
+    every = tmp_path / "every"  # no --split: every part of the first scheme that holds a stored clip
+    result = run_pipe("export", genre_store, "--format", "datasets", "--arrays", "waveform", "--out", str(every))
+    assert result.returncode == 0, result.stderr
+    loaded = datasets.load_from_disk(str(every))
+    parts = {name: store.split("random", part) for part, name in (("train", "train"), ("valid", "validation"), ("test", "test"))}
+    assert list(loaded) == [name for name, rows in parts.items() if len(rows)]
+    for name in loaded:
+        assert loaded[name]["clip_id"] == list(store.clips["clip_id"].iloc[parts[name]])
+
 
 def test_bad_export_options_are_one_line(genre_store, tmp_path):
     for args, message in [
