@@ -90,9 +90,11 @@ def export_peer(store: Store, *, fmt: str, out: str, split: str | None = None, a
 
 
 def _arrays(store: Store, arrays: str | None) -> list[str]:
+    """The arrays to export: those named, or every array of the clips' data."""
     known = list(store.arrays)
-    if not arrays:
-        return known
+    if not arrays:  # a track store's extents arrays place its tracks in the store: no data of a clip
+        placing = {info["extents"] for info in store.arrays.values() if "extents" in info}
+        return [name for name in known if name not in placing]
     names = [a.strip() for a in arrays.split(",") if a.strip()]
     unknown = [a for a in names if a not in known]
     if unknown or not names:

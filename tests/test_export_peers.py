@@ -156,3 +156,21 @@ def test_bad_export_options_are_one_line(genre_store, tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and message in result.stderr, (args, result.stderr)
         assert not (tmp_path / "x").exists()
+
+
+def test_a_track_store_exports_whole_tracks(tmp_path):
+    import datasets
+
+    out = tmp_path / "tracks.zarr"
+    built = run_pipe("build", "demo", "--source", str(tmp_path / "audio"), "--out", str(out), "--workers", "1", "--quiet",
+                     "--set", "options.n_clips=10", "--set", "options.seconds=2", "--set", "clip.mode=track",
+                     "--set", "clip.max_seconds=10", "--set", "batch_clips=5", "--only", "--waveform", "sample_rate=8000")  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    result = run_pipe("export", str(out), "--format", "datasets", "--split", "train", "--out", str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    store = open_store(str(out))
+    train = datasets.load_from_disk(str(tmp_path / "hf"))["train"]
+    assert train.column_names == ["clip_id", "waveform", "labels"]  # not the extents that place the tracks in the store
+    assert str(train.data.schema.field("waveform").type) == "list<item: int16>"
+    for row, values in zip(store.split("random", "train"), train["waveform"]):
+        np.testing.assert_array_equal(np.asarray(values, dtype=np.int16), store.track("waveform", int(row)))
