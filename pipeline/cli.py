@@ -209,12 +209,17 @@ def download(name, to, catalog, quiet):
 
 @main.command()
 @click.argument("store")
-@click.option("--features", required=True, metavar="SET", help="Tabular set to export, e.g. gtzan57 or summary.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), help="Output format (default: from --out's suffix).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file.")
+@click.option("--features", metavar="SET", help="Tabular set to export as a table (csv, parquet), e.g. gtzan57 or summary.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "datasets", "webdataset"]),
+              help="Output format (default: from --out's suffix); datasets and webdataset write a folder.")
+@click.option("--out", required=True, type=click.Path(), help="Output file (csv, parquet) or folder (datasets, webdataset).")
+@click.option("--split", metavar="PART", help="datasets/webdataset: train, valid or test of the first split scheme, "
+              "or SCHEME:PART (default: every part).")
+@click.option("--arrays", metavar="NAMES", help="datasets/webdataset: comma-separated arrays (default: every array).")
 @friendly_errors
-def export(store, features, fmt, out):
-    """Export a tabular feature set of STORE as a table: filename, length, <features>, label.
+def export(store, features, fmt, out, split, arrays):
+    """Export a tabular feature set of STORE as a table: filename, length, <features>, label;
+    or a split of its arrays as a Hugging Face datasets folder or WebDataset shards.
 
     The GTZAN 57 export has the columns of Kaggle's features_30_sec.csv (one row per
     sub-clip, like features_3_sec.csv, when the store splits its clips).
@@ -223,10 +228,25 @@ def export(store, features, fmt, out):
     Examples:
       pipe export gtzan.zarr --features gtzan57 --out features_30_sec.csv
       pipe export gtzan.zarr --features summary --format parquet --out summary.parquet
+      pipe export demo.zarr --format datasets --split train --arrays waveform --out demo-hf
+      pipe export demo.zarr --format webdataset --out demo-shards
     """
-    from pipeline.export import export_table
     from pipeline.store.reader import open_store
 
+    if fmt in ("datasets", "webdataset"):
+        from pipeline.export_peers import export_peer
+
+        if features:
+            raise MuzarrError(f"--features exports a tabular set as a table (csv, parquet); --format {fmt} exports arrays: use --arrays")
+        click.echo(export_peer(open_store(store), fmt=fmt, out=out, split=split, arrays=arrays).line())
+        return
+    from pipeline.export import export_table
+
+    if not features or split or arrays:
+        raise MuzarrError("a table export (csv, parquet) needs --features SET and takes no --split/--arrays "
+                          "(those are for --format datasets or webdataset)")  # fmt: skip
+    if os.path.isdir(out):
+        raise MuzarrError(f"--out {out} is a folder: a table export writes a file (e.g. --out features.csv)")
     table = export_table(open_store(store), features, out=out, fmt=fmt)
     click.echo(f"{out}: {len(table)} rows x {table.shape[1]} columns ({features})")
 

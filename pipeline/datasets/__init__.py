@@ -21,6 +21,7 @@ DATASETS: dict[str, str] = {
     "jamendo": "pipeline.datasets.jamendo:index_jamendo",
     "folder": "pipeline.datasets.folder:index_folder",
     "csv": "pipeline.datasets.csvlist:index_csv",
+    "hf": "pipeline.datasets.hf:index_hf",
 }
 
 
