@@ -1,5 +1,5 @@
-"""The ``train`` command line: options made from the typed settings and ``train --help``
-(issue #22 item 7, first-hour item 3)."""
+"""The ``train`` command line: options made from the typed settings, ``train --help``, and the
+"did you mean" of a misspelt model or model option (issue #22 item 7, first-hour items 3 and 6)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,19 @@ def test_shared_options_are_the_same_in_every_command():
             assert (theirs.opts, theirs.default, getattr(theirs.type, "choices", None)) == (
                 ours.opts, ours.default, getattr(ours.type, "choices", None)), (command.name, name)  # fmt: skip
     assert main.commands["run"] is run
+
+
+def test_a_misspelt_model_gets_a_suggestion(small_store, tmp_path):
+    result = _train("--store", small_store, "--model", "crnnn", "--out", str(tmp_path / "run"), "--no-emissions", "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: unknown model 'crnnn' (did you mean 'crnn'?); known models: cnn, ")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_misspelt_model_option_gets_a_suggestion(small_store, tmp_path):
+    result = _train("--store", small_store, "--model", "mlp", "--model-opt", "hiden=64", "--out", str(tmp_path / "run"),
+                    "--no-emissions", "--quiet")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "error: unknown option(s) ['hiden'] for model 'mlp' (did you mean 'hidden'?); valid options: hidden=128")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
