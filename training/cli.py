@@ -399,6 +399,7 @@ def _run_inputs(verb: str):
     """The options ``predict`` and ``embed`` share: which run, which store, which clips, which device."""
 
     def decorate(command):
+        command = config_options("device")(command)  # the last of these: click lists the outermost first
         for option in reversed((
             click.option("--checkpoint", "run_dir", required=True, type=click.Path(file_okay=False),
                          help="Run directory (config.json + best.pt)."),
@@ -408,7 +409,7 @@ def _run_inputs(verb: str):
             click.option("--split-scheme", help="Split scheme (default: the run's, else the store's first)."),
         )):  # fmt: skip
             command = option(command)
-        return config_options("device")(command)
+        return command
 
     return decorate
 
