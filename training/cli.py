@@ -9,7 +9,11 @@ Exit codes: 0 success; 2 bad input (one line says what and where); 130 interrupt
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as _dt
+import functools
+import io
 import os
 import sys
 from pathlib import Path
@@ -18,19 +22,43 @@ from typing import Any
 import click
 
 from pipeline.cli import friendly_errors
-from pipeline.config import parse_spec
 from pipeline.errors import MuzarrError, write_errors
-from training.run.optim import OPTIMIZERS  # the CLI's choices are the registries' keys
-from training.run.protocol import EVAL_PLACEMENTS, SCHEDULES
+from training.data.augment import format_augment
+from training.experiments.reproduce import PAPERS, load_paper, parse_stores, run_paper
+from training.experiments.summary import summarise_repeats
+from training.experiments.sweep import load_sweep, run_sweep
+from training.experiments.sweep_cluster import Cluster
+from training.models import MODELS, model_options
+from training.options import CLI_FIELDS, config_options, config_values
+from training.run.checkpoint import write_atomic
+from training.run.config import TrainConfig
+from training.run.distributed import LAUNCHED_BY_TRAIN, LOST, LostRank, RankError, context, launched, stop_on_sigterm
+from training.run.inference import load_run
+from training.run.launch import launch, without_launch_options
+from training.run.loop import Run
+from training.run.predict import embeddings, write_embeddings
+from training.run.predict import predict as predict_clips
+from training.run.protocol import Phases
+
+#: the command ``train`` runs when its first argument names none
+DEFAULT_COMMAND = "run"
 
 
 class DefaultToRun(click.Group):
-    """A group whose default subcommand is ``run``: ``train --store X --model Y`` just trains."""
+    """A group whose default subcommand is ``run``: ``train --store X --model Y`` just trains, and
+    ``train --help`` lists ``run``'s options beside the commands (what ``train run --help`` shows)."""
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
-            args = ["run", *args]
+            args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
+
+    def format_options(self, ctx, formatter):
+        params = [*self.commands[DEFAULT_COMMAND].params, *self.get_params(ctx)]  # then --version, --help
+        records = [record for param in params if (record := param.get_help_record(ctx)) is not None]
+        with formatter.section(f"Options (of `train {DEFAULT_COMMAND}`, the default command)"):
+            formatter.write_dl(records)
+        self.format_commands(ctx, formatter)
 
 
 @click.group(cls=DefaultToRun, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -53,31 +81,12 @@ def main() -> None:
     """
 
 
-def _options(values: tuple[str, ...], what: str) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for value in values:
-        merged.update(parse_spec(value, what=what))
-    return merged
-
-
 def one_rank_speaks(command):
     """Under ``torchrun``: rank 0 alone prints and reports what every rank would (a bad option,
     a missing store); an error of one rank's own (its shards, a lost peer) is reported by that
     rank; torchrun stopping a rank (after another failed) is one line, exit 143."""
-    import functools
-
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from training.run.distributed import (
-            LAUNCHED_BY_TRAIN,
-            LOST,
-            LostRank,
-            RankError,
-            context,
-            launched,
-            stop_on_sigterm,
-        )
-
         if not launched():
             return command(*args, **kwargs)
         with stop_on_sigterm():
@@ -105,52 +114,16 @@ def one_rank_speaks(command):
 
 def _silenced():
     """Standard output of a rank other than 0: dropped (errors still reach stderr)."""
-    import contextlib
-    import io
-
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _choices(registry) -> click.Choice:
-    return click.Choice(list(registry))
-
-
 @main.command(name="run")
-@click.option("--store", help="Store URL or folder (pipe build ...).")
-@click.option("--model", help="Model name (see `train models`).")
-@click.option("--split-scheme", help="Split scheme of the store (default: the protocol's if the store has it, else the store's first).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the model's protocol).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step (default: the model's protocol).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: the model's protocol).")
-@click.option("--optimizer", type=_choices(OPTIMIZERS), help="Optimizer (default: the model's protocol).")
-@click.option("--momentum", type=click.FloatRange(min=0, max=1), help="Momentum for sgd/rmsprop.")
-@click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum for sgd.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="L2 weight decay.")
-@click.option("--scheduler", type=_choices(SCHEDULES), help="Learning-rate schedule (default: the model's protocol).")
-@click.option("--scheduler-opt", "scheduler_opts", multiple=True, metavar="K=V", help="factor, patience (plateau); step_size, gamma (step); t_max (cosine).")
-@click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE", help="Stop after PATIENCE epochs without a better monitored metric.")
-@click.option("--monitor", metavar="METRIC", help="Validation metric that picks the best epoch: loss, roc_auc, pr_auc, accuracy, f1_macro...")
-@click.option("--augment", metavar="K=V,...", help="Training-batch augmentation: specaugment, or time_masks=2,freq_masks=2,gain_db=6,time_shift=0.1,mixup_alpha=0.2; none = off.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1), help="Runs with seeds seed..seed+N-1, plus a mean ± std summary.")
+@config_options(*CLI_FIELDS)
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs with seeds seed..seed+N-1, plus a mean ± std summary, e.g. 5.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: runs/DATASET-MODEL-TIME).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last finished epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace another run's files in --out (the same command otherwise continues its own run).")
-@click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option, e.g. filter_length=512 (see `train models`).")
-@click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]), help="Hold the split in RAM/GPU or stream chunks.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Loader processes decoding shards ahead when streaming (same batches for any number).")
-@click.option("--sync-bn", is_flag=True, help="Under torchrun: BatchNorm statistics over the global batch (CUDA only; default: per rank).")
-@click.option("--no-verify-reads", is_flag=True, help="Skip checking each clip read against its stored digest (faster; `pipe verify` still checks).")
-@click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's protocol).")
-@click.option("--eval-placement", type=_choices(EVAL_PLACEMENTS), help="Where evaluation crops start: spread (to the clip's end) or won (Won et al.'s eval.py).")
-@click.option("--sub-clips", type=click.IntRange(min=0), help="Train on this many stored sub-clips per clip; 0 = random crops instead (default: the protocol's).")
-@click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
-@click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
-@click.option("--no-tensorboard", is_flag=True, help="Write no TensorBoard event files into the run directory.")
-@click.option("--tb-every", default=50, show_default=True, type=click.IntRange(min=0), metavar="N",
-              help="TensorBoard: the training loss every N optimizer steps (0: per epoch only).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Data-parallel ranks on this machine (one per GPU): train launches them (torchrun's agent).")
 @click.option("--nnodes", default=1, show_default=True, type=click.IntRange(min=1), help="Machines of a --nproc-per-node run; each runs the same command.")
@@ -158,10 +131,7 @@ def _choices(registry) -> click.Choice:
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Machine 0's address and a free port, for --nnodes > 1.")
 @friendly_errors
 @one_rank_speaks
-def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum, nesterov, weight_decay, scheduler,
-        scheduler_opts, early_stopping, monitor, augment, device, amp, seed, repeats, out, resume, overwrite, model_opts, cache,
-        workers, sync_bn, no_verify_reads, eval_crops, eval_placement, sub_clips, no_emissions, country, no_tensorboard,
-        tb_every, quiet, nproc_per_node, nnodes, node_rank, rdzv_endpoint):  # fmt: skip
+def run(repeats, out, resume, overwrite, quiet, nproc_per_node, nnodes, node_rank, rdzv_endpoint, **settings):  # fmt: skip
     """Train MODEL on STORE with its paper's protocol and write a run directory.
 
     \b
@@ -173,13 +143,8 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
       train --store mtat.zarr --model short_res --nproc-per-node 4     # 4 GPUs, one rank each
       torchrun --nproc_per_node 4 $(which train) --store mtat.zarr --model short_res   # the same
     """
-    from training.run.config import TrainConfig
-    from training.run.distributed import context, launched
-    from training.run.loop import Run
-
+    store, model = settings["store"], settings["model"]
     if nproc_per_node and not launched():
-        from training.run.launch import launch, without_launch_options
-
         argv = without_launch_options(sys.argv[1:])
         if not resume and not out:  # one folder for every rank, named here
             out = str(_default_out(store or "store", model or "model"))
@@ -198,26 +163,12 @@ def run(store, model, split_scheme, epochs, batch_size, lr, optimizer, momentum,
         return
     if not store or not model:
         raise MuzarrError("train needs --store URL and --model NAME (or --resume DIR); see `train --help`")
-    augment_fields = None
-    if augment is not None:
-        from training.data.augment import parse_augment
-
-        augment_fields = parse_augment(augment).to_dict()
-    config = TrainConfig(
-        store=store, model=model, split_scheme=split_scheme, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, scheduler=scheduler,
-        scheduler_opts=_options(scheduler_opts, "--scheduler-opt"), early_stopping=early_stopping, device=device,
-        amp=amp, seed=seed, model_opts=_options(model_opts, "--model-opt"), cache=cache, workers=workers, sync_bn=sync_bn,
-        verify_reads=not no_verify_reads, eval_crops=eval_crops, eval_placement=eval_placement, sub_clips=sub_clips, monitor=monitor,
-        augment=augment_fields, emissions=not no_emissions, country=country, tensorboard=not no_tensorboard,
-        tb_every=tb_every,
-    )  # fmt: skip
+    config = TrainConfig(**config_values(settings))
+    seed = config.seed
     base = context().broadcast(Path(out) if out else _default_out(store, model))  # rank 0 names it
     if repeats == 1:
         _print_result(_train_once(config, base, overwrite=overwrite, quiet=quiet), base)
         return
-    from training.experiments.summary import summarise_repeats
-
     results = []
     for i in range(repeats):
         click.secho(f"repeat {i + 1}/{repeats} (seed {seed + i})", bold=True)
@@ -291,7 +242,6 @@ def list_models():
     Example:
       train models
     """
-    from training.models import MODELS, model_options
 
     for name, entry in MODELS.items():
         click.secho(name, bold=True, nl=False)
@@ -304,7 +254,6 @@ def list_models():
 
 def describe_protocol(protocol) -> str:
     """One line a person can read: optimizer, schedule, epochs, batch, monitor, evaluation."""
-    from training.run.protocol import Phases
 
     p = protocol
     text = f"{p.optimizer} lr {p.lr:g}" + (f" wd {p.weight_decay:g}" if p.weight_decay else "")
@@ -331,36 +280,27 @@ def describe_protocol(protocol) -> str:
     if p.split_scheme:
         text += f"; split {p.split_scheme}"
     if p.augment.active:
-        from training.data.augment import format_augment
-
         text += f"; augment {format_augment(p.augment)}"
     return text
 
 
 # -- experiments: sweeps, comparisons, predictions, embeddings -----------------------------
 @main.command(name="sweep")
-@click.option("--store", required=True, help="Store URL or folder.")
-@click.option("--model", required=True, help="Model name (see `train models`).")
+@config_options("store", "model", store={"required": True}, model={"required": True})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Sweep file (W&B format, seed 002's sweep.yaml).")
 @click.option("--trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to finish (grid: at most every combination).")
 @click.option("--method", type=click.Choice(["grid", "random", "bayes"]), help="Search (default: the file's method, else random); bayes = Optuna TPE.")
 @click.option("--out", type=click.Path(file_okay=False), help="Sweep folder (default: runs/STORE-sweep-MODEL-TIME); rerun with it to resume.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs of every trial (overrides the sweep file).")
-@click.option("--split-scheme", help="Split scheme of the store (default: the store's first).")
-@click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Fixed model option for every trial.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every trial and of the sampler.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
-@click.option("--eval-crops", type=click.IntRange(min=1), help="Crops per clip at evaluation (default: the model's).")
-@click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "ram", "gpu", "none"]))
-@click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
-@click.option("--country", default="ESP", show_default=True, help="ISO code of the grid for CO2 estimates (offline).")
+@config_options("epochs", "split_scheme", "model_opts", "seed", "device", "eval_crops", "cache", "emissions", "country",
+                epochs={"help": "Epochs of every trial, e.g. 5 (overrides the sweep file)."},
+                model_opts={"help": "A model option fixed for every trial, e.g. --model-opt hidden=256."},
+                seed={"help": "Seed of every trial and of the sampler."})  # fmt: skip
 @click.option("--parallel", type=click.IntRange(min=1), metavar="K", help="Trials at once, on Dask workers (default: 1 here; with --scheduler, one per worker).")
 @click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler to run the trials on, e.g. tcp://host:8786 (default: an embedded cluster when --parallel > 1).")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads per trial (default: the cores of a machine divided among its trials at once).")
 @click.option("--storage", metavar="URL", help="Optuna storage of the study: sqlite:///PATH, postgresql://..., or journal:PATH (default: OUT/optuna.db).")
 @friendly_errors
-def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, model_opts, seed, device, eval_crops,
-          cache, no_emissions, country, parallel, scheduler, threads, storage):  # fmt: skip
+def sweep(config_path, trials, method, out, parallel, scheduler, threads, storage, **settings):
     """Search hyper-parameters: one run directory per trial, a leaderboard, resumable.
 
     \b
@@ -380,20 +320,11 @@ def sweep(store, model, config_path, trials, method, out, epochs, split_scheme, 
     Run the same command again to resume: finished trials are kept, an interrupted one continues.
     With --scheduler, --out and the store must be on a filesystem every worker sees at the same path.
     """
-    import dataclasses
-
-    from training.experiments.sweep import load_sweep, run_sweep
-    from training.experiments.sweep_cluster import Cluster
-    from training.run.config import TrainConfig
-
+    base = TrainConfig(**config_values(settings))
+    store, model = base.store, base.model
     spec = load_sweep(config_path, model=model)
     if method:
         spec = dataclasses.replace(spec, method=method)
-    base = TrainConfig(
-        store=store, model=model, split_scheme=split_scheme, epochs=epochs, seed=seed, device=device,
-        model_opts=_options(model_opts, "--model-opt"), eval_crops=eval_crops, cache=cache,
-        emissions=not no_emissions, country=country,
-    )  # fmt: skip
     folder = Path(out) if out else _default_out(store, f"sweep-{model}")
     cluster = Cluster(parallel=parallel, scheduler=scheduler, threads=threads)
     click.echo(f"{spec.method} sweep of {model} on {store}: {trials} trials in {folder} (rerun with --out {folder} to resume)")
@@ -431,14 +362,12 @@ def compare(run_dirs, out, extra):
 @click.option("--store", "stores", multiple=True, metavar="[ROLE=]URL", help="Store of the paper's main role, or ROLE=URL for another role (seed001: subclips=URL).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder of the runs and reports (default: runs/reproduce-NAME, -smoke with --smoke); rerun with it to resume.")
 @click.option("--smoke", is_flag=True, help="One 1-epoch run per row on at most 16 clips per split, 2 evaluation crops: checks the paper runs; not comparable.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"]))
-@click.option("--seed", default=0, show_default=True, type=int, help="Repeat i runs with seed + i.")
-@click.option("--no-emissions", is_flag=True, help="Skip codecarbon's energy and CO2 tracking.")
-@click.option("--model-opt", "model_opts", multiple=True, metavar="K=V", help="Model option for every row whose model takes it, e.g. weights=resnet50.pth.")
+@config_options("device", "seed", "emissions", "model_opts", seed={"help": "Repeat i runs with seed + i."},
+                model_opts={"help": "Model option for every row whose model takes it, e.g. --model-opt weights=resnet50.pth."})  # fmt: skip
 @click.option("--list", "list_papers", is_flag=True, help="List the papers: rows, datasets, GPU-hours estimate.")
 @click.option("--verbose", is_flag=True, help="Also print every epoch and progress bars of each run.")
 @friendly_errors
-def reproduce(name, stores, out, smoke, device, seed, no_emissions, model_opts, list_papers, verbose):
+def reproduce(name, stores, out, smoke, list_papers, verbose, **settings):
     """Re-run a paper's or seed report's table from its paper and set it beside the published numbers.
 
     Every row is checked before any trains (stores, arrays, sub-clips, weights), then each
@@ -455,8 +384,6 @@ def reproduce(name, stores, out, smoke, device, seed, no_emissions, model_opts, 
       train reproduce seed003 --store gtzan.zarr --model-opt weights=resnet50.pth
       train reproduce seed004 --store gtzan.zarr --model-opt weights=wav2vec2-base --out runs/seed004
     """
-    from training.experiments.reproduce import PAPERS, load_paper, parse_stores, run_paper
-
     if list_papers:
         for paper in map(load_paper, PAPERS):
             click.secho(paper.name, bold=True, nl=False)
@@ -469,8 +396,7 @@ def reproduce(name, stores, out, smoke, device, seed, no_emissions, model_opts, 
         raise MuzarrError(f"train reproduce needs a paper NAME (one of {', '.join(PAPERS)}) or --list")
     paper = load_paper(name)
     folder = Path(out) if out else Path("runs") / f"reproduce-{paper.name}{'-smoke' if smoke else ''}"
-    run_paper(paper, parse_stores(stores), folder, smoke=smoke, device=device, seed=seed, emissions=not no_emissions,
-               model_opts=_options(model_opts, "--model-opt"), progress=verbose, echo=click.echo)  # fmt: skip
+    run_paper(paper, parse_stores(stores), folder, smoke=smoke, **config_values(settings), progress=verbose, echo=click.echo)
     click.echo((folder / "reproduce.md").read_text().rstrip())
     click.echo(f"written: {folder / 'reproduce.md'}, reproduce.csv, reproduce.png, compare.png")
 
@@ -479,6 +405,7 @@ def _run_inputs(verb: str):
     """The options ``predict`` and ``embed`` share: which run, which store, which clips, which device."""
 
     def decorate(command):
+        command = config_options("device")(command)  # the last of these: click lists the outermost first
         for option in reversed((
             click.option("--checkpoint", "run_dir", required=True, type=click.Path(file_okay=False),
                          help="Run directory (config.json + best.pt)."),
@@ -486,7 +413,6 @@ def _run_inputs(verb: str):
             click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test", "all"]),
                          help=f"Clips to {verb}; all = every stored clip."),
             click.option("--split-scheme", help="Split scheme (default: the run's, else the store's first)."),
-            click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "mps", "cpu"])),
         )):  # fmt: skip
             command = option(command)
         return command
@@ -512,12 +438,8 @@ def predict(run_dir, store, split, split_scheme, out, scores, threshold, device)
       train predict --checkpoint runs/gtzan-cnn5 --store kaggle-test.zarr --split all --out submission.csv
       train predict --checkpoint runs/demo-mlp --store demo.zarr --split test --threshold 0.5 --out pred.csv
     """
-    from training.run.checkpoint import write_atomic
-    from training.run.inference import load_run
-    from training.run.predict import predict as run_predict
-
     path = _output_file(out, "--out")  # before the predictions: a path that cannot be written is said first
-    table = run_predict(load_run(run_dir, device=device), store, split=split, split_scheme=split_scheme,
+    table = predict_clips(load_run(run_dir, device=device), store, split=split, split_scheme=split_scheme,
                         with_scores=scores, threshold=threshold)  # fmt: skip
     with write_errors(str(path.parent)):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -540,9 +462,6 @@ def embed(run_dir, store, split, split_scheme, out, plot, no_plot, seed, device)
       train embed --checkpoint runs/fma-cnn2d_gru --store fma.zarr --split test --out emb.parquet
       train embed --checkpoint runs/demo-cnn --store demo.zarr --split all --out emb.parquet --plot tsne-all.png
     """
-    from training.run.inference import load_run
-    from training.run.predict import embeddings, write_embeddings
-
     path = _output_file(out, "--out")  # before the embeddings: a path that cannot be written is said first
     figure = None if no_plot else _output_file(plot, "--plot") if plot else path.parent / "tsne.png"
     run = load_run(run_dir, device=device)

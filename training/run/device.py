@@ -6,7 +6,10 @@ import torch
 
 from pipeline.errors import MuzarrError
 
-__all__ = ["autocast", "pick_device"]
+__all__ = ["DEVICES", "autocast", "pick_device"]
+
+#: what ``--device`` may name
+DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
 def pick_device(name: str) -> torch.device:
