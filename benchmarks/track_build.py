@@ -86,7 +86,7 @@ def describe(url: Path) -> dict:
     padding = {}
     for name, info in store.arrays.items():
         if "extents" in info:
-            padding[name] = 1 - int(store.extents(name)[:, 1].sum()) / max(1, info["shape"][-1])
+            padding[name] = 1 - int(store.extents(name)[:, 1].sum()) / max(1, info.shape[-1])
     return {"ok": int(store.ok.sum()), "failed": int((~store.ok).sum()), "padding": padding, "store": store}
 
 

@@ -23,7 +23,8 @@ import pytest
 
 from pipeline import MuzarrError, open_store
 from pipeline.cli import build as build_command_line
-from pipeline.config import apply_overrides, build_command, config_from_command, load_catalog
+from pipeline.commands import build_command
+from pipeline.config import apply_overrides, config_from_command, load_catalog
 from training.data import InputSpec, resolve_array
 
 N_CLIPS, BATCH = 16, 4
