@@ -141,9 +141,9 @@ def test_corrupt_files_are_recorded_and_the_build_goes_on(demo_source, tmp_path)
     index = DatasetIndex(str(broken), clips, index.task, index.classes, index.labels, index.splits)
     report = build(config, source=str(broken), out=str(tmp_path / "s.zarr"), index=index, workers=2, progress=False)
     assert (report.n_ok, report.n_failed, report.exit_code) == (N_CLIPS - 2, 2, 1)
-    failed = {f["clip_id"]: f for f in report.failures}
+    failed = {f.clip_id: f for f in report.failures}
     assert set(failed) == {"demo_00003", "demo_00010"}
-    assert failed["demo_00003"]["stage"] == "decode" and "soundfile" in failed["demo_00003"]["message"]
+    assert failed["demo_00003"].stage == "decode" and "soundfile" in failed["demo_00003"].message
     store = open_store(report.url)
     assert store.status.tolist().count(2) == 2
     assert store.clips.set_index("clip_id").loc["demo_00010", "status"] == "failed"

@@ -82,7 +82,7 @@ class ArrayInfo:
         checksum, feature = data.get("checksum"), data.get("feature")
         if not (checksum is None or isinstance(checksum, str)) or not (feature is None or isinstance(feature, dict)):
             raise MuzarrError(f"{where}: array {name!r} must have a checksum (a string) and a feature (a mapping)")
-        shards = data["shards"]
+        shards = data.get("shards")  # check_layout lets a missing one through as "not sharded"
         return cls(
             name=name, shape=tuple(data["shape"]), dtype=data["dtype"], chunks=tuple(data["chunks"]),
             shards=None if shards is None else tuple(shards), extents=data.get("extents"), checksum=checksum,
@@ -301,7 +301,7 @@ def _notes(value: Any, where: str) -> dict[str, NoteSummary] | None:
     for array, entry in value.items() if isinstance(value, dict) else [(None, None)]:
         examples = entry.get("examples") if isinstance(entry, dict) else None
         if not (
-            isinstance(array, str) and is_int(entry.get("clips")) and isinstance(examples, list)
+            isinstance(array, str) and isinstance(entry, dict) and is_int(entry.get("clips")) and isinstance(examples, list)
             and all(has_strings(x, ("clip_id", "message")) for x in examples)
         ):
             raise MuzarrError(f"{where}: 'notes' must give, per array, a count of clips and examples with clip_id and message")
