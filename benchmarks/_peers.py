@@ -332,9 +332,9 @@ class MuzarrReader(Reader):
         name = "waveform" if column == "wave" else next(a for a in store.arrays if a.startswith("logmel/"))
         info = store.arrays[name]
         if "extents" in info:  # a track store: crops within each track (as _track_plan plans them)
-            plan = ExamplePlan(name, (*info["shape"][:-1], -1), length, 1, tracks=True)
+            plan = ExamplePlan(name, (*info.shape[:-1], -1), length, 1, tracks=True)
         else:
-            plan = ExamplePlan(name, tuple(info["shape"][1:]), length, 1)
+            plan = ExamplePlan(name, tuple(info.shape[1:]), length, 1)
         rows = np.arange(store.n_clips)
         self.reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False, verify=verify)
 

@@ -336,7 +336,7 @@ def tracks(work: Path, n_tracks: int, rounds: int, workers: int, min_seconds: fl
         "Won et al.'s jamendo loader, sequential": epochs(lambda e: won(e, shuffle=False)),
     }
     runs = run(methods, rounds, min_seconds)
-    padding = 1 - store.extents("waveform")[:, 1].sum() / store.arrays["waveform"]["shape"][-1]
+    padding = 1 - store.extents("waveform")[:, 1].sum() / store.arrays["waveform"].shape[-1]
     table(f"{plan.length}-sample crops of {n_tracks} whole tracks ({seconds.min():.0f} s to {seconds.max():.0f} s, "
           f"median {np.median(seconds):.0f} s, {seconds.sum() / 3600:.1f} h; padding {padding:.2%}), {TRACK_EPOCHS} epochs "
           "per round", runs, "Won et al.'s jamendo loader (.npy per track, mmap crop), shuffled",
@@ -380,8 +380,8 @@ def main() -> None:
             plan = ExamplePlan(name, clip_shape, length, 1)
             runs = run(methods_for(url, old, npy, name, plan, args.workers), args.rounds, args.min_seconds)
             info = arrays[name]
-            what = f"{length}-{'sample' if name == 'waveform' else 'frame'} crops of {name} {list(info['shape'][1:])} {info['dtype']}"
-            table(f"{what}, chunks {info['chunks']} in shards {info['shards']}", runs,
+            what = f"{length}-{'sample' if name == 'waveform' else 'frame'} crops of {name} {list(info.shape[1:])} {info.dtype}"
+            table(f"{what}, chunks {list(info.chunks)} in shards {list(info.shards)}", runs,
                   "Won et al.'s loader (np.load mmap, crop copy), shuffled", "muzarr sequential read")  # fmt: skip
             sizes += [
                 (f"{name}, layout 2 (as built)", folder_bytes(url / name)),

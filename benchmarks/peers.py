@@ -135,7 +135,7 @@ def check(peer: str, folder: Path, muzarr: Path, spec) -> dict:
             return {column: {"ok": False, "why": f"{len(stored)} items stored for {len(ids)} clips"}}
         worst, over, n, example = 0.0, 0, 0, None
         for row, key in enumerate(ids):
-            ref = store.track(name, row) if "extents" in store.arrays[name] else store.array(name)[row]
+            ref = store.track(name, row) if store.arrays[name].extents else store.array(name)[row]
             diff, tol, ref = difference(np.asarray(stored[key]), ref)
             beyond = np.abs(diff) > tol
             if beyond.any() and example is None:

@@ -85,8 +85,8 @@ def describe(url: Path) -> dict:
     store = open_store(str(url))
     padding = {}
     for name, info in store.arrays.items():
-        if "extents" in info:
-            padding[name] = 1 - int(store.extents(name)[:, 1].sum()) / max(1, info["shape"][-1])
+        if info.extents:
+            padding[name] = 1 - int(store.extents(name)[:, 1].sum()) / max(1, info.shape[-1])
     return {"ok": int(store.ok.sum()), "failed": int((~store.ok).sum()), "padding": padding, "store": store}
 
 

@@ -7,7 +7,8 @@ for every shard it lists.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -15,57 +16,82 @@ from pipeline.audio import ClipError, DecodeError, load_clip
 from pipeline.config import BuildConfig
 from pipeline.errors import MuzarrError
 from pipeline.store.io import DECODE_NOTE, STATUS_FAILED, STATUS_OK, clips_digest, marker_key, remove_key, write_json
-from pipeline.store.layout import EXTENTS, clip_digests, fill_value, plan_layout
+from pipeline.store.layout import EXTENTS, ArrayLayout, clip_digests, fill_value
 from pipeline.store.location import Location
+from pipeline.store.marker import ArrayFailure, ClipFailure, Marker, Note
 from pipeline.store.shards import ShardFormat, shard_path
-from pipeline.tracks import BatchTracks
+from pipeline.tracks import BatchTracks, Region
 
 
-def run_batch(
-    loc: Location,
-    batch: int,
-    config_dict: dict[str, Any],
-    rows: list[int],
-    clip_ids: list[str],
-    paths: list[str],
-    arrays: list[str] | None = None,
-    base: dict | None = None,
-    track: dict | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BatchJob:
+    """One batch's work, as the driver planned it: it crosses to a Dask worker whole (it pickles), and the
+    worker computes from it without planning anything again.
+
+    ``layouts`` are every array of the store (a track store's time arrays as the driver's plan sizes them),
+    ``clip_ids`` and ``paths`` the batch's clips from row ``start``. ``arrays`` limits the work to those
+    arrays (a grow; None: all); ``base`` is then the batch's valid marker, whose status, failures and digests
+    stand for the other arrays. ``regions`` is a track store's region ``(start, size)`` of each time array.
+    """
+
+    loc: Location
+    batch: int
+    config: BuildConfig
+    layouts: tuple[ArrayLayout, ...]
+    start: int
+    clip_ids: tuple[str, ...]
+    paths: tuple[str, ...]
+    arrays: tuple[str, ...] | None = None
+    base: Marker | None = None
+    regions: Mapping[str, Region] | None = None
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.clip_ids)
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """What a batch of a track store returns instead of a marker when its tracks decoded longer than its
+    regions hold: nothing was written, and ``decoded`` is each clip's ``[frames, rate]`` (or why it failed),
+    from which the driver sizes its new regions (:meth:`pipeline.tracks.TrackPlan.replanned`)."""
+
+    batch: int
+    decoded: tuple
+
+
+def run_batch(job: BatchJob) -> Marker | Overflow:
     """Process one batch (a Dask task): compute, write its shards, status and marker.
 
-    ``arrays`` limits the work to those arrays (a grow); ``base`` is then the batch's
-    existing valid marker, whose status, failures and digests stand for the other arrays.
-    Returns the marker: batch number, rows, clip-id digest, per-clip status, failures (of clips
-    that could not be decoded: no array holds them), ``array_failures`` (a clip that failed one feature only,
-    ``{"clip_id", "path", "stage", "message", "array"}``: that array holds its fill value there, the
-    others hold the clip), per-array clip digests and notes (what storage lost of a clip that was stored, e.g. int16
-    clipping: ``{"clip_id", "array", "message"}``). ``track`` is a track store's plan of this
-    batch (:meth:`pipeline.tracks.TrackPlan.batch`).
+    Returns the marker it wrote (:class:`~pipeline.store.marker.Marker`): per-clip status, the clips that
+    could not be decoded (no array holds them), the stored clips one feature failed (that array holds its
+    fill value there, the others hold the clip), per-array clip digests and notes (what storage lost of a
+    stored clip, e.g. int16 clipping, or how its file decoded); or an :class:`Overflow`.
     """
-    config = BuildConfig.from_dict(config_dict)
+    loc, batch, config, base = job.loc, job.batch, job.config, job.base
+    clip_ids, paths = job.clip_ids, job.paths
     group = loc.open_group(mode="r+")
-    layouts = {layout.name: layout for layout in plan_layout(config, n_clips=group["status"].shape[0])}
-    todo = [name for name in layouts if arrays is None or name in arrays]
-    kept = {} if base is None else {n: d for n, d in base["digests"].items() if n in layouts and n not in todo}
+    layouts = {layout.name: layout for layout in job.layouts}
+    todo = [name for name in layouts if job.arrays is None or name in job.arrays]
+    kept = {} if base is None else {n: d for n, d in base.digests.items() if n in layouts and n not in todo}
     features = [f for f in config.features if f.name in todo]
     rates = tuple(sorted({f.sample_rate for f in features}))
-    n = len(rows)
-    start, stop = rows[0], rows[-1] + 1
-    tracks = BatchTracks(track, layouts, todo) if track else None
-    timed = set(track["arrays"]) if track else set()
+    n = len(clip_ids)
+    start, stop = job.start, job.stop
+    tracks = BatchTracks(job.regions, layouts, todo) if job.regions is not None else None
+    timed = set(job.regions or ())
     todo_rows = [name for name in todo if name not in timed and not name.startswith(f"{EXTENTS}/")]
     # A failed clip's rows hold the array's fill value (NaN in a float array), as rows never written do.
     buffers = {
         name: np.full((n, *layouts[name].shape[1:]), fill_value(layouts[name].dtype), dtype=layouts[name].dtype)
         for name in todo_rows
     }
-    before = np.asarray(base["status"] if base else [STATUS_OK] * n, dtype=np.int8)
+    before = np.asarray(base.status if base else [STATUS_OK] * n, dtype=np.int8)
     status = before.copy()
-    earlier = {f["clip_id"]: f for f in (base["failures"] if base else [])}
-    failures: dict[int, dict] = {}
-    lost: list[dict] = []  # failures of one array only: the clip stays stored in the others
-    notes: list[dict] = []
+    earlier = {f.clip_id: f for f in (base.failures if base else ())}
+    failures: dict[int, ClipFailure] = {}
+    lost: list[ArrayFailure] = []  # failures of one array only: the clip stays stored in the others
+    notes: list[Note] = []
     decoded: list = [None] * n  # track stores: [frames, rate] (or the error) of each file, as read here
 
     def blank(i: int, name: str) -> None:  # a track not placed in a time array takes no room there
@@ -80,7 +106,7 @@ def run_batch(
             clip = load_clip(path, rates=rates, policy=config.clip)
         except Exception as error:  # noqa: BLE001 - one bad clip must not stop the build
             failure = _failure(clip_ids[i], path, "clip" if isinstance(error, ClipError) else "decode", error)
-            decoded[i] = failure["message"]
+            decoded[i] = failure.message
             if base is None:
                 status[i] = STATUS_FAILED
                 failures[i] = failure
@@ -91,13 +117,13 @@ def run_batch(
                 # arrays this pass adds have nothing for it.
                 for feature in features:
                     blank(i, feature.name)
-                    lost.append({**failure, "array": feature.name})
+                    lost.append(failure.of_array(feature.name))
             continue
         decoded[i] = [clip.frames, clip.rate]
         if tracks and tracks.overflowing:
             continue  # only the lengths are needed now: the batch runs again in a larger region
         if clip.notes:
-            notes.append({"clip_id": clip_ids[i], "array": DECODE_NOTE, "message": "; ".join(clip.notes)})
+            notes.append(Note(clip_ids[i], DECODE_NOTE, "; ".join(clip.notes)))
         for feature in features:
             audio = clip.audio[feature.sample_rate]
             try:
@@ -107,7 +133,7 @@ def run_batch(
             except Exception as error:  # noqa: BLE001 - a feature that fails on one clip is that array's failure
                 # The clip keeps what the other features gave it; this array holds its fill value there.
                 blank(i, feature.name)
-                lost.append({**_failure(clip_ids[i], path, feature.name, error), "array": feature.name})
+                lost.append(_failure(clip_ids[i], path, feature.name, error).of_array(feature.name))
                 continue
             if feature.name in timed:
                 tracks.put(feature.name, i, values)
@@ -115,10 +141,10 @@ def run_batch(
                 buffers[feature.name][i] = values
             note = feature.storage_note(audio)
             if note:
-                notes.append({"clip_id": clip_ids[i], "array": feature.name, "message": note})
+                notes.append(Note(clip_ids[i], feature.name, note))
     if tracks and tracks.overflowing:
         # Nothing is written: the driver gives this batch regions sized from what was decoded here.
-        return {"batch": batch, "overflow": decoded}
+        return Overflow(batch, tuple(decoded))
     digests = {}
     for name, buffer in buffers.items():
         _write_shard(loc, group[name], batch, start, stop, buffer)
@@ -129,24 +155,18 @@ def run_batch(
     digests.update(kept)
     if base is None:
         _write_shard(loc, group["status"], batch, start, stop, status)
-    kept_failures = [x for x in (base or {}).get("array_failures", []) if x["array"] in kept]
-    marker = {
-        "batch": batch,
-        "start": start,
-        "stop": stop,
-        "clips": clips_digest(clip_ids),
-        "status": status.tolist(),
-        "failures": [failures[i] for i in sorted(failures)],
-        "array_failures": kept_failures + lost,
-        "digests": {name: digests[name] for name in layouts},
-        "notes": _kept_notes(base, kept, clip_ids, status) + notes,
-    }
-    if track:  # where its tracks went, and how long each one decoded (seconds)
-        marker["regions"] = {name: [r["start"], r["size"]] for name, r in track["arrays"].items()}
-        marker["seconds"] = [got[0] / got[1] if isinstance(got, list) and s == STATUS_OK else None for got, s in zip(decoded, status)]
+    kept_failures = tuple(x for x in (base.array_failures if base else ()) if x.array in kept)
+    marker = Marker(
+        batch=batch, start=start, stop=stop, clips=clips_digest(clip_ids), status=tuple(status.tolist()),
+        failures=tuple(failures[i] for i in sorted(failures)), array_failures=kept_failures + tuple(lost),
+        digests={name: tuple(digests[name]) for name in layouts}, notes=_kept_notes(base, kept, clip_ids, status) + tuple(notes),
+    )
+    if job.regions is not None:  # where its tracks went, and how long each one decoded (seconds)
+        seconds = tuple(got[0] / got[1] if isinstance(got, list) and s == STATUS_OK else None for got, s in zip(decoded, status))
+        marker = replace(marker, regions=dict(job.regions), seconds=seconds)
     # The marker is written last, in one atomic write: its presence means every shard it
     # lists is on disk.
-    write_json(loc, marker_key(batch), marker)
+    write_json(loc, marker_key(batch), marker.to_dict())
     return marker
 
 
@@ -165,18 +185,18 @@ def _write_tracks(loc: Location, group, batch: int, start: int, stop: int, track
     return digests
 
 
-def _failure(clip_id: str, path: str, stage: str, error: BaseException) -> dict:
-    """A failure record: the clip, its file, the stage (``decode`` or an array name) and one line of why."""
+def _failure(clip_id: str, path: str, stage: str, error: BaseException) -> ClipFailure:
+    """A failure record: the clip, its file, the stage (``decode``, ``clip`` or an array name) and one line of why."""
     message = str(error).strip() or type(error).__name__
     if not isinstance(error, (DecodeError, MuzarrError)):
         message = f"{type(error).__name__}: {message}"
-    return {"clip_id": clip_id, "path": path, "stage": stage, "message": message.splitlines()[0]}
+    return ClipFailure(clip_id, path, stage, message.splitlines()[0])
 
 
-def _kept_notes(base: dict | None, kept: dict, clip_ids: list[str], status: np.ndarray) -> list[dict]:
+def _kept_notes(base: Marker | None, kept: dict, clip_ids, status: np.ndarray) -> tuple[Note, ...]:
     """The earlier pass's notes on the arrays this pass keeps, for clips still stored."""
     stored = {clip_id for clip_id, s in zip(clip_ids, status) if s == STATUS_OK}
-    return [n for n in (base or {}).get("notes", []) if n["array"] in kept and n["clip_id"] in stored]
+    return tuple(x for x in (base.notes if base else ()) if x.array in kept and x.clip_id in stored)
 
 
 def _all_finite(values: np.ndarray) -> bool:

@@ -23,7 +23,9 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except MuzarrError as error:
-            click.secho(f"error: {error}", fg="red", err=True)
+            from pipeline.commands import explain  # the configuration's modules: loaded only to say an error
+
+            click.secho(f"error: {explain(error)}", fg="red", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: run the same command again to resume", err=True)
@@ -91,7 +93,7 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     from pipeline.cluster import check_scheduler_address
     from pipeline.config import config_from_command
     from pipeline.describe import storage_notes
-    from pipeline.store.layout import failure_text
+    from pipeline.store.marker import failure_text
 
     if scheduler:
         check_scheduler_address(scheduler)  # before the catalog, the index and the store
@@ -119,12 +121,12 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     for folder in unreadable:
         click.echo(f"  failed {printable(folder['path'])}/ at index: {printable(folder['message'])}")
     for failure in report.failures[:20]:  # a clip id or path from a user's CSV may hold a newline: one line each still
-        click.echo(f"  failed {printable(failure['clip_id'])} ({printable(failure['path'])}) at {failure['stage']}: "
-                   f"{printable(failure['message'])}")  # fmt: skip
+        click.echo(f"  failed {printable(failure.clip_id)} ({printable(failure.path)}) at {failure.stage}: "
+                   f"{printable(failure.message)}")  # fmt: skip
     if len(report.failures) > 20:
         click.echo(f"  ... and {len(report.failures) - 20} more: see `pipe info {out}`")
-    for failure in lost[:20]:
-        click.echo(f"  failed {failure['clip_id']} in {failure_text(failure)}")
+    for array, failure in lost[:20]:
+        click.echo(f"  failed {failure.clip_id} in {failure_text(array, failure.stage, failure.message)}")
     if len(lost) > 20:
         click.echo(f"  ... and {len(lost) - 20} more: see `pipe info {out}`")
     for line in storage_notes(report.notes):
@@ -271,10 +273,14 @@ def verify(store):
       pipe verify s3://bucket/mtat.zarr
     Exit status: 0 clean, 1 damage found (each damaged clip, chunk, shard or table is listed), 2 not a store.
     """
+    from pipeline.commands import repair_command
+    from pipeline.store.reader import open_store
     from pipeline.store.verify import verify_store
 
-    report = verify_store(store)
-    for line in report.lines():
+    opened = open_store(store)
+    repair = repair_command(opened)  # before any chunk is read (see repair_command)
+    report = verify_store(opened)
+    for line in report.lines(repair=repair):
         click.echo(line)
     sys.exit(report.exit_code)
 
@@ -294,14 +300,17 @@ def copy(src, dst, overwrite):
     An interrupted copy resumes: run the same command again and it keeps what was copied.
     Exit status: 0 copied and verified, 1 the copy does not verify (damage listed), 2 bad input.
     """
+    from pipeline.commands import repair_command
     from pipeline.store.copy import copy_store
+    from pipeline.store.reader import open_store
 
     report = copy_store(src, dst, overwrite=overwrite)
     resumed = f"; {report.n_kept} more kept from the interrupted copy" if report.n_kept else ""
     click.echo(
         f"copied {report.n_keys - report.n_kept} objects ({report.n_bytes / 2**20:.1f} MiB) from {src} to {dst}{resumed}"
     )
-    for line in report.verify.lines():
+    repair = None if report.ok else repair_command(open_store(report.dst))
+    for line in report.verify.lines(repair=repair):
         click.echo(line)
     sys.exit(report.verify.exit_code)
 

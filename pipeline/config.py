@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from pipeline.errors import MuzarrError
 from pipeline.features import load_all as _load_features
 from pipeline.features.base import Feature, feature_from_dict
 from pipeline.index import TASKS
+from pipeline.suggest import did_you_mean
 from pipeline.typed import expected_type
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog.yaml"
@@ -282,16 +281,21 @@ def parse_spec(text: str, *, what: str) -> dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise MuzarrError(f"{what}: {part!r} is not KEY=VALUE (example: n_mels=96,sample_rate=12000)")
-        spec[key.strip()] = _scalar(value.strip())
+        spec[key.strip()] = parse_scalar(value.strip())
     return spec
 
 
-def _scalar(text: str) -> Any:
+def parse_scalar(text: str) -> Any:
+    """One value as the command line gives it (a YAML scalar), or the text itself."""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
     return value if isinstance(value, (int, float, str, bool, type(None))) else text
+
+
+#: what ``--set`` takes, for the line that refuses a key it does not
+SET_KEYS = "--set takes clip.<parameter>, options.<recipe option>, batch_clips or <feature>.<parameter>"
 
 
 def apply_overrides(
@@ -311,26 +315,43 @@ def apply_overrides(
     ``<kind>.<param>`` (every feature of that kind, e.g. ``logmel.top_db``) or
     ``<array name>.<param>`` (one feature, e.g. ``logmel/mel96_sr12000_fft512_hop256.n_fft``).
     """
-    _load_features()
+    features = _load_features()
     data = config.to_dict()
     added = [dict(spec) for spec in add_features]
     data["features"] = added if only else data["features"] + added
-    names = [make_feature(f, where="--feature").name for f in data["features"]]
+    names = [make_feature(f, where="feature").name for f in data["features"]]
+    given: dict[int, list[str]] = {}  # feature position -> the settings that changed it
     for key, value in (settings or {}).items():
         head, _, param = key.rpartition(".")
         if key == "batch_clips":
             data["batch_clips"] = value
+        elif not head:
+            raise MuzarrError(f"--set {key}: no setting named {key!r}{did_you_mean(key, ['batch_clips'])}; {SET_KEYS}")
         elif head in ("clip", "options"):
-            if head == "clip" and param not in {f.name for f in dataclasses.fields(ClipPolicy)}:
-                raise MuzarrError(f"--set {key}: clip has no parameter {param!r}")
+            valid = [f"clip.{f.name}" for f in dataclasses.fields(ClipPolicy)]
+            if head == "clip" and key not in valid:
+                raise MuzarrError(
+                    f"--set {key}: clip has no parameter {param!r}{did_you_mean(key, valid)}; its keys: {', '.join(sorted(valid))}"
+                )
             data[head] = {**data[head], param: value}
         else:
             targets = [i for i, f in enumerate(data["features"]) if head in (f["kind"], names[i])]
             if not targets:
-                known = sorted({f["kind"] for f in data["features"]} | set(names))
-                raise MuzarrError(f"--set {key}: no feature named {head!r}; features here: {known}")
+                heads = sorted({f["kind"] for f in data["features"]} | set(names))
+                raise MuzarrError(
+                    f"--set {key}: no setting or feature named {head!r}{did_you_mean(head, ['clip', 'options', *heads])}; "
+                    f"{SET_KEYS}, for a feature here: {', '.join(heads)}"
+                )
             for i in targets:
+                kind = data["features"][i]["kind"]
+                valid = [f"{head}.{f.name}" for f in dataclasses.fields(features[kind])]
+                if key not in valid:
+                    raise MuzarrError(
+                        f"--set {key}: {kind} has no parameter {param!r}{did_you_mean(key, valid)}; "
+                        f"its keys: {', '.join(sorted(valid))}"
+                    )
                 data["features"][i] = {**data["features"][i], param: value}
+                given.setdefault(i, []).append(f"{key}={value}")
     if data["clip"].get("mode") == "track":
         unused = [key for key in settings or {} if key.startswith("clip.") and key[5:] in TRACK_UNUSED]
         if unused:
@@ -339,8 +360,8 @@ def apply_overrides(
                 f"so {unused[0]} does nothing there: drop it (clip.max_seconds is the longest track kept)"
             )
     by_name: dict[str, dict] = {}  # keeps the first position, takes the last spec
-    for spec in data["features"]:
-        by_name[make_feature(spec, where="--feature").name] = spec
+    for i, spec in enumerate(data["features"]):
+        by_name[make_feature(spec, where=f"--set {' '.join(given[i])}" if i in given else "feature").name] = spec
     data["features"] = list(by_name.values())
     return BuildConfig.from_dict(data, where="command line")
 
@@ -362,52 +383,25 @@ def config_from_command(
     """The configuration ``pipe build NAME`` asks for with these options, and the catalog entry."""
     entries = load_catalog(catalog)
     if name not in entries:
-        raise MuzarrError(f"unknown dataset {name!r}; the catalog has: {', '.join(entries)} (see `pipe ls`)")
+        raise MuzarrError(
+            f"unknown dataset {name!r}{did_you_mean(name, entries)}; the catalog has: {', '.join(entries)} (see `pipe ls`)"
+        )
     overrides: dict[str, Any] = {}
     for setting in settings:
         overrides.update(parse_spec(setting, what="--set"))
-    added = [
-        *({"kind": "waveform", **parse_spec(v, what="--waveform")} for v in waveforms),
-        *({"kind": "logmel", **parse_spec(v, what="--logmel")} for v in logmels),
-        *({"kind": t} for t in tabulars),
-    ]
+    added = []
+    for option, kind, values in (("--waveform", "waveform", waveforms), ("--logmel", "logmel", logmels)):
+        for text in values:
+            spec = {"kind": kind, **parse_spec(text, what=option)}
+            make_feature(spec, where=f"{option} {text}")  # a wrong parameter is blamed on the option that gave it
+            added.append(spec)
+    for text in tabulars:
+        make_feature({"kind": text}, where=f"--tabular {text}")
+        added.append({"kind": text})
     if only and not added:
         raise MuzarrError("--only needs at least one --waveform, --logmel or --tabular")
     config = apply_overrides(config_for(name, entries[name]), add_features=added, only=only, settings=overrides)
     return config, entries[name]
-
-
-# The order `pipe build` adds its feature options in: every --waveform, then --logmel, then --tabular.
-_FLAG_ORDER = {"waveform": 0, "logmel": 1}
-UNKNOWN_CATALOG = "<your catalog>"
-
-
-def build_command(
-    config: BuildConfig,
-    *,
-    out: str,
-    source: str | None = None,
-    add: Iterable[dict[str, Any]] = (),
-    extra: tuple[str, ...] = (),
-) -> str:
-    """The ``pipe build`` command line whose configuration is ``config`` plus the features ``add``.
-
-    Every field that differs from the catalog's entry is given with ``--set`` and every feature
-    that differs with ``--waveform``/``--logmel``/``--tabular`` (``--only`` when the catalog's
-    features are not kept as they are), so the command rebuilds, repairs or grows that very
-    store. ``add`` is added as ``pipe build`` adds it: a feature with the name of one in
-    ``config`` replaces it. A dataset the packaged catalog does not hold as ``config`` has it was
-    built with ``--catalog``: the command says ``--catalog '<your catalog>'`` and spells out
-    every field the command line can give. ``source`` is where the store's audio came from (a
-    store's :attr:`~pipeline.store.Store.source`, see :func:`recorded_source`): without it the
-    command would index the catalog's default folder, or the folder it is run from.
-    """
-    target = apply_overrides(config, add_features=list(add)) if add else config
-    args = _args_from_catalog(target)
-    if args is None:
-        args = ["--catalog", UNKNOWN_CATALOG, *_explicit_args(target)]
-    where = ["--source", source] if source else []
-    return shlex.join(["pipe", "build", target.dataset, *where, "--out", str(out), *args, *extra])
 
 
 def recorded_source(source: str) -> str:
@@ -429,100 +423,3 @@ def recorded_source(source: str) -> str:
     return urlunsplit((parts.scheme, host + (f":{port}" if port else ""), parts.path, "", ""))
 
 
-def _args_from_catalog(target: BuildConfig) -> list[str] | None:
-    """The options that turn the packaged catalog's entry into ``target``; None if none can."""
-    try:
-        entry = load_catalog().get(target.dataset)
-    except MuzarrError:
-        return None
-    if entry is None:
-        return None
-    base = config_for(target.dataset, entry)
-    if (base.recipe, base.task, base.splits) != (target.recipe, target.task, target.splits):
-        return None
-    if set(base.options) - set(target.options):
-        return None  # no option of the command line removes a catalog option
-    old_clip, new_clip = base.clip.to_dict(), clip_settings(target.clip.to_dict())
-    changes = [(f"clip.{k}", v) for k, v in new_clip.items() if not _same(v, old_clip.get(k))]
-    if target.batch_clips != base.batch_clips:
-        changes.append(("batch_clips", target.batch_clips))
-    changes += [(f"options.{k}", v) for k, v in target.options.items() if k not in base.options or not _same(v, base.options[k])]
-    settings = _set_args(changes)
-    if settings is None:
-        return None
-    kept = [f.name for f in base.features]
-    extras = target.features[len(kept) :]
-    if [f.name for f in target.features[: len(kept)]] == kept and list(extras) == _flag_sorted(extras):
-        # The catalog's features stay in place (a same-named option replaces one there), new ones follow.
-        changed = [t for b, t in zip(base.features, target.features) if t != b]
-        return settings + _feature_args([*changed, *extras])
-    return settings + ["--only", *_feature_args(target.features)]
-
-
-def _explicit_args(target: BuildConfig) -> list[str]:
-    """Every field and feature of ``target`` the command line can give (the rest is the catalog's)."""
-    changes = [(f"clip.{k}", v) for k, v in clip_settings(target.clip.to_dict()).items()]
-    changes += [("batch_clips", target.batch_clips), *((f"options.{k}", v) for k, v in target.options.items())]
-    settings = [arg for change in changes for arg in (_set_args([change]) or [])]
-    return [*settings, "--only", *_feature_args(target.features)]
-
-
-def _set_args(changes: list[tuple[str, Any]]) -> list[str] | None:
-    """``--set KEY=VALUE`` for each change; None if a value cannot be written on the command line."""
-    args = []
-    for key, value in changes:
-        text = _cli_value(value)
-        if text is None:
-            return None
-        args += ["--set", f"{key}={text}"]
-    return args
-
-
-def _feature_args(features: Iterable[Feature]) -> list[str]:
-    """The feature options that give ``features``, in the order ``pipe build`` adds them."""
-    args = []
-    for feature in _flag_sorted(features):
-        params = {
-            f.name: getattr(feature, f.name)
-            for f in dataclasses.fields(feature)
-            if not _same(getattr(feature, f.name), f.default)
-        }
-        if feature.kind in _FLAG_ORDER:
-            params = {"sample_rate": feature.sample_rate, **params}  # always: it says which audio
-            args += [f"--{feature.kind}", ",".join(f"{k}={_cli_value(v)}" for k, v in params.items())]
-        else:
-            # --tabular takes the set's name only: its other parameters are set on its array by name
-            args += ["--tabular", feature.kind, *(_set_args([(f"{feature.name}.{k}", v) for k, v in params.items()]) or [])]
-    return args
-
-
-def _flag_sorted(features: Iterable[Feature]) -> list[Feature]:
-    return sorted(features, key=lambda f: _FLAG_ORDER.get(f.kind, len(_FLAG_ORDER)))
-
-
-def _cli_value(value: Any) -> str | None:
-    """``value`` as ``parse_spec`` reads it back exactly, or None (a list, a text with a comma)."""
-    if isinstance(value, bool):
-        candidates = ["true" if value else "false"]
-    elif isinstance(value, float):
-        text = repr(value)
-        if "e" in text and "." not in text:
-            text = text.replace("e", ".0e")  # YAML reads 1e-05 as text, 1.0e-05 as a number
-        candidates = [text]
-    elif isinstance(value, int):
-        candidates = [str(value)]
-    elif value is None:
-        candidates = ["null"]
-    elif isinstance(value, str):
-        candidates = [value, "'" + value.replace("'", "''") + "'"]
-    else:
-        return None
-    for text in candidates:
-        if "," not in text and _same(_scalar(text.strip()), value):
-            return text
-    return None
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal and of the same type (``3`` is not ``3.0`` on the command line)."""
-    return type(a) is type(b) and a == b

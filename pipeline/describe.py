@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 
 from pipeline.errors import MuzarrError, printable
+from pipeline.store.manifest import NoteSummary
 from pipeline.store.reader import Store, open_store
 
 
@@ -39,30 +40,30 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
     An unfinished build or a damaged part is said in its place (what can be shown still is),
     never raised.
     """
-    from pipeline.config import build_command
+    from pipeline.commands import build_command
     from pipeline.store.verify import array_damage
 
     store = open_store(url)
     store.check_tables()
     m = store.manifest
-    config = m["config"]
-    counts = m.get("counts", {})
+    try:
+        config = store.config()
+    except MuzarrError:
+        config = None  # a configuration this muzarr does not validate: what it holds can still be shown
+    counts = m.counts.to_dict() if m.counts is not None else {}
     healthy = store.complete
-    state = f"state     {m.get('state')}" + (f", finished {m['finished']}" if m.get("finished") else "")
+    state = f"state     {m.state}" + (f", finished {m.finished}" if m.finished else "")
     if not store.complete:
-        try:
-            again = f": {build_command(store.config(), out=store.url, source=store.source)}"
-        except MuzarrError:
-            again = ""
+        again = f": {build_command(config, out=store.url, source=store.source)}" if config is not None else ""
         state += f": the build has not finished; run the same pipe build command again{again}"
     tracks = track_lines(store)
     healthy = healthy and not any("cannot be shown" in line for line in tracks)
     lines = [
         f"store     {store.url}",
-        f"dataset   {config['dataset']} (recipe {config['recipe']}, {store.task}, {len(store.classes)} classes)",
+        f"dataset   {store.dataset} (recipe {config.recipe if config else '?'}, {store.task}, {len(store.classes)} classes)",
         state,
         f"clips     {store.n_clips} total, {counts.get('ok', '?')} ok, {counts.get('failed', '?')} failed",
-        _clip_line(config["clip"], store),
+        _clip_line(config.clip, store) if config is not None else "clip      ?",
         *tracks,
         "arrays",
     ]
@@ -74,13 +75,13 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
             lines.append(f"  {name:<{width}}  damaged: {'; '.join(problems)}: run pipe verify")
             continue
         lines.append(
-            f"  {name:<{width}}  shape {tuple(info['shape'])} {info['dtype']}  chunks {tuple(info['chunks'])}"
-            f"  shards {tuple(info['shards'])}  {_human(_size_on_disk(store, name))} on disk"
+            f"  {name:<{width}}  shape {info.shape} {info.dtype}  chunks {info.chunks}"
+            f"  shards {info.shards}  {_human(_size_on_disk(store, name))} on disk"
         )
     lines.append("splits")
-    for scheme, parts in m.get("split_counts", {}).items():
+    for scheme, parts in (m.split_counts or {}).items():
         lines.append(f"  {scheme:<10} " + "  ".join(f"{part} {n}" for part, n in parts.items()))
-    notes = source_notes(m.get("index_info") or {}) + storage_notes(m.get("notes") or {})
+    notes = source_notes(m.index_info or {}) + storage_notes(m.notes or {})
     if notes:
         lines.append("notes")
         lines.extend(f"  {note}" for note in notes)
@@ -94,14 +95,14 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
         lines.append("  cannot be shown: tables/labels.parquet is missing: run pipe verify")
     else:
         lines.extend(f"  {line}" for line in _label_lines(store))
-    failures = m.get("failures", [])
+    failures = m.failures or ()
     if failures:
-        stages = Counter(f["stage"] for f in failures)
+        stages = Counter(f.stage for f in failures)
         by_stage = ", ".join(f"{n} at {stage}" for stage, n in stages.items())
         lines.append(f"failed clips ({by_stage if len(stages) == 1 else f'{len(failures)}: {by_stage}'})")
         for failure in failures[:max_failures]:
-            lines.append(f"  {printable(failure['clip_id'])}  {printable(failure['path'])}")
-            lines.append(f"      [{failure['stage']}] {printable(failure['message'])}")
+            lines.append(f"  {printable(failure.clip_id)}  {printable(failure.path)}")
+            lines.append(f"      [{failure.stage}] {printable(failure.message)}")
         if len(failures) > max_failures:
             lines.append(f"  ... {len(failures) - max_failures} more (pipe info --failures N)")
     for name in store.arrays:
@@ -109,16 +110,16 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
         if lost:
             lines.append(f"failed in {name} only ({len(lost)} stored clip(s): no data in this array, the others hold them)")
             for row, x in lost[:max_failures]:
-                lines.append(f"  {x['clip_id']} (row {row})  " + ("" if x["stage"] == name else f"[{x['stage']}] ") + x["message"])
+                lines.append(f"  {x.clip_id} (row {row})  " + ("" if x.stage == name else f"[{x.stage}] ") + x.message)
             if len(lost) > max_failures:
                 lines.append(f"  ... {len(lost) - max_failures} more (pipe info --failures N)")
     return "\n".join(lines), healthy
 
 
-def _clip_line(clip: dict, store: Store) -> str:
-    if clip["mode"] == "track":
-        return f"clip      track: whole files, at most {clip.get('max_seconds')} s each"
-    return f"clip      {clip['mode']} {clip['seconds']} s" + (f", {store.n_subclips} sub-clips" if store.n_subclips else "")
+def _clip_line(clip, store: Store) -> str:
+    if clip.mode == "track":
+        return f"clip      track: whole files, at most {clip.max_seconds} s each"
+    return f"clip      {clip.mode} {clip.seconds} s" + (f", {store.n_subclips} sub-clips" if store.n_subclips else "")
 
 
 def track_seconds(store: Store) -> np.ndarray:
@@ -141,12 +142,12 @@ def track_lines(store: Store) -> list[str]:
     try:
         s = length_summary(track_seconds(store))
         padding, left = {}, {}
-        batches = -(-store.n_clips // int(store.manifest["config"]["batch_clips"]))
+        batches = -(-store.n_clips // store.manifest.batch_clips)
         for name, info in store.arrays.items():
-            if "extents" not in info:
+            if info.extents is None:
                 continue
-            total = info["shape"][-1]
-            regions = stored_regions(store.location, name, shard=info["shards"][-1], length=total, n_batches=batches)
+            total = info.shape[-1]
+            regions = stored_regions(store.location, name, shard=info.shards[-1], length=total, n_batches=batches)
             held = sum(z for _, z in regions) if regions is not None else total
             padding[name] = 1 - int(store.extents(name)[:, 1].sum()) / max(1, held)
             left[name] = 1 - held / max(1, total)
@@ -194,13 +195,13 @@ def _label_lines(store: Store, *, per_line: int = 6, shown: int = 50) -> list[st
     return lines
 
 
-def storage_notes(summary: dict) -> list[str]:
+def storage_notes(summary: dict[str, NoteSummary]) -> list[str]:
     """What storing lost of stored clips (the manifest's ``notes``), one line per array."""
     lines = []
     for array, entry in summary.items():
-        first = entry["examples"][0] if entry.get("examples") else None
-        example = f", e.g. {printable(first['clip_id'])}: {printable(first['message'])}" if first else ""
-        lines.append(f"{array}: {entry['clips']} clip(s) noted (the clips table's 'note' column){example}")
+        first = entry.examples[0] if entry.examples else None
+        example = f", e.g. {printable(first.clip_id)}: {printable(first.message)}" if first else ""
+        lines.append(f"{array}: {entry.clips} clip(s) noted (the clips table's 'note' column){example}")
     return lines
 
 

@@ -33,10 +33,8 @@ def feature_table(store: Store, features: str) -> pd.DataFrame:
     columns = list(array.attrs.get("columns") or [f"f{i}" for i in range(array.shape[-1])])
     rows = np.setdiff1d(np.flatnonzero(store.ok), list(store.array_failures(name)))  # stored in this array
     values = store.read(name, rows) if len(rows) else np.empty((0, *array.shape[1:]), np.float32)
-    config = store.manifest["config"]
     feature = store.feature(name)
-    clip = config["clip"]
-    length = int(round(clip["seconds"] * feature.sample_rate))
+    length = store.config().clip.n_samples(feature.sample_rate)
     paths = store.clips["path"].to_numpy()[rows]
     labels = _label_text(store)[rows]
     if values.ndim == 3:  # sub-clips: one row per segment

@@ -93,7 +93,7 @@ def _arrays(store: Store, arrays: str | None) -> list[str]:
     """The arrays to export: those named, or every array of the clips' data."""
     known = list(store.arrays)
     if not arrays:  # a track store's extents arrays place its tracks in the store: no data of a clip
-        placing = {info["extents"] for info in store.arrays.values() if "extents" in info}
+        placing = {info.extents for info in store.arrays.values() if info.extents}
         return [name for name in known if name not in placing]
     names = [a.strip() for a in arrays.split(",") if a.strip()]
     unknown = [a for a in names if a not in known]
@@ -133,7 +133,7 @@ def _chunks(rows: np.ndarray):
 
 def _values(store: Store, name: str, rows: np.ndarray) -> list[np.ndarray]:
     """The stored values of array ``name`` for ``rows``, one array per clip (a whole track in a track store)."""
-    if "extents" in store.arrays[name]:
+    if store.arrays[name].extents:
         return [store.track(name, int(r)) for r in rows]
     return list(store.read(name, rows))
 
@@ -202,13 +202,13 @@ def _feature(store: Store, name: str):
     import datasets
 
     info = store.arrays[name]
-    dtype = str(np.dtype(info["dtype"]))
+    dtype = str(np.dtype(info.dtype))
     if "extents" in info:  # whole tracks: the last axis varies from clip to clip
         feature = datasets.Sequence(datasets.Value(dtype))
-        for size in reversed(info["shape"][:-1]):
+        for size in reversed(info.shape[:-1]):
             feature = datasets.Sequence(feature, length=size)
         return feature
-    shape = tuple(info["shape"][1:])
+    shape = tuple(info.shape[1:])
     if len(shape) == 1:
         return datasets.Sequence(datasets.Value(dtype), length=shape[0])
     kinds = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}

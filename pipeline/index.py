@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -72,6 +73,11 @@ class DatasetIndex:
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    def audio_paths(self) -> list[str]:
+        """The file each clip is read from: its ``path`` under ``root``."""
+        root = Path(self.root)
+        return [str(root / p) for p in self.clips["path"]]
 
     def labels_table(self) -> pd.DataFrame:
         """Labels as the table stored in ``tables/labels.parquet``.

@@ -47,7 +47,7 @@ def _save(fig, path: Path, title: str, description: str) -> Path:
 
 def logmel_array(store: Store, name: str | None = None) -> str | None:
     """``name`` if it is a log-mel array of ``store``, else the store's first log-mel array (None if it has none)."""
-    logmels = [n for n, info in store.arrays.items() if info["feature"]["kind"] == "logmel"]
+    logmels = [n for n, info in store.arrays.items() if info.kind == "logmel"]
     if name is None:
         return logmels[0] if logmels else None
     if name not in logmels:
@@ -88,7 +88,7 @@ def plot_examples(store: Store, path: Path, *, array: str, per_class: int = 1) -
     examples = class_examples(store, per_class, array=array)
     if not examples:
         raise MuzarrError(f"store {store.url} has no labelled clips to show")
-    feature = store.arrays[array]["feature"]
+    feature = store.arrays[array].feature
     seconds_per_frame = feature["hop_length"] / feature["sample_rate"]
     pad = feature.get("pad_frames", 0) or 0
     panels = [(name, row) for name, rows in examples for row in rows]

@@ -13,15 +13,19 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import numpy as np
 
 from pipeline.audio import load_clip
+from pipeline.cluster import close_client, make_client
 from pipeline.config import BuildConfig
 from pipeline.errors import MuzarrError
 from pipeline.features.base import Feature
+from pipeline.index import DatasetIndex
 from pipeline.store.io import MAX_BLOCK_BYTES
 from pipeline.store.layout import ArrayLayout
+from pipeline.store.manifest import Manifest
 
 #: clips the first-clip check tries before it gives up looking for one that decodes (their
 #: failures are then the build's to record, clip by clip)
@@ -31,12 +35,43 @@ PROBE_TRIES = 16
 BATCH_MEMORY_SHARE = 0.5
 
 
-def added_features(config: BuildConfig, manifest: dict | None) -> list[Feature]:
+def added_features(config: BuildConfig, manifest: Manifest | None) -> list[Feature]:
     """The features whose arrays this build adds: every one for a new store (``manifest`` None),
     the ones the store's manifest does not list for a grow."""
-    arrays = manifest.get("arrays") if isinstance(manifest, dict) else None
-    held = set(arrays) if isinstance(arrays, dict) else set()
+    held = set(manifest.arrays) if manifest is not None else set()
     return [f for f in config.features if f.name not in held]
+
+
+def check_before_writing(
+    config: BuildConfig, index: DatasetIndex, layouts: Sequence[ArrayLayout] | None, existing: Manifest | None, *,
+    client, workers: int | None, scheduler: str | None,
+) -> tuple[object, ExitStack, tuple[int | None, str]]:
+    """Every check a build makes before it writes: the parameters of the features it adds, the sizes of
+    ``layouts`` (None: a track store's, known only once its files are probed), and the added features
+    on the first clip that decodes.
+
+    Returns the Dask client to build with (``client``, or one started here for the first-clip check:
+    it runs the batches too, and the exit stack closes it), that stack, and a worker's memory.
+    """
+    added = added_features(config, existing)
+    check_parameters(added)
+    memory = worker_memory(client=client, workers=workers, scheduler=scheduler)
+    if layouts is not None:
+        check_sizes(config, layouts, n_clips=len(index), memory=memory)
+    owned = ExitStack()
+    if added and client is None:
+        client = make_client(workers=workers, scheduler=scheduler)
+        owned.callback(close_client, client)
+    try:
+        if memory[0] is None and client is not None and layouts is not None:  # another scheduler's workers, now known
+            memory = worker_memory(client=client)
+            check_sizes(config, layouts, n_clips=len(index), memory=memory)
+        ids = index.clips["clip_id"].astype(str).tolist()
+        first_clip_on(client, config, added, clip_ids=ids, paths=index.audio_paths())
+    except BaseException:
+        owned.close()
+        raise
+    return client, owned, memory
 
 
 def check_parameters(features: Sequence[Feature]) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline.store.io import marker_key, read_manifest, remove_key
+from pipeline.store.io import marker_key, remove_key
 from pipeline.store.location import Location
+from pipeline.store.reader import open_store
 
 
 def undo_damage(
@@ -23,14 +24,14 @@ def undo_damage(
     from pipeline.store.verify import verify_store
 
     echo = echo or (lambda line: None)
-    manifest = read_manifest(loc) or {}
-    if manifest.get("state") != "complete":
+    store = open_store(loc)
+    if not store.complete:
         echo("repair: the store's build has not finished: finishing it")
         return
     batches: set[int] = set()
     arrays: set[str] = set()
     rest: list[str] = []
-    for damage in verify_store(loc).damage:
+    for damage in verify_store(store).damage:
         if damage.rows is not None:
             batches.update(range(damage.rows[0] // batch_clips, (damage.rows[1] - 1) // batch_clips + 1))
         elif damage.array is not None:

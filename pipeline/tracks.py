@@ -135,13 +135,9 @@ class TrackPlan:
         """Length of time array ``name``: the end of its last region."""
         return max((s + z for s, z in self.regions[name]), default=0)
 
-    def batch(self, b: int) -> dict:
-        """What batch ``b``'s task needs (plain JSON-able values: it travels to a Dask worker)."""
-        return {"arrays": {name: {"start": r[b][0], "size": r[b][1]} for name, r in self.regions.items()}}
-
-    def batch_regions(self, b: int) -> dict[str, list[int]]:
-        """Batch ``b``'s region of each time array, as its marker records them."""
-        return {name: list(r[b]) for name, r in self.regions.items()}
+    def batch_regions(self, b: int) -> dict[str, Region]:
+        """Batch ``b``'s region of each time array: where its task places its tracks, and its marker records."""
+        return {name: tuple(r[b]) for name, r in self.regions.items()}
 
     def replanned(self, decoded: dict[int, list]) -> TrackPlan:
         """The plan after batches decoded longer than their regions: ``decoded`` maps each such batch to what
@@ -272,11 +268,11 @@ class BatchTracks:
     to, in buffers written whole. A track that does not fit marks the batch as overflowing (nothing is
     written; the driver gives it a larger region)."""
 
-    def __init__(self, track: dict, layouts: dict, names: list[str]) -> None:
-        self.regions = {n: r for n, r in track["arrays"].items() if n in names}  # the time arrays this pass computes
+    def __init__(self, regions: dict[str, Region], layouts: dict, names: list[str]) -> None:
+        self.regions = {n: r for n, r in regions.items() if n in names}  # the time arrays this pass computes
         self.names = list(self.regions)
         self.buffers = {
-            n: np.zeros((*layouts[n].shape[:-1], self.regions[n]["size"]), dtype=layouts[n].dtype) for n in self.names
+            n: np.zeros((*layouts[n].shape[:-1], self.regions[n][1]), dtype=layouts[n].dtype) for n in self.names
         }
         self.placed: dict[str, dict[int, tuple[int, int]]] = {n: {} for n in self.names}  # row -> (offset, length)
         self.used = dict.fromkeys(self.names, 0)
@@ -286,7 +282,7 @@ class BatchTracks:
         """Track ``i``'s values, after the tracks placed before it (tracks are put in row order)."""
         length = values.shape[-1]
         start = self.used[name]
-        if start + length > self.regions[name]["size"]:
+        if start + length > self.regions[name][1]:
             self.overflowing = True
             return
         self.buffers[name][..., start : start + length] = values
@@ -309,12 +305,12 @@ class BatchTracks:
     def extents(self, name: str, n: int) -> np.ndarray:
         """int64 ``(n, 2)``: ``[start, length]`` of the batch's ``n`` rows in array ``name``."""
         spans = np.array(self._spans(name, n), dtype=np.int64).reshape(n, 2)
-        spans[:, 0] += self.regions[name]["start"]
+        spans[:, 0] += self.regions[name][0]
         return spans
 
     def write(self, loc: Location, array, name: str) -> None:
         """The batch's whole region: whole shards, which no other task writes."""
-        write_region(loc, array, self.regions[name]["start"], self.buffers[name])
+        write_region(loc, array, self.regions[name][0], self.buffers[name])
 
 
 def write_region(loc: Location, array, start: int, data: np.ndarray) -> None:

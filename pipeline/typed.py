@@ -17,7 +17,6 @@ strings. Floats are finite unless a field's metadata says ``{"finite": False}``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -25,8 +24,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.errors import MuzarrError
+from pipeline.suggest import did_you_mean
 
-__all__ = ["coerce", "did_you_mean", "expected_type", "hint_of", "typed_fields"]
+__all__ = ["coerce", "expected_type", "hint_of", "typed_fields"]
 
 _TRUE = ("true", "yes", "1")
 _FALSE = ("false", "no", "0")
@@ -52,7 +52,7 @@ def typed_fields(cls: type, data: dict[str, Any], *, where: str) -> dict[str, An
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted((k for k in data if k not in fields), key=str)
     if unknown:
-        raise MuzarrError(f"{where}: unknown key(s) {unknown}{did_you_mean(unknown, fields)}; valid keys: {', '.join(fields)}")
+        raise MuzarrError(f"{where}: unknown key(s) {unknown}{did_you_mean(unknown, fields, quote=True)}; valid keys: {', '.join(fields)}")
     return {
         key: coerce(hints[key], value, where=f"{where}: {key}", finite=fields[key].metadata.get("finite", True))
         for key, value in data.items()
@@ -96,14 +96,6 @@ def hint_of(default: Any) -> Any:
         elements = {repr(hint_of(d)) for d in default}  # nested tuple hints compare by what they say
         return tuple[hint_of(default[0]), ...] if len(elements) == 1 else tuple
     return Any
-
-
-def did_you_mean(names: str | Iterable[Any], choices: Iterable[Any]) -> str:
-    """`` (did you mean 'crnn'?)`` for the choices closest to the misspelt ``names``; empty when none is close."""
-    names = [names] if isinstance(names, str) else list(names)
-    options = [str(c) for c in choices]
-    close = dict.fromkeys(m for n in names for m in difflib.get_close_matches(str(n), options, n=1))
-    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def _convert(hint: Any, value: Any, *, parse: bool, finite: bool) -> Any:

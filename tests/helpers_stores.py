@@ -53,7 +53,7 @@ def assert_same_store(out: Path, reference: Path) -> None:
     assert [k for k in files if files[k] != ref_files[k]] == []
     assert manifest == ref_manifest
     a, b = open_store(str(out)), open_store(str(reference))
-    assert {n: x["checksum"] for n, x in a.arrays.items()} == {n: x["checksum"] for n, x in b.arrays.items()}
+    assert {n: x.checksum for n, x in a.arrays.items()} == {n: x.checksum for n, x in b.arrays.items()}
     for table in ("clips", "labels", "splits", "checksums"):
         pd.testing.assert_frame_equal(a.table(table), b.table(table))
     assert a.complete and (a.status == 1).all()

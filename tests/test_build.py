@@ -83,13 +83,13 @@ def test_labels_and_splits_are_plain_parquet(built):
     assert set(splits["random"]) == {"train", "valid", "test"}
     assert not (labels.iloc[:, 1:].to_numpy() & labels[["fast"]].to_numpy() & labels[["slow"]].to_numpy()).any()
     store = open_store(url)
-    counts = store.manifest["split_counts"]["random"]
+    counts = store.manifest.split_counts["random"]
     assert sum(counts.values()) == N_CLIPS and counts == {p: len(store.split("random", p)) for p in counts}
 
 
 def test_one_and_two_workers_write_identical_content(built):
     one, two = (open_store(built[w].url) for w in (1, 2))
-    assert {n: a["checksum"] for n, a in one.arrays.items()} == {n: a["checksum"] for n, a in two.arrays.items()}
+    assert {n: a.checksum for n, a in one.arrays.items()} == {n: a.checksum for n, a in two.arrays.items()}
     for name in one.arrays:
         np.testing.assert_array_equal(one.array(name)[:], two.array(name)[:])
     for table in ("labels", "splits", "checksums", "clips"):
@@ -97,7 +97,7 @@ def test_one_and_two_workers_write_identical_content(built):
 
 
 def test_manifest_records_how_the_store_was_made(built):
-    manifest = open_store(built[1].url).manifest
+    manifest = open_store(built[1].url).manifest.to_dict()  # as the store holds it
     assert manifest["config"]["features"][2] == {
         "kind": "logmel", "sample_rate": 12000, "n_mels": 96, "n_fft": 512, "hop_length": 256, "f_min": 0.0,
         "f_max": None, "log": "db", "top_db": 80.0, "log_compression": 10000.0, "pad_frames": 37, "storage": "float16",
@@ -116,7 +116,7 @@ def test_checksums_table_matches_the_data(built):
     for name in store.arrays:
         digests = table.loc[table["array"] == name, "digest"].tolist()
         assert digests == clip_digests(store.array(name)[:])
-        assert combine_digests(digests) == store.arrays[name]["checksum"]
+        assert combine_digests(digests) == store.arrays[name].checksum
 
 
 def test_corrupt_files_are_recorded_and_the_build_goes_on(demo_source, tmp_path):
@@ -141,9 +141,9 @@ def test_corrupt_files_are_recorded_and_the_build_goes_on(demo_source, tmp_path)
     index = DatasetIndex(str(broken), clips, index.task, index.classes, index.labels, index.splits)
     report = build(config, source=str(broken), out=str(tmp_path / "s.zarr"), index=index, workers=2, progress=False)
     assert (report.n_ok, report.n_failed, report.exit_code) == (N_CLIPS - 2, 2, 1)
-    failed = {f["clip_id"]: f for f in report.failures}
+    failed = {f.clip_id: f for f in report.failures}
     assert set(failed) == {"demo_00003", "demo_00010"}
-    assert failed["demo_00003"]["stage"] == "decode" and "soundfile" in failed["demo_00003"]["message"]
+    assert failed["demo_00003"].stage == "decode" and "soundfile" in failed["demo_00003"].message
     store = open_store(report.url)
     assert store.status.tolist().count(2) == 2
     assert store.clips.set_index("clip_id").loc["demo_00010", "status"] == "failed"
@@ -229,7 +229,7 @@ def test_command_line_features_replace_the_catalogs_of_the_same_name():
         (["build", "demo", "--logmel", "n_mels"], "not KEY=VALUE"),
         (["build", "demo", "--logmel", "n_mels=0"], "n_mels=0 must be a positive integer"),
         (["build", "demo", "--set", "clip.length=3"], "clip has no parameter 'length'"),
-        (["build", "demo", "--set", "mfcc.n=3"], "no feature named 'mfcc'"),
+        (["build", "demo", "--set", "mfcc.n=3"], "no setting or feature named 'mfcc'"),
         (["build", "demo", "--tabular", "nosuch"], "unknown feature kind 'nosuch'"),
         (["build", "demo", "--only"], "--only needs"),
         (["build", "demo", "--workers", "0"], "--workers"),
@@ -241,6 +241,35 @@ def test_cli_errors_are_one_clear_line(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--set", "clip.secnds=3"], ("error: --set clip.secnds: clip has no parameter 'secnds' (did you mean clip.seconds?); "
+         "its keys: clip.anchor, clip.hop_seconds, clip.max_seconds, clip.mode, clip.partial, clip.seconds, clip.total_seconds")),
+        (["--set", "clipp.seconds=3"], ("error: --set clipp.seconds: no setting or feature named 'clipp' (did you mean clip?); "
+         "--set takes clip.<parameter>, options.<recipe option>, batch_clips or <feature>.<parameter>, for a feature here: "
+         "logmel, logmel/mel64_sr16000_fft1024_hop512, logmel/mel96_sr12000_fft512_hop256_pad37, waveform")),
+        (["--logmel", "n_mel=128"], ("error: --logmel n_mel=128: unknown parameter(s) ['n_mel'] for feature 'logmel' "
+         "(did you mean n_mels?); known: ['f_max', 'f_min', 'hop_length', 'log', 'log_compression', 'n_fft', 'n_mels', "
+         "'pad_frames', 'sample_rate', 'storage', 'top_db']")),
+        (["--set", "logmel.n_mel=128"], ("error: --set logmel.n_mel: logmel has no parameter 'n_mel' (did you mean logmel.n_mels?)")),
+        (["--set", "batch_clip=4"], ("error: --set batch_clip: no setting named 'batch_clip' (did you mean batch_clips?)")),
+        (["--set", "options.n_clip=8"], ("error: recipe 'demo' has no option(s) ['n_clip'] (did you mean n_clips?); "
+         "its options: ['n_clips', 'seconds', 'seed', 'split_sizes']")),
+    ],
+)
+def test_a_misspelt_setting_gets_one_line_with_a_suggestion(tmp_path, args, line):
+    """Issue #22, newcomer item 6: a misspelt --set key, feature parameter or recipe option is refused in one
+    line that blames the option that gave it, suggests the closest valid name and lists the valid ones."""
+    result = run_pipe("build", "demo", "--source", str(tmp_path / "audio"), "--out", str(tmp_path / "s.zarr"), *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert errors == [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(errors) == 1 and errors[0].startswith(line), errors
+    assert "--feature" not in result.stderr and "no feature named" not in result.stderr
+    assert not (tmp_path / "s.zarr").exists()  # refused before anything is written
 
 
 def test_cli_help_has_examples():
@@ -293,7 +322,7 @@ def test_loud_clips_are_stored_clipped_and_the_store_says_so(tmp_path):
     note = store.clips.set_index("clip_id")["note"]
     assert pd.isna(note["quiet"])
     assert note["loud"] == f"waveform: {expected} sample(s) beyond ±1 (peak 1.500) clipped by int16 storage; --waveform storage=float32 keeps them"
-    assert store.manifest["notes"] == report.notes == {
+    assert store.manifest.to_dict()["notes"] == {a: x.to_dict() for a, x in report.notes.items()} == {
         "waveform": {"clips": 1, "examples": [{"clip_id": "loud", "message": note["loud"].removeprefix("waveform: ")}]}
     }
     loud = store.read("waveform", 1)

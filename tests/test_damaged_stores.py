@@ -24,7 +24,8 @@ from helpers_stores import file_versions, kill_when, snapshot
 
 from pipeline import MuzarrError, open_store
 from pipeline.cli import build as build_command_line
-from pipeline.config import apply_overrides, build_command, config_from_command, load_catalog
+from pipeline.commands import build_command, repair_command
+from pipeline.config import apply_overrides, config_from_command, load_catalog
 from training.data import InputSpec, resolve_array
 
 N_CLIPS, BATCH = 16, 4
@@ -306,7 +307,8 @@ def test_the_printed_repair_command_works_as_printed_from_another_folder(tmp_pat
 
     (here / "music").rename(here / "moved")  # a repair needs the audio: a folder gone is said under the command
     shard.write_bytes(shard.read_bytes()[:1000])
-    lines = verify_store(str(store)).lines()  # what `pipe verify` prints
+    # what `pipe verify` prints: the store layer reports the damage, the CLI adds the command
+    lines = verify_store(str(store)).lines(repair=repair_command(open_store(str(store))))
     assert lines[-2].startswith("repair: pipe build folder --source ")
     assert lines[-1] == (f"note: the store's source folder {here / 'music'} no longer exists: give --source the folder "
                          "that holds its audio now")  # fmt: skip

@@ -79,7 +79,7 @@ def test_datasets_export_of_a_multilabel_split_reads_back_equal(small_store, tmp
     train = loaded["train"]
     assert train.column_names == ["clip_id", "waveform", LOGMEL, "labels"]
     assert train.features["labels"].feature.names == store.classes
-    assert train.features[LOGMEL].dtype == "float16" and train.features[LOGMEL].shape == tuple(store.arrays[LOGMEL]["shape"][1:])
+    assert train.features[LOGMEL].dtype == "float16" and train.features[LOGMEL].shape == tuple(store.arrays[LOGMEL].shape[1:])
     assert train["clip_id"] == list(store.clips["clip_id"].iloc[rows])
     numpy = train.with_format("numpy")
     np.testing.assert_array_equal(np.stack(numpy["waveform"]), store.read("waveform", rows))

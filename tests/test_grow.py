@@ -21,6 +21,7 @@ from helpers_stores import file_versions
 from pipeline import MuzarrError, open_store
 from pipeline.build import build, make_client
 from pipeline.config import apply_overrides, config_for, load_catalog
+from pipeline.store.manifest import RowFailure
 
 BATCH = 8
 OLD_ARRAYS = ["waveform", "logmel/mel64_sr16000_fft1024_hop512", "logmel/mel96_sr12000_fft512_hop256_pad37"]
@@ -47,7 +48,8 @@ def assert_equal_stores(a_url: str, b_url: str) -> None:
     for table in ("clips", "labels", "splits", "checksums"):
         pd.testing.assert_frame_equal(a.table(table), b.table(table))
     drop = ("finished",)
-    assert {k: v for k, v in a.manifest.items() if k not in drop} == {k: v for k, v in b.manifest.items() if k not in drop}
+    a_manifest, b_manifest = a.manifest.to_dict(), b.manifest.to_dict()
+    assert {k: v for k, v in a_manifest.items() if k not in drop} == {k: v for k, v in b_manifest.items() if k not in drop}
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +108,10 @@ def test_an_added_feature_computes_only_the_new_array(grown, client, tmp_path):
 
 def test_readers_see_the_old_store_until_the_grow_is_finished(grown):
     for manifest in grown["seen_during_feature"]:
-        assert list(manifest["arrays"]) == OLD_ARRAYS and manifest["n_clips"] == 20
+        assert list(manifest.arrays) == OLD_ARRAYS and manifest.n_clips == 20
     assert len(grown["seen_during_clips"]) == 2
     for manifest, wave_shape, status_shape in grown["seen_during_clips"]:
-        assert manifest["n_clips"] == 20 and NEW_ARRAY in manifest["arrays"]
+        assert manifest.n_clips == 20 and NEW_ARRAY in manifest.arrays
         assert wave_shape == (20, 16000) and status_shape == (20,)
     final = open_store(grown["out"])
     assert final.n_clips == 30 and final.complete
@@ -197,7 +199,7 @@ def test_a_clip_that_fails_only_an_added_feature_stays_stored_everywhere_else(cl
     clip_id = index.clips["clip_id"].iloc[LOUD]
     message = "ValueError: computed values are not finite (NaN or infinity)"
     assert (grow.n_ok, grow.n_failed, grow.exit_code) == (16, 0, 1)
-    assert grow.array_failures == [{"array": MLP_ARRAY, "row": LOUD, "clip_id": clip_id, "stage": MLP_ARRAY, "message": message}]
+    assert grow.array_failures == [(MLP_ARRAY, RowFailure(LOUD, clip_id, MLP_ARRAY, message))]
     after = file_versions(out)
     # the waveform's and status's files are not rewritten: same bytes, same mtime
     kept = [k for k in before if k.startswith(("waveform/", "status/"))]
@@ -205,7 +207,7 @@ def test_a_clip_that_fails_only_an_added_feature_stays_stored_everywhere_else(cl
 
     store = open_store(str(out))
     assert (store.status == 1).all()
-    assert store.array_failures(MLP_ARRAY) == {LOUD: {"row": LOUD, "clip_id": clip_id, "stage": MLP_ARRAY, "message": message}}
+    assert store.array_failures(MLP_ARRAY) == {LOUD: RowFailure(LOUD, clip_id, MLP_ARRAY, message)}
     assert np.isnan(store.array(MLP_ARRAY)[LOUD]).all()  # the fill value, never a value a clip could hold
     assert store.read("waveform", LOUD).shape == (16000,)
     assert np.isfinite(store.read(MLP_ARRAY, LOUD + 1)).all()

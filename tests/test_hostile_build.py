@@ -85,7 +85,7 @@ def test_an_unreadable_class_folder_is_a_failure_listed_with_its_reason(source, 
     assert ("  1 source folder(s) could not be read, their clips are not in the store: "
             "locked/ (PermissionError: Permission denied)") in info.stdout.splitlines()
     manifest = open_store(str(out)).manifest
-    assert manifest["index_info"]["unreadable_folders"] == [{"path": "locked", "message": "PermissionError: Permission denied"}]
+    assert manifest.index_info["unreadable_folders"] == [{"path": "locked", "message": "PermissionError: Permission denied"}]
 
 
 def test_an_unreadable_source_root_is_one_line(source, tmp_path):
@@ -237,7 +237,7 @@ def test_a_second_build_into_the_same_store_is_refused_naming_the_first(source, 
     assert first.returncode == 0, stderr
     assert f"{N_CLIPS} of {N_CLIPS} clips stored" in stdout
     assert_complete(out)
-    assert open_store(str(out)).manifest["config"]["clip"]["seconds"] == 1.0
+    assert open_store(str(out)).manifest.config["clip"]["seconds"] == 1.0
 
 
 def dead_pid() -> int:

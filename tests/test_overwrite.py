@@ -40,7 +40,7 @@ def test_overwrite_replaces_the_store_and_keeps_other_files(tmp_path):
     replaced = _build(tmp_path / "audio", out, "--set", "clip.seconds=2", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     store = open_store(str(out))
-    assert store.complete and store.manifest["config"]["clip"]["seconds"] == 2
+    assert store.complete and store.manifest.config["clip"]["seconds"] == 2
     assert (out / "NOTES.md").read_text() == "mine" and (out / "mine" / "plot.png").read_bytes() == b"png"
 
 

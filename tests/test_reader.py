@@ -35,7 +35,7 @@ def store_url(tmp_path_factory) -> str:
 
 def test_waveforms_and_logmels_are_time_chunked_with_a_crc32c_per_chunk(store_url):
     store = open_store(store_url)
-    assert store.arrays["waveform"]["chunks"] == [1, 32000] and store.arrays["waveform"]["shards"] == [4, 96000]
+    assert store.arrays["waveform"].chunks == (1, 32000) and store.arrays["waveform"].shards == (4, 96000)
     for name in TIMED:
         array = store.array(name)
         inner = [codec["name"] for codec in array.metadata.to_dict()["codecs"][0]["configuration"]["codecs"]]
@@ -141,7 +141,7 @@ def test_crops_from_s3_read_byte_ranges_and_equal_local_ones(store_url):
         fs.put(store_url, "reader/demo.zarr", recursive=True)
         remote, local = open_store("s3://reader/demo.zarr"), open_store(store_url)
         for name in TIMED:
-            total = local.arrays[name]["shape"][-1]
+            total = local.arrays[name].shape[-1]
             rows, starts = [1, 6, 6, 11], [0, 3, total // 2, total - 40]
             np.testing.assert_array_equal(
                 ArrayReader(remote, name).crops(rows, starts, 40), ArrayReader(local, name).crops(rows, starts, 40)

@@ -242,9 +242,9 @@ def test_mtat_broken_clips_fail_at_decode_and_are_never_read(mtat_store):
             store.read("waveform", row_of(store, clip_id))
         with pytest.raises(MuzarrError, match="failed"):
             store.read(MEL96, [row_of(store, "37386"), row_of(store, clip_id)])
-    failed = {f["clip_id"] for f in store.manifest["failures"]}
+    failed = {f.clip_id for f in store.manifest.failures}
     assert failed == {"35644", "224"}
-    assert store.manifest["split_counts"]["dieleman"] == {"train": 0, "valid": 0, "test": 2}
+    assert store.manifest.split_counts["dieleman"] == {"train": 0, "valid": 0, "test": 2}
 
 
 def test_mtat_clip_cut_mid_frame_is_a_short_clip_stored_zero_padded(mtat_store, fixtures_dir):
@@ -298,7 +298,7 @@ def test_fma_small_build_stores_the_track_and_fails_the_broken_one(fma_store, fi
     labels = store.labels().set_index("clip_id")
     assert labels.loc["000010", "label"] == "Pop" and labels.loc["000010", "label_index"] == 2
     assert store.splits().set_index("clip_id").loc["000010", "official"] == "train"
-    info = store.manifest["index_info"]
+    info = store.manifest.index_info
     assert info["tracks_in_subset"] == 4 and info["missing_audio"] == 2
     assert info["missing_audio_examples"] == ["099134", "108925"]
 

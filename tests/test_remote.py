@@ -49,8 +49,8 @@ def pipe_here(*args):
 
 
 def assert_reads_like(store, reference) -> None:
-    assert {k: v for k, v in store.manifest.items() if k != "finished"} == {
-        k: v for k, v in reference.manifest.items() if k != "finished"
+    assert {k: v for k, v in store.manifest.to_dict().items() if k != "finished"} == {
+        k: v for k, v in reference.manifest.to_dict().items() if k != "finished"
     }
     for name in reference.arrays:
         np.testing.assert_array_equal(store.read(name, slice(None)), reference.read(name, slice(None)))

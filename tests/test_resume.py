@@ -140,7 +140,7 @@ def test_kill_during_finalize_resumes(reference, source, tmp_path):
     first_table = out / "tables" / "labels.parquet"
     result = kill_when(build_command(source, out), first_table.exists, poll=0.001)
     assert result["killed"], result["stderr"]
-    assert open_store(str(out)).manifest["state"] == "building"
+    assert open_store(str(out)).manifest.state == "building"
     again = run(build_command(source, out))
     assert again.returncode == 0, again.stderr
     assert "(0 batches run, 12 reused" in again.stdout
@@ -149,25 +149,25 @@ def test_kill_during_finalize_resumes(reference, source, tmp_path):
 
 def test_a_folder_left_by_a_killed_creation_is_recognised_as_ours(tmp_path):
     """A kill can land before the mark is complete (only a temporary file) or while clearing (only the mark)."""
-    from pipeline.build import _is_ours, _remove
+    from pipeline.prepare import clear_store, is_ours
     from pipeline.store.location import location
 
     early = tmp_path / "early.zarr"
     (early / "_muzarr").mkdir(parents=True)
     (early / "_muzarr" / f"target.json.{'cd' * 16}.partial").write_text("{")
-    assert _is_ours(location(early))
+    assert is_ours(location(early))
     foreign = tmp_path / "foreign"
     (foreign / "_muzarr").mkdir(parents=True)
     (foreign / "thesis.tex").write_text("years of work")
-    assert not _is_ours(location(foreign))
+    assert not is_ours(location(foreign))
     clearing = tmp_path / "clearing.zarr"
     (clearing / "waveform" / "c").mkdir(parents=True)
     (clearing / "waveform" / "c" / "0").write_bytes(b"x")
     (clearing / "_muzarr").mkdir()
     (clearing / "_muzarr" / "target.json").write_text("{}")
-    _remove(location(clearing), keep="_muzarr/target.json")
+    clear_store(location(clearing), keep="_muzarr/target.json")
     assert [p.relative_to(clearing).as_posix() for p in clearing.rglob("*")] == ["_muzarr", "_muzarr/target.json"]
-    assert _is_ours(location(clearing))
+    assert is_ours(location(clearing))
 
 
 def test_a_different_configuration_is_refused_unless_overwrite(reference, source, tmp_path):
@@ -182,7 +182,7 @@ def test_a_different_configuration_is_refused_unless_overwrite(reference, source
     replaced = run(build_command(source, out, "--only", "--waveform", "sample_rate=8000", "--overwrite", "--workers", "2"))
     assert replaced.returncode == 0, replaced.stderr
     store = open_store(str(out))
-    assert list(store.arrays) == ["waveform"] and store.arrays["waveform"]["shape"] == [N_CLIPS, 8000]
+    assert list(store.arrays) == ["waveform"] and store.arrays["waveform"].shape == (N_CLIPS, 8000)
     assert not (out / "logmel").exists()
 
 

@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from pipeline.store.io import STATUS_FAILED, STATUS_OK, check_marker, clips_digest
+from pipeline.store.io import STATUS_FAILED, STATUS_OK, clips_digest
+from pipeline.store.marker import Marker, Note
 
 IDS = ["a", "b", "c"]
 DIGEST = "0123456789abcdef0123456789abcdef"
@@ -27,20 +28,20 @@ def marker(**changes):
 
 
 def check(raw, names=("waveform", "logmel/x")):
-    return check_marker(raw, batch=2, start=6, stop=9, clips=clips_digest(IDS), names=names)
+    return Marker.from_dict(raw, batch=2, start=6, clip_ids=IDS, names=names)
 
 
 def test_a_whole_marker_is_kept_for_the_arrays_asked_for():
     kept = check(marker(), names=("waveform",))
-    assert kept["digests"] == {"waveform": [DIGEST] * 3}
-    assert kept["notes"] == [marker()["notes"][0]]  # notes go with the arrays they are about
-    assert check(marker())["notes"] == marker()["notes"]
+    assert kept.digests == {"waveform": (DIGEST,) * 3}
+    assert kept.notes == (Note.from_dict(marker()["notes"][0]),)  # notes go with the arrays they are about
+    assert [x.to_dict() for x in check(marker()).notes] == marker()["notes"]
 
 
 def test_markers_from_before_notes_have_none():
     raw = marker()
     del raw["notes"]
-    assert check(raw)["notes"] == []
+    assert check(raw).notes == ()
 
 
 @pytest.mark.parametrize(

@@ -109,7 +109,7 @@ def test_tabular_features_are_computed_over_the_whole_track(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     store = open_store(str(out))
-    assert store.arrays["tabular/gtzan57"]["shape"] == [2, 57]
+    assert store.arrays["tabular/gtzan57"].shape == (2, 57)
     feature = store.feature("tabular/gtzan57")
     for row, path in enumerate(store.clips["path"]):
         y, _ = librosa.load(source / path, sr=SR)
@@ -212,7 +212,7 @@ def test_a_grow_appends_tracks(built, source, tmp_path):
             # may choose another): the tracks are the same, where their regions start may differ
             np.testing.assert_array_equal(store.extents(name[8:])[:, 1], reference.extents(name[8:])[:, 1])
         else:  # per-clip digests: every track's own bytes
-            assert store.arrays[name]["checksum"] == reference.arrays[name]["checksum"], name
+            assert store.arrays[name].checksum == reference.arrays[name].checksum, name
     assert pipe("verify", str(out)).returncode == 0
 
 

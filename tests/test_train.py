@@ -204,7 +204,7 @@ def test_a_store_with_one_split_scheme_is_used_without_a_note(small_store, tmp_p
     from pipeline import open_store
     from training.run.loop import Run
 
-    assert open_store(small_store).manifest["config"]["splits"] == ["random"]
+    assert list(open_store(small_store).split_schemes) == ["random"]
     assert MODELS["crnn"].protocol.split_scheme == "dieleman"
     run = Run(TrainConfig(store=small_store, model="crnn", emissions=False, tensorboard=False, device="cpu"), tmp_path / "r")
     assert run.protocol.split_scheme == "random"

@@ -65,7 +65,7 @@ def test_every_whole_clip_read_path_checks_and_an_intact_store_passes(small_stor
     for url, damaged in ((small_store, False), (str(tampered), True)):
         store = open_store(url)
         rows = np.arange(store.n_clips)[store.ok]
-        plan = ExamplePlan(ARRAY, tuple(store.arrays[ARRAY]["shape"][1:]), 16, 1)
+        plan = ExamplePlan(ARRAY, store.arrays[ARRAY].shape[1:], 16, 1)
         reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
         readers = (
             lambda reader=reader: list(reader.blocks()),  # sequential (evaluation)
@@ -95,7 +95,7 @@ def test_a_crop_over_a_damaged_chunk_is_refused_naming_the_shard(small_store, tm
     blob[int(offset) + 5] ^= 0x10  # frame 2 of mel 0 of row 2 (its first chunk): no digest is consulted by a crop
     (copy / key).write_bytes(bytes(blob))
     rows = np.arange(store.n_clips)[store.ok]
-    plan = ExamplePlan(ARRAY, tuple(store.arrays[ARRAY]["shape"][1:]), 16, 1)
+    plan = ExamplePlan(ARRAY, store.arrays[ARRAY].shape[1:], 16, 1)
     reader = SplitReader(store, plan, rows, store.label_matrix[rows], cache=False)
     with pytest.raises(MuzarrError) as caught:
         reader.crops(np.array([2]), np.array([0]), 16)

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.errors import MuzarrError
+from pipeline.suggest import did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,13 +106,17 @@ def feature_from_dict(spec: dict[str, Any], *, where: str = "feature") -> Featur
         raise MuzarrError(f"{where}: expected a mapping with a 'kind' key, got {spec!r}")
     kind = spec["kind"]
     if kind not in FEATURES:
-        raise MuzarrError(f"{where}: unknown feature kind {kind!r}; known kinds: {', '.join(sorted(FEATURES))}")
+        raise MuzarrError(
+            f"{where}: unknown feature kind {kind!r}{did_you_mean(kind, FEATURES)}; known kinds: {', '.join(sorted(FEATURES))}"
+        )
     cls = FEATURES[kind]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     params = {k: v for k, v in spec.items() if k != "kind"}
     unknown = sorted(set(params) - set(fields))
     if unknown:
-        raise MuzarrError(f"{where}: unknown parameter(s) {unknown} for feature {kind!r}; known: {sorted(fields)}")
+        raise MuzarrError(
+            f"{where}: unknown parameter(s) {unknown} for feature {kind!r}{did_you_mean(unknown[0], fields)}; known: {sorted(fields)}"
+        )
     try:
         return cls(**params)
     except (TypeError, ValueError) as err:

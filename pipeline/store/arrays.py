@@ -50,11 +50,11 @@ class ArrayReader:
     """
 
     def __init__(self, store: Store, name: str, *, verify: bool = True, clip_axis: bool = True) -> None:
-        info = store._array_info(name)
+        info = store.array_info(name)
         self.url, self.location, self.name = store.url, store.location, name
-        self.shape = tuple(info["shape"])
-        self.dtype = np.dtype(info["dtype"])
-        self.shards = tuple(info.get("shards") or info["chunks"])
+        self.shape = info.shape
+        self.dtype = np.dtype(info.dtype)
+        self.shards = info.shards or info.chunks
         self.verify = verify
         self.clip_axis = clip_axis
         self._clip_ids = store.clips["clip_id"].to_numpy() if clip_axis else None
@@ -104,7 +104,7 @@ class ArrayReader:
         if lost:
             x = self._failed[lost[0]]
             raise MuzarrError(
-                f"clip {x['clip_id']!r} (row {lost[0]}) of {self.url} failed {self.name} at {x['stage']} ({x['message']}): "
+                f"clip {x.clip_id!r} (row {lost[0]}) of {self.url} failed {self.name} at {x.stage} ({x.message}): "
                 f"that array has no data for it (`pipe info {self.url}` lists such clips)"
             )
 

@@ -105,7 +105,7 @@ def copy_store(
     check_apart(source_loc, dest)
     source = open_store(source_loc)
     if not source.complete:
-        raise MuzarrError(f"{src} is not a finished store (state {source.manifest.get('state')!r}): finish it first")
+        raise MuzarrError(f"{src} is not a finished store (state {source.manifest.state!r}): finish it first")
     keys = store_keys(source_loc, limit=source.max_keys)
     if "zarr.json" not in keys:
         raise MuzarrError(f"{src}: its key list has no zarr.json")

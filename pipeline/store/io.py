@@ -291,52 +291,6 @@ def read_batch_markers(loc: Location) -> dict[int, dict]:
     return read_markers(loc, numbers)
 
 
-def check_marker(marker: Any, *, batch: int, start: int, stop: int, clips: str, names: Iterable[str]) -> dict | None:
-    """The marker normalised to the arrays in ``names`` it vouches for, or None if it cannot be trusted.
-
-    A marker counts only if it is for this batch, these rows and these clips, and every
-    field has the shape a finished batch writes; anything else (a torn write, a marker of
-    an older layout, a hand-edited file) means "not done".
-    """
-    n = stop - start
-    if not isinstance(marker, dict):
-        return None
-    # Markers written before the clip-id digest existed have no "clips": their rows must do.
-    if (marker.get("batch"), marker.get("start"), marker.get("stop"), marker.get("clips", clips)) != (batch, start, stop, clips):
-        return None
-    status, failures, digests = marker.get("status"), marker.get("failures"), marker.get("digests")
-    if not (isinstance(status, list) and len(status) == n and all(s in (STATUS_OK, STATUS_FAILED) for s in status)):
-        return None
-    notes = marker.get("notes", [])  # markers written before notes existed have none
-    lost = marker.get("array_failures", [])  # nor failures of one array only
-    if not (
-        isinstance(digests, dict)
-        and _records(failures, ("clip_id", "path", "stage", "message"))
-        and len(failures) == status.count(STATUS_FAILED)
-        and _records(notes, ("clip_id", "array", "message"))
-        and _records(lost, ("clip_id", "path", "stage", "message", "array"))
-    ):
-        return None
-    kept = {}
-    for name in names:
-        values = digests.get(name)
-        if isinstance(values, list) and len(values) == n and all(_is_digest(v) for v in values):
-            kept[name] = values
-    return {
-        **marker, "digests": kept, "notes": [x for x in notes if x["array"] in kept or x["array"] == DECODE_NOTE],
-        "array_failures": [x for x in lost if x["array"] in kept],
-    }
-
-
-def _records(value: Any, keys: tuple[str, ...]) -> bool:
-    """``value`` is a list of mappings, each with a string under every key of ``keys``."""
-    return isinstance(value, list) and all(isinstance(x, dict) and all(isinstance(x.get(k), str) for k in keys) for x in value)
-
-
-def _is_digest(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
-
-
 def list_keys(loc: Location) -> dict[str, int]:
     """Every key of the store with its size (needs a filesystem that can list)."""
     fs, root = loc.fs, loc.root

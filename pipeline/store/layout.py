@@ -32,7 +32,6 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import xxhash
@@ -151,12 +150,6 @@ def dimension_names(variant: str, axes: Sequence[str]) -> tuple[str, ...]:
     return tuple(axis if axis in SHARED_DIMENSIONS else f"{axis}_{variant}" for axis in axes)
 
 
-def failure_text(failure: dict) -> str:
-    """One line for a stored clip that failed one array (``{"array", "stage", "message"}``)."""
-    at = "" if failure["stage"] == failure["array"] else f" at {failure['stage']}"
-    return f"{failure['array']}{at}: {failure['message']}"
-
-
 def fill_value(dtype: str) -> float | int:
     """What a row no build wrote, or whose clip failed, holds: NaN in a float array, never a value a
     clip could have (zeros are digital silence); 0 in an integer one (int16 audio has no spare value)."""
@@ -176,15 +169,6 @@ class ArrayLayout:
     extents: str | None = None  # a track store's time array: the array of its clips' [start, length]
     dimension_names: tuple[str, ...] | None = None
     compressed: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "chunks": list(self.chunks),
-            "shards": list(self.shards),
-            **({"extents": self.extents} if self.extents else {}),
-        }
 
     @property
     def compressors(self) -> list:

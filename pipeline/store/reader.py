@@ -10,10 +10,8 @@ allow-list of codecs only.
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Iterable
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,14 +27,14 @@ from pipeline.store.io import (
     STATUS_OK,
     TARGET,
     check_contained,
-    check_key,
     check_metadata_size,
     check_table_size,
     read_json,
     read_table,
 )
-from pipeline.store.layout import SCHEMA_VERSION, TABLES, array_problems, check_layout, clip_digests, combine_digests
+from pipeline.store.layout import TABLES, array_problems, check_layout, clip_digests, combine_digests
 from pipeline.store.location import Location, location
+from pipeline.store.manifest import ArrayInfo, Manifest, RowFailure, damaged_manifest
 from pipeline.store.shards import ShardFormat, shard_path
 
 
@@ -63,16 +61,7 @@ class Store:
         if not isinstance(manifest, dict):
             self._refuse_damaged()
             raise MuzarrError(f"{url} is a Zarr group but not a muzarr store (no 'muzarr' manifest attribute)")
-        version = manifest.get("schema_version")
-        if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise MuzarrError(
-                f"{url} was written with store schema version {version!r}; this muzarr reads up to "
-                f"{SCHEMA_VERSION}: upgrade muzarr"
-            )
-        if version < SCHEMA_VERSION:
-            raise old_layout(url, manifest)
-        _check_manifest(manifest, url)
-        self.manifest: dict[str, Any] = manifest
+        self.manifest = Manifest.from_dict(manifest, url=url)
         status = read_json(loc, "status/zarr.json")
         shape = status.get("shape") if isinstance(status, dict) else None
         # Unreadable status metadata is damage for `pipe verify` to report; a readable one must hold every clip
@@ -88,73 +77,71 @@ class Store:
         reason = manifest_damage(self.location)
         if reason is None:
             return
-        from pipeline.config import BuildConfig, build_command
-
-        rebuild = f"pipe build <dataset> --out {shlex.quote(self.url)} --overwrite"
         building = read_json(self.location, TARGET)  # the config of a build under way
-        if isinstance(building, dict) and isinstance(building.get("config"), dict):
-            try:
-                config = BuildConfig.from_dict(building["config"], where=f"{self.url}/{TARGET}")
-                rebuild = build_command(config, out=self.url, extra=("--overwrite",))
-            except MuzarrError:
-                pass
-        raise damaged_manifest(self.url, reason, rebuild=rebuild)
+        config = building.get("config") if isinstance(building, dict) else None
+        raise damaged_manifest(self.url, reason, config=config if isinstance(config, dict) else None)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r}, dataset={self.dataset!r}, clips={self.n_clips}, arrays={list(self.arrays)})"
 
     @property
     def dataset(self) -> str:
-        return self.manifest["config"]["dataset"]
+        return self.manifest.dataset
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]
+        return self.manifest.task
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.manifest.classes)
 
     @property
     def complete(self) -> bool:
-        return self.manifest.get("state") == "complete"
+        return self.manifest.complete
 
     @property
     def n_clips(self) -> int:
-        return int(self.manifest["n_clips"])
+        return self.manifest.n_clips
 
     @property
     def n_subclips(self) -> int | None:
-        return self.manifest.get("n_subclips")
+        return self.manifest.n_subclips
 
     @property
-    def arrays(self) -> dict[str, dict[str, Any]]:
-        """Feature arrays: name → shape, dtype, chunks, shards, checksum, feature parameters."""
-        return dict(self.manifest["arrays"])
+    def split_schemes(self) -> tuple[str, ...]:
+        """The split schemes the store was built with (``tables/splits.parquet`` has a column for each)."""
+        return self.manifest.split_schemes
+
+    @property
+    def arrays(self) -> dict[str, ArrayInfo]:
+        """Feature arrays by name: shape, dtype, chunks, shards, checksum, the feature's parameters."""
+        return dict(self.manifest.arrays)
 
     @property
     def source(self) -> str | None:
         """Where the store's audio came from (``pipe build --source``, an absolute folder or a URL without
         credentials); None for a store built before muzarr recorded it, or one that cannot be printed on one line."""
-        source = self.manifest.get("source")
+        source = self.manifest.source
         return source if source and source.isprintable() else None
 
     def config(self):
         from pipeline.config import BuildConfig
 
-        return BuildConfig.from_dict(self.manifest["config"], where=f"{self.url} manifest")
+        return BuildConfig.from_dict(dict(self.manifest.config), where=f"{self.url} manifest")
 
     def feature(self, name: str):
         """The :class:`~pipeline.features.base.Feature` that wrote array ``name``."""
         from pipeline.features import feature_from_dict, load_all
 
         load_all()
-        return feature_from_dict(self._array_info(name)["feature"], where=f"{self.url} manifest")
+        return feature_from_dict(self.array_info(name).feature, where=f"{self.url} manifest")
 
-    def _array_info(self, name: str) -> dict[str, Any]:
-        if name not in self.manifest["arrays"]:
-            raise MuzarrError(f"store {self.url} has no array {name!r}; arrays: {', '.join(self.manifest['arrays'])}")
-        return self.manifest["arrays"][name]
+    def array_info(self, name: str) -> ArrayInfo:
+        """What the manifest says of feature array ``name``; an array the store does not hold is an error."""
+        if name not in self.manifest.arrays:
+            raise MuzarrError(f"store {self.url} has no array {name!r}; arrays: {', '.join(self.manifest.arrays)}")
+        return self.manifest.arrays[name]
 
     def array(self, name: str) -> zarr.Array:
         """The raw Zarr array (for chunk-aware readers); prefer :meth:`read` elsewhere.
@@ -162,7 +149,7 @@ class Store:
         Only its first :attr:`n_clips` rows belong to the store: while a build grows the
         store, the array can already be longer.
         """
-        self._array_info(name)
+        self.array_info(name)
         return self._open_array(name)
 
     def node(self, name: str):
@@ -186,11 +173,13 @@ class Store:
         }
         where = f"{self.url}: malformed store: {name}/zarr.json"
         # During a grow an array is longer than n_clips until the manifest follows: never shorter.
-        wanted = {"shape": [self.n_clips], "dtype": "int8"} if name == "status" else self.manifest["arrays"][name]
-        if "extents" in wanted:
-            opened["extents"] = wanted["extents"]
+        info = None if name == "status" else self.manifest.arrays[name]
+        wanted = {"shape": [self.n_clips], "dtype": "int8"} if info is None else info.to_dict()
+        timed = info is not None and info.extents is not None
+        if timed:
+            opened["extents"] = info.extents
         check_layout(name, opened, n_clips=array.shape[0], where=where)
-        grows, fixed = (-1, slice(0, -1)) if "extents" in wanted else (0, slice(1, None))
+        grows, fixed = (-1, slice(0, -1)) if timed else (0, slice(1, None))
         fits = (
             len(opened["shape"]) == len(wanted["shape"]) and opened["shape"][grows] >= wanted["shape"][grows]
             and opened["shape"][fixed] == list(wanted["shape"][fixed]) and opened["dtype"] == wanted["dtype"]
@@ -282,14 +271,14 @@ class Store:
         not hold one digest per clip, or whose digests disagree with the manifest, is damage.
         Digests use the manifest's ``digest`` algorithm (see :func:`clip_digests`).
         """
-        info = self._array_info(name)
+        info = self.array_info(name)
         table = self.table("checksums")
         where = f"store {self.url}: tables/checksums.parquet"
         if not {"array", "row", "digest"} <= set(table.columns):
             raise MuzarrError(f"{where} lacks the array, row and digest columns: run `pipe verify {self.url}`")
         rows = table[table["array"] == name].sort_values("row")
         digests = rows["digest"].astype(str).to_numpy(dtype=object)
-        if rows["row"].tolist() != list(range(self.n_clips)) or combine_digests(digests) != info.get("checksum"):
+        if rows["row"].tolist() != list(range(self.n_clips)) or combine_digests(digests) != info.checksum:
             raise MuzarrError(
                 f"{where}: the digests of {name} do not match the manifest's checksum: run `pipe verify {self.url}`"
             )
@@ -299,13 +288,13 @@ class Store:
     def max_keys(self) -> int:
         """The most keys this store can have: per batch (at most one per clip) a shard per array, a status
         chunk and a marker; plus metadata and tables. A longer key list was not written by muzarr."""
-        shards = sum(info["shape"][-1] // info["shards"][-1] for info in self.arrays.values() if "extents" in info)
+        shards = sum(info.shape[-1] // info.shards[-1] for info in self.arrays.values() if info.extents is not None)
         return (self.n_clips + 2) * (len(self.arrays) + 2) + shards + 16
 
     @property
     def is_tracks(self) -> bool:
         """A store of whole tracks (clip mode ``track``): its time arrays concatenate them."""
-        return any("extents" in info for info in self.arrays.values())
+        return any(info.extents is not None for info in self.arrays.values())
 
     def extents(self, name: str) -> np.ndarray:
         """int64 ``(n_clips, 2)``: every clip's ``[start, length]`` along the last axis of time array ``name``.
@@ -317,12 +306,12 @@ class Store:
         cached = self.__dict__.setdefault("_extents", {})
         if name in cached:
             return cached[name]
-        info = self._array_info(name)
-        if "extents" not in info:
+        info = self.array_info(name)
+        if info.extents is None:
             raise MuzarrError(f"store {self.url}: array {name!r} has one row per clip, not extents")
-        extents = self._read_rows(info["extents"])
+        extents = self._read_rows(info.extents)
         total = self._open_array(name).shape[-1]
-        where = f"store {self.url}: {info['extents']}"
+        where = f"store {self.url}: {info.extents}"
         if extents.ndim != 2 or extents.shape[1] != 2:
             raise MuzarrError(f"{where} has shape {extents.shape}, not one [start, length] per clip: run `pipe verify`")
         bad = np.flatnonzero((extents[:, 0] < 0) | (extents[:, 1] < 0) | (extents[:, 0] > total - extents[:, 1]))
@@ -374,10 +363,10 @@ class Store:
             )
         return out
 
-    def array_failures(self, name: str) -> dict[int, dict[str, Any]]:
+    def array_failures(self, name: str) -> dict[int, RowFailure]:
         """Rows of stored (``ok``) clips that array ``name`` holds no data for: the clip failed this
-        feature only (``{"clip_id", "stage", "message"}`` by row). Such a row holds the fill value."""
-        return {int(x["row"]): x for x in self._array_info(name).get("failures", [])}
+        feature only (its clip id, stage and message, by row). Such a row holds the fill value."""
+        return {x.row: x for x in self.array_info(name).failures}
 
     def check_stored(self, name: str, rows: np.ndarray) -> None:
         """Refuse ``rows`` that are not ``ok``, or that failed array ``name`` (:meth:`array_failures`)."""
@@ -387,7 +376,7 @@ class Store:
         if bad:
             x = failed[bad[0]]
             raise MuzarrError(
-                f"clip {x['clip_id']!r} (row {bad[0]}) of {self.url} failed {name} at {x['stage']} ({x['message']}): "
+                f"clip {x.clip_id!r} (row {bad[0]}) of {self.url} failed {name} at {x.stage} ({x.message}): "
                 f"that array has no data for it (`pipe info {self.url}` lists such clips)"
             )
 
@@ -402,12 +391,12 @@ class Store:
     @property
     def digest_algorithm(self) -> str:
         """The per-clip digest of this store (stores from before the manifest named it used blake2b-128)."""
-        return self.manifest.get("digest", "blake2b_128")
+        return self.manifest.digest_algorithm
 
     def read(self, name: str, clips: int | slice | Iterable[int]) -> np.ndarray:
         """Data of array ``name`` for the given clip rows; a failed or pending clip is an error."""
         array = self.array(name)
-        if "extents" in self._array_info(name):
+        if self.array_info(name).extents is not None:
             raise MuzarrError(
                 f"array {name!r} of {self.url} holds whole tracks of different lengths: read one with Store.track(name, row)"
             )
@@ -427,48 +416,6 @@ class Store:
                 f"clip {self.clips['clip_id'].iloc[bad]!r} (row {bad}) of {self.url} is "
                 f"{STATUS_NAMES[int(self.status[bad])]}: it has no data to read"
             )
-
-
-def _check_manifest(manifest: dict, url: str) -> None:
-    """The fields every reader relies on, with the types it relies on (a store is untrusted input)."""
-    where = f"{url}: malformed manifest"
-    checks = {
-        "config": dict, "task": str, "classes": list, "n_clips": int, "arrays": dict,
-    }
-    for key, kind in checks.items():
-        value = manifest.get(key)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise MuzarrError(f"{where}: {key!r} must be a {kind.__name__}, got {type(value).__name__}")
-    if manifest["n_clips"] < 0:
-        raise MuzarrError(f"{where}: n_clips={manifest['n_clips']} is negative")
-    if not isinstance(manifest.get("source", ""), str):
-        raise MuzarrError(f"{where}: 'source' must be a string, got {type(manifest['source']).__name__}")
-    sub = manifest.get("n_subclips")
-    if sub is not None and (isinstance(sub, bool) or not isinstance(sub, int) or sub < 1):
-        raise MuzarrError(f"{where}: n_subclips={sub!r} must be null or a positive integer")
-    for name, info in manifest["arrays"].items():
-        check_key(name, where=f"{where}: array name")
-        if name == "status" or name.startswith(("tables/", "_muzarr/")) or not isinstance(info, dict):
-            raise MuzarrError(f"{where}: array entry {name!r} is not a feature array description")
-        if "extents" in info:
-            extents = check_key(info["extents"], where=f"{where}: array {name!r} extents")
-            if not isinstance(manifest["arrays"].get(extents), dict):
-                raise MuzarrError(f"{where}: array {name!r} names extents {extents!r}, which the manifest does not hold")
-        check_layout(name, info, n_clips=manifest["n_clips"], where=f"{url}: malformed store: the manifest")
-        failures = info.get("failures", [])
-        if not isinstance(failures, list) or not all(
-            isinstance(x, dict) and isinstance(x.get("row"), int) and not isinstance(x.get("row"), bool)
-            and 0 <= x["row"] < manifest["n_clips"] and all(isinstance(x.get(k), str) for k in ("clip_id", "stage", "message"))
-            for x in failures
-        ):
-            raise MuzarrError(f"{where}: array {name!r} 'failures' must list rows of its clips with clip_id, stage and message")
-        if sub is not None and (len(info["shape"]) < 3 or info["shape"][1] != sub):
-            raise MuzarrError(
-                f"{url}: malformed store: the manifest's array {name!r} has shape {info['shape']}, not {sub} "
-                f"sub-clips per clip as its n_subclips says: {FRESH_COPY}"
-            )
-    if not all(isinstance(c, str) for c in manifest["classes"]):
-        raise MuzarrError(f"{where}: 'classes' must be a list of strings")
 
 
 # Top-level entries that only muzarr writes next to a store's zarr.json.
@@ -506,38 +453,6 @@ def manifest_damage(loc: Location) -> str | None:
     if not isinstance(attributes, dict) or not isinstance(attributes.get("muzarr"), dict):
         return "it holds no muzarr manifest"
     return None
-
-
-#: what each older store layout was, for the line that refuses it
-OLD_LAYOUTS = {1: "whole-clip chunks"}
-
-
-def old_layout(url: str, manifest: dict) -> MuzarrError:
-    """The one error for a store of an older layout: what it is and the ``pipe build`` that rebuilds it."""
-    from pipeline.config import BuildConfig, build_command
-
-    version = manifest.get("schema_version")
-    rebuild = f"pipe build <dataset> --out {shlex.quote(url)} --overwrite"
-    if isinstance(manifest.get("config"), dict):
-        try:
-            config = BuildConfig.from_dict(manifest["config"], where=f"{url} manifest")
-            source = manifest.get("source") if isinstance(manifest.get("source"), str) else None
-            rebuild = build_command(config, out=url, source=source, extra=("--overwrite",))
-        except MuzarrError:
-            pass
-    what = f" ({OLD_LAYOUTS[version]})" if version in OLD_LAYOUTS else ""
-    return MuzarrError(
-        f"{url} was written by muzarr's store layout {version}{what}; this muzarr reads layout {SCHEMA_VERSION}: "
-        f"rebuild it with: {rebuild}"
-    )
-
-
-def damaged_manifest(url: str, reason: str, *, rebuild: str) -> MuzarrError:
-    """The one error for a store whose manifest is damaged; ``rebuild`` is the command that rebuilds it."""
-    return MuzarrError(
-        f"{url.rstrip('/')}/zarr.json, the store's manifest, is damaged ({reason}): the store cannot be read; "
-        f"restore zarr.json from a copy of the store, or rebuild it: {rebuild}"
-    )
 
 
 def open_store(url: str | Location, *, storage_options: dict | None = None) -> Store:

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from pipeline.config import build_command
 from pipeline.errors import MuzarrError, printable
 from pipeline.store.codecs import zarr_reads
 from pipeline.store.io import (
@@ -56,8 +55,7 @@ class VerifyReport:
     url: str
     damage: list[Damage] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
-    repair: str | None = None  # the command that repairs the store
-    repair_note: str | None = None  # what the command cannot know (the recorded source folder is gone)
+    repair_note: str | None = None  # what a repair cannot know (the recorded source folder is gone)
 
     @property
     def ok(self) -> bool:
@@ -81,20 +79,23 @@ class VerifyReport:
         detail = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in kinds.items())
         return f"{self.url}: DAMAGED: {len(self.damage)} problems ({detail}); {scope}"
 
-    def lines(self) -> list[str]:
-        repair = [f"repair: {self.repair}"] if self.repair and not self.ok else []
+    def lines(self, *, repair: str | None = None) -> list[str]:
+        """What ``pipe verify`` prints: the damage, the summary and (``repair``: the command that repairs the
+        store, :func:`pipeline.commands.repair_command`) how to repair it."""
+        repair = [f"repair: {repair}"] if repair and not self.ok else []
         if repair and self.repair_note:
             repair.append(f"note: {self.repair_note}")
         return [d.line() for d in self.damage] + [self.summary()] + repair
 
 
-def verify_store(url: str | Location, *, storage_options: dict | None = None) -> VerifyReport:
-    """Check the store at ``url``; a store that cannot be opened at all raises :class:`MuzarrError`."""
-    store = open_store(url, storage_options=storage_options)
-    report = VerifyReport(url=store.url, repair=_repair_command(store), repair_note=_missing_source(store))
+def verify_store(url: str | Location | Store, *, storage_options: dict | None = None) -> VerifyReport:
+    """Check the store at ``url`` (or the store opened); a store that cannot be opened at all raises
+    :class:`MuzarrError`."""
+    store = url if isinstance(url, Store) else open_store(url, storage_options=storage_options)
+    report = VerifyReport(url=store.url, repair_note=_missing_source(store))
     found = report.damage.append
     if not store.complete:
-        found(Damage("store", "manifest", f"state is {store.manifest.get('state')!r}, not complete: finish it with `pipe build`"))
+        found(Damage("store", "manifest", f"state is {store.manifest.state!r}, not complete: finish it with `pipe build`"))
     n = store.n_clips
     tables = _check_tables(store, found)
     report.checked["tables"] = len(TABLES)
@@ -110,10 +111,10 @@ def verify_store(url: str | Location, *, storage_options: dict | None = None) ->
     if store.complete:
         _check_key_list(store, found)
     if status is not None:
-        counts = store.manifest.get("counts")
+        counts = store.manifest.counts
         actual = {"ok": int((status == STATUS_OK).sum()), "failed": int((status == 2).sum())}
-        if isinstance(counts, dict) and counts != actual:
-            found(Damage("store", "manifest", f"counts {counts} disagree with the status array {actual}"))
+        if counts is not None and counts.to_dict() != actual:
+            found(Damage("store", "manifest", f"counts {counts.to_dict()} disagree with the status array {actual}"))
     return report
 
 
@@ -141,23 +142,12 @@ def _check_key_list(store: Store, found, *, shown: int = 20) -> None:
         found(Damage("store", "key list", f"... and {len(wrong) - shown} more listed keys that disagree with the files"))
 
 
-def _repair_command(store: Store) -> str | None:
-    """``pipe build ... --repair`` for this store; made before any chunk is read, since it loads every
-    feature module (scipy) and a verify under an address-space cap has none left for that afterwards."""
-    try:
-        # a folder made absolute, as the source is: the command works from any folder
-        out = store.url if "://" in store.url else os.path.abspath(store.url)
-        return build_command(store.config(), out=out, source=store.source, extra=("--repair",))
-    except MuzarrError:
-        return None  # a manifest whose configuration does not validate: nothing to rebuild from
-
-
 def _missing_source(store: Store) -> str | None:
     """A line saying the folder the store was built from is gone (a repair rereads its audio); None when it
     is there, is a URL, or is made again by its recipe (the demo's synthetic clips)."""
     source = store.source
-    info = store.manifest.get("index_info")
-    if source is None or "://" in source or (isinstance(info, dict) and info.get("synthetic")) or os.path.exists(source):
+    info = store.manifest.index_info or {}
+    if source is None or "://" in source or info.get("synthetic") or os.path.exists(source):
         return None
     return (f"the store's source folder {source} no longer exists: give --source the folder that holds "
             "its audio now")
@@ -211,7 +201,7 @@ def _check_tables(store: Store, found) -> dict[str, pd.DataFrame]:
         found(Damage("table", "labels", "has no label_index column"))
     splits = tables.get("splits")
     if splits is not None:
-        schemes = store.manifest["config"].get("splits") or []
+        schemes = store.split_schemes
         missing = [s for s in schemes if s not in splits.columns]
         if missing:
             found(Damage("table", "splits", f"has no column for split scheme(s) {missing}"))
@@ -271,7 +261,7 @@ def _expected_digests(store: Store, checksums: pd.DataFrame | None, found) -> di
             found(Damage("table", "checksums", f"does not hold one digest per clip for {name} ({len(rows)} rows for {n} clips)"))
             continue
         digests = rows["digest"].astype(str).tolist()
-        if combine_digests(digests) != info.get("checksum"):
+        if combine_digests(digests) != info.checksum:
             found(Damage("table", "checksums", f"digests of {name} do not combine to the manifest's checksum"))
             continue
         expected[name] = digests
@@ -291,7 +281,7 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
         return
     if ids is None:
         return
-    if "extents" in store.arrays[name]:
+    if store.arrays[name].extents is not None:
         _check_track_array(store, name, array, expected, ids, report)
         return
     fs, root = store.location.fs, store.location.root
@@ -326,7 +316,7 @@ def _check_array(store: Store, name: str, expected: list[str] | None, ids: list[
         for row, (have, want) in enumerate(zip(actual_digests, expected)):
             if have is not None and have != want:
                 found(Damage("clip", f"{ids[row]} (row {row}) in {name}", "content differs from its digest in tables/checksums.parquet", name, (row, row + 1)))
-    elif None not in actual_digests and combine_digests(actual_digests) != store.arrays[name].get("checksum"):
+    elif None not in actual_digests and combine_digests(actual_digests) != store.arrays[name].checksum:
         found(Damage("array", name, "content differs from the manifest's checksum (no per-clip digests to say where)", name))
 
 
@@ -342,7 +332,7 @@ def _check_track_array(store: Store, name: str, array: zarr.Array, expected: lis
 
     found = report.damage.append
     n, shard, chunk, total = store.n_clips, array.shards[-1], array.chunks[-1], array.shape[-1]
-    batch_clips = int(store.manifest["config"].get("batch_clips") or 1)
+    batch_clips = store.manifest.batch_clips
     n_batches = -(-n // batch_clips)
     regions = stored_regions(store.location, name, shard=shard, length=total, n_batches=n_batches)
     if regions is None:
@@ -420,18 +410,20 @@ def array_damage(store: Store, name: str) -> tuple[zarr.Array | None, list[str]]
     if not isinstance(array, zarr.Array):
         return None, ["cannot be opened (it is a group, not an array)"]
     problems = array_problems(array)
-    for key, actual in (("shape", array.shape), ("dtype", str(array.dtype)), ("chunks", array.chunks), ("shards", array.shards)):
-        wanted = info.get(key)
-        wanted = tuple(wanted) if isinstance(wanted, list) else wanted
+    for key, actual, wanted in (
+        ("shape", array.shape, info.shape), ("dtype", str(array.dtype), info.dtype), ("chunks", array.chunks, info.chunks),
+        ("shards", array.shards, info.shards),
+    ):
         if actual != wanted:
             problems.append(f"{key} {actual} differs from the manifest's {wanted}")
     implied = _implied_shapes(store).get(name)
     if implied is not None and not problems:
-        fixed = slice(0, -1) if "extents" in info else slice(1, None)  # the axis that grows: time in a track store
+        timed = info.extents is not None
+        fixed = slice(0, -1) if timed else slice(1, None)  # the axis that grows: time in a track store
         if tuple(array.shape[fixed]) != tuple(implied[fixed]):
             problems.append(
                 f"shape {array.shape} is not what the store's own configuration gives ({', '.join(map(str, implied[fixed]))} "
-                f"{'before the time axis' if 'extents' in info else 'per clip'})"
+                f"{'before the time axis' if timed else 'per clip'})"
             )
     return array, problems
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from pipeline import MuzarrError, Store
 from pipeline.audio import ClipPolicy
-from pipeline.config import build_command, make_feature
+from pipeline.commands import build_command
+from pipeline.config import make_feature
 from pipeline.features.base import n_frames
 from training.data.spec import InputSpec
 
@@ -32,14 +33,14 @@ def resolve_array(store: Store, spec: InputSpec) -> str:
     else:
         candidates = []
         for name, info in arrays.items():
-            feature = info["feature"]
+            feature = info.feature
             if feature["kind"] != spec.kind or feature["sample_rate"] != spec.sample_rate:
                 continue
             if spec.kind == "logmel" and any(feature[k] != getattr(spec, k) for k in LOGMEL_MATCH):
                 continue
             candidates.append(name)
         # Prefer the plain recipe (dB, top_db 80, full band) when several variants match.
-        candidates.sort(key=lambda n: (arrays[n]["feature"].get("f_max") is not None, arrays[n]["feature"].get("log") != "db"))
+        candidates.sort(key=lambda n: (arrays[n].feature.get("f_max") is not None, arrays[n].feature.get("log") != "db"))
     if not candidates:
         raise MuzarrError(
             f"store {store.url} has no {spec.kind} input for this model (arrays: {', '.join(arrays)}); "
@@ -140,9 +141,9 @@ def plan_examples(
     makes the sub-clips.
     """
     array = resolve_array(store, spec)
-    if "extents" in store.arrays[array]:
+    if store.arrays[array].extents is not None:
         return _track_plan(store, spec, array, eval_crops=eval_crops, placement=placement, sub_clips=sub_clips)
-    clip_shape = tuple(store.arrays[array]["shape"][1:])
+    clip_shape = store.arrays[array].shape[1:]
     plan = ExamplePlan(array, clip_shape, None, 1, placement)
     if sub_clips is not None:
         if plan.n_subclips != sub_clips:
@@ -172,7 +173,7 @@ def _track_plan(store: Store, spec: InputSpec, array: str, *, eval_crops, placem
             f"this protocol trains on {sub_clips} stored sub-clips per clip, but {store.url} holds whole tracks "
             "(clip mode track): train on random crops with --sub-clips 0, or build a store of sub-clips"
         )
-    inner = tuple(store.arrays[array]["shape"][:-1])
+    inner = store.arrays[array].shape[:-1]
     length = spec.example_shape(spec.seconds or TRACK_WHOLE_CLIP_SECONDS)[-1]
     return ExamplePlan(array, (*inner, -1), length, eval_crops or TRACK_EVAL_CROPS, placement, tracks=True)
 

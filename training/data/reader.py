@@ -114,7 +114,7 @@ class SplitReader:
             raise MuzarrError("SplitReader: rows must be ascending and unique (as Store.split gives them)")
         self.targets = targets
         self.clip_ids = store.clips["clip_id"].to_numpy()[self.rows]
-        self.dtype = store.arrays[plan.array]["dtype"]
+        self.dtype = store.arrays[plan.array].dtype
         # Streaming reads shard by shard: the unit a build writes, and what the shuffle permutes.
         self.array = ArrayReader(store, plan.array, verify=verify, clip_axis=not plan.tracks)
         self.extents = None
@@ -126,7 +126,7 @@ class SplitReader:
                 )
             # a block is a build batch's tracks (one extents shard): what its task wrote together
             self.extents = store.extents(plan.array)[self.rows]
-            self.chunk_clips = int(store.arrays[store.arrays[plan.array]["extents"]]["shards"][0])
+            self.chunk_clips = int(store.arrays[store.arrays[plan.array].extents].shards[0])
         else:
             self.chunk_clips = self.array.rows_per_shard
         shard_of = self.rows // self.chunk_clips

@@ -129,7 +129,7 @@ def _check_row(paper: Paper, row: PaperRow, store, config: TrainConfig) -> tuple
     where = f"paper {paper.name}, row {row.label!r}"
     try:
         protocol = config.resolve(store.dataset)
-        schemes = store.manifest["config"]["splits"]
+        schemes = store.split_schemes
         if config.split_scheme is not None and config.split_scheme not in schemes:
             raise MuzarrError(f"split scheme {config.split_scheme!r} is not in {store.url} (it has {', '.join(schemes)})")
         plan = plan_for(store, get_model(row.model).input, protocol)

@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from pipeline.errors import MuzarrError
-from pipeline.typed import did_you_mean
+from pipeline.suggest import did_you_mean
 from training.data.augment import Augment
 from training.data.spec import InputSpec
 from training.models.cnn5 import FiveLayerCNN
@@ -240,7 +240,7 @@ def get_model(name: str) -> ModelEntry:
         return MODELS[name]
     except (KeyError, TypeError):
         known = ", ".join(sorted(MODELS))
-        raise MuzarrError(f"unknown model {name!r}{did_you_mean(str(name), MODELS)}; known models: {known}") from None
+        raise MuzarrError(f"unknown model {name!r}{did_you_mean(str(name), MODELS, quote=True)}; known models: {known}") from None
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -269,7 +269,7 @@ def build_model(name: str, *, n_classes: int, input_shape: Sequence[int], **opts
     unknown = sorted(set(opts) - set(valid))
     if unknown:
         listing = ", ".join(f"{key}={value!r}" for key, value in valid.items())
-        raise MuzarrError(f"unknown option(s) {unknown} for model {name!r}{did_you_mean(unknown, valid)}; valid options: {listing}")
+        raise MuzarrError(f"unknown option(s) {unknown} for model {name!r}{did_you_mean(unknown, valid, quote=True)}; valid options: {listing}")
     try:
         count = operator.index(n_classes)  # numpy ints pass, 50.0 does not
     except TypeError:

@@ -103,7 +103,7 @@ class Run:
         self.monitor = self._monitor()
         self.mode = self.protocol.mode(self.monitor)
         augment = self.protocol.augment
-        feature = self.store.arrays[self.plan.array].get("feature", {})
+        feature = self.store.arrays[self.plan.array].feature or {}
         if augment.gain_db and feature.get("kind") == "logmel" and feature.get("log", "db") != "db":
             raise MuzarrError(
                 f"--augment gain_db needs a dB log-mel, but {self.plan.array} is log={feature.get('log')!r}: "
@@ -127,7 +127,7 @@ class Run:
     # -- set-up -------------------------------------------------------------------------
     def _split_scheme(self, protocol: Protocol) -> str:
         # an explicit scheme the store lacks is refused by Store.split
-        schemes = self.store.manifest["config"]["splits"]
+        schemes = self.store.split_schemes
         scheme = split_scheme_for(schemes, protocol, self.config.split_scheme)
         # a store with one scheme leaves no choice: it is used silently, and the result line names it
         chosen = self.config.split_scheme is None and protocol.split_scheme not in (None, scheme) and len(schemes) > 1
@@ -202,7 +202,7 @@ class Run:
         if choice != "auto":
             return choice
         info = self.store.arrays[self.plan.array]
-        nbytes = int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize * n_rows
+        nbytes = int(np.prod(info.shape[1:])) * np.dtype(info.dtype).itemsize * n_rows
         return "ram" if nbytes <= CACHE_AUTO_BYTES else "none"
 
     def _monitor(self) -> str:
