@@ -20,7 +20,6 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable
 from typing import Any
 
 from pipeline.errors import MuzarrError
