@@ -93,6 +93,12 @@ def verify_store(url: str | Location | Store, *, storage_options: dict | None = 
     :class:`MuzarrError`."""
     store = url if isinstance(url, Store) else open_store(url, storage_options=storage_options)
     report = VerifyReport(url=store.url, repair_note=_missing_source(store))
+    try:
+        # The configuration loads every feature module (scipy): before any chunk is read, since under an
+        # address-space cap there is no room left for it afterwards (the shape checks need it).
+        store.config()
+    except MuzarrError:
+        pass  # a configuration this muzarr does not validate: the checks that need it say so
     found = report.damage.append
     if not store.complete:
         found(Damage("store", "manifest", f"state is {store.manifest.state!r}, not complete: finish it with `pipe build`"))
