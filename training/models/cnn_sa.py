@@ -43,15 +43,8 @@ class BertLayer(nn.Module):
     Input and output ``[shape=(B, n_tokens, hidden_size)]``.
     """
 
-    def __init__(
-        self,
-        *,
-        hidden_size: int = 256,
-        n_heads: int = 8,
-        intermediate_size: int = 1024,
-        hidden_dropout: float = 0.4,
-        attention_dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, *, hidden_size: int = 256, n_heads: int = 8, intermediate_size: int = 1024,
+                 hidden_dropout: float = 0.4, attention_dropout: float = 0.5) -> None:
         super().__init__()
         if hidden_size % n_heads:
             raise MuzarrError(f"hidden_size={hidden_size} is not a multiple of n_heads={n_heads}")
@@ -128,20 +121,9 @@ class CNNSA(WaveformMelModel):
     registry_name = "cnn_sa"
     mel_defaults = MelFrontend(n_mels=128)
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (240000,),
-        *,
-        n_channels: int = 128,
-        n_layers: int = 2,
-        n_heads: int = 8,
-        intermediate_size: int = 1024,
-        hidden_dropout: float = 0.4,
-        attention_dropout: float = 0.5,
-        dropout: float = 0.5,
-        **mel: Any,
-    ) -> None:
+    def __init__(self, n_classes: int = 50, input_shape: tuple[int] = (240000,), *, n_channels: int = 128,
+                 n_layers: int = 2, n_heads: int = 8, intermediate_size: int = 1024, hidden_dropout: float = 0.4,
+                 attention_dropout: float = 0.5, dropout: float = 0.5, **mel: Any) -> None:
         super().__init__(input_shape, **mel)
         check_hyperparameters(
             "cnn_sa",

@@ -48,18 +48,10 @@ class WonCRNN(WaveformMelModel):
     registry_name = "crnn_won"
     mel_defaults = MelFrontend(n_mels=96)
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (464000,),
-        *,
-        channels: tuple[int, ...] = (64, 128, 128, 128),
-        pools: tuple[tuple[int, int], ...] = ((2, 2), (3, 3), (4, 4), (4, 4)),
-        rnn_hidden: int = 32,
-        rnn_layers: int = 2,
-        dropout: float = 0.5,
-        **mel: Any,
-    ) -> None:
+    def __init__(self, n_classes: int = 50, input_shape: tuple[int] = (464000,), *,
+                 channels: tuple[int, ...] = (64, 128, 128, 128),
+                 pools: tuple[tuple[int, int], ...] = ((2, 2), (3, 3), (4, 4), (4, 4)), rnn_hidden: int = 32,
+                 rnn_layers: int = 2, dropout: float = 0.5, **mel: Any) -> None:
         super().__init__(input_shape, **mel)
         check_hyperparameters(
             "crnn_won",

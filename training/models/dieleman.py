@@ -43,18 +43,8 @@ class DielemanCNN(nn.Module):
     ``embed(x) -> [shape=(B, hidden)]``.
     """
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (46400,),
-        *,
-        filter_length: int = 256,
-        stride: int = 256,
-        channels: int = 32,
-        kernel_size: int = 8,
-        pool: int = 4,
-        hidden: int = 100,
-    ) -> None:
+    def __init__(self, n_classes: int = 50, input_shape: tuple[int] = (46400,), *, filter_length: int = 256,
+                 stride: int = 256, channels: int = 32, kernel_size: int = 8, pool: int = 4, hidden: int = 100) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="dieleman")
         check_hyperparameters(

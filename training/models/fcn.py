@@ -49,16 +49,10 @@ class FCN(WaveformMelModel):
     registry_name = "fcn"
     mel_defaults = MelFrontend(n_mels=96)
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (464000,),
-        *,
-        channels: tuple[int, ...] = (64, 128, 128, 128, 64),
-        pools: tuple[tuple[int, int], ...] = ((2, 4), (2, 4), (2, 4), (3, 5), (4, 4)),
-        dropout: float = 0.5,
-        **mel: Any,
-    ) -> None:
+    def __init__(self, n_classes: int = 50, input_shape: tuple[int] = (464000,), *,
+                 channels: tuple[int, ...] = (64, 128, 128, 128, 64),
+                 pools: tuple[tuple[int, int], ...] = ((2, 4), (2, 4), (2, 4), (3, 5), (4, 4)), dropout: float = 0.5,
+                 **mel: Any) -> None:
         super().__init__(input_shape, **mel)
         check_hyperparameters("fcn", sizes={"channels": channels, "pools": pools}, rates={"dropout": dropout})
         self._require_one_frame()

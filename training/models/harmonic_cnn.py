@@ -65,17 +65,8 @@ class HarmonicSTFT(nn.Module):
     in output order (harmonic-major: ``f0[h * n_pitches + p]`` is ``(h + 1)`` times pitch ``p``).
     """
 
-    def __init__(
-        self,
-        *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        n_harmonic: int = 6,
-        semitone_scale: int = 2,
-        bw_Q: float = 1.0,
-        learn_bw: bool = True,
-    ) -> None:
+    def __init__(self, *, sample_rate: int = 16000, n_fft: int = 512, hop_length: int = 256, n_harmonic: int = 6,
+                 semitone_scale: int = 2, bw_Q: float = 1.0, learn_bw: bool = True) -> None:
         super().__init__()
         sizes = {
             "sample_rate": sample_rate,
@@ -182,21 +173,9 @@ class HarmonicCNN(Tagger):
     in a sigmoid); ``embed(x) -> [shape=(B, 2 · n_channels)]``.
     """
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (80000,),
-        *,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 256,
-        n_harmonic: int = 6,
-        semitone_scale: int = 2,
-        bw_Q: float = 1.0,
-        learn_bw: bool = True,
-        n_channels: int = 128,
-        dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, n_classes: int = 50, input_shape: tuple[int] = (80000,), *, sample_rate: int = 16000,
+                 n_fft: int = 512, hop_length: int = 256, n_harmonic: int = 6, semitone_scale: int = 2,
+                 bw_Q: float = 1.0, learn_bw: bool = True, n_channels: int = 128, dropout: float = 0.5) -> None:
         super().__init__()
         (n_samples,) = check_input_shape(input_shape, axes=("n_samples",), model="harmonic_cnn")
         check_hyperparameters(

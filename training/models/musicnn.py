@@ -97,21 +97,10 @@ class Musicnn(WaveformMelModel):
     registry_name = "musicnn"
     mel_defaults = MelFrontend(n_mels=96)
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (48000,),
-        *,
-        timbral_channels: int = 204,
-        timbral_kernels: tuple[tuple[int, int], ...] = ((67, 7), (38, 7)),
-        temporal_channels: int = 51,
-        temporal_kernels: tuple[int, ...] = (129, 65, 33),
-        midend_channels: int = 64,
-        midend_kernel: int = 7,
-        dense_units: int = 200,
-        dropout: float = 0.5,
-        **mel: Any,
-    ) -> None:
+    def __init__(self, n_classes: int = 50, input_shape: tuple[int] = (48000,), *, timbral_channels: int = 204,
+                 timbral_kernels: tuple[tuple[int, int], ...] = ((67, 7), (38, 7)), temporal_channels: int = 51,
+                 temporal_kernels: tuple[int, ...] = (129, 65, 33), midend_channels: int = 64, midend_kernel: int = 7,
+                 dense_units: int = 200, dropout: float = 0.5, **mel: Any) -> None:
         super().__init__(input_shape, **mel)
         check_hyperparameters(
             "musicnn",

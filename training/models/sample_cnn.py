@@ -51,15 +51,8 @@ class ResSE1d(nn.Module):
     with ``T' = (T + 2 · (kernel_size // 2) - kernel_size) // stride + 1``.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        kernel_size: int = 3,
-        stride: int = 1,
-        pool: int = 3,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3, stride: int = 1,
+                 pool: int = 3) -> None:
         super().__init__()
         padding = kernel_size // 2
         self.conv_1 = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
@@ -114,14 +107,8 @@ class SampleCNN(Tagger):
     #: the model's name in error messages, as the registry spells it
     registry_name = "sample_cnn"
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (59049,),
-        *,
-        n_channels: int = 128,
-        dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, n_classes: int = 50, input_shape: tuple[int] = (59049,), *, n_channels: int = 128,
+                 dropout: float = 0.5) -> None:
         super().__init__()
         _check_samples(input_shape, model=self.registry_name)
         check_hyperparameters(self.registry_name, sizes={"n_channels": n_channels}, rates={"dropout": dropout})

@@ -45,15 +45,8 @@ class ShortChunkResNet(WaveformMelModel):
     registry_name = "short_res"
     mel_defaults = MelFrontend(n_mels=128)
 
-    def __init__(
-        self,
-        n_classes: int = 50,
-        input_shape: tuple[int] = (59049,),
-        *,
-        n_channels: int = 128,
-        dropout: float = 0.5,
-        **mel: Any,
-    ) -> None:
+    def __init__(self, n_classes: int = 50, input_shape: tuple[int] = (59049,), *, n_channels: int = 128,
+                 dropout: float = 0.5, **mel: Any) -> None:
         super().__init__(input_shape, **mel)
         check_hyperparameters(self.registry_name, sizes={"n_channels": n_channels}, rates={"dropout": dropout})
         self._check_input()
