@@ -331,7 +331,7 @@ class MuzarrReader(Reader):
         store = open_store(str(folder))
         name = "waveform" if column == "wave" else next(a for a in store.arrays if a.startswith("logmel/"))
         info = store.arrays[name]
-        if "extents" in info:  # a track store: crops within each track (as _track_plan plans them)
+        if info.extents:  # a track store: crops within each track (as _track_plan plans them)
             plan = ExamplePlan(name, (*info.shape[:-1], -1), length, 1, tracks=True)
         else:
             plan = ExamplePlan(name, tuple(info.shape[1:]), length, 1)

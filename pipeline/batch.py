@@ -221,9 +221,14 @@ def _write_shard(loc: Location, array, batch: int, start: int, stop: int, data) 
     if shard_format is not None and start == batch * rows and stop == min(array.shape[0], start + rows):
         loc.put(shard_path(array, batch), shard_format.encode(data))
         return
+    key = f"{array.path}/{array.metadata.encode_chunk_key((batch,) + (0,) * (array.ndim - 1))}"
     try:
-        array[start:stop] = data
-    except Exception:  # noqa: BLE001 - a damaged old shard: replace it whole
-        key = array.metadata.encode_chunk_key((batch,) + (0,) * (array.ndim - 1))
-        remove_key(loc, f"{array.path}/{key}")
-        array[start:stop] = data
+        try:
+            array[start:stop] = data
+        except Exception:  # noqa: BLE001 - a damaged old shard: replace it whole
+            remove_key(loc, key)
+            array[start:stop] = data
+    except OSError as error:  # zarr's store drops the file's name (a full disk): name the shard
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, f"{loc.root}/{key}") from error

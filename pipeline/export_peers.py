@@ -203,7 +203,7 @@ def _feature(store: Store, name: str):
 
     info = store.arrays[name]
     dtype = str(np.dtype(info.dtype))
-    if "extents" in info:  # whole tracks: the last axis varies from clip to clip
+    if info.extents:  # whole tracks: the last axis varies from clip to clip
         feature = datasets.Sequence(datasets.Value(dtype))
         for size in reversed(info.shape[:-1]):
             feature = datasets.Sequence(feature, length=size)
