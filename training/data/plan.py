@@ -20,6 +20,7 @@ from pipeline.commands import build_command
 from pipeline.config import make_feature
 from pipeline.features.base import n_frames
 from training.data.spec import InputSpec
+from training.data.vectors import VectorLayout, to_vectors, vector_layout
 
 LOGMEL_MATCH = ("sample_rate", "n_mels", "n_fft", "hop_length", "pad_frames")
 
@@ -27,8 +28,10 @@ LOGMEL_MATCH = ("sample_rate", "n_mels", "n_fft", "hop_length", "pad_frames")
 def resolve_array(store: Store, spec: InputSpec) -> str:
     """The store array that serves ``spec``; a missing one names the ``pipe build`` option that adds it."""
     arrays = store.arrays
-    if spec.kind == "tabular":
-        name = f"tabular/{spec.tabular_set}"
+    if spec.is_vector:
+        name = spec.array_name
+        if name not in arrays and not _buildable(spec):
+            vector_layout(store, name)  # one line: did you mean, and the vector arrays it has
         candidates = [name] if name in arrays else []
     else:
         candidates = []
@@ -47,6 +50,17 @@ def resolve_array(store: Store, spec: InputSpec) -> str:
             + _add_hint(store, spec)
         )
     return candidates[0]
+
+
+def _buildable(spec: InputSpec) -> bool:
+    """A tabular set ``pipe build`` knows (its hint adds it to the store); an embedding needs a model named."""
+    if spec.kind != "tabular":
+        return False
+    try:
+        make_feature(spec.feature_spec(), where="model input")
+    except MuzarrError:
+        return False
+    return True
 
 
 def _add_hint(store: Store, spec: InputSpec) -> str:
@@ -86,6 +100,11 @@ class ExamplePlan:
         The array holds whole tracks of any length (a track store): ``clip_shape`` ends in ``-1``,
         each clip's length is its extent, training crops fall anywhere within it and evaluation
         takes ``eval_crops`` crops spread over each whole track.
+    vector : VectorLayout or None
+        An embedding array: how its stored rows become vectors (:meth:`vectors_of`);
+        ``clip_shape`` is then the vectors' shape, ``((subclip,) dim)``.
+    layer_position : int or None
+        The position on the embedding's layer axis that is read; ``None`` = every layer averaged.
     """
 
     array: str
@@ -96,6 +115,15 @@ class ExamplePlan:
     group_subclips: bool = False
     crop_span: int | None = None
     tracks: bool = False
+    vector: VectorLayout | None = None
+    layer_position: int | None = None
+
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """Stored rows ``[n, *stored clip shape]`` as the examples' values (an embedding's layer, or the mean
+        of its layers, and of its frames); the rows themselves for every other array."""
+        if self.vector is None:
+            return rows
+        return to_vectors(rows, self.vector, positions=self.layer_position)
 
     @property
     def n_subclips(self) -> int:
@@ -141,6 +169,8 @@ def plan_examples(
     makes the sub-clips.
     """
     array = resolve_array(store, spec)
+    if spec.kind == "embedding":
+        return _embedding_plan(store, spec, array, placement=placement, sub_clips=sub_clips, group_subclips=group_subclips)
     if store.arrays[array].extents is not None:
         return _track_plan(store, spec, array, eval_crops=eval_crops, placement=placement, sub_clips=sub_clips)
     clip_shape = store.arrays[array].shape[1:]
@@ -149,7 +179,7 @@ def plan_examples(
         if plan.n_subclips != sub_clips:
             raise MuzarrError(_subclip_hint(store, spec, array, plan, sub_clips))
         return ExamplePlan(array, clip_shape, None, 1, placement, group_subclips)
-    if spec.kind == "tabular" or spec.seconds is None:
+    if spec.is_vector or spec.seconds is None:
         return plan
     length = spec.example_shape()[-1]
     stored = plan.item_shape[-1]
@@ -158,6 +188,19 @@ def plan_examples(
         return ExamplePlan(array, clip_shape, length if length > stored else None, 1, placement)
     crops = eval_crops or max(1, math.ceil(stored / length))
     return ExamplePlan(array, clip_shape, length, crops, placement)
+
+
+def _embedding_plan(store: Store, spec: InputSpec, array: str, *, placement: str, sub_clips, group_subclips: bool) -> ExamplePlan:
+    """One vector per (sub-)clip of an embedding: the layer asked for (or the mean of all), frames averaged."""
+    layout = vector_layout(store, array)
+    position = None if spec.layer is None else layout.position(spec.layer, what=f"--input {spec.describe()}")
+    plan = ExamplePlan(array, layout.vector_shape(), None, 1, placement, vector=layout, layer_position=position)
+    if sub_clips is not None:
+        if plan.n_subclips != sub_clips:
+            raise MuzarrError(f"this protocol trains on {sub_clips} sub-clips per clip, but {array} of {store.url} holds "
+                              f"{plan.n_subclips if layout.subclips else 'no'} sub-clips per clip (--sub-clips 0 trains on whole clips)")  # fmt: skip
+        return replace(plan, group_subclips=group_subclips)
+    return plan
 
 
 #: evaluation crops per track of a track store (Won et al.'s MTG-Jamendo ``eval.py``: 16 per track)
@@ -186,7 +229,7 @@ def plan_for(store: Store, spec: InputSpec, protocol) -> ExamplePlan:
         sub_clips=protocol.sub_clips, group_subclips=protocol.group_subclips,
     )  # fmt: skip
     seconds = protocol.train_crop_seconds
-    if seconds is None or plan.length is None or spec.kind == "tabular":
+    if seconds is None or plan.length is None or spec.is_vector:
         return plan
     samples = round(seconds * spec.sample_rate)
     span = samples if spec.kind == "waveform" else n_frames(samples, hop_length=spec.hop_length, pad_frames=spec.pad_frames)

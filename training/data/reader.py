@@ -114,7 +114,8 @@ class SplitReader:
             raise MuzarrError("SplitReader: rows must be ascending and unique (as Store.split gives them)")
         self.targets = targets
         self.clip_ids = store.clips["clip_id"].to_numpy()[self.rows]
-        self.dtype = store.arrays[plan.array].dtype
+        # an embedding's rows become float32 vectors as they are read (a layer, or the mean of the layers)
+        self.dtype = "float32" if plan.vector is not None else store.arrays[plan.array].dtype
         # Streaming reads shard by shard: the unit a build writes, and what the shuffle permutes.
         self.array = ArrayReader(store, plan.array, verify=verify, clip_axis=not plan.tracks)
         self.extents = None
@@ -180,7 +181,7 @@ class SplitReader:
             elif self.memory is not None:
                 yield positions, keep(self.memory[positions[0] : positions[-1] + 1])
             else:
-                yield positions, keep(self.array.rows(self.rows[positions]))
+                yield positions, keep(self.plan.vectors_of(self.array.rows(self.rows[positions])))
 
     def crops(self, positions: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
         """Crops of ``length`` from ``starts`` of the clips at split ``positions`` (one each, no

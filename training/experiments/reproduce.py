@@ -22,7 +22,7 @@ import pandas as pd
 from pipeline import MuzarrError, open_store
 from training.experiments.compare import METRIC_NAMES
 from training.experiments.papers import PAPERS, ROLE_PATTERN, SMOKE_TRAIN, Paper, PaperRow, is_number, load_paper
-from training.models import build_model, get_model, model_options
+from training.models import build_model, model_options
 from training.run.config import TrainConfig, split_scheme_for
 from training.run.metrics import PRIMARY, SCALARS
 from training.run.rundir import RunDir, differing_settings
@@ -132,7 +132,7 @@ def _check_row(paper: Paper, row: PaperRow, store, config: TrainConfig) -> tuple
         schemes = store.split_schemes
         if config.split_scheme is not None and config.split_scheme not in schemes:
             raise MuzarrError(f"split scheme {config.split_scheme!r} is not in {store.url} (it has {', '.join(schemes)})")
-        plan = plan_for(store, get_model(row.model).input, protocol)
+        plan = plan_for(store, config.input_spec(), protocol)
         build_model(row.model, n_classes=len(store.classes), input_shape=plan.example_shape, **config.model_opts)
     except MuzarrError as err:
         raise MuzarrError(f"{where}: {err}") from None

@@ -44,7 +44,7 @@ from pipeline import MuzarrError, open_store
 from pipeline.typed import coerce, hint_of
 from training.data import plan_for
 from training.experiments.sweep_cluster import Cluster, TrialResult, run_trials
-from training.models import get_model, model_options
+from training.models import model_options
 from training.run.config import TrainConfig
 from training.run.metrics import PRIMARY, SCALARS
 from training.run.optim import OPTIMIZERS
@@ -403,7 +403,7 @@ def run_sweep(
     store = open_store(base.store)
     task = store.task
     # a store the model cannot read would fail every trial: say so once, before the first
-    plan_for(store, get_model(base.model).input, base.resolve(store.dataset))
+    plan_for(store, base.input_spec(), base.resolve(store.dataset))
     if base.split_scheme is not None:
         store.split(base.split_scheme, "train")
     metric = spec.metric or PRIMARY[task]

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.errors import MuzarrError
 from training.data.augment import Augment, parse_augment
+from training.data.spec import INPUT_SPELLING, InputSpec, parse_input
 from training.models import get_model
 from training.run.device import DEVICES
 from training.run.optim import OPTIMIZERS
@@ -78,6 +79,10 @@ class TrainConfig:
 
     store: str = _setting("Store URL or folder made by `pipe build`, e.g. demo.zarr or s3://bucket/mtat.zarr.")
     model: str = _setting("Model name, e.g. crnn (`train models` lists them).")
+    input: str | None = _setting(
+        "Per-clip vector a vector model (mlp_tabular) reads instead of its own: tabular/SET or "
+        "embedding/VARIANT[,layer=N|all], e.g. tabular/summary or embedding/mert95m,layer=7 (default: the model's).",
+        None, metavar="ARRAY[,layer=N]")
     split_scheme: str | None = _setting(
         "Split scheme of the store, e.g. random (default: the protocol's if the store has it, else the store's first).", None)
     epochs: int | None = _setting(f"Epochs, e.g. 5 ({_PROTOCOL}).", None, min=1)
@@ -129,6 +134,20 @@ class TrainConfig:
             raise MuzarrError(f"max_clips={self.max_clips!r} must be at least 2")
         if self.tb_every < 0:
             raise MuzarrError(f"tb_every={self.tb_every!r} must be 0 (no per-step loss) or a number of optimizer steps")
+        if self.input is not None:
+            parse_input(self.input)  # the spelling is checked where it is written; the model's fit in input_spec
+
+    def input_spec(self) -> InputSpec:
+        """What the run reads: ``--input`` when given (a model of per-clip vectors only), else the model's own input."""
+        entry = get_model(self.model)
+        if self.input is None:
+            return entry.input
+        if not entry.input.is_vector:
+            raise MuzarrError(
+                f"--input {self.input}: model {self.model!r} reads {entry.input.kind} ({entry.input.build_hint()}), not a "
+                f"per-clip vector; --input ({INPUT_SPELLING}) feeds a vector model such as mlp_tabular"
+            )
+        return parse_input(self.input)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,6 +171,7 @@ class TrainConfig:
         """The protocol this run trains with: the model's, then ``dataset``'s catalog settings,
         then the explicit fields of this config."""
         protocol = get_model(self.model).protocol
+        self.input_spec()  # an --input the model cannot read fails with the other settings
         explicit: dict[str, Any] = dataset_train_defaults(dataset) if dataset else {}
         for name in PROTOCOL_OVERRIDES:
             value = getattr(self, name)

@@ -42,7 +42,7 @@ from pipeline.errors import write_failure
 from training.data import SplitReader, TrainStream, plan_for, useful_workers
 from training.data.augment import Augmenter
 from training.data.normalization import Normalized, fit_normalization
-from training.models import build_model, count_parameters, get_model
+from training.models import build_model, count_parameters
 from training.run.config import TrainConfig, split_scheme_for
 from training.run.device import autocast, pick_device
 from training.run.distributed import LostRank, RankError, context, lost_rank_message
@@ -78,12 +78,12 @@ class Run:
         self.dist = context()
         self.progress = progress and self.dist.is_main  # one rank prints
         self.device = self.dist.device(pick_device(config.device))
-        entry = get_model(config.model)
         self.task = self.store.task
         self.classes = self.store.classes
         self.protocol = dataclasses.replace(protocol, split_scheme=self._split_scheme(protocol))
         self.rank_batch = self._rank_batch()
-        self.plan = plan_for(self.store, entry.input, self.protocol)
+        self.input = config.input_spec()
+        self.plan = plan_for(self.store, self.input, self.protocol)
         self.readers, self.cache = self._readers(self.protocol.split_scheme)
         self.workers = self._loader_workers()
         torch.manual_seed(config.seed)  # the initial weights are part of what --seed fixes
@@ -110,7 +110,7 @@ class Run:
                 "drop gain_db or train on a dB variant"
             )
         self.augmenter = (
-            Augmenter(augment, input_kind=entry.input.kind, task=self.task, n_classes=len(self.classes), seed=config.seed,
+            Augmenter(augment, input_kind="tabular" if self.input.is_vector else self.input.kind, task=self.task, n_classes=len(self.classes), seed=config.seed,
                       rank=self.dist.rank, world=self.dist.world)
             if augment.active else None
         )  # fmt: skip

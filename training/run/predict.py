@@ -18,7 +18,6 @@ import torch
 
 from pipeline import MuzarrError, Store, open_store
 from training.data import ExamplePlan, SplitReader, eval_batches, plan_for
-from training.models import get_model
 from training.run.checkpoint import write_atomic
 from training.run.evaluate import checked_batch
 from training.run.inference import LoadedRun
@@ -53,7 +52,7 @@ def select_rows(store: Store, part: str, scheme: str | None, *, default_scheme: 
 def run_plan(run: LoadedRun, store: Store) -> ExamplePlan:
     """The crops (and sub-clips) ``run`` evaluated, on ``store``; a store giving examples of another
     shape than the model was trained on (another clip length or feature) is refused."""
-    plan = plan_for(store, get_model(run.config.model).input, run.protocol)
+    plan = plan_for(store, run.config.input_spec(), run.protocol)
     if tuple(plan.example_shape) != run.example_shape:
         raise MuzarrError(
             f"store {store.url} gives {plan.array} examples of shape {tuple(plan.example_shape)}, but the run in "

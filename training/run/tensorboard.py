@@ -49,7 +49,7 @@ def _is_number(value: Any) -> bool:
 def hparams_of(config, protocol) -> dict[str, Any]:
     """The settings a run trained with, flat (``schedule.name``, ``model_opts.dropout``...) and
     typed as the hparams plugin takes them: numbers, strings, booleans; lists as JSON; no ``None``."""
-    settings = {"model": config.model, "store": config.store, "seed": config.seed, "amp": config.amp,
+    settings = {"model": config.model, "input": config.input, "store": config.store, "seed": config.seed, "amp": config.amp,
                 "max_clips": config.max_clips, **protocol.to_dict(), "model_opts": config.model_opts}  # fmt: skip
     flat: dict[str, Any] = {}
 
