@@ -103,7 +103,8 @@ def split_store(client, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def genre_store(client, tmp_path_factory) -> str:
-    """Multiclass folder store, 3 genres x 10 tones of 1.5 s: waveform 16 kHz, log-mel 128 @ 22.05 kHz, gtzan57."""
+    """Multiclass folder store, 3 genres x 10 tones of 1.5 s: waveform 16 kHz, log-mel 128 @ 22.05 kHz, gtzan57
+    and summary (seed 003's MLP)."""
     root = tmp_path_factory.mktemp("genres")
     rng = np.random.default_rng(0)
     t = np.arange(24000) / 16000
@@ -112,7 +113,7 @@ def genre_store(client, tmp_path_factory) -> str:
         for i in range(10):
             tone = 0.3 * np.sin(2 * np.pi * pitch * (1 + 0.05 * i) * t) + 0.05 * rng.standard_normal(len(t))
             soundfile.write(root / "audio" / name / f"{name}{i}.wav", tone.astype(np.float32), 16000)
-    features = [{"kind": "waveform", "sample_rate": 16000}, {"kind": "gtzan57"},
+    features = [{"kind": "waveform", "sample_rate": 16000}, {"kind": "gtzan57"}, {"kind": "summary"},
                 {"kind": "logmel", "n_mels": 128, "sample_rate": 22050, "n_fft": 2048, "hop_length": 512}]  # fmt: skip
     return _build(client, root, "folder", features=features, only=True, **{"clip.seconds": 1.5})
 

@@ -177,7 +177,8 @@ MODELS: dict[str, ModelEntry] = {
         build=TabularMLP,
         input=InputSpec("tabular", tabular_set="gtzan57"),
         protocol=Protocol.make("mlp_tabular", optimizer="adam", lr=1e-4, weight_decay=1e-5, epochs=500, batch_size=16),
-        doc="Seed 004 MLP 512-128 with BatchNorm and dropout on L2-normalised tabular features.",
+        doc="Seed 004 MLP 512-128 with BatchNorm and dropout on L2-normalised tabular features "
+        "(any per-clip vector with --input tabular/SET or embedding/VARIANT[,layer=N]).",
     ),
     "short_res": _won(
         ShortChunkResNet, 59049,
