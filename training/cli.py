@@ -2,6 +2,7 @@
 
 ``train --store URL --model NAME [options]`` trains; ``train models`` lists the models;
 ``train sweep``, ``compare``, ``predict`` and ``embed`` search, compare and use trained runs;
+``train probe`` probes every layer of a stored embedding (:mod:`training.cli_probe`);
 ``train reproduce`` re-runs a published table from its paper file.
 Exit codes: 0 success; 2 bad input (one line says what and where); 130 interrupted
 (``train --resume DIR`` continues from the last finished epoch).
@@ -78,6 +79,7 @@ def main() -> None:
       train reproduce won2020 --store mtat.zarr   # a published table, row by row (--list: all)
       train predict --checkpoint runs/demo-cnn --store demo.zarr --out predictions.csv
       train embed --checkpoint runs/demo-cnn --store demo.zarr --out emb.parquet
+      train probe --store mtat-mert.zarr --embedding mert95m   # MARBLE's probes, every layer
     """
 
 
@@ -482,6 +484,14 @@ def _output_file(out: str, option: str) -> Path:
             raise MuzarrError(f"{option} {out}: {folder} is a file, not a folder: choose another {option}")
     return path
 
+
+def _register_probe() -> None:
+    from training.cli_probe import probe
+
+    main.add_command(probe)
+
+
+_register_probe()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

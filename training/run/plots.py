@@ -210,3 +210,28 @@ def plot_repeats(table: pd.DataFrame, columns: list[str], path: Path, *, title: 
     fig.suptitle(title)
     description = f"one panel per metric ({', '.join(columns)}): x {x_name}, y value; line: mean; band: ±1 std"
     return _save(fig, path, title, description)
+
+
+def plot_layer_metric(series: dict[str, tuple[list[str], np.ndarray, np.ndarray]], best: dict[str, str], path: Path, *,
+                      metric: str, title: str) -> Path:  # fmt: skip
+    """A probe run's metric per layer (``train probe``): for each probe kind, ``series[kind]`` is
+    ``(layers, valid, test)``: valid solid, test dashed, one colour per kind; the layer ``best[kind]``
+    (picked on validation) starred on both."""
+    layers = list(dict.fromkeys(layer for names, _, _ in series.values() for layer in names))
+    where = {layer: i for i, layer in enumerate(layers)}
+    fig, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 3), 4.2))
+    for index, (kind, (names, valid, test)) in enumerate(series.items()):
+        x = np.array([where[name] for name in names])
+        color = plt.get_cmap("tab10")(index)
+        axis.plot(x, valid, marker="o", color=color, label=f"{kind} valid")
+        axis.plot(x, test, marker="o", linestyle="--", color=color, alpha=0.7, label=f"{kind} test")
+        if kind in best and best[kind] in names:
+            k = names.index(best[kind])
+            axis.plot([x[k], x[k]], [valid[k], test[k]], linestyle="none", marker="*", markersize=16, color="tab:red",
+                      label=f"{kind}: layer {best[kind]} (best valid)")  # fmt: skip
+    axis.set_xticks(range(len(layers)), layers)
+    axis.set(xlabel="layer", ylabel=metric, title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    described = "; ".join(f"{kind} best layer {layer}" for kind, layer in best.items())
+    return _save(fig, path, title, f"x layer, y {metric} (valid solid, test dashed); {described} (picked on valid)")
