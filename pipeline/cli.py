@@ -65,7 +65,9 @@ def main() -> None:
 @click.option("--waveform", "waveforms", multiple=True, metavar="K=V,...", help="Set the store's waveform (it replaces the catalog's), e.g. sample_rate=22050,storage=float32.")
 @click.option("--logmel", "logmels", multiple=True, metavar="K=V,...", help="Add a log-mel variant, e.g. n_mels=128,sample_rate=16000.")
 @click.option("--tabular", "tabulars", multiple=True, metavar="SET", help="Add a tabular feature set: gtzan57 or summary.")
-@click.option("--only", is_flag=True, help="Store only the features given with --waveform/--logmel/--tabular.")
+@click.option("--embedding", "embeddings", multiple=True, metavar="MODEL[,K=V,...]", help="Add a pretrained model's hidden layers: a folder or hub name, e.g. m-a-p/MERT-v1-95M,layers=all,pool=mean (see README, Pretrained-model embeddings).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), help="Where embeddings are computed (cuda: one worker per GPU).")
+@click.option("--only", is_flag=True, help="Store only the features given with --waveform/--logmel/--tabular/--embedding.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a catalog field: clip.seconds=3, options.tags=100, logmel.n_fft=2048.")
 @click.option("--catalog", type=click.Path(dir_okay=False), help="Catalog file (default: the packaged catalog.yaml).")
 @click.option("--strict", is_flag=True, help="Stop at the first clip that fails.")
@@ -73,7 +75,7 @@ def main() -> None:
 @click.option("--repair", is_flag=True, help="Verify the store first and rerun exactly its damaged batches (see `pipe verify`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, only, settings, catalog, strict, overwrite, repair, quiet):
+def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, embeddings, device, only, settings, catalog, strict, overwrite, repair, quiet):
     """Build the store of dataset NAME (see `pipe ls`).
 
     \b
@@ -83,6 +85,7 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
       pipe build gtzan --source ~/data/gtzan --tabular gtzan57 --workers 8
       pipe build mtat --logmel n_mels=128,sample_rate=16000 --set clip.seconds=10
       pipe build fma_small --scheduler tcp://10.0.0.5:8786 --out s3://bucket/fma.zarr
+      pipe build mtat --embedding m-a-p/MERT-v1-95M --device cuda
 
     Re-running an interrupted build finishes it without redoing finished batches.
     --repair (with the store's own options: `pipe verify` prints the command) also checks
@@ -98,8 +101,10 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     if scheduler:
         check_scheduler_address(scheduler)  # before the catalog, the index and the store
     config, entry = config_from_command(
-        name, catalog=catalog, waveforms=waveforms, logmels=logmels, tabulars=tabulars, only=only, settings=settings
+        name, catalog=catalog, waveforms=waveforms, logmels=logmels, tabulars=tabulars, embeddings=embeddings,
+        only=only, settings=settings, device=device,
     )
+    workers = embedding_workers(config, workers=workers, scheduler=scheduler)
     source = os.path.expanduser(source or entry.get("source") or ".")
     out = out or f"{name}.zarr"
     click.echo(f"dataset {name}: recipe {config.recipe}, source {source}")
@@ -132,6 +137,21 @@ def build(name, source, out, workers, scheduler, waveforms, logmels, tabulars, o
     for line in storage_notes(report.notes):
         click.echo(f"  note {line}")
     sys.exit(report.exit_code)
+
+
+def embedding_workers(config, *, workers: int | None, scheduler: str | None) -> int | None:
+    """The embedded cluster's workers when an embedding runs on CUDA: one per GPU (more would share one GPU's
+    memory; the check that a GPU is there at all is the feature's)."""
+    on_gpu = [f for f in config.features if f.kind == "embedding" and f.device == "cuda"]
+    if not on_gpu or scheduler:
+        return workers
+    on_gpu[0].check_computable()
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if workers and workers > gpus:
+        raise MuzarrError(f"--workers {workers}: embeddings on CUDA take one worker per GPU and this machine has {gpus}: give --workers {gpus} or fewer")
+    return workers or gpus
 
 
 @main.command()

@@ -16,8 +16,8 @@ from pipeline.errors import MuzarrError
 from pipeline.features.base import Feature
 from pipeline.store.manifest import RebuildNeeded
 
-# The order `pipe build` adds its feature options in: every --waveform, then --logmel, then --tabular.
-_FLAG_ORDER = {"waveform": 0, "logmel": 1}
+# The order `pipe build` adds its feature options in: every --waveform, then --logmel, --tabular, --embedding.
+_FLAG_ORDER = {"waveform": 0, "logmel": 1, "embedding": 3}
 UNKNOWN_CATALOG = "<your catalog>"
 
 
@@ -105,9 +105,12 @@ def _feature_args(features: Iterable[Feature]) -> list[str]:
         params = {
             f.name: getattr(feature, f.name)
             for f in dataclasses.fields(feature)
-            if not _same(getattr(feature, f.name), f.default)
+            if not _same(getattr(feature, f.name), f.default) and f.name not in feature.derived
         }
-        if feature.kind in _FLAG_ORDER:
+        if feature.kind == "embedding":  # the model first; what its folder says is read from it again
+            model = params.pop("model")
+            args += ["--embedding", ",".join([model, *(f"{k}={_cli_value(v)}" for k, v in params.items())])]
+        elif feature.kind in _FLAG_ORDER:
             params = {"sample_rate": feature.sample_rate, **params}  # always: it says which audio
             args += [f"--{feature.kind}", ",".join(f"{k}={_cli_value(v)}" for k, v in params.items())]
         else:
@@ -117,7 +120,7 @@ def _feature_args(features: Iterable[Feature]) -> list[str]:
 
 
 def _flag_sorted(features: Iterable[Feature]) -> list[Feature]:
-    return sorted(features, key=lambda f: _FLAG_ORDER.get(f.kind, len(_FLAG_ORDER)))
+    return sorted(features, key=lambda f: _FLAG_ORDER.get(f.kind, 2))
 
 
 def _cli_value(value: Any) -> str | None:

@@ -350,7 +350,8 @@ def apply_overrides(
                         f"--set {key}: {kind} has no parameter {param!r}{did_you_mean(key, valid)}; "
                         f"its keys: {', '.join(sorted(valid))}"
                     )
-                data["features"][i] = {**data["features"][i], param: value}
+                derived = features[kind].derived  # read again from what the new parameters name
+                data["features"][i] = {k: v for k, v in {**data["features"][i], param: value}.items() if k not in derived}
                 given.setdefault(i, []).append(f"{key}={value}")
     if data["clip"].get("mode") == "track":
         unused = [key for key in settings or {} if key.startswith("clip.") and key[5:] in TRACK_UNUSED]
@@ -377,8 +378,10 @@ def config_from_command(
     waveforms: tuple[str, ...] = (),
     logmels: tuple[str, ...] = (),
     tabulars: tuple[str, ...] = (),
+    embeddings: tuple[str, ...] = (),
     only: bool = False,
     settings: tuple[str, ...] = (),
+    device: str | None = None,
 ) -> tuple[BuildConfig, dict[str, Any]]:
     """The configuration ``pipe build NAME`` asks for with these options, and the catalog entry."""
     entries = load_catalog(catalog)
@@ -398,10 +401,33 @@ def config_from_command(
     for text in tabulars:
         make_feature({"kind": text}, where=f"--tabular {text}")
         added.append({"kind": text})
+    for text in embeddings:
+        spec = {"kind": "embedding", **parse_embedding(text)}
+        if device is not None:
+            spec["device"] = device
+        make_feature(spec, where=f"--embedding {text}")
+        added.append(spec)
     if only and not added:
-        raise MuzarrError("--only needs at least one --waveform, --logmel or --tabular")
-    config = apply_overrides(config_for(name, entries[name]), add_features=added, only=only, settings=overrides)
+        raise MuzarrError("--only needs at least one --waveform, --logmel, --tabular or --embedding")
+    base = config_for(name, entries[name])
+    if device is not None:  # every embedding of the store, the catalog's too, runs there
+        if not any(f.kind == "embedding" for f in base.features) and not embeddings:
+            raise MuzarrError(f"--device {device}: this build stores no embedding (add one with --embedding MODEL)")
+        if any(f.kind == "embedding" for f in base.features):
+            overrides.setdefault("embedding.device", device)
+    config = apply_overrides(base, add_features=added, only=only, settings=overrides)
     return config, entries[name]
+
+
+def parse_embedding(text: str) -> dict[str, Any]:
+    """``"m-a-p/MERT-v1-95M,layers=0-6,pool=none"`` → ``{"model": "m-a-p/MERT-v1-95M", "layers": "0-6", "pool": "none"}``:
+    the model first (or as ``model=``), then the embedding's parameters."""
+    first, _, rest = text.partition(",")
+    if "=" in first:
+        return parse_spec(text, what="--embedding")
+    if not first.strip():
+        raise MuzarrError("--embedding: give the model first, e.g. --embedding m-a-p/MERT-v1-95M,layers=all")
+    return {"model": first.strip(), **parse_spec(rest, what="--embedding")}
 
 
 def recorded_source(source: str) -> str:

@@ -6,7 +6,7 @@ import importlib
 
 from pipeline.features.base import FEATURES, Feature, feature_from_dict, register
 
-_MODULES = ("pipeline.features.spectral", "pipeline.features.tabular")
+_MODULES = ("pipeline.features.spectral", "pipeline.features.tabular", "pipeline.features.embedding")
 
 
 def load_all() -> dict[str, type[Feature]]:

@@ -46,6 +46,11 @@ class Feature:
     kind: ClassVar[str] = ""
     group: ClassVar[str] = ""
     axes: ClassVar[tuple[str, ...]] = ()
+    #: axes stored one index per chunk (an embedding's layers: a probe of one layer reads only its bytes)
+    split_axes: ClassVar[tuple[str, ...]] = ()
+    #: parameters filled in from elsewhere than the command line (a model's folder): a command that
+    #: rebuilds a store does not give them
+    derived: ClassVar[tuple[str, ...]] = ()
 
     sample_rate: int = 16000
 
@@ -68,6 +73,10 @@ class Feature:
 
     def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
         raise NotImplementedError
+
+    def frame_rate(self) -> float | None:
+        """Elements per second of audio along the last axis of :meth:`output_shape` (None: it has no time axis)."""
+        return None
 
     def storage_note(self, samples: np.ndarray) -> str | None:
         """What :meth:`extract`'s output of ``samples`` does not keep, in one line; None if nothing."""

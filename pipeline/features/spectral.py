@@ -43,6 +43,9 @@ class Waveform(Feature):
     def variant(self) -> str:
         return "waveform"
 
+    def frame_rate(self) -> float:
+        return float(self.sample_rate)
+
     @property
     def dtype(self) -> str:
         return self.storage
@@ -115,6 +118,9 @@ class LogMel(Feature):
             raise MuzarrError(f"logmel log={self.log!r} must be 'db' or 'log1p'")
         if self.storage not in ("float16", "float32"):
             raise MuzarrError(f"logmel storage={self.storage!r} must be 'float16' or 'float32'")
+
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
 
     @property
     def variant(self) -> str:

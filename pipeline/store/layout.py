@@ -98,11 +98,18 @@ def time_chunk(length: int | None, *, rate: float) -> int:
 
 def time_rate(feature) -> float | None:
     """Samples or frames per second along the last axis of ``feature``'s arrays (``None``: no time axis)."""
-    if feature.kind == "waveform":
-        return float(feature.sample_rate)
-    if feature.kind == "logmel":
-        return feature.sample_rate / feature.hop_length
-    return None
+    return feature.frame_rate()
+
+
+def split_chunks(feature, chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """``chunks`` (of ``feature``'s own axes, the last ones) with each of its :attr:`split_axes` one index
+    per chunk: an embedding's layers, so that a probe of one layer reads only that layer's bytes."""
+    axes = tuple(feature.axes)
+    out = list(chunks)
+    for i, axis in enumerate(axes):
+        if axis in feature.split_axes:
+            out[len(out) - len(axes) + i] = 1
+    return tuple(out)
 
 
 #: the per-clip content digest of new stores (the manifest's "digest"); older stores used blake2b-128
@@ -197,12 +204,13 @@ def plan_layout(config, n_clips: int, *, tracks=None) -> list[ArrayLayout]:
         clip_shape = (*sub, *per_item)
         rate = time_rate(feature)
         if rate is None:
-            clip_bytes = math.prod(clip_shape) * np.dtype(feature.dtype).itemsize
+            chunk_shape = split_chunks(feature, clip_shape)
+            clip_bytes = math.prod(chunk_shape) * np.dtype(feature.dtype).itemsize
             per_chunk = chunk_clips(clip_bytes, batch_clips=config.batch_clips)
-            chunks, shards = (per_chunk, *clip_shape), (config.batch_clips, *clip_shape)
+            chunks, shards = (per_chunk, *chunk_shape), (config.batch_clips, *clip_shape)
         else:
             step = time_chunk(clip_shape[-1], rate=rate)
-            chunks = (1, *clip_shape[:-1], step)
+            chunks = (1, *split_chunks(feature, (*clip_shape[:-1], step)))
             shards = (config.batch_clips, *clip_shape[:-1], -(-clip_shape[-1] // step) * step)
         axes = ("clip", *(("subclip",) if sub else ()), *feature.axes)
         layouts.append(
@@ -391,7 +399,7 @@ def time_layout(feature, plan) -> ArrayLayout:
     total = plan.total(feature.name) if plan is not None else 0
     extents = extents_name(feature.name)
     return ArrayLayout(
-        name=feature.name, shape=(*prefix, total), dtype=feature.dtype, chunks=(*prefix, chunk),
+        name=feature.name, shape=(*prefix, total), dtype=feature.dtype, chunks=split_chunks(feature, (*prefix, chunk)),
         # a batch task is given its regions, not the plan: its layout's shards are not used
         shards=(*prefix, plan.shard(feature) if plan is not None else chunk),
         attrs={"feature": feature.to_dict(), **feature.attrs(), "axes": list(feature.axes), "extents": extents},
