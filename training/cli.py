@@ -366,10 +366,11 @@ def compare(run_dirs, out, extra):
 @click.option("--smoke", is_flag=True, help="One 1-epoch run per row on at most 16 clips per split, 2 evaluation crops: checks the paper runs; not comparable.")
 @config_options("device", "seed", "emissions", "model_opts", seed={"help": "Repeat i runs with seed + i."},
                 model_opts={"help": "Model option for every row whose model takes it, e.g. --model-opt weights=resnet50.pth."})  # fmt: skip
+@click.option("--task", metavar="TASK", help="marble only: which of MARBLE's tables, mtat or jamendo (top-50 tagging).")
 @click.option("--list", "list_papers", is_flag=True, help="List the papers: rows, datasets, GPU-hours estimate.")
 @click.option("--verbose", is_flag=True, help="Also print every epoch and progress bars of each run.")
 @friendly_errors
-def reproduce(name, stores, out, smoke, list_papers, verbose, **settings):
+def reproduce(name, stores, out, smoke, task, list_papers, verbose, **settings):
     """Re-run a paper's or seed report's table from its paper and set it beside the published numbers.
 
     Every row is checked before any trains (stores, arrays, sub-clips, weights), then each
@@ -385,6 +386,8 @@ def reproduce(name, stores, out, smoke, list_papers, verbose, **settings):
       train reproduce seed001 --store mtat.zarr --store subclips=mtat-split.zarr
       train reproduce seed003 --store gtzan.zarr --model-opt weights=resnet50.pth
       train reproduce seed004 --store gtzan.zarr --model-opt weights=wav2vec2-base --out runs/seed004
+      train reproduce marble --task mtat --store mtat-mert95m.zarr   # MARBLE's probes of a stored embedding
+      train reproduce marble --task mtat --smoke                   # builds a tiny store itself
     """
     if list_papers:
         for paper in map(load_paper, PAPERS):
@@ -393,7 +396,13 @@ def reproduce(name, stores, out, smoke, list_papers, verbose, **settings):
             click.echo(f"    {len(paper.rows)} rows ({paper.n_runs} runs): {', '.join(row.label for row in paper.rows)}")
             click.echo(f"    dataset: {paper.dataset}; stores: {', '.join(paper.roles)}; metrics: {', '.join(paper.metrics)}")
             click.echo(f"    about {paper.gpu_hours:g} GPU-hours ({paper.gpu_hours_basis})")
+        _list_marble()
         return
+    if name == "marble":
+        _reproduce_marble(task, stores, out, smoke, verbose, settings)
+        return
+    if task is not None:
+        raise MuzarrError(f"--task {task}: only `train reproduce marble` takes --task (paper {name} has one table)")
     if not name:
         raise MuzarrError(f"train reproduce needs a paper NAME (one of {', '.join(PAPERS)}) or --list")
     paper = load_paper(name)
@@ -401,6 +410,32 @@ def reproduce(name, stores, out, smoke, list_papers, verbose, **settings):
     run_paper(paper, parse_stores(stores), folder, smoke=smoke, **config_values(settings), progress=verbose, echo=click.echo)
     click.echo((folder / "reproduce.md").read_text().rstrip())
     click.echo(f"written: {folder / 'reproduce.md'}, reproduce.csv, reproduce.png, compare.png")
+
+
+def _list_marble() -> None:
+    from training.experiments.marble import MARBLE_MODEL, MARBLE_TASKS
+
+    click.secho("marble", bold=True, nl=False)
+    click.echo("  MARBLE's probes of a stored embedding, every layer (train probe), beside the published rows")
+    for task in MARBLE_TASKS.values():
+        rows = ", ".join(f"{p.model} {p.roc_auc * 100:.1f}/{p.pr_auc * 100:.1f}" for p in task.published)
+        click.echo(f"    --task {task.name}: {task.title}, split {task.split_scheme}; published ROC/PR-AUC: {rows}")
+    click.echo(f"    store: {MARBLE_TASKS['mtat'].build_command('mtat-mert95m.zarr')}; probes take minutes on a CPU "
+               f"(docs/benchmarks.md, Probes); the {MARBLE_MODEL} build is the GPU work")  # fmt: skip
+
+
+def _reproduce_marble(task, stores, out, smoke, verbose, settings) -> None:
+    from training.experiments.marble import marble_task, run_marble
+
+    chosen = marble_task(task)
+    if settings.get("model_opts"):
+        raise MuzarrError("--model-opt: marble trains probes, not a registered model: see `train probe --help` for their settings")
+    folder = Path(out) if out else Path("runs") / f"reproduce-marble-{chosen.name}{'-smoke' if smoke else ''}"
+    values = config_values(settings)
+    run_marble(chosen.name, parse_stores(stores), folder, smoke=smoke, device=values["device"], seed=values["seed"],
+               emissions=values["emissions"], progress=verbose, echo=click.echo)  # fmt: skip
+    click.echo((folder / "reproduce.md").read_text().rstrip())
+    click.echo(f"written: {folder / 'reproduce.md'}, reproduce.csv, reproduce.png, probe/ (layers.csv, layers.png)")
 
 
 def _run_inputs(verb: str):

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-__all__ = ["PROBE_KINDS", "Plateau", "ProbeFit", "ProbeSettings", "StackedAdam", "fit_probes", "monitor_values"]
+__all__ = ["PROBE_KINDS", "Plateau", "ProbeFit", "ProbeSettings", "StackedAdam", "fit_probes", "forward", "init_weights",
+           "monitor_values", "predict", "probe_losses", "scores_of", "stack"]
 
 #: the probes ``train probe --probe`` can train
 PROBE_KINDS = ("mlp", "linear")
@@ -72,47 +73,50 @@ class ProbeFit:
 
 
 class StackedAdam:
-    """Adam over stacked parameters ``[P, ...]``, a learning rate and a step count per probe.
+    """Adam over stacked parameters ``[P, ...]``: a learning rate, a step count and moments per probe.
 
-    The update is torch's (``torch.optim.Adam``, ``amsgrad=False``, L2 ``weight_decay`` added to the
-    gradient), applied only to the probes in ``active``: a probe left out keeps its weights and moments.
+    Each probe's update is torch's own (``torch.optim.adam.adam``, the function ``torch.optim.Adam``
+    runs; fused where the device has the fused kernel), applied to that probe's slices of the stacked
+    tensors: a probe left out of a step keeps its weights, moments and step count, as an optimizer
+    of its own would.
     """
 
-    def __init__(self, params: dict[str, torch.Tensor], lr: torch.Tensor, *, weight_decay: float = 0.0,
+    def __init__(self, params: dict[str, torch.Tensor], lr: float, *, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:  # fmt: skip
         self.params = params
-        self.lr = lr.to(torch.float64).cpu()  # [P]: changed by each probe's plateau
+        n_probes = len(next(iter(params.values())))
+        self.lr = np.full(n_probes, float(lr))  # changed by each probe's plateau
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
-        self.step_count = torch.zeros(len(lr), dtype=torch.int64)
         self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
         self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
+        device = next(iter(params.values())).device
+        self.steps = [[torch.zeros((), dtype=torch.float32, device=device) for _ in params] for _ in range(n_probes)]
+        self.fused: bool | None = None  # decided at the first step: the fused kernel where the device has one
 
     @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor | None = None) -> None:
-        """One step of the probes ``active`` (indices; ``None``: all, updated in place), ``grads[name]``
-        their gradients (``[len(active), ...]``)."""
-        beta1, beta2 = self.betas
-        chosen = slice(None) if active is None else active.cpu()
-        self.step_count[chosen] += 1
-        steps = self.step_count[chosen].to(torch.float64)
-        step_size = (self.lr[chosen] / (1 - beta1**steps)).to(torch.float32)
-        correction2_sqrt = torch.sqrt(1 - beta2**steps).to(torch.float32)
-        for name, param in self.params.items():
-            grad = grads[name]
-            shape = (-1,) + (1,) * (grad.ndim - 1)
-            size, root = step_size.to(grad.device).view(shape), correction2_sqrt.to(grad.device).view(shape)
-            if active is None:  # every probe: the stacked tensors themselves
-                value, exp_avg, exp_avg_sq = param, self.exp_avg[name], self.exp_avg_sq[name]
-            else:  # copies of the active probes' rows, written back below
-                value, exp_avg, exp_avg_sq = param[active], self.exp_avg[name][active], self.exp_avg_sq[name][active]
-            if self.weight_decay:
-                grad = grad.add(value, alpha=self.weight_decay)
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / root).add_(self.eps)
-            value.addcdiv_(exp_avg * size, denom, value=-1.0)
-            if active is not None:
-                param[active], self.exp_avg[name][active], self.exp_avg_sq[name][active] = value, exp_avg, exp_avg_sq
+    def step(self, grads: dict[str, torch.Tensor], probes: np.ndarray) -> None:
+        """One step of ``probes`` (indices), ``grads[name][j]`` the gradient of probe ``probes[j]``."""
+        for j, p in enumerate(probes.tolist()):
+            self._adam([value[p] for value in self.params.values()], [grads[name][j] for name in self.params],
+                       [m[p] for m in self.exp_avg.values()], [v[p] for v in self.exp_avg_sq.values()], self.steps[p],
+                       lr=float(self.lr[p]))  # fmt: skip
+
+    def _adam(self, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr: float) -> None:
+        from torch.optim.adam import adam
+
+        settings = {"amsgrad": False, "beta1": self.betas[0], "beta2": self.betas[1], "lr": lr, "eps": self.eps,
+                    "weight_decay": self.weight_decay, "maximize": False, "capturable": False, "differentiable": False,
+                    "has_complex": False}  # fmt: skip
+        if self.fused is not False:
+            try:
+                adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=False, fused=True, **settings)
+                self.fused = True
+                return
+            except RuntimeError:
+                if self.fused:  # it ran before: a real error
+                    raise
+                self.fused = False  # no fused kernel for this device: the single-tensor update, same formula
+        adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=False, fused=False, **settings)
 
 
 class Plateau:
@@ -124,7 +128,7 @@ class Plateau:
         self.best = np.full(n, -np.inf)
         self.bad_epochs = np.zeros(n, dtype=np.int64)
 
-    def step(self, values: np.ndarray, probes: np.ndarray, lr: torch.Tensor) -> None:
+    def step(self, values: np.ndarray, probes: np.ndarray, lr: np.ndarray) -> None:
         """The epoch's validation ``values`` of ``probes``: lower ``lr[p]`` where a probe has waited too long."""
         for value, p in zip(values, probes):
             if value > self.best[p] * (1 + self.threshold):  # torch's "rel" threshold, mode max; NaN is never better
@@ -226,7 +230,7 @@ def fit_probes(
     kind = settings.kind
     params, generators = init_weights(kind, seeds, n_in, n_classes, hidden=settings.hidden)
     params = {name: value.to(device) for name, value in params.items()}
-    optimizer = StackedAdam(params, torch.full((n_probes,), settings.lr), weight_decay=settings.weight_decay)
+    optimizer = StackedAdam(params, settings.lr, weight_decay=settings.weight_decay)
     plateau = Plateau(n_probes, factor=settings.plateau_factor, patience=settings.plateau_patience)
     best = {name: value.clone() for name, value in params.items()}
     best_value = np.full(n_probes, -np.inf)
@@ -235,6 +239,8 @@ def fit_probes(
     waited = np.zeros(n_probes, dtype=np.int64)
     running = np.ones(n_probes, dtype=bool)
     keep = 1.0 - settings.dropout
+    dropping = kind == "mlp" and settings.dropout > 0
+    masks = torch.empty((n_probes, settings.batch_size, settings.hidden)) if dropping else None
     for epoch in range(1, settings.max_epochs + 1):
         active = np.flatnonzero(running)
         if not len(active):
@@ -244,15 +250,17 @@ def fit_probes(
         order = torch.from_numpy(np.random.default_rng([order_seed, epoch]).permutation(n_train)).to(device)
         for start in range(0, n_train, settings.batch_size):
             batch = order[start : start + settings.batch_size]
-            x = x_train[:, batch] if everyone else x_train[index][:, batch]
+            x = x_train[:, batch] if everyone else x_train[:, batch][index]
             leaves = {name: (value if everyone else value[index]).detach().requires_grad_() for name, value in params.items()}
-            masks = None
-            if kind == "mlp" and settings.dropout > 0:
-                draws = [torch.rand((len(batch), settings.hidden), generator=generators[p]) for p in active]
-                masks = (torch.stack(draws) < keep).to(device, torch.float32) / keep
-            losses = probe_losses(forward(kind, leaves, x, masks=masks), y_train[batch], task=task)
+            drop = None
+            if dropping:  # each probe's mask from its own generator: the same draws alone or batched
+                drop = masks[: len(active), : len(batch)]
+                for j, p in enumerate(active.tolist()):
+                    drop[j].bernoulli_(keep, generator=generators[p])
+                drop = drop.to(device) / keep
+            losses = probe_losses(forward(kind, leaves, x, masks=drop), y_train[batch], task=task)
             grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-            optimizer.step(dict(zip(leaves, grads)), None if everyone else index)
+            optimizer.step(dict(zip(leaves, grads)), active)
         epochs[active] = epoch
         valid_x = x_valid if everyone else x_valid[index]
         values = monitor_values(scores_of(predict(kind, {n: v if everyone else v[index] for n, v in params.items()},
