@@ -37,7 +37,7 @@ MARBLE_MODEL = "m-a-p/MERT-v1-95M"
 #: what ``--smoke`` changes: a few epochs on the demo store's clips
 SMOKE_PROBE = {"max_epochs": 3, "patience": 2}
 #: the smoke store: demo clips of 2 s, through a tiny random HuBERT
-SMOKE_BUILD = {"options.n_clips": 24, "options.seconds": 2.0, "clip.seconds": 2.0, "batch_clips": 8}
+SMOKE_BUILD = {"options.n_clips": 16, "options.seconds": 2.0, "clip.seconds": 2.0, "batch_clips": 8}
 #: a HuBERT of MERT's shape in miniature (16 kHz, 2 transformer layers of 32): random weights, no download
 TINY_HUBERT = {
     "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 48,
@@ -115,7 +115,12 @@ def smoke_store(out: Path, *, echo: Callable[[str], Any] = print) -> str:
                              only=True, settings=dict(SMOKE_BUILD))  # fmt: skip
     store = out / "smoke.zarr"
     echo(f"smoke: building {store} (demo clips, tiny random HuBERT {model})")
-    report = build(config, source=str(out / "demo-audio"), out=str(store), workers=1, progress=False)
+    from dask.distributed import Client, LocalCluster
+
+    # one thread in this process: a worker process would import torch and load the model again for 16 clips
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        report = build(config, source=str(out / "demo-audio"), out=str(store), client=client, progress=False)
     if report.n_failed:
         raise MuzarrError(f"smoke store {store}: {report.n_failed} clip(s) failed: see `pipe info {store}`")
     return str(store)
