@@ -241,7 +241,8 @@ def test_an_unknown_recipe_is_one_line_listing_the_known_ones():
     result = _cli("won2021", "--store", "x.zarr")
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: unknown paper 'won2021'; known papers: seed000, seed001, seed002, seed003, seed004, won2020 (or a path to a .yaml file)"
+        "error: unknown paper 'won2021' (did you mean 'won2020'?); known papers: seed000, seed001, seed002, seed003, seed004, "
+        "won2020, marble (or a path to a .yaml file)"
     ]
 
 
@@ -373,6 +374,24 @@ def test_genre_recipes_smoke_on_a_multiclass_store(genre_store, tmp_path, name):
     for metric in paper.metrics:
         assert np.isfinite(_measured(table, metric)).all(), metric
     assert "note: the runs' task" not in (tmp_path / name / "reproduce.md").read_text()
+    if name == "seed003":  # its MLP reads the report's six feature families, the store's tabular/summary
+        config = json.loads((tmp_path / name / "mlp-64-hidden" / "repeat-0" / "config.json").read_text())
+        assert config["input"]["array"] == "tabular/summary" and config["input"]["example_shape"] == [190]
+
+
+def test_mlp_tabular_trains_on_any_stored_vector_with_input(genre_store, tmp_path):
+    """``train --input tabular/summary``: the 190 summary numbers per clip instead of the model's gtzan57."""
+    from pipeline import open_store
+
+    result = train_cli("--store", genre_store, "--model", "mlp_tabular", "--input", "tabular/summary", "--epochs", "2",
+                       "--out", str(tmp_path / "run"), "--no-tensorboard", *COMMON)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["input"]["array"] == "tabular/summary" and config["input"]["example_shape"] == [190]
+    store = open_store(genre_store)
+    summary = store.read("tabular/summary", store.split("random", "train"))
+    normalization = json.loads((tmp_path / "run" / "normalization.json").read_text())  # fitted on these numbers
+    np.testing.assert_allclose(normalization["mean"], summary.mean(axis=0), rtol=1e-4, atol=1e-5)
 
 
 def test_a_multiclass_recipe_on_a_multilabel_store_reads_n_a_and_says_why(demo_store, tmp_path):

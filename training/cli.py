@@ -24,6 +24,7 @@ import click
 
 from pipeline.cli import friendly_errors
 from pipeline.errors import MuzarrError, write_errors
+from pipeline.suggest import did_you_mean
 from training.data.augment import format_augment
 from training.experiments.reproduce import PAPERS, load_paper, parse_stores, run_paper
 from training.experiments.summary import summarise_repeats
@@ -404,7 +405,10 @@ def reproduce(name, stores, out, smoke, task, list_papers, verbose, **settings):
     if task is not None:
         raise MuzarrError(f"--task {task}: only `train reproduce marble` takes --task (paper {name} has one table)")
     if not name:
-        raise MuzarrError(f"train reproduce needs a paper NAME (one of {', '.join(PAPERS)}) or --list")
+        raise MuzarrError(f"train reproduce needs a paper NAME (one of {', '.join(PAPERS)}, marble) or --list")
+    if name not in PAPERS and not (Path(name).suffix in (".yaml", ".yml") and Path(name).is_file()):
+        raise MuzarrError(f"unknown paper {name!r}{did_you_mean(name, [*PAPERS, 'marble'], quote=True)}; known papers: "
+                          f"{', '.join(PAPERS)}, marble (or a path to a .yaml file)")  # fmt: skip
     paper = load_paper(name)
     folder = Path(out) if out else Path("runs") / f"reproduce-{paper.name}{'-smoke' if smoke else ''}"
     run_paper(paper, parse_stores(stores), folder, smoke=smoke, **config_values(settings), progress=verbose, echo=click.echo)
