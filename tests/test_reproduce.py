@@ -241,8 +241,8 @@ def test_an_unknown_recipe_is_one_line_listing_the_known_ones():
     result = _cli("won2021", "--store", "x.zarr")
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: unknown paper 'won2021' (did you mean 'won2020'?); known papers: seed000, seed001, seed002, seed003, seed004, "
-        "won2020, marble (or a path to a .yaml file)"
+        ("error: unknown paper 'won2021' (did you mean 'won2020'?); known papers: seed000, seed001, seed002, seed003, seed004, "
+        "won2020, marble (or a path to a .yaml file)")
     ]
 
 
@@ -377,6 +377,21 @@ def test_genre_recipes_smoke_on_a_multiclass_store(genre_store, tmp_path, name):
     if name == "seed003":  # its MLP reads the report's six feature families, the store's tabular/summary
         config = json.loads((tmp_path / name / "mlp-64-hidden" / "repeat-0" / "config.json").read_text())
         assert config["input"]["array"] == "tabular/summary" and config["input"]["example_shape"] == [190]
+
+
+def test_probe_of_a_tabular_set_on_a_multiclass_store(genre_store, tmp_path):
+    """``train probe --input tabular/summary``: one input, one row per probe kind, scored as classes."""
+    result = train_cli("probe", "--store", genre_store, "--input", "tabular/summary", "--max-epochs", "15", "--out",
+                       str(tmp_path / "p"), "--quiet", *COMMON)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "p" / "layers.csv", dtype={"layer": str})
+    assert list(zip(table["probe"], table["layer"])) == [("mlp", "summary"), ("linear", "summary")]
+    assert {"valid_accuracy", "test_f1_macro", "test_f1_weighted"} <= set(table.columns)
+    saved = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert saved["task"] == "multiclass" and saved["primary"] == "accuracy" and saved["dim"] == 190
+    assert saved["counts"] == {"train": 24, "valid": 3, "test": 3}
+    for column in ("valid_accuracy", "test_accuracy"):  # a share of 3 clips each
+        np.testing.assert_allclose(table[column] * 3, np.round(table[column] * 3), atol=1e-9)
 
 
 def test_mlp_tabular_trains_on_any_stored_vector_with_input(genre_store, tmp_path):
