@@ -289,7 +289,7 @@ def describe_protocol(protocol) -> str:
 
 # -- experiments: sweeps, comparisons, predictions, embeddings -----------------------------
 @main.command(name="sweep")
-@config_options("store", "model", store={"required": True}, model={"required": True})
+@config_options("store", "model", "input", store={"required": True}, model={"required": True})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Sweep file (W&B format, seed 002's sweep.yaml).")
 @click.option("--trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to finish (grid: at most every combination).")
 @click.option("--method", type=click.Choice(["grid", "random", "bayes"]), help="Search (default: the file's method, else random); bayes = Optuna TPE.")

@@ -52,12 +52,13 @@ def probe_input(embedding: str | None, given: str | None) -> str:
 @config_options("split_scheme", "seed", "device", "emissions", "country",
                 split_scheme={"help": "Split scheme of the store, e.g. dieleman (default: the store's first)."},
                 seed={"help": "Seed of the probes' weights, dropout and batches."})  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads (default: torch's; on a busy shared machine 1 is often fastest).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for layers.csv, layers.png, probe.json (default: runs/STORE-probe-ARRAY-TIME).")
 @click.option("--overwrite", is_flag=True, help="Run again into an --out that holds a finished probe run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
 def probe(store, embedding, given_input, kind, layers, lr, batch_size, max_epochs, patience, split_scheme, seed, device,
-          emissions, country, out, overwrite, quiet):  # fmt: skip
+          emissions, country, threads, out, overwrite, quiet):  # fmt: skip
     """Probe every layer of a stored embedding (and their mean) with MARBLE's MLP and linear probes.
 
     All layers' probes train in one batched pass on the vectors read once into memory; each
@@ -77,13 +78,13 @@ def probe(store, embedding, given_input, kind, layers, lr, batch_size, max_epoch
     config = ProbeConfig(
         store=store, input=probe_input(embedding, given_input), probe=kind, layers=layers, lr=lr, batch_size=batch_size,
         max_epochs=max_epochs, patience=patience, seed=seed, split_scheme=split_scheme, device=device, emissions=emissions,
-        country=country,
+        country=country, threads=threads,
     )  # fmt: skip
     folder = Path(out) if out else default_out(store, config.input)
     result = run_probe(config, folder, overwrite=overwrite, progress=not quiet, echo=click.echo)
     click.echo(summary_text(result))
     co2 = f", {result.co2_kg * 1000:.3f} g CO2eq (grid of {result.co2_country})" if result.co2_kg is not None else ""
-    click.echo(f"  {result.seconds:.0f} s on {result.device}{co2}")
+    click.echo(f"  {result.seconds:.0f} s on {result.device} ({result.torch_threads} torch threads){co2}")
     click.echo(f"  written: {folder / ProbeDir.TABLE}, {ProbeDir.FIGURE}, {ProbeDir.RESULT}")
 
 

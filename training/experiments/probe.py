@@ -47,7 +47,8 @@ class ProbeConfig:
     ``input``: ``--input``'s spelling (``embedding/VARIANT[,layer=N]`` or ``tabular/SET``);
     ``layers``: which layers get a probe (``"0-12,all"``; default every stored layer and ``all``);
     the training settings default to MARBLE's (:class:`~training.experiments.probe_engine.ProbeSettings`);
-    ``max_clips`` keeps the first N clips of each split (smoke runs).
+    ``max_clips`` keeps the first N clips of each split (smoke runs); ``threads`` sets torch's CPU
+    threads for the run (default: torch's own).
     """
 
     store: str
@@ -66,6 +67,7 @@ class ProbeConfig:
     emissions: bool = True
     country: str = "ESP"
     max_clips: int | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.probe not in PROBES:
@@ -80,6 +82,8 @@ class ProbeConfig:
             raise MuzarrError(f"dropout={self.dropout!r} must be in [0, 1)")
         if self.max_clips is not None and self.max_clips < 2:
             raise MuzarrError(f"max_clips={self.max_clips!r} must be at least 2")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise MuzarrError(f"--threads {self.threads!r} must be a positive integer")
         parse_input(self.input)
 
     @property
@@ -230,6 +234,8 @@ def run_probe(config: ProbeConfig, out: Path, *, overwrite: bool = False, progre
     folder = ProbeDir(out)
     folder.check(overwrite=overwrite)
     device = pick_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     started = time.perf_counter()
     data = load_probe_data(store, layout, targets, scheme=scheme, max_clips=config.max_clips, echo=echo)
     read_seconds = time.perf_counter() - started
@@ -250,7 +256,8 @@ def run_probe(config: ProbeConfig, out: Path, *, overwrite: bool = False, progre
         config=config.to_dict(), store=store.url, dataset=store.dataset, task=store.task, array=layout.name, feature=feature,
         layers=[t.label for t in targets], dim=layout.dim, split_scheme=scheme, counts=counts, rows=rows,
         primary=PRIMARY[store.task], metrics=list(SCALARS[store.task]), device=str(device),
-        seconds=time.perf_counter() - started, read_seconds=read_seconds, torch=torch.__version__, **emissions,
+        seconds=time.perf_counter() - started, read_seconds=read_seconds, torch=torch.__version__,
+        torch_threads=torch.get_num_threads(), **emissions,
     )  # fmt: skip
     folder.write(result)
     return result

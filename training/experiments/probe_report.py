@@ -61,6 +61,7 @@ class ProbeResult:
     seconds: float
     read_seconds: float
     torch: str
+    torch_threads: int
     energy_kwh: float | None = None
     co2_kg: float | None = None
     co2_country: str | None = None
