@@ -123,8 +123,9 @@ def feature_from_dict(spec: dict[str, Any], *, where: str = "feature") -> Featur
     params = {k: v for k, v in spec.items() if k != "kind"}
     unknown = sorted(set(params) - set(fields))
     if unknown:
+        given = sorted(set(fields) - set(cls.derived))  # what a person gives: the rest is read from elsewhere
         raise MuzarrError(
-            f"{where}: unknown parameter(s) {unknown} for feature {kind!r}{did_you_mean(unknown[0], fields)}; known: {sorted(fields)}"
+            f"{where}: unknown parameter(s) {unknown} for feature {kind!r}{did_you_mean(unknown[0], given)}; known: {given}"
         )
     try:
         return cls(**params)
