@@ -224,3 +224,16 @@ def test_without_transformers_the_build_says_what_to_install(tiny_hubert, tmp_pa
     )  # fmt: skip
     assert "embeddings need torch and transformers (pip install 'muzarr[pretrained]')" in one_line(result)
     assert not out.exists()
+
+
+def test_sub_clips_batched_together_equal_each_alone(tiny_hubert):
+    """Sub-clips' windows share forward passes (batch_size windows of one length): each row's values are its own."""
+    from pipeline.features.embedding import Embedding
+
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((3, 16000)).astype(np.float32) * 0.1
+    feature = Embedding(model=str(tiny_hubert), window_seconds=0.5, batch_size=4)
+    together = feature.extract(rows, sampling_rate=16000)
+    alone = np.stack([feature.extract(row, sampling_rate=16000) for row in rows])
+    assert together.shape == (3, 3, 32)
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)

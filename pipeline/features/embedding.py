@@ -226,24 +226,25 @@ class Embedding(Feature):
         self.check_rate(sampling_rate)
         samples = np.asarray(samples, dtype=np.float32)
         rows = samples.reshape(-1, samples.shape[-1])
-        out = np.stack([self._one(row) for row in rows])
+        out = np.stack(self._pooled(rows))
         return out.reshape(*samples.shape[:-1], *out.shape[1:]).astype(self.storage, copy=False)
 
-    def _one(self, audio: np.ndarray) -> np.ndarray:
-        """One clip's ``[layer, dim]`` (or ``[layer, dim, frame]``)."""
-        if self.normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm, over the whole clip
-            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
-        spans = self.windows(audio.shape[-1])
+    def _pooled(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Each row's (a clip's or sub-clip's) ``[layer, dim]`` (or ``[layer, dim, frame]``): the windows of every
+        row go through the model together, those of one length in batches of ``batch_size``."""
+        if self.normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm, over each whole clip
+            rows = (rows - rows.mean(axis=-1, keepdims=True)) / np.sqrt(rows.var(axis=-1, keepdims=True) + 1e-7)
+        spans = [(r, start, stop) for r in range(len(rows)) for start, stop in self.windows(rows.shape[-1])]
         layers = list(self.layer_indices())
         backbone = self.backbone()
-        states: list[np.ndarray | None] = [None] * len(spans)  # each window's [layer, frame, dim]
+        states: list[np.ndarray] = [np.empty(0)] * len(spans)  # each window's [layer, frame, dim]
         by_length: dict[int, list[int]] = {}
-        for i, (start, stop) in enumerate(spans):
+        for i, (_, start, stop) in enumerate(spans):
             by_length.setdefault(stop - start, []).append(i)
-        for length, members in by_length.items():
+        for members in by_length.values():
             for k in range(0, len(members), self.batch_size):
                 chunk = members[k : k + self.batch_size]
-                batch = np.stack([audio[spans[i][0] : spans[i][1]] for i in chunk])
+                batch = np.stack([rows[spans[i][0], spans[i][1] : spans[i][2]] for i in chunk])
                 hidden = backbone.hidden_states(batch).numpy()  # [batch, hidden layers, frame, dim]
                 if hidden.shape[1] != self.hidden_layers or hidden.shape[3] != self.dim:
                     raise MuzarrError(
@@ -252,11 +253,16 @@ class Embedding(Feature):
                     )
                 for j, i in enumerate(chunk):
                     states[i] = hidden[j, layers]
-        if self.pool == "mean":
-            return np.mean([s.mean(axis=1, dtype=np.float64) for s in states], axis=0, dtype=np.float64).astype(np.float32)
-        if self.pool == "max":
-            return np.max([s.max(axis=1) for s in states], axis=0)
-        return np.concatenate(states, axis=1).transpose(0, 2, 1)  # [layer, dim, frame]: time last
+        out = []
+        for r in range(len(rows)):
+            mine = [states[i] for i, span in enumerate(spans) if span[0] == r]
+            if self.pool == "mean":  # each window's mean over its frames, then the mean of the windows (MARBLE's)
+                out.append(np.mean([s.mean(axis=1, dtype=np.float64) for s in mine], axis=0).astype(np.float32))
+            elif self.pool == "max":
+                out.append(np.max([s.max(axis=1) for s in mine], axis=0))
+            else:
+                out.append(np.concatenate(mine, axis=1).transpose(0, 2, 1))  # [layer, dim, frame]: time last
+        return out
 
     def check_computable(self) -> None:
         from pipeline.embed.models import check_device
