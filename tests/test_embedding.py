@@ -17,14 +17,14 @@ import pytest
 import zarr
 
 pytest.importorskip("transformers")
-import torch  # noqa: E402
-from transformers import HubertModel  # noqa: E402
+import torch
+from transformers import HubertModel
 
-from pipeline import open_store  # noqa: E402
-from pipeline.audio import ClipPolicy, load_clip  # noqa: E402
-from tests.conftest import built_once  # noqa: E402
-from tests.helpers_models import save_tiny_hubert  # noqa: E402
-from tests.helpers_stores import file_versions, store_files  # noqa: E402
+from pipeline import open_store
+from pipeline.audio import ClipPolicy, load_clip
+from tests.conftest import built_once
+from tests.helpers_models import save_tiny_hubert
+from tests.helpers_stores import file_versions, store_files
 
 SETTINGS = ["--set", "options.n_clips=12", "--set", "options.seconds=2.0", "--set", "clip.seconds=2.0", "--set", "batch_clips=8"]
 #: pooled over all layers; time-resolved; MARBLE's overlapping windows (0.75 s every 0.5 s: 4 windows and a
@@ -98,9 +98,9 @@ def test_stored_embeddings_equal_the_models_own_forward(stores, tiny_hubert):
     names = sorted(n for n in store.arrays if n.startswith("embedding/"))
     assert names == ["embedding/tiny-hubert", "embedding/tiny-hubert_L0.2_w0.75_h0.5", "embedding/tiny-hubert_none"]
     cases = {
-        "embedding/tiny-hubert": dict(window=None, hop=None, layers=range(3), pool="mean"),
-        "embedding/tiny-hubert_none": dict(window=None, hop=None, layers=range(3), pool="none"),
-        "embedding/tiny-hubert_L0.2_w0.75_h0.5": dict(window=0.75, hop=0.5, layers=(0, 2), pool="mean"),
+        "embedding/tiny-hubert": {"window": None, "hop": None, "layers": range(3), "pool": "mean"},
+        "embedding/tiny-hubert_none": {"window": None, "hop": None, "layers": range(3), "pool": "none"},
+        "embedding/tiny-hubert_L0.2_w0.75_h0.5": {"window": 0.75, "hop": 0.5, "layers": (0, 2), "pool": "mean"},
     }
     for row in (0, 7, 11):
         path = stores["root"] / "audio" / clips["path"][row]
@@ -237,3 +237,31 @@ def test_sub_clips_batched_together_equal_each_alone(tiny_hubert):
     alone = np.stack([feature.extract(row, sampling_rate=16000) for row in rows])
     assert together.shape == (3, 3, 32)
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_is_loaded_once_per_process_and_device(tiny_hubert):
+    from pipeline.embed.models import loaded
+    from pipeline.features.embedding import Embedding
+
+    feature = Embedding(model=str(tiny_hubert))
+    first = feature.backbone()
+    assert feature.backbone() is first  # every batch of a worker uses the copy its first batch loaded
+    assert Embedding(model=str(tiny_hubert), layers="0-1").backbone() is first  # other layers: the same model
+    other = loaded(str(tiny_hubert), weights=feature.weights, trust_remote_code=False, device="cpu", precision="bfloat16")
+    assert other is not first
+
+
+def test_a_catalog_entry_can_hold_an_embedding(tiny_hubert, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "datasets:\n  demo_emb:\n    recipe: demo\n    task: multilabel\n    splits: [random]\n"
+        "    options: {n_clips: 10, seconds: 1.0}\n    clip: {mode: pad_crop, seconds: 1.0}\n"
+        f"    features:\n      - {{kind: embedding, model: '{tiny_hubert}', layers: '1-2', pool: mean}}\n"
+    )
+    result = CliRunner().invoke(main, ["ls", "--catalog", str(catalog)])
+    assert result.exit_code == 0, result.output
+    assert "embedding/tiny-hubert_L1-2" in result.output
