@@ -74,6 +74,14 @@ class Feature:
     def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
         raise NotImplementedError
 
+    #: computed for a whole batch of clips at once (:meth:`extract_many`): a model whose forward passes the
+    #: clips of a batch share
+    batched: ClassVar[bool] = False
+
+    def extract_many(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`extract` of each of ``clips`` (at :attr:`sample_rate`), computed together where that is faster."""
+        return [self.extract(samples, sampling_rate=self.sample_rate) for samples in clips]
+
     def frame_rate(self) -> float | None:
         """Elements per second of audio along the last axis of :meth:`output_shape` (None: it has no time axis)."""
         return None

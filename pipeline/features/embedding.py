@@ -222,44 +222,66 @@ class Embedding(Feature):
         return loaded(self.model, weights=self.weights, trust_remote_code=self.trust_remote_code,
                       device=self.device, precision=self.precision)  # fmt: skip
 
+    #: the clips of a build's batch share forward passes (:meth:`extract_many`)
+    batched: ClassVar[bool] = True
+
     def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
         self.check_rate(sampling_rate)
-        samples = np.asarray(samples, dtype=np.float32)
-        rows = samples.reshape(-1, samples.shape[-1])
-        out = np.stack(self._pooled(rows))
-        return out.reshape(*samples.shape[:-1], *out.shape[1:]).astype(self.storage, copy=False)
+        return self.extract_many([samples])[0]
 
-    def _pooled(self, rows: np.ndarray) -> list[np.ndarray]:
-        """Each row's (a clip's or sub-clip's) ``[layer, dim]`` (or ``[layer, dim, frame]``): the windows of every
-        row go through the model together, those of one length in batches of ``batch_size``."""
+    def extract_many(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """Each clip's embedding (``[..., n]`` at :attr:`sample_rate`: a clip, or its sub-clips): the windows of
+        every clip and sub-clip go through the model together, those of one length ``batch_size`` at a time."""
+        clips = [np.asarray(c, dtype=np.float32) for c in clips]
+        rows = [row for c in clips for row in c.reshape(-1, c.shape[-1])]
+        pooled = self._pooled(rows)
+        out, k = [], 0
+        for c in clips:
+            n = int(np.prod(c.shape[:-1], dtype=np.int64))
+            values = np.stack(pooled[k : k + n])
+            out.append(values.reshape(*c.shape[:-1], *values.shape[1:]).astype(self.storage, copy=False))
+            k += n
+        return out
+
+    def _pooled(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+        """Each row's (a clip's or sub-clip's) ``[layer, dim]`` (or ``[layer, dim, frame]``)."""
         if self.normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm, over each whole clip
-            rows = (rows - rows.mean(axis=-1, keepdims=True)) / np.sqrt(rows.var(axis=-1, keepdims=True) + 1e-7)
-        spans = [(r, start, stop) for r in range(len(rows)) for start, stop in self.windows(rows.shape[-1])]
+            rows = [(r - r.mean()) / np.sqrt(r.var() + 1e-7) for r in rows]
+        spans = [(r, start, stop) for r, row in enumerate(rows) for start, stop in self.windows(row.shape[-1])]
         layers = list(self.layer_indices())
         backbone = self.backbone()
-        states: list[np.ndarray] = [np.empty(0)] * len(spans)  # each window's [layer, frame, dim]
+        states: list[np.ndarray] = [np.empty(0)] * len(spans)  # each window's [layer, dim] ([layer, frame, dim]: pool=none)
         by_length: dict[int, list[int]] = {}
         for i, (_, start, stop) in enumerate(spans):
             by_length.setdefault(stop - start, []).append(i)
         for members in by_length.values():
             for k in range(0, len(members), self.batch_size):
                 chunk = members[k : k + self.batch_size]
-                batch = np.stack([rows[spans[i][0], spans[i][1] : spans[i][2]] for i in chunk])
+                batch = np.stack([rows[spans[i][0]][spans[i][1] : spans[i][2]] for i in chunk])
                 hidden = backbone.hidden_states(batch).numpy()  # [batch, hidden layers, frame, dim]
                 if hidden.shape[1] != self.hidden_layers or hidden.shape[3] != self.dim:
                     raise MuzarrError(
                         f"{self.model} returned hidden states of shape {hidden.shape[1:]}, its configuration says "
                         f"{self.hidden_layers} layers of {self.dim}"
                     )
-                for j, i in enumerate(chunk):
-                    states[i] = hidden[j, layers]
+                for j, i in enumerate(chunk):  # a window's frames are pooled at once: a batch holds all its clips
+                    chosen = hidden[j, layers]
+                    if self.pool == "mean":
+                        states[i] = chosen.mean(axis=1, dtype=np.float64)
+                    elif self.pool == "max":
+                        states[i] = chosen.max(axis=1)
+                    else:
+                        states[i] = chosen
         out = []
+        by_row: dict[int, list[np.ndarray]] = {}
+        for i, span in enumerate(spans):
+            by_row.setdefault(span[0], []).append(states[i])
         for r in range(len(rows)):
-            mine = [states[i] for i, span in enumerate(spans) if span[0] == r]
+            mine = by_row[r]
             if self.pool == "mean":  # each window's mean over its frames, then the mean of the windows (MARBLE's)
-                out.append(np.mean([s.mean(axis=1, dtype=np.float64) for s in mine], axis=0).astype(np.float32))
+                out.append(np.mean(mine, axis=0).astype(np.float32))
             elif self.pool == "max":
-                out.append(np.max([s.max(axis=1) for s in mine], axis=0))
+                out.append(np.max(mine, axis=0))
             else:
                 out.append(np.concatenate(mine, axis=1).transpose(0, 2, 1))  # [layer, dim, frame]: time last
         return out
