@@ -265,3 +265,30 @@ def test_a_catalog_entry_can_hold_an_embedding(tiny_hubert, tmp_path):
     result = CliRunner().invoke(main, ["ls", "--catalog", str(catalog)])
     assert result.exit_code == 0, result.output
     assert "embedding/tiny-hubert_L1-2" in result.output
+
+
+def test_a_clip_the_model_cannot_take_is_that_arrays_failure_and_the_others_are_stored(tiny_hubert, tmp_path):
+    """Tracks share forward passes; a 1 ms track is shorter than the model's first convolution takes, so the batch's
+    shared call fails, each track is computed alone, and only the short one is recorded (its waveform stays)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    for label, name, seconds in (("a", "long1", 1.0), ("a", "tiny", 0.001), ("b", "long2", 1.2)):
+        (tmp_path / "src" / label).mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "src" / label / f"{name}.wav", (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
+    out = tmp_path / "t.zarr"
+    result = pipe("build", "folder", "--source", tmp_path / "src", "--out", out, "--set", "clip.mode=track",
+                  "--embedding", tiny_hubert, "--workers", "1", "--quiet")  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr  # stored, with one array failure
+    assert "missing from one array" in result.stdout
+    assert "1 ms of audio is shorter than one frame of tiny-hubert" in result.stdout
+    store = open_store(str(out))
+    clips = store.table("clips")
+    values = zarr.open_group(str(out), mode="r")["embedding/tiny-hubert"][:]
+    short = clips.index[clips["path"].str.contains("tiny")][0]
+    assert np.isnan(values[short]).all() and not np.isnan(np.delete(values, short, axis=0)).any()
+    model = HubertModel.from_pretrained(tiny_hubert).eval()
+    for row in np.flatnonzero(~clips["path"].str.contains("tiny")):
+        audio = load_clip(str(tmp_path / "src" / clips["path"][row]), rates=(16000,), policy=ClipPolicy(mode="track")).audio[16000]
+        np.testing.assert_allclose(values[row], reference(model, audio, window=None, hop=None, layers=range(3), pool="mean"),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip

@@ -248,6 +248,14 @@ class Embedding(Feature):
         if self.normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm, over each whole clip
             rows = [(r - r.mean()) / np.sqrt(r.var() + 1e-7) for r in rows]
         spans = [(r, start, stop) for r, row in enumerate(rows) for start, stop in self.windows(row.shape[-1])]
+        from pipeline.embed.models import frame_count
+
+        for _, start, stop in spans:
+            if frame_count(self.frames, stop - start) < 1:
+                raise MuzarrError(
+                    f"{(stop - start) / self.sample_rate * 1000:.0f} ms of audio is shorter than one frame of "
+                    f"{self.variant} (its frames: {self.frames})"
+                )
         layers = list(self.layer_indices())
         backbone = self.backbone()
         states: list[np.ndarray] = [np.empty(0)] * len(spans)  # each window's [layer, dim] ([layer, frame, dim]: pool=none)
