@@ -143,7 +143,7 @@ def test_a_grow_adds_embeddings_and_leaves_every_other_array_alone(stores):
     assert open_store(str(stores["grown"])).arrays.keys() >= {"waveform", "embedding/tiny-hubert_none"}
 
 
-def test_verify_copy_and_xarray_read_embeddings(stores, tmp_path):
+def test_verify_copy_xarray_and_tensorstore_read_embeddings(stores, tmp_path):
     verify = pipe("verify", stores["grown"])
     assert verify.returncode == 0 and "clean" in verify.stdout, verify.stdout + verify.stderr
     copy = pipe("copy", stores["grown"], tmp_path / "copy.zarr")
@@ -154,6 +154,12 @@ def test_verify_copy_and_xarray_read_embeddings(stores, tmp_path):
     layer = ds["tiny-hubert"].isel({"layer_tiny-hubert": 2})
     expected = zarr.open_group(str(stores["grown"]), mode="r")["embedding/tiny-hubert"][:, 2]
     np.testing.assert_array_equal(layer.values, expected)
+    ts = pytest.importorskip("tensorstore")
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{stores['grown']}/embedding/tiny-hubert_none"}}
+    opened = ts.open(spec).result()
+    assert tuple(opened.domain.labels) == ("clip", "layer_tiny-hubert_none", "dim_tiny-hubert_none", "frame_tiny-hubert_none")
+    store = open_store(str(stores["grown"]))
+    np.testing.assert_array_equal(opened[:, 1].read().result(), store.read("embedding/tiny-hubert_none", np.arange(12))[:, 1])
 
 
 def test_a_track_store_concatenates_time_resolved_embeddings_with_extents(tiny_hubert, tmp_path):
