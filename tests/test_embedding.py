@@ -188,6 +188,7 @@ def test_a_track_store_concatenates_time_resolved_embeddings_with_extents(tiny_h
     [
         ("{missing}", (), "no such folder"),
         ("{bert}", (), "model_type 'bert' is not an audio encoder"),
+        ("{unweighted}", (), "no weight files there (*.safetensors, *.bin)"),
         ("{model},layers=3", (), "layer 3 is out of range: {model} has hidden states 0 to 2"),
         ("{model},layer=3", (), "unknown parameter(s) ['layer'] for feature 'embedding' (did you mean layers?)"),
         ("{model}", ("--device", "cuda"), "device=cuda but this machine has no CUDA GPU"),
@@ -204,7 +205,10 @@ def test_bad_requests_are_one_line_and_write_nothing(embedding, extra, expected,
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
-    names = {"missing": tmp_path / "nowhere", "bert": bert, "model": tiny_hubert}
+    unweighted = tmp_path / "unweighted"  # a HuBERT's config.json without its weights
+    unweighted.mkdir()
+    (unweighted / "config.json").write_bytes((tiny_hubert / "config.json").read_bytes())
+    names = {"missing": tmp_path / "nowhere", "bert": bert, "unweighted": unweighted, "model": tiny_hubert}
     out = tmp_path / "never.zarr"
     args = ["build", "demo", "--source", tmp_path / "audio", "--out", out, *SETTINGS, "--only",
             "--embedding", embedding.format(**names), *extra, "--quiet"]  # fmt: skip
