@@ -268,6 +268,39 @@ def test_windows_shorter_than_the_clip_are_each_the_models_input(folders, case):
     assert_close(pooled.extract(audio, sampling_rate=pooled.sample_rate), expected)
 
 
+@pytest.mark.parametrize(
+    ("case", "per_second"),
+    [("mert", 24000 / 80), ("whisper", 50), ("ast", 10), ("clap", 16), ("encodec", 75), ("crepe-tiny", 100)],
+)
+def test_time_resolved_frames_come_at_the_models_rate(folders, case, per_second):
+    """The frame rate a store records: the tiny MERT's strides make 80 samples a frame; Whisper 20 ms
+    whatever its 30 s cap; AST a patch column every 10 fbank frames; CLAP 16 frames per 1 s input;
+    EnCodec 320 samples; CREPE 10 ms."""
+    name = CASES[case][0]
+    if name.startswith("torchcrepe:") and not HAVE_CREPE:
+        pytest.skip("torchcrepe is not installed")
+    assert Embedding(model=model_of(folders, name), pool="none").frame_rate() == pytest.approx(per_second, rel=2e-3)
+
+
+@pytest.mark.parametrize("case", ["hubert", "whisper"])
+def test_weights_that_leave_part_of_the_model_random_are_refused(folders, tmp_path, case):
+    """A checkpoint short of a tensor: transformers would only log it and start from random values."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / case
+    folder.mkdir()
+    for path in folders[case].iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    state = load_file(str(folder / "model.safetensors"))
+    dropped = sorted(k for k in state if "layers.1." in k)[0]
+    del state[dropped]
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    embedding = Embedding(model=str(folder))
+    with pytest.raises(MuzarrError, match=rf"1 missing, e\.g\. {dropped.removeprefix('model.encoder.')}\)") as caught:
+        embedding.extract(tone(0.5, embedding.sample_rate), sampling_rate=embedding.sample_rate)
+    assert "\n" not in str(caught.value)
+
+
 # -- MERT: key for key ----------------------------------------------------------------------------
 
 

@@ -56,10 +56,9 @@ class ModelInfo:
     trust_remote_code: bool = False  # the folder's own code runs
 
     @property
-    def frame_rate(self) -> float:
-        """Frames per second of audio (an average over a long window for a convolution stack)."""
-        seconds = 60
-        return frame_count(self.frames, seconds * self.sample_rate) / seconds
+    def frame_rate(self) -> float | None:
+        """Frames per second of audio (see :func:`frames_per_second`)."""
+        return frames_per_second(self.frames, sample_rate=self.sample_rate, window_seconds=self.window_seconds)
 
 
 class Backbone:
@@ -142,6 +141,17 @@ def frame_count(rule: str, n_samples: int) -> int:
     if kind == "fixed":
         return int(spec)
     raise MuzarrError(f"unknown frame rule {rule!r}: expected conv:K/S,..., hop:H or fixed:T")
+
+
+def frames_per_second(rule: str, *, sample_rate: int, window_seconds: float | None) -> float | None:
+    """Frames per second of audio under ``rule``: an average over a minute for a convolution stack or a hop
+    (a ``;max:`` cap bounds one window's frames, not their rate), ``T`` per window for ``fixed:T`` (None
+    without a window: its frames have no duration)."""
+    rule = rule.partition(";max:")[0]
+    if rule.startswith("fixed:"):
+        return int(rule.partition(":")[2]) / window_seconds if window_seconds else None
+    seconds = 60
+    return frame_count(rule, seconds * sample_rate) / seconds
 
 
 def model_folder(model: str) -> Path:

@@ -88,10 +88,11 @@ def refuse_missing(folder: Path, loading: dict[str, Any]) -> None:
     missing = sorted(k for k in loading.get("missing_keys", ()) if k.rpartition(".")[2] not in UNUSED_AT_INFERENCE)
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in loading.get("mismatched_keys", ()))
     if missing or mismatched:
-        first = missing[0] if missing else mismatched[0]
+        parts = [f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []
+        parts += [f"{len(mismatched)} of another shape, e.g. {mismatched[0]}"] if mismatched else []
         raise MuzarrError(
-            f"--embedding {folder}: its weights do not cover the model its config.json describes ({len(missing)} "
-            f"missing, {len(mismatched)} of another shape, e.g. {first}): give the folder save_pretrained wrote"
+            f"--embedding {folder}: its weights do not cover the model its config.json describes ({'; '.join(parts)}): "
+            "give the folder save_pretrained wrote"
         )
 
 

@@ -189,12 +189,11 @@ class Embedding(Feature):
         return self.storage
 
     def frame_rate(self) -> float | None:
-        from pipeline.embed.models import frame_count
+        from pipeline.embed.models import frames_per_second
 
         if self.pool != "none":
             return None
-        seconds = 60
-        return frame_count(self.frames, seconds * self.sample_rate) / seconds
+        return frames_per_second(self.frames, sample_rate=self.sample_rate, window_seconds=self.window)
 
     def windows(self, n_samples: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of each window of a clip of ``n_samples`` samples, as MARBLE cuts it."""
