@@ -39,7 +39,10 @@ def save_tiny_speech(folder: Path, model_type: str, *, seed: int = 0) -> Path:
 
     classes = {"wavlm": (WavLMConfig, WavLMModel), "data2vec-audio": (Data2VecAudioConfig, Data2VecAudioModel)}
     config_class, model_class = classes[model_type]
-    extra = {"num_buckets": 8, "max_bucket_distance": 20} if model_type == "wavlm" else {"conv_pos_kernel_size": 5, "num_conv_pos_embeddings": 5}
+    if model_type == "wavlm":
+        extra = {"num_buckets": 8, "max_bucket_distance": 20}
+    else:
+        extra = {"conv_pos_kernel_size": 5, "num_conv_pos_embeddings": 5}
     torch.manual_seed(seed)
     model_class(config_class(**{**TINY_HUBERT, **extra})).eval().save_pretrained(folder)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(folder)
@@ -47,7 +50,9 @@ def save_tiny_speech(folder: Path, model_type: str, *, seed: int = 0) -> Path:
 
 
 #: MERT's own fields of config.json (configuration_MERT.py), with MERT-v1's values
-MERT_FIELDS = {"feature_extractor_cqt": False, "feature_extractor_cqt_bins": 336, "deepnorm": False, "attention_relax": -1.0}
+MERT_FIELDS = {
+    "feature_extractor_cqt": False, "feature_extractor_cqt_bins": 336, "deepnorm": False, "attention_relax": -1.0,
+}  # fmt: skip
 #: what the 2023 transformers MERT was saved with call the positional convolution's weight norm
 MERT_WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
 
@@ -99,7 +104,8 @@ REMOTE_CONFIGURATION = """from transformers import HubertConfig
 class TinyMertConfig(HubertConfig):
     model_type = "mert_model"
 
-    def __init__(self, feature_extractor_cqt=False, feature_extractor_cqt_bins=336, deepnorm=False, attention_relax=-1.0, **kwargs):
+    def __init__(self, feature_extractor_cqt=False, feature_extractor_cqt_bins=336, deepnorm=False,
+                 attention_relax=-1.0, **kwargs):
         super().__init__(**kwargs)
         self.feature_extractor_cqt, self.feature_extractor_cqt_bins = feature_extractor_cqt, feature_extractor_cqt_bins
         self.deepnorm, self.attention_relax = deepnorm, attention_relax
@@ -123,7 +129,9 @@ def save_remote_code_mert(folder: Path, *, seed: int = 0) -> Path:
     """A tiny MERT folder with deepnorm=true and its own code (auto_map -> modeling_tiny_mert.TinyMertModel)."""
     folder = save_tiny_mert(folder, seed=seed, deepnorm=True)
     config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "configuration_tiny_mert.TinyMertConfig", "AutoModel": "modeling_tiny_mert.TinyMertModel"}
+    config["auto_map"] = {
+        "AutoConfig": "configuration_tiny_mert.TinyMertConfig", "AutoModel": "modeling_tiny_mert.TinyMertModel",
+    }  # fmt: skip
     config["architectures"] = ["TinyMertModel"]
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     (folder / "configuration_tiny_mert.py").write_text(REMOTE_CONFIGURATION)
@@ -168,14 +176,17 @@ def save_tiny_clap(folder: Path, *, seed: int = 0, fusion: bool = False) -> Path
     config = ClapConfig(
         text_config={"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
                      "intermediate_size": 16, "max_position_embeddings": 40},
-        audio_config={"hidden_size": 64, "patch_embeds_hidden_size": 16, "depths": [1, 1, 2], "num_attention_heads": [1, 2, 4],
-                      "window_size": 4, "spec_size": 64, "num_mel_bins": 16, "enable_fusion": fusion, "projection_hidden_size": 32},
+        audio_config={"hidden_size": 64, "patch_embeds_hidden_size": 16, "depths": [1, 1, 2],
+                      "num_attention_heads": [1, 2, 4], "window_size": 4, "spec_size": 64, "num_mel_bins": 16,
+                      "enable_fusion": fusion, "projection_hidden_size": 32},
         projection_dim=24,
     )  # fmt: skip
     torch.manual_seed(seed)
     ClapModel(config).eval().save_pretrained(folder)
-    ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=1, fft_window_size=1024,
-                         padding="repeatpad", truncation="fusion" if fusion else "rand_trunc").save_pretrained(folder)  # fmt: skip
+    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=1,
+                                     fft_window_size=1024, padding="repeatpad",
+                                     truncation="fusion" if fusion else "rand_trunc")  # fmt: skip
+    extractor.save_pretrained(folder)
     return Path(folder)
 
 
@@ -184,8 +195,9 @@ def save_tiny_encodec(folder: Path, *, seed: int = 0, normalize: bool = False) -
     import torch
     from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
 
-    config = EncodecConfig(num_filters=4, hidden_size=16, upsampling_ratios=[8, 5, 4, 2], codebook_size=16, codebook_dim=16,
-                           num_lstm_layers=1, target_bandwidths=[1.5], sampling_rate=24000, normalize=normalize)  # fmt: skip
+    config = EncodecConfig(num_filters=4, hidden_size=16, upsampling_ratios=[8, 5, 4, 2], codebook_size=16,
+                           codebook_dim=16, num_lstm_layers=1, target_bandwidths=[1.5], sampling_rate=24000,
+                           normalize=normalize)  # fmt: skip
     torch.manual_seed(seed)
     EncodecModel(config).eval().save_pretrained(folder)
     EncodecFeatureExtractor(sampling_rate=24000).save_pretrained(folder)

@@ -4,8 +4,8 @@
 
 Each window goes through the folder's ``ASTFeatureExtractor`` (Kaldi-style fbank, 25 ms frames every
 10 ms, zero-padded to ``max_length`` frames, 10.24 s, and normalised with the AudioSet mean and
-std), so a window is at most as long as the model's input (the default). Without torchaudio (as
-here) transformers computes the fbank with its own NumPy port; with torchaudio installed it calls
+std), so a window is at most as long as the model's input (the default). Without torchaudio (as in
+muzarr's environments) transformers computes the fbank with its own NumPy port; with torchaudio installed it calls
 ``torchaudio.compliance.kaldi``: the two agree closely but not bit for bit, so a store's bytes
 depend on which one its workers had.
 
@@ -32,6 +32,7 @@ from pipeline.embed.models import (
     register,
     torch_dtype,
 )
+from pipeline.embed.speech import quiet_transformers, refuse_missing
 from pipeline.errors import MuzarrError
 
 #: ASTFeatureExtractor's frames: 400 samples (25 ms at 16 kHz) every 160, without centring
@@ -48,9 +49,9 @@ def grid(config: dict[str, Any]) -> tuple[int, int]:
 
 
 class ASTBackbone(Backbone):
-    def __init__(self, model, extractor, info: ModelInfo, *, f_dim: int, t_dim: int, device: str, precision: str) -> None:
+    def __init__(self, model, extractor, info: ModelInfo, *, device: str, precision: str) -> None:
         self.model, self.extractor, self.info = model, extractor, info
-        self.f_dim, self.t_dim = f_dim, t_dim
+        self.f_dim, self.t_dim = grid(model.config.to_dict())
         self.device, self.dtype = device, torch_dtype(precision)
 
     def hidden_states(self, windows):
@@ -60,9 +61,10 @@ class ASTBackbone(Backbone):
         fbank_frames = frame_count(f"conv:{FBANK_WINDOW}/{FBANK_HOP}", n)
         if fbank_frames > self.extractor.max_length:
             seconds = (FBANK_WINDOW + (self.extractor.max_length - 1) * FBANK_HOP) / self.info.sample_rate
+            frames = self.extractor.max_length
             raise MuzarrError(
-                f"embedding: a {n / self.info.sample_rate:g} s window is longer than AST's input "
-                f"({self.extractor.max_length} frames, {seconds:g} s): give window_seconds={self.info.window_seconds:g} or less"
+                f"embedding: a {n / self.info.sample_rate:g} s window is longer than AST's input ({frames} frames, "
+                f"{seconds:g} s): give window_seconds={self.info.window_seconds:g} or less"
             )
         values = self.extractor(list(windows), sampling_rate=self.info.sample_rate, return_tensors="pt").input_values
         keep = frame_count(self.info.frames, n)
@@ -107,13 +109,10 @@ class AST(Family):
     def load(self, folder: Path, info: ModelInfo, *, device: str, precision: str) -> Backbone:
         from transformers import ASTFeatureExtractor, ASTModel
 
-        from pipeline.embed.speech import quiet_transformers, refuse_missing
-
         quiet_transformers()
         model, loading = ASTModel.from_pretrained(
             str(folder), dtype=torch_dtype(precision), local_files_only=True, output_loading_info=True
         )
         refuse_missing(folder, loading)
         extractor = ASTFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
-        f_dim, t_dim = grid(model.config.to_dict())
-        return ASTBackbone(model.eval().to(device), extractor, info, f_dim=f_dim, t_dim=t_dim, device=device, precision=precision)
+        return ASTBackbone(model.eval().to(device), extractor, info, device=device, precision=precision)

@@ -137,4 +137,5 @@ class CLAP(Family):
             hint="give a folder save_pretrained wrote from a CLAP model",
         )  # fmt: skip
         extractor = ClapFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
-        return ClapBackbone(model.eval().to(device, torch_dtype(precision)), extractor, info, device=device, precision=precision)
+        model = model.eval().to(device, torch_dtype(precision))
+        return ClapBackbone(model, extractor, info, device=device, precision=precision)

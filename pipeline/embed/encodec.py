@@ -69,7 +69,5 @@ class Encodec(Family):
         model, loading = EncodecModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
         refuse_missing(folder, loading)
         encoder = model.encoder.eval().to(device, torch_dtype(precision))  # the decoder and quantiser are dropped
-        config = model.config
-        return EncodecBackbone(
-            encoder, channels=int(config.audio_channels), normalize=bool(config.normalize), device=device, precision=precision
-        )
+        channels, normalize = int(model.config.audio_channels), bool(model.config.normalize)
+        return EncodecBackbone(encoder, channels=channels, normalize=normalize, device=device, precision=precision)

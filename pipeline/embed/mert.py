@@ -64,10 +64,8 @@ def as_hubert(folder: Path, config: dict[str, Any]):
     model = HubertModel(hubert_config(config))
     expected = set(model.state_dict())
     state = read_state_dict(folder, lambda key: hubert_key(key, expected))
-    load_exactly(
-        model, state, where=f"--embedding {folder}",
-        hint=f"this MERT folder is not HuBERT-shaped; run its own code with --embedding {folder},trust_remote_code=true",
-    )  # fmt: skip
+    hint = f"this MERT folder is not HuBERT-shaped; run its own code with --embedding {folder},trust_remote_code=true"
+    load_exactly(model, state, where=f"--embedding {folder}", hint=hint)
     return model.eval()
 
 

@@ -39,7 +39,8 @@ def checkpoint_files(folder: Path) -> list[Path]:
                 raise MuzarrError(f"--embedding {folder}: {index} cannot be read ({error})") from None
             return [folder / name for name in names]
     raise MuzarrError(
-        f"--embedding {folder}: no model.safetensors or pytorch_model.bin there: give the folder `save_pretrained` wrote"
+        f"--embedding {folder}: no model.safetensors or pytorch_model.bin there: "
+        "give the folder `save_pretrained` wrote"
     )
 
 
@@ -61,7 +62,9 @@ def read_state_dict(folder: Path, rename: Callable[[str], str | None]) -> dict:
                         if name is not None:
                             state[name] = f.get_tensor(key)
             except (SafetensorError, OSError) as error:
-                raise MuzarrError(f"--embedding {folder}: {path.name} is not a readable safetensors file ({error})") from None
+                raise MuzarrError(
+                    f"--embedding {folder}: {path.name} is not a readable safetensors file ({error})"
+                ) from None
             continue
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -90,7 +93,8 @@ def load_exactly(module, state: dict, *, where: str, hint: str) -> None:
     if missing or unexpected:
         parts = [f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []
         parts += [f"{len(unexpected)} not in the model, e.g. {unexpected[0]}"] if unexpected else []
-        raise MuzarrError(f"{where}: its weights do not fit {type(module).__name__} key for key ({'; '.join(parts)}): {hint}")
+        name = type(module).__name__
+        raise MuzarrError(f"{where}: its weights do not fit {name} key for key ({'; '.join(parts)}): {hint}")
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise MuzarrError(

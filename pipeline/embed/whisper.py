@@ -32,7 +32,7 @@ from pipeline.embed.models import (
 from pipeline.embed.weights import load_exactly, read_state_dict
 from pipeline.errors import MuzarrError
 
-#: where the encoder's tensors sit in the checkpoints transformers writes (WhisperForConditionalGeneration, WhisperModel)
+#: where the encoder's tensors sit in what transformers saves (WhisperForConditionalGeneration, WhisperModel)
 ENCODER_PREFIXES = ("model.encoder.", "encoder.")
 
 
@@ -44,7 +44,7 @@ def encoder_key(key: str) -> str | None:
 
 
 def feature_extractor(folder: Path, config):
-    """The folder's ``WhisperFeatureExtractor`` (its own settings; Whisper's defaults for its mel count if it has none)."""
+    """The folder's ``WhisperFeatureExtractor`` (Whisper's defaults for its mel count if it has none)."""
     from transformers import WhisperFeatureExtractor
 
     if (folder / "preprocessor_config.json").is_file():
@@ -66,7 +66,8 @@ class WhisperBackbone(Backbone):
                 f"embedding: a {n / self.info.sample_rate:g} s window is longer than Whisper's "
                 f"{self.extractor.chunk_length} s input: give window_seconds={self.extractor.chunk_length} or less"
             )
-        features = self.extractor(list(windows), sampling_rate=self.info.sample_rate, return_tensors="pt").input_features
+        rate = self.info.sample_rate
+        features = self.extractor(list(windows), sampling_rate=rate, return_tensors="pt").input_features
         keep = frame_count(self.info.frames, n)
         with torch.inference_mode():
             out = self.encoder(features.to(self.device, self.dtype), output_hidden_states=True)

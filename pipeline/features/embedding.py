@@ -114,8 +114,9 @@ class Embedding(Feature):
         """Fill the derived fields from the model's folder (its configuration; its weights' digest)."""
         from pipeline.embed.models import describe, require_torch, versions, weights_digest
 
-        require_torch(f"--embedding {self.model}")
+        # the folder first: it needs no torch, and a model that is not one (or not there) is said without waiting for it
         folder, info = describe(self.model, trust_remote_code=self.trust_remote_code)
+        require_torch(f"--embedding {self.model}")
         values = {
             "family": info.family, "sample_rate": info.sample_rate, "hidden_layers": info.hidden_layers,
             "dim": info.dim, "frames": info.frames, "normalize": info.normalize,
