@@ -323,6 +323,24 @@ def test_weights_that_leave_part_of_the_model_random_are_refused(folders, tmp_pa
     assert "\n" not in str(caught.value)
 
 
+def test_buffers_the_model_computes_itself_may_be_absent(folders, tmp_path):
+    """A CLAP checkpoint without its Swin blocks' relative-position indices (integers the blocks compute
+    from their window size) still loads, and computes what the full one does."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "clap"
+    folder.mkdir()
+    for path in folders["clap"].iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    state = load_file(str(folder / "model.safetensors"))
+    indices = [k for k in state if k.endswith("relative_position_index")]
+    assert indices
+    save_file({k: v for k, v in state.items() if k not in indices}, str(folder / "model.safetensors"))
+    embedding = Embedding(model=str(folder))
+    audio = tone(1.0, embedding.sample_rate)
+    assert_close(embedding.extract(audio, sampling_rate=embedding.sample_rate), ref_clap(folders["clap"], audio).mean(axis=1))
+
+
 # -- MERT: key for key ----------------------------------------------------------------------------
 
 

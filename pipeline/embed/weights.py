@@ -84,21 +84,25 @@ def read_state_dict(folder: Path, rename: Callable[[str], str | None]) -> dict:
 
 
 def load_exactly(module, state: dict, *, where: str, hint: str) -> None:
-    """Load ``state`` into ``module``: every key and shape must match (a non-persistent buffer the
-    checkpoint happens to hold is skipped); otherwise one line naming the first mismatch and ``hint``."""
+    """Load ``state`` into ``module``: every key and shape must match, otherwise one line naming the first
+    mismatch and ``hint``. Integer buffers are not weights (a Swin block's relative-position index, a batch
+    norm's counter: the module computes them itself), so a checkpoint may hold them or not; a float buffer
+    (a batch norm's running statistics) is learned, and must be there."""
     expected = module.state_dict()
-    buffers = {name for name, _ in module.named_buffers()}
+    buffers = dict(module.named_buffers())
+    computed = {name for name, buffer in buffers.items() if not buffer.is_floating_point()}
     unexpected = sorted(k for k in state if k not in expected and k not in buffers)
-    missing = sorted(k for k in expected if k not in state)
+    missing = sorted(k for k in expected if k not in state and k not in computed)
     if missing or unexpected:
         parts = [f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []
         parts += [f"{len(unexpected)} not in the model, e.g. {unexpected[0]}"] if unexpected else []
         name = type(module).__name__
         raise MuzarrError(f"{where}: its weights do not fit {name} key for key ({'; '.join(parts)}): {hint}")
+    state = {key: state.get(key, tensor) for key, tensor in expected.items()}
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise MuzarrError(
                 f"{where}: weight {key} has shape {tuple(state[key].shape)}, its config.json says "
                 f"{tuple(tensor.shape)}: {hint}"
             )
-    module.load_state_dict({k: state[k] for k in expected}, strict=True)
+    module.load_state_dict(state, strict=True)
