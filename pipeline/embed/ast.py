@@ -74,7 +74,7 @@ class ASTBackbone(Backbone):
             for h in out.hidden_states:
                 patches = h[:, SUMMARY_TOKENS:].reshape(h.shape[0], self.f_dim, self.t_dim, h.shape[-1])
                 layers.append(patches.float().mean(dim=1)[:, :keep])
-            return torch.stack(layers, dim=1).cpu()
+            return torch.stack(layers, dim=1)
 
 
 @register

@@ -98,7 +98,7 @@ class ClapBackbone(Backbone):
             self.model(inputs.input_features.to(self.device, self.dtype), is_longer=is_longer)
             layers = [self.frames(tokens) for tokens in self.captured]
             self.captured.clear()
-        return torch.stack(layers, dim=1).cpu()
+        return torch.stack(layers, dim=1)
 
 
 def tower_key(model_type: str):

@@ -91,7 +91,7 @@ class CrepeBackbone(Backbone):
                 self.network(frames[i : i + FRAMES_PER_PASS].to(self.dtype)).float()
                 for i in range(0, frames.shape[0], FRAMES_PER_PASS)
             ])  # fmt: skip
-            return out.reshape(batch, 1, count, -1).cpu()
+            return out.reshape(batch, 1, count, -1)
 
 
 @register

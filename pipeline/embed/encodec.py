@@ -40,7 +40,7 @@ class EncodecBackbone(Backbone):
                 scale = x.mean(dim=1, keepdim=True).pow(2).mean(dim=-1, keepdim=True).sqrt() + 1e-8
                 x = x / scale
             out = self.encoder(x.to(self.dtype))  # [batch, dim, frame]
-            return out.transpose(1, 2)[:, None].float().cpu()
+            return out.transpose(1, 2)[:, None]
 
 
 @register

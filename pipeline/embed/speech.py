@@ -67,7 +67,7 @@ class TransformersBackbone(Backbone):
         with torch.inference_mode():
             x = torch.as_tensor(windows).to(self.device, self.dtype)
             out = self.model(x, output_hidden_states=True)
-            return torch.stack(out.hidden_states, dim=1).float().cpu()
+            return torch.stack(out.hidden_states, dim=1)
 
 
 def quiet_transformers() -> None:

@@ -71,7 +71,7 @@ class WhisperBackbone(Backbone):
         keep = frame_count(self.info.frames, n)
         with torch.inference_mode():
             out = self.encoder(features.to(self.device, self.dtype), output_hidden_states=True)
-            return torch.stack([h[:, :keep] for h in out.hidden_states], dim=1).float().cpu()
+            return torch.stack([h[:, :keep] for h in out.hidden_states], dim=1)
 
 
 @register

@@ -266,20 +266,9 @@ class Embedding(Feature):
             for k in range(0, len(members), self.batch_size):
                 chunk = members[k : k + self.batch_size]
                 batch = np.stack([rows[spans[i][0]][spans[i][1] : spans[i][2]] for i in chunk])
-                hidden = backbone.hidden_states(batch).numpy()  # [batch, hidden layers, frame, dim]
-                if hidden.shape[1] != self.hidden_layers or hidden.shape[3] != self.dim:
-                    raise MuzarrError(
-                        f"{self.model} returned hidden states of shape {hidden.shape[1:]}, its configuration says "
-                        f"{self.hidden_layers} layers of {self.dim}"
-                    )
-                for j, i in enumerate(chunk):  # a window's frames are pooled at once: a batch holds all its clips
-                    chosen = hidden[j, layers]
-                    if self.pool == "mean":
-                        states[i] = chosen.mean(axis=1, dtype=np.float64)
-                    elif self.pool == "max":
-                        states[i] = chosen.max(axis=1)
-                    else:
-                        states[i] = chosen
+                pooled = self._pool_windows(backbone.hidden_states(batch), layers)
+                for j, i in enumerate(chunk):
+                    states[i] = pooled[j]
         out = []
         by_row: dict[int, list[np.ndarray]] = {}
         for i, span in enumerate(spans):
@@ -287,12 +276,32 @@ class Embedding(Feature):
         for r in range(len(rows)):
             mine = by_row[r]
             if self.pool == "mean":  # each window's mean over its frames, then the mean of the windows (MARBLE's)
-                out.append(np.mean(mine, axis=0).astype(np.float32))
+                out.append(np.mean(mine, axis=0, dtype=np.float64).astype(np.float32))
             elif self.pool == "max":
                 out.append(np.max(mine, axis=0))
             else:
                 out.append(np.concatenate(mine, axis=1).transpose(0, 2, 1))  # [layer, dim, frame]: time last
         return out
+
+    def _pool_windows(self, hidden, layers: list[int]) -> np.ndarray:
+        """Windows' hidden states ``[batch, hidden layers, frame, dim]`` (a tensor on the model's device) -> the
+        chosen layers, pooled over frames there (``[batch, layer, dim]``; ``[batch, layer, frame, dim]`` for
+        ``pool=none``), float32 on the host: only what is stored crosses to it, and a batch's windows are pooled
+        as they come, so a batch of clips never holds every frame at once."""
+        import torch
+
+        if hidden.shape[1] != self.hidden_layers or hidden.shape[3] != self.dim:
+            raise MuzarrError(
+                f"{self.model} returned hidden states of shape {tuple(hidden.shape[1:])}, its configuration says "
+                f"{self.hidden_layers} layers of {self.dim}"
+            )
+        with torch.inference_mode():
+            chosen = hidden[:, layers].float()
+            if self.pool == "mean":
+                chosen = chosen.mean(dim=2)
+            elif self.pool == "max":
+                chosen = chosen.amax(dim=2)
+            return chosen.cpu().numpy()
 
     def check_computable(self) -> None:
         from pipeline.embed.models import check_device
