@@ -17,7 +17,9 @@ windows (6 per clip: 5 of 5 s and one of 4.1 s). Measured, in one run:
    pooling and the store's writes. Its rate is the batch tasks' span (first start to last stop: the
    first-clip check, planning and finalising are once per build); its **data wait** is
    ``1 - F / B``, where ``F`` is (1)'s worker-seconds per clip and ``B`` the batch tasks' worker-seconds
-   per clip, from Dask's task stream: the share of the workers' time not spent computing the model.
+   per clip, from Dask's task stream: the share of the workers' time spent outside the feature's
+   ``extract`` (decoding, resampling, writing, scheduling). ``extract`` itself also copies every frame of
+   every layer to the host and pools there: (4) shows what the model alone takes.
    Decode + resample alone is also timed in the workers (``load_clip``, the build's function), per format;
 3. MARBLE's extract loop, as ``benchmark/models/musichubert_hf/extract_bert_features.py`` of
    a43992899/MARBLE-Benchmark runs it (:func:`marble_extract`): one process, one file at a time,
@@ -53,7 +55,8 @@ device tool's ``run`` with carry ``[".whl"]``, timeout_s 420 and::
 
   set -o pipefail; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir -U --target /tmp/site .whl/*.whl || exit
-  python3 benchmarks/embed_throughput.py --budget-s 240 --cpu-clips-per-worker 2 --cpu-forward-clips-per-worker 1 2>&1 | tee $OUT/log.txt
+  python3 benchmarks/embed_throughput.py --budget-s 240 --cpu-clips-per-worker 2 --cpu-forward-clips-per-worker 1 \\
+    --quiet 2>&1 | tee $OUT/log.txt
 
 ``--budget-s`` skips the phases still to run once that many seconds have passed (CUDA's run first).
 """
@@ -78,7 +81,7 @@ MTAT_CLIPS, MTAT_SECONDS = 25_863, 29.1
 JAMENDO_TRACKS, JAMENDO_AUDIO_HOURS = 54_380, 3_688.4  # top-50, split-0 TSVs' DURATION summed (mean 244.2 s)
 #: CPU-sized: one clip per worker through the feature, the demo store's smallest build, 2 MARBLE clips
 QUICK = ("--devices", "cpu", "--cpu-clips-per-worker", "5", "--cpu-forward-clips-per-worker", "1", "--marble-clips", "2")
-DEFAULT_SWEEP = (1, 6, 16, 32, 64)
+DEFAULT_SWEEP = (1, 5, 16, 32, 64)  # 5: the full windows of one clip, as the feature batches them
 
 
 # -- the model ------------------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def marble_extract(audio_files: list[str], audio_dir: str, output_dir: str, *, f
     _, load, resample = tools
     target_sr = feature_extractor.sample_rate
     on_gpu = torch.device(device).type == "cuda"
-    forward_s, shape, started = 0.0, None, time.perf_counter()
+    forward_s, shape, started, cpu = 0.0, None, time.perf_counter(), time.process_time()
     with torch.no_grad():
         for audio_file in tqdm(audio_files, desc="MARBLE extract", disable=not progress, leave=False):
             waveform, sample_rate = load(audio_file)  # load_audio: is_mono, no normalising, no crop
@@ -262,7 +265,8 @@ def marble_extract(audio_files: list[str], audio_dir: str, output_dir: str, *, f
             os.makedirs(os.path.dirname(output_file), exist_ok=True)
             np.save(output_file, features.cpu().numpy())
             shape = list(features.shape)
-    return {"seconds": time.perf_counter() - started, "forward_seconds": forward_s, "npy_shape": shape}
+    return {"seconds": time.perf_counter() - started, "forward_seconds": forward_s, "npy_shape": shape,
+            "cpu_seconds": time.process_time() - cpu}  # fmt: skip
 
 
 def same_work(feature, marble: MarbleHuBERTFeature, audio: np.ndarray) -> dict:
@@ -289,13 +293,13 @@ def forward_task(feature, paths: list[str], policy, warm_seconds: float | None) 
     loaded_s = time.perf_counter() - started
     first = load_clip(paths[0], rates=(rate,), policy=policy).audio[rate]
     feature.extract(first if warm_seconds is None else first[: int(warm_seconds * rate)], sampling_rate=rate)
-    rows = []
+    rows = []  # (format, decode + resample s, extract s, extract's CPU s on this thread)
     for path in paths:
         t0 = time.perf_counter()
         audio = load_clip(path, rates=(rate,), policy=policy).audio[rate]
-        t1 = time.perf_counter()
+        t1, cpu = time.perf_counter(), time.thread_time()
         feature.extract(audio, sampling_rate=rate)  # returns host memory: the device's work is done
-        rows.append((Path(path).suffix.lstrip("."), t1 - t0, time.perf_counter() - t1))
+        rows.append((Path(path).suffix.lstrip("."), t1 - t0, time.perf_counter() - t1, time.thread_time() - cpu))
     return {"rows": rows, "threads": torch.get_num_threads(), "load_seconds": loaded_s}
 
 
@@ -309,7 +313,8 @@ def forward_in_workers(client, feature, paths: list[str], policy, *, per_worker:
     rows = [row for r in results for row in r["rows"]]
     forward = float(np.mean([r[2] for r in rows]))
     decode = {ext: round(1000 * float(np.mean([r[1] for r in rows if r[0] == ext])), 1) for ext in sorted({r[0] for r in rows})}
-    return {"clips": len(rows), "worker_s_per_clip": forward, "clips_per_s": len(workers) / forward,
+    return {"clips": len(rows), "worker_s_per_clip": forward, "cpu_s_per_clip": float(np.mean([r[3] for r in rows])),
+            "clips_per_s": len(workers) / forward,
             "decode_resample_ms": decode, "threads": results[0]["threads"],
             "model_load_s": round(max(r["load_seconds"] for r in results), 1)}  # fmt: skip
 
@@ -327,25 +332,44 @@ def demo_config(model: str, *, n_clips: int, batch_clips: int, clip_seconds: flo
     return config, command + (" --device cuda" if device == "cuda" else "")
 
 
+def batch_seconds(client) -> dict[str, float]:
+    """Seconds the workers' threads have spent in build batch tasks (keys ``muzarr-batch-*``), on a CPU and
+    off it: Dask's fine performance metrics, which each worker keeps per task prefix."""
+
+    def read(dask_worker) -> dict[str, float]:
+        out = {"thread-cpu": 0.0, "thread-noncpu": 0.0}
+        for key, value in dask_worker.digests_total.items():  # ("execute", span, prefix, activity, unit)
+            if isinstance(key, tuple) and len(key) >= 4 and key[0] == "execute" and key[-3] == "muzarr-batch" and key[-2] in out:
+                out[key[-2]] += value
+        return out
+
+    per_worker = client.run(read)
+    return {name: sum(seconds[name] for seconds in per_worker.values()) for name in ("thread-cpu", "thread-noncpu")}
+
+
 def timed_build(client, config, *, source: str, out: str, progress: bool) -> dict:
-    """``build`` on ``client``'s warm workers; its batch tasks' span and worker-seconds from the task stream."""
+    """``build`` on ``client``'s warm workers: its batch tasks' span (task stream), worker-seconds and CPU
+    seconds per clip (fine metrics)."""
     from distributed import get_task_stream
 
     from pipeline.build import build, build_index
 
     index = build_index(config, source)
+    before = batch_seconds(client)
     with get_task_stream(client) as stream:
         started = time.perf_counter()
         report = build(config, source=source, out=out, index=index, client=client, progress=progress)
         wall = time.perf_counter() - started
     if report.n_failed:
         raise SystemExit(f"the benchmark's build failed on {report.n_failed} clips: {report.failures[:2]}")
+    after = batch_seconds(client)
+    cpu, off = (after[k] - before[k] for k in ("thread-cpu", "thread-noncpu"))
     spans = [s for task in stream.data if str(task["key"]).startswith("muzarr-batch-")
              for s in task["startstops"] if s["action"] == "compute"]  # fmt: skip
-    busy = sum(s["stop"] - s["start"] for s in spans)
     span = max(s["stop"] for s in spans) - min(s["start"] for s in spans)
-    return {"clips": report.n_clips, "build_wall_s": round(wall, 2), "batch_span_s": round(span, 2),
-            "worker_s_per_clip": busy / report.n_clips, "clips_per_s": report.n_clips / span}  # fmt: skip
+    n = report.n_clips
+    return {"clips": n, "build_wall_s": round(wall, 2), "batch_span_s": round(span, 2), "worker_s_per_clip": (cpu + off) / n,
+            "cpu_s_per_clip": cpu / n, "clips_per_s": n / span}  # fmt: skip
 
 
 def sweep(feature, windows: np.ndarray, batches: tuple[int, ...], *, min_windows: int, clip_seconds: float) -> list[dict]:
@@ -395,21 +419,24 @@ def markdown(report: dict) -> str:
     lines = [
         f"Run of {report['date']}, `python benchmarks/embed_throughput.py {' '.join(report['argv'])}`: "
         f"{env['cpu_count']} cores ({env['cpu']}), load average {env['load_before']} before the run"
+        + (f" and {env['load_after']} after" if "load_after" in env else "")
         + (f", {env['gpu']}" if env.get("gpu") else "") + f"; torch {env['torch']}, transformers {env['transformers']}.",
         (f"Model: {model['name']} ({_num(model['parameters_m'])} M parameters, random weights), {model['sample_rate']} Hz, "
          f"{model['hidden_layers']} hidden states x {model['dim']}, mean-pooled; clips of {report['clip_seconds']} s in "
          f"{model['windows_per_clip']} windows of {model['window_seconds']:g} s, {_num(model['gflop_per_clip'])} GFLOP per "
          "clip (torch FlopCounterMode: matmuls and convolutions)."),
         "",
-        "| path | device | dtype | processes x threads | windows / forward | clips | clips/s | x real time | data wait | MTAT (h) | MTG-Jamendo top-50 (h) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        ("| path | device | dtype | processes x threads | windows / forward | clips | clips/s | x real time | CPU s / clip | "
+         "data wait | MTAT (h) | MTG-Jamendo top-50 (h) |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in report["rows"]:
         wait = "-" if r.get("data_wait") is None else f"{r['data_wait']:.1%}"
+        cpu = _num(r["cpu_s_per_clip"]) if r["device"] == "cpu" else "-"
         lines.append(f"| {r['path']} | {r['device']} | {r['precision']} | {r['processes']} x {r['threads']} | {r['windows']} | "
-                     f"{r['clips']} | {_num(r['clips_per_s'])} | {_num(r['clips_per_s'] * report['clip_seconds'])} | {wait} | "
+                     f"{r['clips']} | {_num(r['clips_per_s'])} | {_num(r['clips_per_s'] * report['clip_seconds'])} | {cpu} | {wait} | "
                      f"{_num(r['mtat_h'])} | {_num(r['jamendo_top50_h'])} |")  # fmt: skip
-    lines += [f"| {s} | skipped: {report['budget_s']:g} s budget spent | | | | | | | | | |" for s in report["skipped"]]
+    lines += [f"| {s} | skipped: {report['budget_s']:g} s budget spent | | | | | | | | | | |" for s in report["skipped"]]
     for r in report["rows"]:
         if r.get("decode_resample_ms"):
             per = ", ".join(f"{ext.upper()} {ms} ms" for ext, ms in r["decode_resample_ms"].items())
@@ -577,9 +604,11 @@ class Bench:
                 print(f"{command} --workers {workers}", flush=True)
                 store = self.work / f"{device}-{precision}.zarr"
                 built = timed_build(client, config, source=str(source), out=str(store), progress=not self.args.quiet)
-                wait = 1 - forward["worker_s_per_clip"] / built["worker_s_per_clip"]
+                waits = {f"data_wait_{t}": 1 - forward[f"{t}_s_per_clip"] / built[f"{t}_s_per_clip"] for t in ("worker", "cpu")}
+                # a shared CPU's load swings between the two phases: CPU seconds hold still; a GPU's time is wall time
+                wait = waits["data_wait_cpu" if device == "cpu" else "data_wait_worker"]
                 self.add({"path": "muzarr: pipe build demo --embedding", **base, "threads": forward["threads"], **built,
-                          "data_wait": wait, "command": command})  # fmt: skip
+                          **waits, "data_wait": wait, "command": command})  # fmt: skip
                 shutil.rmtree(store, ignore_errors=True)
         finally:
             close_client(client)
@@ -601,7 +630,8 @@ class Bench:
             self.add({"path": "MARBLE extract loop", "device": device, "precision": "float16 (force_half)" if half else "float32",
                       "processes": 1, "threads": torch.get_num_threads(), "windows": "1", "clips": len(files),
                       "clips_per_s": len(files) / timing["seconds"], "data_wait": 1 - timing["forward_seconds"] / timing["seconds"],
-                      "seconds": round(timing["seconds"], 2), "npy_shape": timing["npy_shape"]})  # fmt: skip
+                      "seconds": round(timing["seconds"], 2), "npy_shape": timing["npy_shape"],
+                      "cpu_s_per_clip": timing["cpu_seconds"] / len(files)})  # fmt: skip
             shutil.rmtree(npy, ignore_errors=True)
 
     def sweep(self, device: str, paths: list[str], policy, precisions: tuple[str, ...]) -> None:
@@ -659,6 +689,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if bench is not None:
             bench.report["wall_seconds"] = round(time.perf_counter() - bench.started, 1)
+            bench.report["environment"]["load_after"] = round(os.getloadavg()[0], 1)
             bench.save()
         shutil.rmtree(work, ignore_errors=True)
     print(markdown(bench.report), end="")

@@ -57,8 +57,12 @@ def test_every_path_runs_computes_the_same_embeddings_and_reports_consistent_fig
     assert all(r["threads"] == 1 for r in rows)
     for forward, built in (rows[0:2], rows[2:4]):
         assert (forward["clips"], built["clips"], forward["windows"], forward["processes"], forward["threads"]) == (1, 10, "1+1", 1, 1)
-        # the data wait is the share of the build's worker time the forward-only figure does not account for
-        assert built["data_wait"] == pytest.approx(1 - forward["worker_s_per_clip"] / built["worker_s_per_clip"])
+        # the data wait is the share of the build's CPU time (on a GPU: worker time) the forward-only figure
+        # does not account for
+        for clock in ("worker", "cpu"):
+            assert built[f"data_wait_{clock}"] == pytest.approx(1 - forward[f"{clock}_s_per_clip"] / built[f"{clock}_s_per_clip"])
+        assert built["data_wait"] == built["data_wait_cpu"]
+        assert 0 < built["cpu_s_per_clip"] <= built["worker_s_per_clip"] * 1.01
         assert built["clips_per_s"] == pytest.approx(10 / built["batch_span_s"], rel=0.02)  # span rounded to 0.01 s
         assert "--embedding" in built["command"] and f"{model},window_seconds=5" in built["command"]
     assert "precision=bfloat16" in rows[3]["command"] and "precision" not in rows[1]["command"]
@@ -79,7 +83,7 @@ def test_every_path_runs_computes_the_same_embeddings_and_reports_consistent_fig
     assert table == done.stdout[done.stdout.index("Run of ") :]  # the table is printed too
     lines = table.splitlines()
     header = lines.index("| path | device | dtype | processes x threads | windows / forward | clips | clips/s | "
-                         "x real time | data wait | MTAT (h) | MTG-Jamendo top-50 (h) |")  # fmt: skip
+                         "x real time | CPU s / clip | data wait | MTAT (h) | MTG-Jamendo top-50 (h) |")  # fmt: skip
     assert [line.split(" | ")[0] for line in lines[header + 2 : header + 8]] == [f"| {r['path']}" for r in rows]
     assert lines[header + 8] == ""
 
