@@ -104,3 +104,37 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, args, message):
     done = run(tmp_path, *args, "--work", str(tmp_path))
     assert (done.returncode, done.stderr, done.stdout) == (2, message + "\n", "")
     assert list(tmp_path.iterdir()) == []
+
+
+def _script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import embed_throughput
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return embed_throughput
+
+
+def test_the_ported_torchaudio_resampler_resamples_a_tone_and_keeps_torchaudios_length():
+    import numpy as np
+    import torch
+
+    bench = _script()
+    t = np.arange(22050 * 2) / 22050
+    out = bench.SincResample(22050, 24000)(torch.from_numpy(np.sin(2 * np.pi * 1000 * t))[None].float())
+    assert out.shape == (1, 48000)  # ceil(44100 * 160 / 147), as torchaudio cuts it
+    expected = np.sin(2 * np.pi * 1000 * np.arange(48000) / 24000)
+    assert np.abs(out[0, 100:-100].numpy() - expected[100:-100]).max() < 2e-3  # away from the zero-padded ends
+
+
+def test_a_spent_budget_is_a_row_of_the_table():
+    bench = _script()
+    report = {"date": "2026-12-05", "argv": ["--budget-s", "1"], "clip_seconds": 29.1, "budget_s": 1.0, "rows": [],
+              "sweep": [], "skipped": ["cuda bfloat16: pipe build", "cpu: MARBLE"],
+              "environment": {"cpu_count": 16, "cpu": "x", "load_before": 0.0, "torch": "t", "transformers": "t"},
+              "model": {"name": "m", "parameters_m": 94.4, "sample_rate": 24000, "hidden_layers": 13, "dim": 768,
+                        "window_seconds": 5.0, "windows_per_clip": 6, "gflop_per_clip": 606.0}}  # fmt: skip
+    lines = bench.markdown(report).splitlines()
+    assert "| cuda bfloat16: pipe build | skipped: 1 s budget spent | | | | | | | | | | |" in lines
+    assert "| cpu: MARBLE | skipped: 1 s budget spent | | | | | | | | | | |" in lines
+    assert all(line.count("|") == 13 for line in lines if line.startswith("|"))  # 12 columns every row
