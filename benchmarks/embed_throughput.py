@@ -293,13 +293,14 @@ def forward_task(feature, paths: list[str], policy, warm_seconds: float | None) 
     loaded_s = time.perf_counter() - started
     first = load_clip(paths[0], rates=(rate,), policy=policy).audio[rate]
     feature.extract(first if warm_seconds is None else first[: int(warm_seconds * rate)], sampling_rate=rate)
-    rows = []  # (format, decode + resample s, extract s, extract's CPU s on this thread)
+    rows = []  # (format, decode + resample s, extract s, their CPU seconds on this thread)
     for path in paths:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         audio = load_clip(path, rates=(rate,), policy=policy).audio[rate]
-        t1, cpu = time.perf_counter(), time.thread_time()
+        t1, c1 = time.perf_counter(), time.thread_time()
         feature.extract(audio, sampling_rate=rate)  # returns host memory: the device's work is done
-        rows.append((Path(path).suffix.lstrip("."), t1 - t0, time.perf_counter() - t1, time.thread_time() - cpu))
+        t2, c2 = time.perf_counter(), time.thread_time()
+        rows.append((Path(path).suffix.lstrip("."), t1 - t0, t2 - t1, c1 - c0, c2 - c1))
     return {"rows": rows, "threads": torch.get_num_threads(), "load_seconds": loaded_s}
 
 
@@ -312,8 +313,11 @@ def forward_in_workers(client, feature, paths: list[str], policy, *, per_worker:
     results = client.gather(futures)
     rows = [row for r in results for row in r["rows"]]
     forward = float(np.mean([r[2] for r in rows]))
-    decode = {ext: round(1000 * float(np.mean([r[1] for r in rows if r[0] == ext])), 1) for ext in sorted({r[0] for r in rows})}
-    return {"clips": len(rows), "worker_s_per_clip": forward, "cpu_s_per_clip": float(np.mean([r[3] for r in rows])),
+    formats = sorted({r[0] for r in rows})
+    decode = {ext: round(1000 * float(np.mean([r[1] for r in rows if r[0] == ext])), 1) for ext in formats}
+    decode_cpu = {ext: round(1000 * float(np.mean([r[3] for r in rows if r[0] == ext])), 1) for ext in formats}
+    return {"clips": len(rows), "worker_s_per_clip": forward, "cpu_s_per_clip": float(np.mean([r[4] for r in rows])),
+            "decode_resample_cpu_ms": decode_cpu,
             "clips_per_s": len(workers) / forward,
             "decode_resample_ms": decode, "threads": results[0]["threads"],
             "model_load_s": round(max(r["load_seconds"] for r in results), 1)}  # fmt: skip
@@ -368,7 +372,7 @@ def timed_build(client, config, *, source: str, out: str, progress: bool) -> dic
              for s in task["startstops"] if s["action"] == "compute"]  # fmt: skip
     span = max(s["stop"] for s in spans) - min(s["start"] for s in spans)
     n = report.n_clips
-    return {"clips": n, "build_wall_s": round(wall, 2), "batch_span_s": round(span, 2), "worker_s_per_clip": (cpu + off) / n,
+    return {"clips": n, "build_wall_s": round(wall, 2), "batch_span_s": span, "worker_s_per_clip": (cpu + off) / n,
             "cpu_s_per_clip": cpu / n, "clips_per_s": n / span}  # fmt: skip
 
 
@@ -439,7 +443,8 @@ def markdown(report: dict) -> str:
     lines += [f"| {s} | skipped: {report['budget_s']:g} s budget spent | | | | | | | | | | |" for s in report["skipped"]]
     for r in report["rows"]:
         if r.get("decode_resample_ms"):
-            per = ", ".join(f"{ext.upper()} {ms} ms" for ext, ms in r["decode_resample_ms"].items())
+            per = ", ".join(f"{ext.upper()} {ms} ms ({r['decode_resample_cpu_ms'][ext]} ms CPU)"
+                            for ext, ms in r["decode_resample_ms"].items())  # fmt: skip
             lines.append(f"\nDecode + soxr to {model['sample_rate']} Hz per clip in the {r['device']} workers: {per}.")
             break
     if report["sweep"]:
@@ -472,7 +477,9 @@ def environment() -> dict:
            "torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]}  # fmt: skip
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
-        env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+        # fp32 matmuls without TF32 unless asked (torch's default), convolutions with it (cuDNN's)
+        env["fp32"] = {"matmul_precision": torch.get_float32_matmul_precision(),
+                       "cudnn_tf32": getattr(torch.backends.cudnn, "allow_tf32", None)}  # fmt: skip
     return env
 
 
