@@ -521,6 +521,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.exit(2, "--devices cuda: torch sees no CUDA GPU here; run with --devices cpu (or --quick)\n")
     if args.model and not (Path(args.model) / "config.json").is_file():
         parser.exit(2, f"--model {args.model}: no config.json there; give a folder save_pretrained wrote\n")
+    if not 1 <= args.clip_seconds <= 60 or not 0 < args.window_seconds:
+        parser.exit(2, f"--clip-seconds {args.clip_seconds:g} must be 1 to 60 (the demo recipe's range) and "
+                       f"--window-seconds {args.window_seconds:g} positive\n")  # fmt: skip
+    if args.cuda_clips < 10 and "cuda" in args.devices:
+        parser.exit(2, f"--cuda-clips {args.cuda_clips} is under the demo recipe's 10 clips\n")
     if args.workers * args.cpu_clips_per_worker < 10 and "cpu" in args.devices:
         parser.exit(2, f"--workers {args.workers} x --cpu-clips-per-worker {args.cpu_clips_per_worker} is under the demo "
                        "recipe's 10 clips: give more clips per worker\n")  # fmt: skip
@@ -600,7 +605,7 @@ class Bench:
                     return
                 config, command = self.config(device, precision, len(paths), workers)
                 feature = next(f for f in config.features if f.kind == "embedding")
-                per_worker = self.args.cpu_forward_clips_per_worker if device == "cpu" else len(paths)
+                per_worker = self.args.cpu_forward_clips_per_worker if device == "cpu" else len(paths) // workers
                 warm = None if device == "cuda" else self.excerpt_n / self.rate  # a whole clip on the GPU
                 base = {"device": device, "precision": precision, "processes": workers,
                         "windows": forwards_per_clip(self.spans, feature.batch_size)}  # fmt: skip
