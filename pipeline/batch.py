@@ -98,6 +98,27 @@ def run_batch(job: BatchJob) -> Marker | Overflow:
         if name in buffers:
             buffers[name][i] = fill_value(buffers[name].dtype)
 
+    pending: dict[str, list] = {}  # batched features: the (row, audio) of each clip, computed after the loop
+
+    def put(i: int, feature, audio, compute) -> None:
+        """Store what ``compute()`` gives for clip ``i``, or record it as this array's failure."""
+        try:
+            values = compute()
+            if not _all_finite(values):
+                raise ValueError("computed values are not finite (NaN or infinity)")
+        except Exception as error:  # noqa: BLE001 - a feature that fails on one clip is that array's failure
+            # The clip keeps what the other features gave it; this array holds its fill value there.
+            blank(i, feature.name)
+            lost.append(_failure(clip_ids[i], paths[i], feature.name, error).of_array(feature.name))
+            return
+        if feature.name in timed:
+            tracks.put(feature.name, i, values)
+        else:
+            buffers[feature.name][i] = values
+        note = feature.storage_note(audio)
+        if note:
+            notes.append(Note(clip_ids[i], feature.name, note))
+
     for i, path in enumerate(paths):
         if status[i] == STATUS_FAILED:  # failed in an earlier pass: it would fail here the same way
             failures[i] = earlier[clip_ids[i]]
@@ -126,25 +147,17 @@ def run_batch(job: BatchJob) -> Marker | Overflow:
             notes.append(Note(clip_ids[i], DECODE_NOTE, "; ".join(clip.notes)))
         for feature in features:
             audio = clip.audio[feature.sample_rate]
-            try:
-                values = feature.extract(audio, sampling_rate=feature.sample_rate)
-                if not _all_finite(values):
-                    raise ValueError("computed values are not finite (NaN or infinity)")
-            except Exception as error:  # noqa: BLE001 - a feature that fails on one clip is that array's failure
-                # The clip keeps what the other features gave it; this array holds its fill value there.
-                blank(i, feature.name)
-                lost.append(_failure(clip_ids[i], path, feature.name, error).of_array(feature.name))
+            if feature.batched:  # computed for the whole batch at once, below
+                pending.setdefault(feature.name, []).append((i, audio))
                 continue
-            if feature.name in timed:
-                tracks.put(feature.name, i, values)
-            else:
-                buffers[feature.name][i] = values
-            note = feature.storage_note(audio)
-            if note:
-                notes.append(Note(clip_ids[i], feature.name, note))
+            put(i, feature, audio, lambda f=feature, a=audio: f.extract(a, sampling_rate=f.sample_rate))
     if tracks and tracks.overflowing:
         # Nothing is written: the driver gives this batch regions sized from what was decoded here.
         return Overflow(batch, tuple(decoded))
+    for feature in features:
+        if feature.name in pending:
+            for i, audio, compute in _batched(feature, pending[feature.name]):
+                put(i, feature, audio, compute)
     digests = {}
     for name, buffer in buffers.items():
         _write_shard(loc, group[name], batch, start, stop, buffer)
@@ -168,6 +181,21 @@ def run_batch(job: BatchJob) -> Marker | Overflow:
     # lists is on disk.
     write_json(loc, marker_key(batch), marker.to_dict())
     return marker
+
+
+def _batched(feature, items: list):
+    """``(row, audio, compute)`` for each of ``items`` of a batched feature: one call computes every clip of the
+    batch (a model's forward passes shared across clips); if that call fails, each clip is computed alone, so
+    that the clip that fails is the one recorded."""
+    try:
+        values = feature.extract_many([audio for _, audio in items])
+    except Exception:  # noqa: BLE001 - each clip alone says which one fails, and why
+        values = None
+    for k, (i, audio) in enumerate(items):
+        if values is not None:
+            yield i, audio, lambda v=values[k]: v
+        else:
+            yield i, audio, lambda a=audio: feature.extract(a, sampling_rate=feature.sample_rate)
 
 
 def _write_tracks(loc: Location, group, batch: int, start: int, stop: int, tracks: BatchTracks, todo) -> dict:

@@ -19,6 +19,18 @@ def _size_on_disk(store: Store, name: str) -> int:
         return -1
 
 
+def _embedding_line(feature) -> str:
+    """Which model, weights and libraries an embedding array holds the hidden layers of."""
+    pool = "time-resolved" if feature.get("pool") == "none" else f"{feature.get('pool')} over time"
+    window = feature.get("window_seconds") or feature.get("default_window")
+    return (
+        f"model {feature.get('model')} ({feature.get('family')}, layers {feature.get('layers')} of "
+        f"{feature.get('hidden_layers')}, {pool}, windows {f'{window:g} s' if window else 'whole clip'}), "
+        f"weights {str(feature.get('weights'))[:19]}..., {feature.get('versions')}, "
+        f"{feature.get('device')} {feature.get('precision')}"
+    )
+
+
 def _human(n: int) -> str:
     if n < 0:
         return "?"
@@ -78,6 +90,8 @@ def describe_store(url: str, *, max_failures: int = 20) -> tuple[str, bool]:
             f"  {name:<{width}}  shape {info.shape} {info.dtype}  chunks {info.chunks}"
             f"  shards {info.shards}  {_human(_size_on_disk(store, name))} on disk"
         )
+        if info.kind == "embedding":
+            lines.append(f"  {'':<{width}}  {_embedding_line(info.feature)}")
     lines.append("splits")
     for scheme, parts in (m.split_counts or {}).items():
         lines.append(f"  {scheme:<10} " + "  ".join(f"{part} {n}" for part, n in parts.items()))

