@@ -7,8 +7,8 @@ matrix product per step for all of them instead of ``P`` small ones. What makes 
 equal ``P`` independent runs:
 
 - the loss is the sum of the probes' own mean losses, so each probe's gradient is its own;
-- Adam (:class:`StackedAdam`, torch's update formula) keeps its moments per weight and a learning
-  rate and step count per probe;
+- Adam (:class:`StackedAdam`: torch's own update, run on each probe's slices) keeps moments, a
+  learning rate and a step count per probe;
 - each probe has its own plateau schedule (:class:`Plateau`, torch's ``ReduceLROnPlateau``) and
   early stopping (Lightning's ``EarlyStopping``: a strictly better value resets the count), and a
   stopped probe is frozen (no update, no Adam step) while the others go on;
