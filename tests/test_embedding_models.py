@@ -514,3 +514,13 @@ def test_a_build_stores_what_each_model_computes(folders, tmp_path):
             rate = feature.sample_rate
             audio = load_clip(str(source / paths[clip]), rates=(rate,), policy=policy).audio[rate]
             assert_close(store.read(f"embedding/{variant}", [clip])[0], references[variant](audio))
+
+
+@pytest.mark.parametrize(("case", "name"), [("whisper", "Whisper"), ("ast", "AST"), ("clap", "CLAP")])
+def test_a_window_longer_than_the_models_input_is_one_line(folders, case, name):
+    """The extractor would cut what does not fit (and Whisper's encoder refuse it): refused, naming the window that fits."""
+    from pipeline.errors import MuzarrError
+
+    feature = Embedding(model=model_of(folders, case), window_seconds=40.0)
+    with pytest.raises(MuzarrError, match=rf"a 40 s window is longer than {name}'s [0-9.]+ s input: give window_seconds=[0-9.]+ or less"):
+        feature.extract(tone(40.0, feature.sample_rate), sampling_rate=feature.sample_rate)

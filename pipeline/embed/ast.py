@@ -29,6 +29,7 @@ from pipeline.embed.models import (
     frame_count,
     no_remote_code,
     read_preprocessor,
+    refuse_longer_window,
     register,
     torch_dtype,
 )
@@ -58,14 +59,8 @@ class ASTBackbone(Backbone):
         import torch
 
         n = windows.shape[-1]
-        fbank_frames = frame_count(f"conv:{FBANK_WINDOW}/{FBANK_HOP}", n)
-        if fbank_frames > self.extractor.max_length:
-            seconds = (FBANK_WINDOW + (self.extractor.max_length - 1) * FBANK_HOP) / self.info.sample_rate
-            frames = self.extractor.max_length
-            raise MuzarrError(
-                f"embedding: a {n / self.info.sample_rate:g} s window is longer than AST's input ({frames} frames, "
-                f"{seconds:g} s): give window_seconds={self.info.window_seconds:g} or less"
-            )
+        # the extractor cuts what does not fit its max_length frames: a longer window would lose its end
+        refuse_longer_window(n, limit=FBANK_WINDOW + (self.extractor.max_length - 1) * FBANK_HOP, info=self.info, model="AST")
         values = self.extractor(list(windows), sampling_rate=self.info.sample_rate, return_tensors="pt").input_values
         keep = frame_count(self.info.frames, n)
         with torch.inference_mode():

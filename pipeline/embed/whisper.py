@@ -26,6 +26,7 @@ from pipeline.embed.models import (
     frame_count,
     no_remote_code,
     read_preprocessor,
+    refuse_longer_window,
     register,
     torch_dtype,
 )
@@ -61,11 +62,7 @@ class WhisperBackbone(Backbone):
         import torch
 
         n = windows.shape[-1]
-        if n > self.extractor.n_samples:
-            raise MuzarrError(
-                f"embedding: a {n / self.info.sample_rate:g} s window is longer than Whisper's "
-                f"{self.extractor.chunk_length} s input: give window_seconds={self.extractor.chunk_length} or less"
-            )
+        refuse_longer_window(n, limit=self.extractor.n_samples, info=self.info, model="Whisper")
         rate = self.info.sample_rate
         features = self.extractor(list(windows), sampling_rate=rate, return_tensors="pt").input_features
         keep = frame_count(self.info.frames, n)
