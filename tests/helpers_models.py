@@ -12,12 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-#: a HuBERT of MERT's shape in miniature: 16 kHz, 2 transformer layers (3 hidden states) of 32
-TINY_HUBERT = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-    conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4),
-    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=8,
-)
+# a HuBERT of MERT's shape in miniature (16 kHz, 2 transformer layers of 32): the one `train reproduce marble
+# --smoke` embeds with
+from training.experiments.marble import TINY_HUBERT
 
 
 def save_tiny_hubert(folder: Path, *, seed: int = 0, sample_rate: int = 16000, normalize: bool = True, **config) -> Path:
