@@ -80,7 +80,7 @@ def main() -> None:
       train reproduce won2020 --store mtat.zarr   # a published table, row by row (--list: all)
       train predict --checkpoint runs/demo-cnn --store demo.zarr --out predictions.csv
       train embed --checkpoint runs/demo-cnn --store demo.zarr --out emb.parquet
-      train probe --store mtat-mert.zarr --embedding mert95m   # MARBLE's probes, every layer
+      train probe --store mtat-mert.zarr --embedding MERT-v1-95M   # MARBLE's probes, every layer
     """
 
 
@@ -387,7 +387,7 @@ def reproduce(name, stores, out, smoke, task, list_papers, verbose, **settings):
       train reproduce seed001 --store mtat.zarr --store subclips=mtat-split.zarr
       train reproduce seed003 --store gtzan.zarr --model-opt weights=resnet50.pth
       train reproduce seed004 --store gtzan.zarr --model-opt weights=wav2vec2-base --out runs/seed004
-      train reproduce marble --task mtat --store mtat-mert95m.zarr   # MARBLE's probes of a stored embedding
+      train reproduce marble --task mtat --store mtat-mert.zarr   # MARBLE's probes of a stored embedding
       train reproduce marble --task mtat --smoke                   # builds a tiny store itself
     """
     if list_papers:
@@ -424,7 +424,7 @@ def _list_marble() -> None:
     for task in MARBLE_TASKS.values():
         rows = ", ".join(f"{p.model} {p.roc_auc * 100:.1f}/{p.pr_auc * 100:.1f}" for p in task.published)
         click.echo(f"    --task {task.name}: {task.title}, split {task.split_scheme}; published ROC/PR-AUC: {rows}")
-    click.echo(f"    store: {MARBLE_TASKS['mtat'].build_command('mtat-mert95m.zarr')}; probes take minutes on a CPU "
+    click.echo(f"    store: {MARBLE_TASKS['mtat'].build_command('mtat-mert.zarr')}; probes take minutes on a CPU "
                f"(docs/benchmarks.md, Probes); the {MARBLE_MODEL} build is the GPU work")  # fmt: skip
 
 

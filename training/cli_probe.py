@@ -27,7 +27,7 @@ def probe_input(embedding: str | None, given: str | None) -> str:
         raise MuzarrError(f"give --embedding {embedding} or --input {given}, not both (--embedding V is --input embedding/V)")
     if embedding:
         if "/" in embedding or "," in embedding:
-            raise MuzarrError(f"--embedding {embedding}: give the variant alone (e.g. --embedding mert95m), or use --input "
+            raise MuzarrError(f"--embedding {embedding}: give the variant alone (e.g. --embedding MERT-v1-95M), or use --input "
                               f"embedding/VARIANT[,layer=N]")  # fmt: skip
         return f"embedding/{embedding}"
     if not given:
@@ -68,8 +68,8 @@ def probe(store, embedding, given_input, kind, layers, lr, batch_size, max_epoch
 
     \b
     Examples:
-      train probe --store mtat-mert.zarr --embedding mert95m
-      train probe --store mtat-mert.zarr --embedding mert95m --layers 4-8,all --probe linear --device cuda
+      train probe --store mtat-mert.zarr --embedding MERT-v1-95M
+      train probe --store mtat-mert.zarr --embedding MERT-v1-95M --layers 4-8,all --probe linear --device cuda
       train probe --store demo.zarr --input embedding/hubert,layer=7 --max-epochs 20
       train probe --store gtzan.zarr --input tabular/summary --out runs/gtzan-summary-probe
     \b

@@ -24,7 +24,7 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 #: kinds whose example is one vector per (sub-)clip: their size is read from the store's array
 VECTOR_KINDS = ("tabular", "embedding")
 #: what ``--input`` takes, for the line that refuses what it does not
-INPUT_SPELLING = "tabular/SET or embedding/VARIANT[,layer=N|all] (e.g. tabular/summary, embedding/mert95m,layer=7)"
+INPUT_SPELLING = "tabular/SET or embedding/VARIANT[,layer=N|all] (e.g. tabular/summary, embedding/MERT-v1-95M,layer=7)"
 
 #: features per example of the tabular sets whose size is fixed (for :meth:`InputSpec.example_shape`
 #: without a store; any other vector's size is its store array's last axis)
@@ -83,7 +83,7 @@ class InputSpec:
 
     @property
     def array_name(self) -> str | None:
-        """The store array of a vector input (``tabular/summary``, ``embedding/mert95m``); None otherwise."""
+        """The store array of a vector input (``tabular/summary``, ``embedding/MERT-v1-95M``); None otherwise."""
         if self.kind == "tabular":
             return f"tabular/{self.tabular_set}"
         if self.kind == "embedding":
@@ -91,7 +91,7 @@ class InputSpec:
         return None
 
     def describe(self) -> str:
-        """The ``--input`` spelling of a vector input (``embedding/mert95m,layer=7``), else the build hint."""
+        """The ``--input`` spelling of a vector input (``embedding/MERT-v1-95M,layer=7``), else the build hint."""
         if self.kind == "embedding":
             return f"{self.array_name},layer={'all' if self.layer is None else self.layer}"
         return self.array_name or self.build_hint()
@@ -143,7 +143,7 @@ class InputSpec:
 
 
 def parse_input(text: str, *, what: str = "--input") -> InputSpec:
-    """``"tabular/summary"`` or ``"embedding/mert95m,layer=7"`` (``layer=all``: every layer averaged,
+    """``"tabular/summary"`` or ``"embedding/MERT-v1-95M,layer=7"`` (``layer=all``: every layer averaged,
     the default) as an :class:`InputSpec`; anything else is one :class:`MuzarrError` saying what ``what`` takes."""
     if not isinstance(text, str) or not text.strip():
         raise MuzarrError(f"{what} {text!r}: give {INPUT_SPELLING}")

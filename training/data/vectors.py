@@ -34,7 +34,7 @@ class VectorLayout:
     Attributes
     ----------
     name : str
-        Store array (``embedding/mert95m``).
+        Store array (``embedding/MERT-v1-95M``).
     clip_shape : tuple of int
         Stored shape of one clip (no clip axis).
     subclips : bool

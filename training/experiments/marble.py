@@ -152,7 +152,7 @@ def run_marble(task_name: str | None, stores: dict[str, str], out: Path, *, smok
     url = stores.get("main")
     if url is None:
         if not smoke:
-            default = f"{task.dataset}-mert95m.zarr"
+            default = f"{task.dataset}-mert.zarr"
             raise MuzarrError(f"marble --task {task.name} probes a store's {MARBLE_MODEL} embedding: build it with "
                               f"`{task.build_command(default)}` and pass --store {default} (or run --smoke)")  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class TrainConfig:
     model: str = _setting("Model name, e.g. crnn (`train models` lists them).")
     input: str | None = _setting(
         "Per-clip vector a vector model (mlp_tabular) reads instead of its own: tabular/SET or "
-        "embedding/VARIANT[,layer=N|all], e.g. tabular/summary or embedding/mert95m,layer=7 (default: the model's).",
+        "embedding/VARIANT[,layer=N|all], e.g. tabular/summary or embedding/MERT-v1-95M,layer=7 (default: the model's).",
         None, metavar="ARRAY[,layer=N]")
     split_scheme: str | None = _setting(
         "Split scheme of the store, e.g. random (default: the protocol's if the store has it, else the store's first).", None)
