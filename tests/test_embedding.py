@@ -18,13 +18,13 @@ import zarr
 
 pytest.importorskip("transformers")
 import torch
+from conftest import built_once
+from helpers_models import save_tiny_hubert
+from helpers_stores import file_versions, store_files
 from transformers import HubertModel
 
 from pipeline import open_store
 from pipeline.audio import ClipPolicy, load_clip
-from tests.conftest import built_once
-from tests.helpers_models import save_tiny_hubert
-from tests.helpers_stores import file_versions, store_files
 
 SETTINGS = ["--set", "options.n_clips=12", "--set", "options.seconds=2.0", "--set", "clip.seconds=2.0", "--set", "batch_clips=8"]
 #: pooled over all layers; time-resolved; MARBLE's overlapping windows (0.75 s every 0.5 s: 4 windows and a
@@ -162,27 +162,6 @@ def test_verify_copy_xarray_and_tensorstore_read_embeddings(stores, tmp_path):
     np.testing.assert_array_equal(opened[:, 1].read().result(), store.read("embedding/tiny-hubert_none", np.arange(12))[:, 1])
 
 
-def test_a_track_store_concatenates_time_resolved_embeddings_with_extents(tiny_hubert, tmp_path):
-    out = tmp_path / "tracks.zarr"
-    result = pipe("build", "demo", "--source", tmp_path / "audio", "--out", out, "--set", "options.n_clips=10",
-                  "--set", "options.seconds=1.5", "--set", "clip.mode=track", "--set", "batch_clips=5", "--only",
-                  "--embedding", f"{tiny_hubert},pool=none", "--workers", "1", "--quiet")  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    store = open_store(str(out))
-    name = "embedding/tiny-hubert_none"
-    group = zarr.open_group(str(out), mode="r")
-    extents = group[f"extents/{name}"][:]
-    assert (extents[:, 1] == 299).all()  # 1.5 s at 16 kHz through strides 5, 4, 4
-    model = HubertModel.from_pretrained(tiny_hubert).eval()
-    path = tmp_path / "audio" / store.table("clips")["path"][3]
-    audio = load_clip(str(path), rates=(16000,), policy=ClipPolicy(mode="track")).audio[16000]
-    start, length = extents[3]
-    np.testing.assert_allclose(
-        group[name][:, :, start : start + length], reference(model, audio, window=None, hop=None, layers=range(3), pool="none"),
-        rtol=1e-4, atol=1e-5,
-    )
-
-
 @pytest.mark.parametrize(
     ("embedding", "extra", "expected"),
     [
@@ -277,9 +256,11 @@ def test_a_catalog_entry_can_hold_an_embedding(tiny_hubert, tmp_path):
     assert "embedding/tiny-hubert_L1-2" in result.output
 
 
-def test_a_clip_the_model_cannot_take_is_that_arrays_failure_and_the_others_are_stored(tiny_hubert, tmp_path):
-    """Tracks share forward passes; a 1 ms track is shorter than the model's first convolution takes, so the batch's
-    shared call fails, each track is computed alone, and only the short one is recorded (its waveform stays)."""
+def test_a_track_store_of_embeddings_pooled_and_time_resolved(tiny_hubert, tmp_path):
+    """Tracks of 1 s, 1.2 s and 1 ms: the time-resolved array concatenates the first two along time with their
+    extents, both arrays equal the model's forward of each whole track. The tracks share forward passes; the 1 ms
+    one is shorter than the model's first convolution takes, so the batch's shared call fails, each track is
+    computed alone, and only the short one is recorded as those arrays' failure (its waveform stays)."""
     import soundfile as sf
 
     rng = np.random.default_rng(1)
@@ -288,17 +269,25 @@ def test_a_clip_the_model_cannot_take_is_that_arrays_failure_and_the_others_are_
         sf.write(tmp_path / "src" / label / f"{name}.wav", (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
     out = tmp_path / "t.zarr"
     result = pipe("build", "folder", "--source", tmp_path / "src", "--out", out, "--set", "clip.mode=track",
-                  "--embedding", tiny_hubert, "--workers", "1", "--quiet")  # fmt: skip
-    assert result.returncode == 1, result.stdout + result.stderr  # stored, with one array failure
-    assert "missing from one array" in result.stdout
+                  "--embedding", tiny_hubert, "--embedding", f"{tiny_hubert},pool=none", "--workers", "1", "--quiet")  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr  # stored, with one clip missing from two arrays
+    assert "2 missing from one array" in result.stdout
     assert "1 ms of audio is shorter than one frame of tiny-hubert" in result.stdout
     store = open_store(str(out))
     clips = store.table("clips")
-    values = zarr.open_group(str(out), mode="r")["embedding/tiny-hubert"][:]
+    group = zarr.open_group(str(out), mode="r")
+    pooled, timed = group["embedding/tiny-hubert"][:], group["embedding/tiny-hubert_none"]
+    extents = group["extents/embedding/tiny-hubert_none"][:]
     short = clips.index[clips["path"].str.contains("tiny")][0]
-    assert np.isnan(values[short]).all() and not np.isnan(np.delete(values, short, axis=0)).any()
+    assert np.isnan(pooled[short]).all() and not np.isnan(np.delete(pooled, short, axis=0)).any()
+    assert extents[short, 1] == 0  # a failed track takes no room along time
     model = HubertModel.from_pretrained(tiny_hubert).eval()
+    frames = {"long1": 199, "long2": 239}  # 1 s and 1.2 s at 16 kHz through strides 5, 4, 4
     for row in np.flatnonzero(~clips["path"].str.contains("tiny")):
-        audio = load_clip(str(tmp_path / "src" / clips["path"][row]), rates=(16000,), policy=ClipPolicy(mode="track")).audio[16000]
-        np.testing.assert_allclose(values[row], reference(model, audio, window=None, hop=None, layers=range(3), pool="mean"),
-                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+        path = tmp_path / "src" / clips["path"][row]
+        audio = load_clip(str(path), rates=(16000,), policy=ClipPolicy(mode="track")).audio[16000]
+        start, length = extents[row]
+        assert length == frames[path.stem]
+        expected = reference(model, audio, window=None, hop=None, layers=range(3), pool="none")
+        np.testing.assert_allclose(timed[:, :, start : start + length], expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(pooled[row], expected.mean(axis=-1), rtol=1e-4, atol=1e-5)

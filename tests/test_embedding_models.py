@@ -21,16 +21,16 @@ import sys
 import types
 from pathlib import Path
 
+import helpers_models as saved
 import numpy as np
 import pytest
+from helpers_models import MERT_WEIGHT_NORM, TINY_HUBERT
 
 from pipeline import MuzarrError, open_store
 from pipeline.audio import load_clip
 from pipeline.embed.mert import as_hubert
 from pipeline.embed.models import describe, read_config
 from pipeline.features.embedding import Embedding
-from tests import helpers_models as saved
-from tests.helpers_models import MERT_WEIGHT_NORM, TINY_HUBERT
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
