@@ -168,6 +168,7 @@ def test_verify_copy_xarray_and_tensorstore_read_embeddings(stores, tmp_path):
         ("{missing}", (), "no such folder"),
         ("{bert}", (), "model_type 'bert' is not an audio encoder"),
         ("{unweighted}", (), "no weight files there (*.safetensors, *.bin)"),
+        ("{mangled}", (), "config.json lacks or mangles 'num_hidden_layers'"),
         ("{model},layers=3", (), "layer 3 is out of range: {model} has hidden states 0 to 2"),
         ("{model},layer=3", (), "unknown parameter(s) ['layer'] for feature 'embedding' (did you mean layers?)"),
         ("{model}", ("--device", "cuda"), "device=cuda but this machine has no CUDA GPU"),
@@ -187,7 +188,12 @@ def test_bad_requests_are_one_line_and_write_nothing(embedding, extra, expected,
     unweighted = tmp_path / "unweighted"  # a HuBERT's config.json without its weights
     unweighted.mkdir()
     (unweighted / "config.json").write_bytes((tiny_hubert / "config.json").read_bytes())
-    names = {"missing": tmp_path / "nowhere", "bert": bert, "unweighted": unweighted, "model": tiny_hubert}
+    mangled = tmp_path / "mangled"  # a HuBERT's config.json without its layer count
+    mangled.mkdir()
+    config = json.loads((tiny_hubert / "config.json").read_text())
+    del config["num_hidden_layers"]
+    (mangled / "config.json").write_text(json.dumps(config))
+    names = {"missing": tmp_path / "nowhere", "bert": bert, "unweighted": unweighted, "mangled": mangled, "model": tiny_hubert}
     out = tmp_path / "never.zarr"
     args = ["build", "demo", "--source", tmp_path / "audio", "--out", out, *SETTINGS, "--only",
             "--embedding", embedding.format(**names), *extra, "--quiet"]  # fmt: skip

@@ -81,19 +81,16 @@ class AST(Family):
     def describe(self, folder: Path, config: dict[str, Any], *, trust_remote_code: bool) -> ModelInfo:
         no_remote_code(folder, trust_remote_code, family="AST")
         pre = read_preprocessor(folder)
-        try:
-            rate = int(pre.get("sampling_rate", 16000))
-            max_length, mels = int(config.get("max_length", 1024)), int(config.get("num_mel_bins", 128))
-            agree = int(pre.get("max_length", max_length)) == max_length and int(pre.get("num_mel_bins", mels)) == mels
-            _, t_dim = grid(config)
-            info = ModelInfo(
-                family=self.name, sample_rate=rate, hidden_layers=int(config["num_hidden_layers"]) + 1,
-                dim=int(config["hidden_size"]),
-                frames=f"conv:{FBANK_WINDOW}/{FBANK_HOP},1/{int(config.get('time_stride', 10))};max:{t_dim}",
-                window_seconds=max_length * FBANK_HOP / rate, normalize=False,
-            )  # fmt: skip
-        except (KeyError, TypeError, ValueError) as error:
-            raise MuzarrError(f"--embedding {folder}: config.json lacks or mangles {error}") from None
+        rate = int(pre.get("sampling_rate", 16000))
+        max_length, mels = int(config.get("max_length", 1024)), int(config.get("num_mel_bins", 128))
+        agree = int(pre.get("max_length", max_length)) == max_length and int(pre.get("num_mel_bins", mels)) == mels
+        _, t_dim = grid(config)
+        info = ModelInfo(
+            family=self.name, sample_rate=rate, hidden_layers=int(config["num_hidden_layers"]) + 1,
+            dim=int(config["hidden_size"]),
+            frames=f"conv:{FBANK_WINDOW}/{FBANK_HOP},1/{int(config.get('time_stride', 10))};max:{t_dim}",
+            window_seconds=max_length * FBANK_HOP / rate, normalize=False,
+        )  # fmt: skip
         if not agree:
             raise MuzarrError(
                 f"--embedding {folder}: preprocessor_config.json's max_length or num_mel_bins differs from "

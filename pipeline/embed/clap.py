@@ -44,7 +44,6 @@ from pipeline.embed.models import (
     torch_dtype,
 )
 from pipeline.embed.weights import load_exactly, read_state_dict
-from pipeline.errors import MuzarrError
 
 
 def audio_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -114,15 +113,12 @@ class CLAP(Family):
     def describe(self, folder: Path, config: dict[str, Any], *, trust_remote_code: bool) -> ModelInfo:
         no_remote_code(folder, trust_remote_code, family="CLAP")
         pre = read_preprocessor(folder)
-        try:
-            dim, layers, _, columns, freq_ratio = layout(audio_config(config))
-            return ModelInfo(
-                family=self.name, sample_rate=int(pre.get("sampling_rate", 48000)), hidden_layers=layers, dim=dim,
-                frames=f"fixed:{freq_ratio * columns}", window_seconds=float(pre.get("max_length_s", 10)),
-                normalize=False,
-            )  # fmt: skip
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
-            raise MuzarrError(f"--embedding {folder}: config.json lacks or mangles {error}") from None
+        dim, layers, _, columns, freq_ratio = layout(audio_config(config))
+        return ModelInfo(
+            family=self.name, sample_rate=int(pre.get("sampling_rate", 48000)), hidden_layers=layers, dim=dim,
+            frames=f"fixed:{freq_ratio * columns}", window_seconds=float(pre.get("max_length_s", 10)),
+            normalize=False,
+        )  # fmt: skip
 
     def load(self, folder: Path, info: ModelInfo, *, device: str, precision: str) -> Backbone:
         from transformers import ClapAudioConfig, ClapAudioModel, ClapFeatureExtractor

@@ -22,7 +22,6 @@ from typing import Any
 
 from pipeline.embed.models import Backbone, Family, ModelInfo, no_remote_code, register, torch_dtype
 from pipeline.embed.speech import quiet_transformers, refuse_missing
-from pipeline.errors import MuzarrError
 
 
 class EncodecBackbone(Backbone):
@@ -51,16 +50,13 @@ class Encodec(Family):
 
     def describe(self, folder: Path, config: dict[str, Any], *, trust_remote_code: bool) -> ModelInfo:
         no_remote_code(folder, trust_remote_code, family="EnCodec")
-        try:
-            hop = math.prod(int(r) for r in config.get("upsampling_ratios", [8, 5, 4, 2]))
-            chunk = config.get("chunk_length_s")
-            return ModelInfo(
-                family=self.name, sample_rate=int(config.get("sampling_rate", 24000)), hidden_layers=1,
-                dim=int(config.get("hidden_size", 128)), frames=f"conv:1/{hop}",
-                window_seconds=float(chunk) if chunk else None, normalize=False,
-            )  # fmt: skip
-        except (TypeError, ValueError) as error:
-            raise MuzarrError(f"--embedding {folder}: config.json lacks or mangles {error}") from None
+        hop = math.prod(int(r) for r in config.get("upsampling_ratios", [8, 5, 4, 2]))
+        chunk = config.get("chunk_length_s")
+        return ModelInfo(
+            family=self.name, sample_rate=int(config.get("sampling_rate", 24000)), hidden_layers=1,
+            dim=int(config.get("hidden_size", 128)), frames=f"conv:1/{hop}",
+            window_seconds=float(chunk) if chunk else None, normalize=False,
+        )  # fmt: skip
 
     def load(self, folder: Path, info: ModelInfo, *, device: str, precision: str) -> Backbone:
         from transformers import EncodecModel

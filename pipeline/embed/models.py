@@ -239,7 +239,11 @@ def family_of(folder: Path, config: dict[str, Any]) -> Family:
 @functools.lru_cache(maxsize=32)
 def _describe(folder: Path, trust_remote_code: bool, stamp: tuple) -> ModelInfo:
     config = read_config(folder)
-    return family_of(folder, config).describe(folder, config, trust_remote_code=trust_remote_code)
+    family = family_of(folder, config)
+    try:
+        return family.describe(folder, config, trust_remote_code=trust_remote_code)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as error:  # a field missing, or not a number
+        raise MuzarrError(f"--embedding {folder}: config.json lacks or mangles {error}") from None
 
 
 def describe(model: str, *, trust_remote_code: bool = False) -> tuple[Path, ModelInfo]:

@@ -40,19 +40,16 @@ def encoder_info(family: str, folder: Path, config: dict[str, Any], *, trust_rem
                  window_seconds: float | None = DEFAULT_WINDOW_SECONDS) -> ModelInfo:
     """What a wav2vec 2.0-shaped ``config.json`` (and its preprocessor settings) says."""
     preprocessor = read_preprocessor(folder)
-    try:
-        return ModelInfo(
-            family=family,
-            sample_rate=int(preprocessor.get("sampling_rate", config.get("sample_rate", 16000))),
-            hidden_layers=int(config["num_hidden_layers"]) + 1,
-            dim=int(config["hidden_size"]),
-            frames=conv_rule(config),
-            window_seconds=window_seconds,
-            normalize=bool(preprocessor.get("do_normalize", False)),
-            trust_remote_code=trust_remote_code,
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise MuzarrError(f"--embedding {folder}: config.json lacks or mangles {error}") from None
+    return ModelInfo(
+        family=family,
+        sample_rate=int(preprocessor.get("sampling_rate", config.get("sample_rate", 16000))),
+        hidden_layers=int(config["num_hidden_layers"]) + 1,
+        dim=int(config["hidden_size"]),
+        frames=conv_rule(config),
+        window_seconds=window_seconds,
+        normalize=bool(preprocessor.get("do_normalize", False)),
+        trust_remote_code=trust_remote_code,
+    )
 
 
 class TransformersBackbone(Backbone):

@@ -31,7 +31,6 @@ from pipeline.embed.models import (
     torch_dtype,
 )
 from pipeline.embed.weights import load_exactly, read_state_dict
-from pipeline.errors import MuzarrError
 
 #: where the encoder's tensors sit in what transformers saves (WhisperForConditionalGeneration, WhisperModel)
 ENCODER_PREFIXES = ("model.encoder.", "encoder.")
@@ -80,17 +79,14 @@ class Whisper(Family):
     def describe(self, folder: Path, config: dict[str, Any], *, trust_remote_code: bool) -> ModelInfo:
         no_remote_code(folder, trust_remote_code, family="Whisper")
         pre = read_preprocessor(folder)
-        try:
-            rate, hop = int(pre.get("sampling_rate", 16000)), int(pre.get("hop_length", 160))
-            chunk = float(pre.get("chunk_length", 30))
-            positions = int(config.get("max_source_positions", 1500))
-            return ModelInfo(
-                family=self.name, sample_rate=rate, hidden_layers=int(config["encoder_layers"]) + 1,
-                dim=int(config["d_model"]), frames=f"conv:1/{2 * hop};max:{positions}", window_seconds=chunk,
-                normalize=False,
-            )  # fmt: skip
-        except (KeyError, TypeError, ValueError) as error:
-            raise MuzarrError(f"--embedding {folder}: config.json lacks or mangles {error}") from None
+        rate, hop = int(pre.get("sampling_rate", 16000)), int(pre.get("hop_length", 160))
+        chunk = float(pre.get("chunk_length", 30))
+        positions = int(config.get("max_source_positions", 1500))
+        return ModelInfo(
+            family=self.name, sample_rate=rate, hidden_layers=int(config["encoder_layers"]) + 1,
+            dim=int(config["d_model"]), frames=f"conv:1/{2 * hop};max:{positions}", window_seconds=chunk,
+            normalize=False,
+        )  # fmt: skip
 
     def load(self, folder: Path, info: ModelInfo, *, device: str, precision: str) -> Backbone:
         from transformers import WhisperConfig
